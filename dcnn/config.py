@@ -1,0 +1,149 @@
+"""TrainConfig: the one typed, validated description of a training run (flat, so Tune/MLflow can use it)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from dcnn.activations import ACTIVATION_NAMES
+from dcnn.data import DEFAULT_DATASET
+from dcnn.models import MODEL_NAMES, MODELS, PRESET_NAMES
+
+ACTIVATION_CHOICES = ("original",) + ACTIVATION_NAMES
+SIZE_FIELDS = ("hidden", "filters", "interactions", "gaussians", "cutoff",
+               "embedding", "convs", "fc", "fc_layers")
+
+
+@dataclass
+class TrainConfig:
+    """Defaults follow the paper (Adam, lr 1e-4, batch 20, 50 epochs, β = 30, 80/10/10 split)."""
+
+    model: str = "schnet"
+    preset: str = "small"
+    activation: str = "original"  # "original" = the architecture's own (SchNet: ssp, CGCNN: softplus)
+    scope: str = "paper"  # where the activation goes: the paper's placement or "all"
+    denorm: bool = False  # remove BatchNorm layers
+    rescale: bool = False  # divide E and F labels by rescale_factor for training
+    rescale_factor: float = 1e6  # the paper's C for MD17
+    seed: int = 0
+    lr: float = 1e-4
+    batch_size: int = 20
+    epochs: int = 50
+    force_weight: float = 30.0
+    dataset: str = str(DEFAULT_DATASET)
+    n_train: typing.Optional[int] = None  # None: fractions 0.8/0.1/0.1
+    n_val: typing.Optional[int] = None
+    n_test: typing.Optional[int] = None
+    split_seed: typing.Optional[int] = None  # None: the same split for every seed (seed 0)
+    # model sizes (None: the preset's value)
+    hidden: typing.Optional[int] = None
+    filters: typing.Optional[int] = None
+    interactions: typing.Optional[int] = None
+    gaussians: typing.Optional[int] = None
+    cutoff: typing.Optional[float] = None
+    embedding: typing.Optional[int] = None
+    convs: typing.Optional[int] = None
+    fc: typing.Optional[int] = None
+    fc_layers: typing.Optional[int] = None
+    eval_batch_size: int = 100
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 1
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        self._coerce()
+        self._validate()
+
+    # -- construction from untyped mappings (YAML, Tune configs) --------------------------------
+    @classmethod
+    def from_dict(cls, values: typing.Mapping) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; known keys: {', '.join(sorted(known))}")
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def _coerce(self):
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = hints[f.name]
+            optional = typing.get_origin(kind) is typing.Union
+            if optional:
+                if value is None:
+                    continue
+                kind = next(a for a in typing.get_args(kind) if a is not type(None))
+            setattr(self, f.name, _coerce_value(f.name, value, kind))
+
+    def _validate(self):
+        def choice(name, allowed):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+        def positive(name, allow_zero=False):
+            v = getattr(self, name)
+            if v is None:
+                return
+            if not (math.isfinite(v) and (v >= 0 if allow_zero else v > 0)):
+                raise ValueError(f"{name}={v!r} must be {'non-negative' if allow_zero else 'positive'}")
+
+        choice("model", MODEL_NAMES)
+        choice("preset", PRESET_NAMES)
+        choice("activation", ACTIVATION_CHOICES)
+        choice("scope", ("paper", "all"))
+        choice("dtype", ("float32", "float64"))
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"device={self.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
+        for name in ("rescale_factor", "lr", "batch_size", "epochs", "eval_batch_size", "threads",
+                     *SIZE_FIELDS, "n_train", "n_val"):
+            positive(name)
+        positive("force_weight", allow_zero=True)
+        positive("n_test", allow_zero=True)
+        sizes = set(MODELS[self.model][1]["small"])
+        foreign = [n for n in SIZE_FIELDS if getattr(self, n) is not None and n not in sizes]
+        if foreign:
+            raise ValueError(f"size field(s) {foreign} do not apply to model {self.model!r}; "
+                             f"its sizes are: {', '.join(sizes)}")
+        if not self.dataset:
+            raise ValueError("dataset must name a data file")
+        self.dataset = str(Path(self.dataset).expanduser().resolve())  # trials may change directory
+
+    def model_sizes(self) -> dict:
+        return {n: getattr(self, n) for n in SIZE_FIELDS if getattr(self, n) is not None}
+
+
+def _coerce_value(name: str, value, kind):
+    """Accept what YAML/Tune hand us (numpy scalars, '1e-4' strings, 3.0 for 3) but nothing ambiguous."""
+    try:
+        if kind is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            if isinstance(value, (bool, int)) or type(value).__name__ == "bool_":
+                if value in (0, 1):
+                    return bool(value)
+            raise TypeError
+        if kind is int:
+            if isinstance(value, bool):
+                raise TypeError
+            f = float(value)
+            if not f.is_integer():
+                raise TypeError
+            return int(f)
+        if kind is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if kind is str:
+            if not isinstance(value, (str, Path)):
+                raise TypeError
+            return str(value)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    else:
+        return value
+    raise ValueError(f"{name}={value!r} is not a valid {kind.__name__}")

@@ -1,0 +1,229 @@
+"""Molecular data sets (one molecule, many frames): loading, validation, units, splits, saving.
+
+Formats: MD17 npz (R, z, E, F), rMD17 npz (coords, nuclear_charges, energies, forces), and anything ASE
+reads (extxyz with REF_energy/REF_forces or calculator results).  Every problem is reported as a
+`DatasetError` naming the file and the field *before* any training starts.
+"""
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ase import units
+
+__all__ = ["DatasetError", "MoleculeDataset", "load_dataset", "save_npz", "split_indices",
+           "ENERGY_UNITS", "BUNDLED_DATA_DIR", "DEFAULT_DATASET", "to_energy_unit"]
+
+ENERGY_UNITS = ("kcal/mol", "eV")
+# eV per unit
+_EV_PER = {"eV": 1.0, "kcal/mol": units.kcal / units.mol}
+
+BUNDLED_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DEFAULT_DATASET = BUNDLED_DATA_DIR / "ethanol-gfn2-500K.npz"
+
+_MD17_KEYS = ("R", "z", "E", "F")
+_RMD17_KEYS = ("coords", "nuclear_charges", "energies", "forces")
+
+
+class DatasetError(ValueError):
+    """A data file that cannot be used, with the file and the problem in the message."""
+
+
+@dataclass
+class MoleculeDataset:
+    """Frames of one molecule. positions/forces in Å and `energy_unit`/Å; energies in `energy_unit`."""
+
+    positions: np.ndarray  # [n, N, 3] float64, Å
+    numbers: np.ndarray  # [N] int64
+    energies: np.ndarray  # [n] float64
+    forces: np.ndarray  # [n, N, 3] float64
+    energy_unit: str = "kcal/mol"
+    theory: str = "unknown"
+    name: str = ""
+    source: str = ""
+    metadata: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.energies.shape[0])
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.numbers.shape[0])
+
+    @property
+    def force_unit(self) -> str:
+        return f"{self.energy_unit}/Å"
+
+    def subset(self, index: np.ndarray) -> "MoleculeDataset":
+        return MoleculeDataset(self.positions[index], self.numbers, self.energies[index],
+                               self.forces[index], self.energy_unit, self.theory, self.name,
+                               self.source, dict(self.metadata))
+
+
+def to_energy_unit(value: np.ndarray | float, from_unit: str, to_unit: str):
+    """Convert energies (or forces per Å) between kcal/mol and eV."""
+    return value * (_EV_PER[from_unit] / _EV_PER[to_unit])
+
+
+def _str(x) -> str:
+    return str(np.asarray(x).item()) if np.asarray(x).shape == () else str(np.asarray(x).ravel()[0])
+
+
+def _validate(path: str, positions, numbers, energies, forces, energy_unit: str) -> MoleculeDataset:
+    def fail(msg: str):
+        raise DatasetError(f"{path}: {msg}")
+
+    positions, numbers, energies, forces = map(np.asarray, (positions, numbers, energies, forces))
+    if energy_unit not in ENERGY_UNITS:
+        fail(f"energy unit {energy_unit!r} is not one of {ENERGY_UNITS}")
+    if positions.ndim != 3 or positions.shape[-1] != 3:
+        fail(f"positions must have shape [frames, atoms, 3], got {list(positions.shape)}")
+    n, n_atoms, _ = positions.shape
+    if n == 0:
+        fail("no frames (empty data set)")
+    if n_atoms == 0:
+        fail("no atoms")
+    if numbers.ndim != 1:
+        fail(f"atomic numbers must be one list [atoms] shared by all frames, got shape {list(numbers.shape)}")
+    if numbers.shape[0] != n_atoms:
+        fail(f"wrong atom count: {numbers.shape[0]} atomic numbers but positions have {n_atoms} atoms")
+    if not np.issubdtype(numbers.dtype, np.number) or not np.all(np.isfinite(numbers)) \
+            or not np.all(np.equal(np.mod(numbers, 1), 0)):
+        fail(f"atomic numbers must be integers, got {numbers.tolist()[:10]} (dtype {numbers.dtype})")
+    numbers = numbers.astype(np.int64)
+    if numbers.min() < 1 or numbers.max() > 118:
+        fail(f"atomic numbers must lie in 1..118, got min {numbers.min()} max {numbers.max()}")
+    energies = energies.reshape(-1) if energies.ndim == 2 and energies.shape[1] == 1 else energies
+    if energies.shape != (n,):
+        fail(f"energies must have shape [{n}] (one per frame), got {list(energies.shape)}")
+    if forces.shape != positions.shape:
+        fail(f"forces must have the shape of positions {list(positions.shape)}, got {list(forces.shape)}")
+    for label, arr in (("positions", positions), ("energies", energies), ("forces", forces)):
+        if not np.issubdtype(arr.dtype, np.number):
+            fail(f"{label} are not numbers (dtype {arr.dtype})")
+        bad = ~np.isfinite(arr.reshape(n, -1)).all(axis=1)
+        if bad.any():
+            fail(f"{label} contain NaN/inf in {int(bad.sum())} frame(s), first at frame {int(np.argmax(bad))}")
+    return MoleculeDataset(positions.astype(np.float64), numbers, energies.astype(np.float64),
+                           forces.astype(np.float64), energy_unit, source=path)
+
+
+def _load_npz(path: str) -> MoleculeDataset:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except ValueError as e:  # object arrays need pickle: refused
+        raise DatasetError(f"{path}: unreadable npz (pickled objects are not accepted): {e}") from e
+    except Exception as e:
+        raise DatasetError(f"{path}: unreadable npz: {e}") from e
+    if all(k in arrays for k in _MD17_KEYS):
+        keys = _MD17_KEYS
+    elif all(k in arrays for k in _RMD17_KEYS):
+        keys = _RMD17_KEYS
+    else:
+        missing_md17 = [k for k in _MD17_KEYS if k not in arrays]
+        raise DatasetError(
+            f"{path}: missing keys {missing_md17} (MD17 layout R, z, E, F) — or, for rMD17, "
+            f"{[k for k in _RMD17_KEYS if k not in arrays]}; found {sorted(arrays)}")
+    unit = _str(arrays["energy_unit"]) if "energy_unit" in arrays else "kcal/mol"  # MD17's unit
+    ds = _validate(path, *(arrays[k] for k in keys), energy_unit=unit)
+    ds.theory = _str(arrays["theory"]) if "theory" in arrays else "unknown"
+    ds.name = _str(arrays["name"]) if "name" in arrays else Path(path).stem
+    ds.metadata = {k: _str(v) for k, v in arrays.items()
+                   if k not in keys and k not in ("theory", "name") and np.asarray(v).size == 1}
+    return ds
+
+
+def _load_ase(path: str) -> MoleculeDataset:
+    from ase.io import read
+
+    try:
+        frames = read(path, index=":")
+    except Exception as e:
+        raise DatasetError(f"{path}: unreadable by ASE: {type(e).__name__}: {e}") from e
+    if not frames:
+        raise DatasetError(f"{path}: no frames (empty data set)")
+    numbers = frames[0].numbers
+    energies, forces, positions = [], [], []
+    for k, atoms in enumerate(frames):
+        if len(atoms) != len(numbers) or not np.array_equal(atoms.numbers, numbers):
+            raise DatasetError(f"{path}: frame {k} has atoms {atoms.get_chemical_formula()} but frame 0 "
+                               f"has {frames[0].get_chemical_formula()} (one molecule per data set)")
+        if "REF_energy" in atoms.info:
+            energies.append(atoms.info["REF_energy"])
+        elif atoms.calc is not None and "energy" in atoms.calc.results:
+            energies.append(atoms.calc.results["energy"])
+        else:
+            raise DatasetError(f"{path}: frame {k} has no energy (expected REF_energy or energy)")
+        if "REF_forces" in atoms.arrays:
+            forces.append(atoms.arrays["REF_forces"])
+        elif atoms.calc is not None and "forces" in atoms.calc.results:
+            forces.append(atoms.calc.results["forces"])
+        else:
+            raise DatasetError(f"{path}: frame {k} has no forces (expected REF_forces or forces)")
+        positions.append(atoms.positions)
+    ds = _validate(path, np.stack(positions), numbers, np.asarray(energies, dtype=float),
+                   np.stack(forces), energy_unit="eV")
+    ds.name = frames[0].get_chemical_formula()
+    ds.theory = str(frames[0].info.get("theory", "unknown"))
+    return ds
+
+
+def load_dataset(path: str | os.PathLike) -> MoleculeDataset:
+    """Load and validate a data set; raises DatasetError naming the file and the problem."""
+    path = str(Path(path).expanduser())
+    if not os.path.exists(path):
+        raise DatasetError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise DatasetError(f"{path}: is a directory, expected a data file")
+    if os.path.getsize(path) == 0:
+        raise DatasetError(f"{path}: empty file")
+    with open(path, "rb") as fh:
+        is_zip = fh.read(4) == b"PK\x03\x04"
+    if path.endswith(".npz") or is_zip:
+        return _load_npz(path)
+    return _load_ase(path)
+
+
+def split_indices(n: int, seed: int, n_train: int | None = None, n_val: int | None = None,
+                  n_test: int | None = None, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)):
+    """Seeded random (train, val, test) indices: fixed counts where given, else fractions of n."""
+    counts = [n_train, n_val, n_test]
+    defaults = [int(round(f * n)) for f in fractions]
+    counts = [d if c is None else int(c) for c, d in zip(counts, defaults)]
+    if any(c < 0 for c in counts) or counts[0] == 0 or counts[1] == 0:
+        raise ValueError(f"split sizes must be non-negative with n_train, n_val > 0, got {counts}")
+    if sum(counts) > n:
+        raise ValueError(f"split sizes {counts} need {sum(counts)} frames but the data set has {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    a, b = counts[0], counts[0] + counts[1]
+    return perm[:a], perm[a:b], perm[b:b + counts[2]]
+
+
+def save_npz(path: str | os.PathLike, ds: MoleculeDataset, extra: dict | None = None) -> None:
+    """Write the MD17 layout (R, z, E, F + theory, name, units) byte-for-byte reproducibly.
+
+    np.savez stamps the current time into the zip; we write fixed timestamps so the same data gives the
+    same file (a checksum in data/README.md can then be checked).  Written to a temp file and renamed.
+    """
+    arrays = {"R": ds.positions, "z": ds.numbers, "E": ds.energies, "F": ds.forces,
+              "theory": np.array(ds.theory), "name": np.array(ds.name),
+              "energy_unit": np.array(ds.energy_unit), "force_unit": np.array(ds.force_unit),
+              "length_unit": np.array("Å")}
+    for k, v in (extra or {}).items():
+        arrays[k] = np.asarray(v)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(arrays[key]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+    os.replace(tmp, path)

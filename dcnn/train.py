@@ -1,0 +1,156 @@
+"""The training loop: generic over a Task, seeded, resumable bit-for-bit, divergence-safe.
+
+`Trainer` is stepwise (one epoch per call) so a Ray class trainable can drive it; `train()` runs it to
+the end and is what the CLI and the function trainable use.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from dcnn.config import TrainConfig
+from dcnn.tasks import Task, make_task
+
+__all__ = ["TrainConfig", "Trainer", "train", "resolve_device"]
+
+log = logging.getLogger("dcnn")
+_warned_cpu_fallback = False
+
+
+def resolve_device(requested: str) -> torch.device:
+    """CUDA when asked for (or 'auto') and usable; otherwise CPU, saying so once if CUDA was asked for."""
+    global _warned_cpu_fallback
+    if requested == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda" if requested == "auto" else requested)
+    if requested != "auto" and not _warned_cpu_fallback:
+        log.warning("device=%s requested but torch cannot use CUDA here "
+                    "(CUDA_VISIBLE_DEVICES=%r); falling back to CPU", requested,
+                    os.environ.get("CUDA_VISIBLE_DEVICES"))
+        _warned_cpu_fallback = True
+    return torch.device("cpu")
+
+
+class Trainer:
+    """Adam on a Task's loss, one epoch per `run_epoch()`; `save`/`load` checkpoint everything."""
+
+    def __init__(self, config: TrainConfig, task: Optional[Task] = None):
+        self.config = config
+        torch.set_num_threads(config.threads)
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)  # parameter initialisation
+        self.task = task if task is not None else make_task(config, self.device)
+        self.model = self.task.model
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.shuffle = torch.Generator().manual_seed(config.seed)  # CPU generator: same on any device
+        self.epoch = 0
+        self.diverged = False
+        self.diverged_epoch: Optional[int] = None
+        self.history: list[dict] = []
+
+    @property
+    def done(self) -> bool:
+        return self.diverged or self.epoch >= self.config.epochs
+
+    def run_epoch(self) -> dict:
+        """Train one epoch; return the epoch's metrics (validation and running train MAE)."""
+        t0 = time.perf_counter()
+        self.model.train()
+        cfg = self.config
+        perm = torch.randperm(self.task.n_train, generator=self.shuffle).to(self.device)
+        sums: dict[str, torch.Tensor] = {}
+        steps = 0
+        for start in range(0, self.task.n_train, cfg.batch_size):
+            index = perm[start:start + cfg.batch_size]
+            loss, terms = self.task.loss(index)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            for k, v in terms.items():  # stays on device: one host sync per epoch, not per step
+                sums[k] = sums.get(k, 0) + v
+            sums["loss"] = sums.get("loss", 0) + loss.detach()
+            steps += 1
+        self.epoch += 1
+        metrics = {k: float(v) / steps for k, v in sums.items()}
+        metrics.update(self.task.evaluate("val"))
+        if not all(math.isfinite(v) for v in metrics.values()):
+            self.diverged, self.diverged_epoch = True, self.epoch
+        metrics.update(epoch=self.epoch, diverged=int(self.diverged),
+                       epoch_time_s=time.perf_counter() - t0)
+        self.history.append(metrics)
+        return metrics
+
+    def test(self) -> dict:
+        """Test metrics of the current (last-epoch) model; NaN after divergence."""
+        if self.diverged:
+            return {"test_energy_loss": math.nan, "test_force_loss": math.nan}
+        m = self.task.evaluate("test")
+        return {"test_energy_loss": m["energy_loss"], "test_force_loss": m["force_loss"]}
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "epoch": self.epoch, "diverged": self.diverged,
+                 "diverged_epoch": -1 if self.diverged_epoch is None else self.diverged_epoch,
+                 "shuffle_rng": self.shuffle.get_state(), "torch_rng": torch.get_rng_state(),
+                 "history": self.history, "config": self.config.to_dict()}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self.diverged = bool(state["diverged"])
+        self.diverged_epoch = None if state["diverged_epoch"] < 0 else int(state["diverged_epoch"])
+        self.shuffle.set_state(state["shuffle_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.history = list(state["history"])
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)  # never leave a half-written checkpoint
+        return path
+
+    def load(self, path: str | os.PathLike) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+
+    def summary(self) -> dict:
+        """Final result: last epoch's metrics, test metrics, divergence and what was built."""
+        out = dict(self.history[-1]) if self.history else {}
+        out.update(self.test())
+        out.update(diverged=int(self.diverged), diverged_epoch=self.diverged_epoch,
+                   epochs_completed=self.epoch, device=str(self.device), **self.task.info)
+        return out
+
+
+def train(config: TrainConfig, on_epoch: Optional[Callable[[dict, Trainer], None]] = None,
+          resume_from: str | os.PathLike | None = None) -> dict:
+    """Train to `config.epochs` (or divergence) and return the summary.
+
+    `on_epoch(metrics, trainer)` is called after every epoch (trainer.save() makes a checkpoint);
+    `resume_from` continues from a checkpoint written by `Trainer.save`.
+    """
+    trainer = Trainer(config)
+    if resume_from is not None:
+        trainer.load(resume_from)
+    while not trainer.done:
+        metrics = trainer.run_epoch()
+        if trainer.done:
+            metrics = {**metrics, **trainer.test()}
+        if on_epoch is not None:
+            on_epoch(metrics, trainer)
+    return trainer.summary()
