@@ -21,8 +21,8 @@ class PairGeometry(nn.Module):
         self._cache: dict[tuple[int, torch.device], tuple[torch.Tensor, ...]] = {}
 
     def tables(self, n_atoms: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(i, j) of unordered pairs i<j; `dense_index` [N*N] mapping (i, j) to its pair (diagonal → P,
-        a padding row); `offdiag` [N(N−1)] flat positions of ordered pairs i≠j, row-major."""
+        """(i, j) of unordered pairs i<j; `dense_index` [N*N] mapping (i, j) to its pair (diagonal → P);
+        `offdiag` [N(N−1)] flat positions of ordered pairs i≠j, row-major."""
         key = (n_atoms, device)
         if key not in self._cache:
             iu, ju = torch.triu_indices(n_atoms, n_atoms, offset=1, device=device)
@@ -56,5 +56,6 @@ class GaussianSmearing(nn.Module):
 
 
 def cosine_cutoff(d: torch.Tensor, cutoff: float) -> torch.Tensor:
-    """½(cos(πd/r_c) + 1) inside the cutoff, 0 outside (C¹ at r_c)."""
-    return 0.5 * (torch.cos(d * (math.pi / cutoff)) + 1.0) * (d < cutoff).to(d.dtype)
+    """½(cos(πd/r_c) + 1) inside the cutoff, 0 outside (C¹ at r_c; clamping gives 0 and zero slope
+    beyond r_c without a mask op)."""
+    return 0.5 * (torch.cos(d.clamp(max=cutoff) * (math.pi / cutoff)) + 1.0)

@@ -1,9 +1,11 @@
 """SchNet (Schütt et al. 2017) for fixed-size molecules, laid out for speed in the force-training loop.
 
 Same function as PyG's `SchNet` (same layers, same parameter shapes; `from_pyg` copies weights), but:
-the filter network is evaluated once per *unordered* pair (W_ij = W_ji) instead of per directed edge,
-and the filter networks of all interaction blocks run as one wide matmul plus one batched matmul.
-Message passing is a dense gather + reduction over [B, N, N, F]; no scatter, no Python loops over atoms.
+the filter network is evaluated once per *unordered* pair (W_ij = W_ji) instead of per directed edge
+(half the work of the dominant part of the model).
+Messages are gathered/scattered with index ops on the small per-atom tensors only; the large per-pair
+filter tensor is broadcast over both directions, never indexed (its index backward would zero-fill
+big buffers under double backward).  No Python loops over atoms.
 """
 from __future__ import annotations
 
@@ -19,40 +21,27 @@ SCHNET_PRESETS = {
 }
 
 
-class FusedFilterNetwork(nn.Module):
-    """The T interaction blocks' filter MLPs (Linear(G,F) → act → Linear(F,F)) evaluated together."""
-
-    def __init__(self, gaussians: int, filters: int, interactions: int, activation: str):
-        super().__init__()
-        self.interactions, self.filters = interactions, filters
-        self.lin1 = nn.Linear(gaussians, interactions * filters)
-        self.act = get_activation(activation)
-        self.weight2 = nn.Parameter(torch.empty(interactions, filters, filters))  # [T, in, out]
-        self.bias2 = nn.Parameter(torch.empty(interactions, filters))
-        bound = filters**-0.5
-        nn.init.uniform_(self.weight2, -bound, bound)
-        nn.init.uniform_(self.bias2, -bound, bound)
-
-    def forward(self, rbf: torch.Tensor) -> torch.Tensor:
-        """rbf [M, G] → filters [T, M, F]."""
-        h = self.act(self.lin1(rbf)).view(-1, self.interactions, self.filters).transpose(0, 1)
-        return torch.baddbmm(self.bias2.unsqueeze(1), h, self.weight2)
-
-
 class Interaction(nn.Module):
-    """CFConv (lin1 → filter-weighted sum over neighbours → lin2) → act → lin, as in PyG."""
+    """Filter MLP on the pair distances, CFConv (lin1 → filter-weighted neighbour sum → lin2) → act →
+    lin, as in PyG — but the filter is evaluated once per unordered pair."""
 
-    def __init__(self, hidden: int, filters: int, activation: str):
+    def __init__(self, hidden: int, filters: int, gaussians: int, activation: str):
         super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(gaussians, filters), get_activation(activation),
+                                 nn.Linear(filters, filters))
         self.lin1 = nn.Linear(hidden, filters, bias=False)
         self.lin2 = nn.Linear(filters, hidden)
         self.act = get_activation(activation)
         self.lin = nn.Linear(hidden, hidden)
 
-    def forward(self, h: torch.Tensor, w_dense: torch.Tensor) -> torch.Tensor:
-        """h [B, N, H]; w_dense [B, N, N, F] (zero on the diagonal and beyond the cutoff)."""
+    def forward(self, h: torch.Tensor, rbf: torch.Tensor, envelope: torch.Tensor,
+                gather: torch.Tensor, scatter: torch.Tensor) -> torch.Tensor:
+        """h [B, N, H]; rbf [B, 1, P, G] and envelope [B, 1, P, 1] of the unordered pairs i<j."""
+        w = self.mlp(rbf) * envelope  # W_ij = W_ji: one filter per pair, broadcast over both directions
         x = self.lin1(h)
-        m = (w_dense * x.unsqueeze(1)).sum(2)
+        b, p2, f = x.shape[0], gather.shape[0], x.shape[-1]
+        xg = x.index_select(1, gather).view(b, 2, p2 // 2, f)  # (x_j; x_i) for each pair i<j
+        m = torch.zeros_like(x).index_add(1, scatter, (w * xg).view(b, p2, f))  # m_i = Σ_j W_ij x_j
         return self.lin(self.act(self.lin2(m)))
 
 
@@ -68,8 +57,8 @@ class SchNet(nn.Module):
         self.embedding = nn.Embedding(max_z, hidden)
         self.rbf = GaussianSmearing(0.0, cutoff, gaussians)
         self.geometry = PairGeometry()
-        self.filter_net = FusedFilterNetwork(gaussians, filters, interactions, activation)
-        self.interactions = nn.ModuleList(Interaction(hidden, filters, activation) for _ in range(interactions))
+        self.interactions = nn.ModuleList(Interaction(hidden, filters, gaussians, activation)
+                                          for _ in range(interactions))
         self.readout = nn.Sequential(
             nn.Linear(hidden, hidden // 2), get_activation(activation), nn.Linear(hidden // 2, 1)
         )
@@ -77,30 +66,23 @@ class SchNet(nn.Module):
     def forward(self, positions: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         """positions [B, N, 3] (Å), numbers [N] → energies [B]."""
         b, n, _ = positions.shape
-        _, _, dense_index, _ = self.geometry.tables(n, positions.device)
-        d = self.geometry.distances(positions)  # [B, P]
-        w = self.filter_net(self.rbf(d).view(b * d.shape[1], -1))  # [T, B*P, F]
-        w = w * cosine_cutoff(d, self.cutoff).view(1, -1, 1)
-        t, _, f = w.shape
-        w = torch.nn.functional.pad(w.view(t, b, -1, f), (0, 0, 0, 1))  # padding pair for i == j
-        w_dense = w[:, :, dense_index].view(t, b, n, n, f)
+        iu, ju, _, _ = self.geometry.tables(n, positions.device)
+        gather, scatter = torch.cat([ju, iu]), torch.cat([iu, ju])  # (j; i) sources → (i; j) targets
+        d = self.geometry.distances(positions).unsqueeze(1)  # [B, 1, P]
+        rbf = self.rbf(d)
+        envelope = cosine_cutoff(d, self.cutoff).unsqueeze(-1)
         h = self.embedding(numbers).expand(b, n, -1)
-        for k, block in enumerate(self.interactions):
-            h = h + block(h, w_dense[k])
+        for block in self.interactions:
+            h = h + block(h, rbf, envelope, gather, scatter)
         return self.readout(h).sum(dim=(1, 2))
 
     @torch.no_grad()
     def load_pyg_(self, pyg: nn.Module) -> "SchNet":
         """Copy the weights of a `torch_geometric.nn.models.SchNet` with the same sizes (for checks)."""
         self.embedding.weight.copy_(pyg.embedding.weight)
-        fn = self.filter_net
         for k, blk in enumerate(pyg.interactions):
-            sl = slice(k * fn.filters, (k + 1) * fn.filters)
-            fn.lin1.weight[sl] = blk.mlp[0].weight
-            fn.lin1.bias[sl] = blk.mlp[0].bias
-            fn.weight2[k] = blk.mlp[2].weight.T
-            fn.bias2[k] = blk.mlp[2].bias
             ours = self.interactions[k]
+            ours.mlp.load_state_dict(blk.mlp.state_dict())
             ours.lin1.weight.copy_(blk.conv.lin1.weight)
             ours.lin2.weight.copy_(blk.conv.lin2.weight)
             ours.lin2.bias.copy_(blk.conv.lin2.bias)
