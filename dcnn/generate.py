@@ -81,7 +81,7 @@ def generate(molecule: str, frames: int, temperature: float, seed: int, out: str
         dyn.run(interval)
         R[k] = atoms.positions
         E[k] = atoms.get_potential_energy() * ev_to_kcal
-        F[k] = atoms.get_forces() * ev_to_kcal
+        F[k] = atoms.get_forces(apply_constraint=False) * ev_to_kcal  # raw labels, not FixCom-projected
         T[k] = atoms.get_temperature()
         if progress and ((k + 1) % max(1, frames // 20) == 0 or k + 1 == frames):
             rate = (k + 1) / (time.perf_counter() - t0)

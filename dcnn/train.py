@@ -75,7 +75,7 @@ class Trainer:
             self.optimizer.step()
             for k, v in terms.items():  # stays on device: one host sync per epoch, not per step
                 sums[k] = sums.get(k, 0) + v
-            sums["loss"] = sums.get("loss", 0) + loss.detach()
+            sums["train_loss"] = sums.get("train_loss", 0) + loss.detach()  # objective, in rescaled units
             steps += 1
         self.epoch += 1
         metrics = {k: float(v) / steps for k, v in sums.items()}

@@ -7,7 +7,6 @@ fixed-size molecules; messages are switched off smoothly past the cutoff so forc
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dcnn.activations import get_activation
@@ -22,9 +21,11 @@ CGCNN_PRESETS = {
 class CGConv(nn.Module):
     """v_i ← softplus(v_i + LN(Σ_j σ(z_f) ⊙ softplus(z_s))), z = BN(W[v_i ‖ v_j ‖ e_ij] + b)."""
 
-    def __init__(self, dim: int, edge_dim: int):
+    def __init__(self, dim: int, edge_dim: int, activation: str = "softplus"):
         super().__init__()
         self.dim = dim
+        self.core_act = get_activation(activation)  # modules, so scope="all" can swap them
+        self.act = get_activation(activation)
         self.lin_i = nn.Linear(dim, 2 * dim)  # the [v_i ‖ v_j ‖ e_ij] matmul, split by block
         self.lin_j = nn.Linear(dim, 2 * dim, bias=False)
         self.lin_e = nn.Linear(edge_dim, 2 * dim, bias=False)
@@ -39,9 +40,9 @@ class CGConv(nn.Module):
         z = z[:, offdiag] + self.lin_e(e_directed)
         z = self.bn(z.view(-1, 2 * d)).view(b, -1, 2 * d)
         gate, core = z.chunk(2, dim=-1)
-        msg = torch.sigmoid(gate) * F.softplus(core) * env
+        msg = torch.sigmoid(gate) * self.core_act(core) * env
         agg = msg.view(b, n, n - 1, d).sum(2)
-        return F.softplus(v + self.ln(agg))
+        return self.act(v + self.ln(agg))
 
 
 class CGCNN(nn.Module):
@@ -54,7 +55,7 @@ class CGCNN(nn.Module):
         self.embedding = nn.Embedding(max_z, embedding)
         self.geometry = PairGeometry()
         self.rbf = GaussianSmearing(0.0, cutoff, gaussians)
-        self.convs = nn.ModuleList(CGConv(embedding, gaussians) for _ in range(convs))
+        self.convs = nn.ModuleList(CGConv(embedding, gaussians, activation) for _ in range(convs))
         layers: list[nn.Module] = [nn.Linear(embedding, fc), get_activation(activation)]
         for _ in range(fc_layers - 1):
             layers += [nn.Linear(fc, fc), get_activation(activation)]

@@ -1,0 +1,178 @@
+import hashlib
+import re
+
+import numpy as np
+import pytest
+from ase import Atoms, units
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import write
+
+from conftest import REAL_DATA, ROOT
+from dcnn.data import (DEFAULT_DATASET, DatasetError, MoleculeDataset, load_dataset, save_npz,
+                       split_indices, to_energy_unit)
+from dcnn.generate import generate, xtb_calculator
+
+KCAL_PER_EV = 1 / (units.kcal / units.mol)
+
+
+def test_bundled_dataset_is_md17_layout_with_units(ethanol):
+    assert len(ethanol) == 2000 and ethanol.n_atoms == 9
+    assert ethanol.numbers.tolist() == [6, 6, 8, 1, 1, 1, 1, 1, 1]
+    assert ethanol.energy_unit == "kcal/mol" and ethanol.theory.startswith("GFN2-xTB")
+    assert -7200 < ethanol.energies.mean() < -7100  # GFN2 ethanol ≈ −11.4 Eh
+    with np.load(DEFAULT_DATASET, allow_pickle=False) as f:
+        assert set(f.files) >= {"R", "z", "E", "F", "theory", "name", "temperature_K", "seed"}
+        t_mean = f["frame_temperature_K"].mean()
+    assert abs(t_mean - 500) <= 0.15 * 500
+
+
+def test_bundled_checksum_matches_data_readme():
+    readme = (ROOT / "data" / "README.md").read_text()
+    expected = re.search(r"sha256\s+([0-9a-f]{64})", readme).group(1)
+    assert hashlib.sha256(DEFAULT_DATASET.read_bytes()).hexdigest() == expected
+
+
+def test_stored_frame_equals_direct_tblite_call_in_kcal_per_mol(ethanol):
+    for k in (0, 1234):
+        atoms = Atoms(numbers=ethanol.numbers, positions=ethanol.positions[k])
+        atoms.calc = xtb_calculator()
+        assert ethanol.energies[k] == pytest.approx(atoms.get_potential_energy() * KCAL_PER_EV, abs=1e-6)
+        # MD restarts each SCF from the previous wavefunction: forces agree to SCF tolerance, not 1e-6
+        np.testing.assert_allclose(ethanol.forces[k], atoms.get_forces() * KCAL_PER_EV, atol=2e-3)
+    assert np.abs(ethanol.forces.sum(axis=1)).max() < 1e-8  # raw forces: no net force on the molecule
+
+
+def test_generator_is_deterministic_and_thermostatted(tmp_path):
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    ds = generate("ethanol", 40, 500, 7, a, equilibration_steps=200, progress=None)
+    generate("ethanol", 40, 500, 7, b, equilibration_steps=200, progress=None)
+    assert a.read_bytes() == b.read_bytes()  # bit-identical
+    generate("ethanol", 40, 500, 8, b, equilibration_steps=200, progress=None, overwrite=True)
+    assert a.read_bytes() != b.read_bytes()
+    assert np.all(np.diff(ds.energies) != 0)
+    with pytest.raises(FileExistsError):
+        generate("ethanol", 5, 500, 7, a, progress=None)
+    loaded = load_dataset(a)
+    np.testing.assert_array_equal(loaded.positions, ds.positions)
+    assert float(loaded.metadata["temperature_K"]) == 500 and loaded.metadata["seed"] == "7"
+
+
+def test_generator_aspirin_start_geometry(tmp_path):
+    ds = generate("aspirin", 2, 300, 0, tmp_path / "asp.npz", equilibration_steps=5, progress=None)
+    assert ds.n_atoms == 21 and sorted(set(ds.numbers.tolist())) == [1, 6, 8]
+
+
+def test_real_rmd17_extxyz_loads_in_ev():
+    ds = load_dataset(REAL_DATA / "aspirin-rmd17-5.extxyz")
+    assert len(ds) == 5 and ds.n_atoms == 21 and ds.energy_unit == "eV"
+    # rMD17 aspirin total energies are about −406,000 kcal/mol (PBE/def2-SVP)
+    kcal = to_energy_unit(ds.energies, "eV", "kcal/mol")
+    assert np.all((kcal > -407_000) & (kcal < -405_000))
+    assert 0.1 < np.abs(ds.forces).mean() < 10  # eV/Å
+
+
+def _frames(ds: MoleculeDataset, ref_keys: bool):
+    frames = []
+    for k in range(len(ds)):
+        a = Atoms(numbers=ds.numbers, positions=ds.positions[k])
+        e_ev = to_energy_unit(ds.energies[k], ds.energy_unit, "eV")
+        f_ev = to_energy_unit(ds.forces[k], ds.energy_unit, "eV")
+        if ref_keys:
+            a.info["REF_energy"] = e_ev
+            a.arrays["REF_forces"] = f_ev
+        else:
+            a.calc = SinglePointCalculator(a, energy=e_ev, forces=f_ev)
+        frames.append(a)
+    return frames
+
+
+@pytest.mark.parametrize("fmt", ["md17", "rmd17", "extxyz-ref", "extxyz-calc"])
+def test_round_trip_every_format(fmt, ethanol, tmp_path):
+    small = ethanol.subset(np.arange(6))
+    path = tmp_path / ("d.npz" if "md17" in fmt else "d.extxyz")
+    if fmt == "md17":
+        save_npz(path, small)
+    elif fmt == "rmd17":
+        np.savez(path, coords=small.positions, nuclear_charges=small.numbers, energies=small.energies,
+                 forces=small.forces)
+    else:
+        write(path, _frames(small, ref_keys=fmt == "extxyz-ref"), format="extxyz")
+    back = load_dataset(path)
+    atol = 1e-12 if "md17" in fmt else 1e-6  # extxyz is text with 8 decimals
+    e = to_energy_unit(back.energies, back.energy_unit, "kcal/mol")
+    f = to_energy_unit(back.forces, back.energy_unit, "kcal/mol")
+    np.testing.assert_allclose(back.positions, small.positions, rtol=0, atol=atol)
+    np.testing.assert_allclose(e, small.energies, rtol=1e-12)
+    np.testing.assert_allclose(f, small.forces, rtol=0, atol=atol)
+    assert back.numbers.tolist() == small.numbers.tolist()
+
+
+def _npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+GOOD = dict(R=np.zeros((3, 2, 3)) + np.arange(2)[None, :, None], z=np.array([1, 8]),
+            E=np.zeros(3), F=np.zeros((3, 2, 3)))
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(F=None), r"missing keys \['F'\]"),
+    (dict(E=np.zeros(4)), r"energies must have shape \[3\]"),
+    (dict(F=np.zeros((3, 2, 2))), "forces must have the shape of positions"),
+    (dict(R=np.full((3, 2, 3), np.nan)), "positions contain NaN/inf in 3 frame"),
+    (dict(E=np.array([0.0, np.inf, 0.0])), "energies contain NaN/inf in 1 frame.*frame 1"),
+    (dict(z=np.array([1, 8, 8])), "wrong atom count: 3 atomic numbers but positions have 2"),
+    (dict(z=np.array([1.0, 8.5])), "atomic numbers must be integers"),
+    (dict(z=np.array([0, 8])), "must lie in 1..118"),
+    (dict(R=np.zeros((0, 2, 3)), E=np.zeros(0), F=np.zeros((0, 2, 3))), "no frames"),
+    (dict(R=np.zeros((3, 2))), r"positions must have shape \[frames, atoms, 3\]"),
+])
+def test_bad_npz_named_in_error(change, message, tmp_path):
+    arrays = {**GOOD, **change}
+    arrays = {k: v for k, v in arrays.items() if v is not None}
+    path = _npz(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DatasetError, match=message) as err:
+        load_dataset(path)
+    assert str(path) in str(err.value)
+
+
+def test_bad_files(tmp_path):
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    with pytest.raises(DatasetError, match="empty file"):
+        load_dataset(empty)
+    garbage = tmp_path / "garbage.xyz"
+    garbage.write_text("not a molecule\n\x00\x01")
+    with pytest.raises(DatasetError, match="garbage.xyz: unreadable by ASE"):
+        load_dataset(garbage)
+    with pytest.raises(DatasetError, match="no such file"):
+        load_dataset(tmp_path / "missing.npz")
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, R=np.zeros((1, 1, 3)), z=np.array([1]), E=np.zeros(1), F=np.zeros((1, 1, 3)),
+             evil=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DatasetError, match="pickled objects are not accepted"):
+        load_dataset(pickled)
+    no_energy = tmp_path / "noe.extxyz"
+    write(no_energy, [Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])], format="extxyz")
+    with pytest.raises(DatasetError, match="frame 0 has no energy"):
+        load_dataset(no_energy)
+    mixed = tmp_path / "mixed.extxyz"
+    frames = [Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]]), Atoms("HO", positions=[[0, 0, 0], [0, 0, 0.9]])]
+    for a in frames:
+        a.calc = SinglePointCalculator(a, energy=0.0, forces=np.zeros((2, 3)))
+    write(mixed, frames, format="extxyz")
+    with pytest.raises(DatasetError, match="frame 1 has atoms HO"):
+        load_dataset(mixed)
+
+
+def test_splits_seeded_disjoint_and_sized():
+    tr, va, te = split_indices(100, seed=3)
+    assert (len(tr), len(va), len(te)) == (80, 10, 10)
+    assert len(set(tr) | set(va) | set(te)) == 100
+    tr2, _, _ = split_indices(100, seed=3)
+    assert np.array_equal(tr, tr2) and not np.array_equal(tr, split_indices(100, seed=4)[0])
+    tr, va, te = split_indices(100, seed=0, n_train=50, n_val=5, n_test=7)
+    assert (len(tr), len(va), len(te)) == (50, 5, 7)
+    with pytest.raises(ValueError, match="need 120 frames but the data set has 100"):
+        split_indices(100, 0, n_train=100, n_val=10, n_test=10)
