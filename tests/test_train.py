@@ -1,0 +1,137 @@
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dcnn.config import TrainConfig
+from dcnn.tasks import MoleculeTask
+from dcnn.train import Trainer, train
+
+FAST = dict(n_train=60, n_val=20, n_test=20, batch_size=20)
+
+
+def test_config_validation_names_field_and_choices():
+    with pytest.raises(ValueError, match=r"model='painn' is not allowed; choose one of: schnet, cgcnn"):
+        TrainConfig(model="painn")
+    with pytest.raises(ValueError, match=r"activation='swish'.*irelu, ielu, igelu, isilu"):
+        TrainConfig(activation="swish")
+    for field, bad in [("lr", 0.0), ("rescale_factor", -10.0), ("epochs", 0), ("batch_size", -1)]:
+        with pytest.raises(ValueError, match=f"{field}=.* must be positive"):
+            TrainConfig(**{field: bad})
+    with pytest.raises(ValueError, match=r"lr='fast' is not a valid float"):
+        TrainConfig(lr="fast")
+    with pytest.raises(ValueError, match=r"epochs=2.5 is not a valid int"):
+        TrainConfig(epochs=2.5)
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['learning_rate'\]"):
+        TrainConfig.from_dict({"learning_rate": 1e-3})
+    with pytest.raises(ValueError, match=r"do not apply to model 'schnet'"):
+        TrainConfig(model="schnet", fc_layers=2)
+    cfg = TrainConfig.from_dict({"lr": "1e-3", "epochs": 3.0, "denorm": "true", "seed": np.int64(4)})
+    assert (cfg.lr, cfg.epochs, cfg.denorm, cfg.seed) == (1e-3, 3, True, 4)
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+def test_metrics_are_in_physical_units_with_and_without_rescaling(rescale, ethanol):
+    """A model that predicts zero must score mean|E| and mean|F| in kcal/mol whatever C is."""
+    cfg = TrainConfig(rescale=rescale, rescale_factor=1e4, dtype="float64", **FAST)
+    task = MoleculeTask(cfg, torch.device("cpu"), dataset=ethanol)
+    with torch.no_grad():
+        for p in task.model.parameters():
+            p.zero_()
+    m = task.evaluate("val")
+    pos, e, f = task.splits["val"]
+    scale = 1e4 if rescale else 1.0
+    assert m["energy_loss"] == pytest.approx(float(e.abs().mean()) * scale, rel=1e-12)
+    assert m["force_loss"] == pytest.approx(float(f.abs().mean()) * scale, rel=1e-12)
+    assert 7000 < m["energy_loss"] < 7300 and 10 < m["force_loss"] < 25  # kcal/mol, kcal/mol/Å
+    loss, terms = task.loss(torch.arange(20))
+    assert float(terms["train_energy_loss"]) > 7000  # train terms too are multiplied back
+    assert float(loss.detach()) == pytest.approx((float(terms["train_energy_loss"]) + 30 * float(terms["train_force_loss"])) / scale)
+
+
+def test_resume_is_exact_in_float64(tmp_path):
+    cfg = TrainConfig(model="cgcnn", epochs=4, dtype="float64", lr=1e-3, rescale=True,
+                      rescale_factor=1e4, **FAST)
+    straight = Trainer(cfg)
+    for _ in range(4):
+        straight.run_epoch()
+    first = Trainer(cfg)
+    for _ in range(2):
+        first.run_epoch()
+    first.save(tmp_path / "ckpt.pt")
+    torch.manual_seed(12345)  # resume must not depend on the process's global RNG state
+    resumed = Trainer(cfg)
+    resumed.load(tmp_path / "ckpt.pt")
+    while not resumed.done:
+        resumed.run_epoch()
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    drop = ("epoch_time_s",)
+    strip = lambda h: [{k: v for k, v in m.items() if k not in drop} for m in h]
+    assert strip(straight.history) == strip(resumed.history)
+    assert straight.test() == resumed.test()
+    assert strip(straight.history)[1] != strip(straight.history)[3]
+
+
+def test_small_schnet_learns_forces(ethanol):
+    """Validation force MAE below half the predict-zero baseline (mean |F|) within a few epochs."""
+    cfg = TrainConfig(model="schnet", activation="irelu", rescale=True, rescale_factor=1e4, lr=1e-3,
+                      epochs=6, n_train=500, n_val=200, n_test=200)
+    baseline = float(np.abs(ethanol.forces).mean())
+    history = []
+    out = train(cfg, on_epoch=lambda m, t: history.append(m))
+    assert len(history) == 6 and out["diverged"] == 0
+    assert history[-1]["force_loss"] < 0.5 * baseline, (history[-1]["force_loss"], baseline)
+    assert history[-1]["force_loss"] < history[0]["force_loss"]
+    assert out["test_force_loss"] < 0.5 * baseline
+
+
+def test_divergence_ends_cleanly():
+    cfg = TrainConfig(model="schnet", lr=1e8, epochs=5, **FAST)
+    out = train(cfg)
+    assert out["diverged"] == 1 and 1 <= out["diverged_epoch"] <= 5
+    assert out["epochs_completed"] == out["diverged_epoch"]
+    assert math.isnan(out["test_energy_loss"]) and math.isnan(out["test_force_loss"])
+
+
+def test_denorm_and_activation_reported():
+    out = train(TrainConfig(model="cgcnn", activation="isilu", denorm=True, epochs=1, **FAST))
+    assert out["batchnorm_removed"] == 3 and out["activations_replaced"] == 3
+    assert out["activation_used"] == "isilu" and out["energy_unit"] == "kcal/mol"
+    assert set(out) >= {"energy_loss", "force_loss", "train_energy_loss", "train_force_loss",
+                        "test_energy_loss", "test_force_loss", "diverged"}
+
+
+def test_same_seed_same_result_different_seed_differs():
+    a = train(TrainConfig(epochs=1, seed=3, **FAST))
+    b = train(TrainConfig(epochs=1, seed=3, **FAST))
+    c = train(TrainConfig(epochs=1, seed=4, **FAST))
+    assert a["force_loss"] == b["force_loss"] and a["force_loss"] != c["force_loss"]
+
+
+def test_cli_train_prints_progress_and_json(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: cgcnn\nn_train: 40\nn_val: 20\nn_test: 20\nepochs: 5\n")
+    proc = subprocess.run([sys.executable, "-m", "dcnn.cli", "train", "--config", str(cfg), "--epochs", "2",
+                           "--activation", "isilu", "--no-denorm", "--rescale", "--checkpoint",
+                           str(tmp_path / "ck.pt")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("epoch ") == 2 and "kcal/mol/Å" in proc.stderr  # flags beat the YAML
+    summary = json.loads(proc.stdout)
+    assert summary["epochs_completed"] == 2 and summary["activation_used"] == "isilu"
+    assert (tmp_path / "ck.pt").exists()
+
+
+def test_cli_bad_input_fails_before_training(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "dcnn.cli", "train", "--lr", "-1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "lr=-1.0 must be positive" in proc.stderr
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, R=np.zeros((2, 1, 3)), z=np.array([1]), E=np.zeros(2))
+    proc = subprocess.run([sys.executable, "-m", "dcnn.cli", "train", "--dataset", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "missing keys ['F']" in proc.stderr and "epoch" not in proc.stderr
