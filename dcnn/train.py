@@ -108,6 +108,8 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the config wins (PBT changes lr between loads)
+            group["lr"] = self.config.lr
         self.epoch = int(state["epoch"])
         self.diverged = bool(state["diverged"])
         self.diverged_epoch = None if state["diverged_epoch"] < 0 else int(state["diverged_epoch"])

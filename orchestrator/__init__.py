@@ -1,0 +1,1 @@
+"""Runs ablation studies of DC-NNs on Ray Tune with MLflow tracking, and builds their reports."""

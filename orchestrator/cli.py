@@ -1,0 +1,96 @@
+"""The `dcnn-ablate` command: the library's `train`/`data` plus `ablate` and `report`."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from dcnn import cli as dcnn_cli
+from dcnn.data import DEFAULT_DATASET
+from orchestrator.runner import SCHEDULERS, AblateOptions
+
+
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}: {text!r}") from e
+    return parse
+
+
+def _keyvalue(text: str):
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), yaml.safe_load(v)
+
+
+def cmd_ablate(args) -> int:
+    from orchestrator.runner import run_ablation
+
+    opts = AblateOptions(
+        study=args.study, models=args.models, dataset=args.dataset, seeds=args.seeds, epochs=args.epochs,
+        preset=args.preset, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent, address=args.address, storage=args.storage,
+        tracking_uri=args.tracking_uri, experiment=args.experiment, resume=args.resume,
+        tune_hparams=args.tune_hparams, tuning_space=args.tuning_space, scheduler=args.scheduler,
+        set=dict(args.set or []))
+    report = run_ablation(opts)
+    return 1 if report.get("errors") else 0
+
+
+def cmd_report(args) -> int:
+    from orchestrator.report import build_report
+
+    report = build_report(Path(args.path))
+    print(report["markdown"])
+    print(f"report: {report['paths']['markdown']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dcnn-ablate",
+                                description="Ablation studies of derivative-constrained neural networks.")
+    sub = p.add_subparsers(dest="command", required=True)
+    dcnn_cli.add_commands(sub)
+    a = sub.add_parser("ablate", help="run a study on Ray Tune (local or a cluster) with MLflow tracking")
+    a.add_argument("--study", default="seed-plan",
+                   help="built-in study (activation, stabilizers, seed-plan, factorial) or a YAML file")
+    a.add_argument("--models", type=_csv(str), help="comma-separated, e.g. schnet,cgcnn (default: the study's)")
+    a.add_argument("--dataset", default=str(DEFAULT_DATASET), help="data file (default: bundled ethanol)")
+    a.add_argument("--seeds", type=_csv(int), help="comma-separated, e.g. 0,1,2 (default: the study's)")
+    a.add_argument("--epochs", type=int)
+    a.add_argument("--preset", choices=("small", "paper"))
+    a.add_argument("--cpus-per-trial", type=float, default=1.0)
+    a.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractional allowed, e.g. 0.5")
+    a.add_argument("--max-concurrent", type=int)
+    a.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                   help="Ray cluster address (default: $RAY_ADDRESS, else an in-process local Ray)")
+    a.add_argument("--storage", help="absolute folder (or s3://...) for results (default: ./results)")
+    a.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite DB in the storage folder; "
+                                          "use an MLflow server on a multi-node cluster)")
+    a.add_argument("--experiment", help="study folder and MLflow experiment name (default: the study name)")
+    a.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    a.add_argument("--tune-hparams", type=int, default=0, metavar="N",
+                   help="per arm, N Optuna trials (with ASHA) first, then the seeds at the best values")
+    a.add_argument("--tuning-space", default="default", help="default (lr, force_weight, C) or lr")
+    a.add_argument("--scheduler", choices=SCHEDULERS, default="fifo")
+    a.add_argument("--set", type=_keyvalue, action="append", metavar="KEY=VALUE",
+                   help="any TrainConfig key for every trial, e.g. --set lr=3e-4")
+    a.set_defaults(func=cmd_ablate)
+    r = sub.add_parser("report", help="rebuild a study's report from its folder")
+    r.add_argument("path", help="the study folder (STORAGE/EXPERIMENT)")
+    r.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv=None) -> int:
+    return dcnn_cli.run(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

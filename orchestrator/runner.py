@@ -1,0 +1,283 @@
+"""`dcnn-ablate ablate`: validate everything, then run a study on Ray Tune with MLflow tracking.
+
+Order matters: every flag, the study file and the data set are checked before Ray starts, and an
+existing study folder is never overwritten (use --resume or a new --experiment).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from dcnn.data import DEFAULT_DATASET, load_dataset
+from search_spaces import Study, load_study, tuning_space
+
+log = logging.getLogger("dcnn.orchestrator")
+SCHEDULERS = ("fifo", "asha")
+
+
+@dataclass
+class AblateOptions:
+    study: str = "seed-plan"
+    models: Optional[list] = None
+    dataset: str = str(DEFAULT_DATASET)
+    seeds: Optional[list] = None
+    epochs: Optional[int] = None
+    preset: Optional[str] = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: Optional[int] = None
+    address: Optional[str] = None
+    storage: Optional[str] = None
+    tracking_uri: Optional[str] = None
+    experiment: Optional[str] = None
+    resume: bool = False
+    tune_hparams: int = 0
+    tuning_space: str = "default"
+    scheduler: str = "fifo"
+    max_failures: int = 2
+    set: dict = field(default_factory=dict)  # extra TrainConfig keys for every trial
+    quiet: bool = False
+
+    def validate(self) -> Study:
+        """All checks that need no Ray; returns the study with the overrides applied."""
+        if self.cpus_per_trial <= 0:
+            raise ValueError(f"--cpus-per-trial must be positive, got {self.cpus_per_trial}")
+        if self.gpus_per_trial < 0:
+            raise ValueError(f"--gpus-per-trial must be non-negative, got {self.gpus_per_trial}")
+        if self.gpus_per_trial > 1 and not float(self.gpus_per_trial).is_integer():
+            raise ValueError(f"--gpus-per-trial above 1 must be a whole number, got {self.gpus_per_trial}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ValueError(f"--max-concurrent must be at least 1, got {self.max_concurrent}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"--scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+        if self.tune_hparams < 0:
+            raise ValueError(f"--tune-hparams must be non-negative, got {self.tune_hparams}")
+        if self.tune_hparams:
+            tuning_space(self.tuning_space)
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"--epochs must be positive, got {self.epochs}")
+        if self.storage and "://" not in self.storage and not os.path.isabs(self.storage):
+            raise ValueError(f"--storage must be an absolute path (trials run in other directories), "
+                             f"got {self.storage!r}")
+        fixed = dict(self.set)
+        fixed["dataset"] = str(Path(self.dataset).expanduser().resolve())
+        if self.epochs is not None:
+            fixed["epochs"] = self.epochs
+        if self.preset is not None:
+            fixed["preset"] = self.preset
+        study = load_study(self.study).with_overrides(models=self.models, seeds=self.seeds, fixed=fixed)
+        load_dataset(fixed["dataset"])  # DatasetError names the file and the problem
+        return study
+
+    @property
+    def storage_path(self) -> Path:
+        return Path(self.storage) if self.storage else Path.cwd() / "results"
+
+
+def _init_ray(address: Optional[str], quiet: bool):
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # checkpoints every epoch are the point (resume); Tune's warning about frequent snapshots is noise
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = dict(include_dashboard=False, log_to_driver=not quiet, configure_logging=False)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(**kwargs)
+    return ray
+
+
+def _check_cluster_fits(ray, opts: AblateOptions) -> None:
+    """A trial the cluster can never place would sit PENDING forever: refuse it up front."""
+    total = ray.cluster_resources()
+    per_node = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    need = {"CPU": opts.cpus_per_trial, "GPU": opts.gpus_per_trial}
+    if not any(all(res.get(k, 0.0) >= v for k, v in need.items() if v) for res in per_node):
+        raise ValueError(
+            f"no node of the Ray cluster can hold one trial ({opts.cpus_per_trial:g} CPU, "
+            f"{opts.gpus_per_trial:g} GPU per trial); the cluster has {total.get('CPU', 0):g} CPU and "
+            f"{total.get('GPU', 0):g} GPU in all, largest node "
+            f"{max((r.get('CPU', 0) for r in per_node), default=0):g} CPU / "
+            f"{max((r.get('GPU', 0) for r in per_node), default=0):g} GPU")
+
+
+class Progress:
+    """Prints one line per finished/failed trial (Tune's own tables are too noisy for a study)."""
+
+    def __new__(cls, total: int, label: str = ""):
+        from ray import tune
+
+        class _Progress(tune.Callback):
+            def __init__(self):
+                self.total, self.label, self.done, self.t0 = total, label, 0, time.time()
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                from orchestrator.tracking import trial_run_name
+
+                self.done += 1
+                r = trial.last_result or {}
+                status = "DIVERGED" if r.get("diverged") else (
+                    f"test E {r.get('test_energy_loss', float('nan')):.4g}, "
+                    f"F {r.get('test_force_loss', float('nan')):.4g}")
+                print(f"[{self.label}{self.done}/{self.total} · {time.time() - self.t0:.0f} s] "
+                      f"{trial_run_name(trial.config)}: {status} (epoch {r.get('epoch')})", flush=True)
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                from orchestrator.tracking import trial_run_name
+
+                print(f"[{self.label}error] {trial_run_name(trial.config)} failed: "
+                      f"{getattr(trial, 'error_file', '')}", flush=True)
+
+        return _Progress()
+
+
+def _trainable(opts: AblateOptions):
+    from ray import tune
+
+    from trainables import DCNNTrainable
+
+    return tune.with_resources(DCNNTrainable, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+
+
+def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Path) -> dict:
+    """N Optuna trials (OptunaSearch + ASHA) for one (model, arm); returns its best hyperparameters."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = tuning_space(opts.tuning_space)
+    name = f"{model}-{arm.key}"
+    storage = experiment_dir / "tuning"
+    path = storage / name
+    if tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(str(path), trainable=_trainable(opts), resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        epochs = study.fixed.get("epochs", 50)
+        param_space = {**study.fixed, **arm.as_config(), "model": model, "seed": study.seeds[0],
+                       "arm": arm.key, "study": study.name, "phase": "tune", **space}
+        tuner = tune.Tuner(
+            _trainable(opts), param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric="val_loss", mode="min", num_samples=opts.tune_hparams, reuse_actors=True,
+                search_alg=OptunaSearch(seed=0), max_concurrent_trials=opts.max_concurrent,
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1)),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
+                                      callbacks=callbacks_for(f"tune {name} "),
+                                      failure_config=tune.FailureConfig(max_failures=opts.max_failures)))
+    best = tuner.fit().get_best_result(metric="val_loss", mode="min", scope="last")
+    return {k: best.config[k] for k in space}
+
+
+def run_ablation(opts: AblateOptions) -> dict:
+    """Run (or resume) a study; returns the report (paths, summary table)."""
+    from ray import tune
+
+    from orchestrator import tracking
+    from orchestrator.report import REPORT_DIR, build_report
+
+    study = opts.validate()
+    experiment = opts.experiment or study.name
+    storage = opts.storage_path
+    experiment_dir = storage / experiment
+    if experiment_dir.exists() and any(experiment_dir.iterdir()) and not opts.resume:
+        raise ValueError(f"{experiment_dir} already holds a study; pass --resume to continue it, or "
+                         f"choose another --experiment (nothing was changed)")
+    if opts.resume and not experiment_dir.exists():
+        raise ValueError(f"--resume: {experiment_dir} does not exist (nothing to resume)")
+    ray = _init_ray(opts.address, opts.quiet)
+    _check_cluster_fits(ray, opts)
+
+    storage.mkdir(parents=True, exist_ok=True)
+    uri = opts.tracking_uri or tracking.default_tracking_uri(storage)
+    exp_id = tracking.ensure_experiment(uri, experiment, storage / "mlartifacts" / experiment)
+    parent = tracking.ensure_parent_run(uri, exp_id, study.name, {"dcnn.storage": str(experiment_dir)})
+    print(f"study {study.name}: {len(study.arms)} arms × {len(study.models)} models × "
+          f"{len(study.seeds)} seeds = {len(study.trial_configs())} trials → {experiment_dir}\n"
+          f"MLflow: {uri} (experiment {experiment!r})", flush=True)
+
+    def callbacks_for(label, total=None):
+        cbs = [tracking.MLflowStudyLogger(uri, exp_id, parent, study.name)]
+        if total:
+            cbs.append(Progress(total, label))
+        return cbs
+
+    space = study.param_space()
+    best = {}
+    if opts.tune_hparams:
+        experiment_dir.mkdir(parents=True, exist_ok=True)
+        for model in study.models:
+            for arm in study.arms:
+                best[f"{model}/{arm.key}"] = _tune_arm(opts, study, model, arm,
+                                                       lambda label: callbacks_for(label, opts.tune_hparams),
+                                                       experiment_dir)
+                print(f"best hyperparameters {model} · {arm.key}: {best[f'{model}/{arm.key}']}", flush=True)
+        for key in tuning_space(opts.tuning_space):
+            space[key] = tune.sample_from(BestHyperparameter(best, key))
+
+    n_trials = len(study.trial_configs())
+    if opts.resume and tune.Tuner.can_restore(str(experiment_dir)):
+        tuner = tune.Tuner.restore(str(experiment_dir), trainable=_trainable(opts), resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        scheduler = None
+        if opts.scheduler == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(time_attr="training_iteration", metric="val_loss", mode="min",
+                                      max_t=study.fixed.get("epochs", 50), grace_period=1)
+        tuner = tune.Tuner(
+            _trainable(opts), param_space=space,
+            tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=opts.max_concurrent,
+                                        scheduler=scheduler),
+            run_config=tune.RunConfig(
+                name=experiment, storage_path=str(storage), verbose=0,
+                callbacks=callbacks_for("", n_trials),
+                failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_frequency=1,
+                                                        checkpoint_at_end=True)))
+    t0 = time.time()
+    grid = tuner.fit()
+    errors = [r.error for r in grid if r.error is not None]
+    print(f"study finished in {time.time() - t0:.0f} s; {len(errors)} trial(s) errored", flush=True)
+
+    report_dir = experiment_dir / REPORT_DIR
+    report_dir.mkdir(exist_ok=True)
+    ds = load_dataset(study.fixed["dataset"])
+    (report_dir / "study.json").write_text(json.dumps({
+        "study": study.name, "description": study.description, "reference": study.reference.key,
+        "arms": [a.key for a in study.arms],
+        "units": [ds.energy_unit, ds.force_unit], "dataset": study.fixed["dataset"], "theory": ds.theory,
+        "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent, "best_hyperparameters": best,
+        "fixed": study.fixed}, indent=2, default=str))
+    run_ids = {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in tracking.client(uri).search_runs(
+        [exp_id], filter_string="tags.`dcnn.role` = 'trial'", max_results=10000)}
+    (report_dir / "mlflow_runs.json").write_text(json.dumps(run_ids, indent=2))
+    report = build_report(experiment_dir)
+    c = tracking.client(uri)
+    c.log_artifacts(parent, str(report_dir), artifact_path="report")
+    c.set_terminated(parent, "FINISHED" if not errors else "FAILED")
+    print(report["markdown"], flush=True)
+    print(f"report: {report['paths']['markdown']}", flush=True)
+    report["errors"] = errors
+    return report
+
+
+class BestHyperparameter:
+    """`tune.sample_from` callable: the tuned value of one hyperparameter for the trial's (model, arm)."""
+
+    def __init__(self, best: dict, key: str):
+        self.best, self.key = best, key
+
+    def __call__(self, spec):
+        return self.best[f"{spec.config['model']}/{spec.config['arm']}"][self.key]

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from dcnn.config import TrainConfig
+from dcnn.train import Trainer
+
+# Keys a study adds to the Tune config to label a trial; not training settings.
+LABEL_KEYS = ("arm", "study", "phase")
+CHECKPOINT_FILE = "trainer.pt"
+# validation objective with a fixed weight (the paper's β = 30), in physical units: comparable across
+# trials even when force_weight itself is being tuned
+OBJECTIVE_FORCE_WEIGHT = 30.0
+
+
+def _placement() -> dict:
+    """Threads and device from what Ray assigned this trial (not what the machine has)."""
+    ctx = ray.get_runtime_context()
+    cpus = ctx.get_assigned_resources().get("CPU", 1.0)
+    gpu_ids = ray.get_gpu_ids()
+    return {"threads": max(1, int(cpus)), "device": "cuda" if gpu_ids else "cpu",
+            "gpu_ids": ",".join(str(g) for g in gpu_ids), "node_id": ctx.get_node_id()}
+
+
+def train_config_from_tune(config: dict) -> TrainConfig:
+    """The TrainConfig of a flat Tune config; unknown or ill-typed keys raise ValueError naming them.
+
+    `threads` and `device` default to what Ray assigned the trial; a config may still set them.
+    """
+    values = {k: v for k, v in config.items() if k not in LABEL_KEYS}
+    placement = _placement() if ray.is_initialized() else {}
+    values.setdefault("threads", placement.get("threads", 1))
+    if values.get("device", "auto") == "auto" and placement:
+        values["device"] = placement["device"]
+    return TrainConfig.from_dict(values)
+
+
+def _epoch_metrics(metrics: dict, placement: dict) -> dict:
+    out = dict(metrics)
+    out["val_loss"] = metrics["energy_loss"] + OBJECTIVE_FORCE_WEIGHT * metrics["force_loss"]
+    out.update(node_id=placement.get("node_id", ""), hostname=socket.gethostname(),
+               gpu_ids=placement.get("gpu_ids", ""),
+               cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    return out
+
+
+def dcnn_trainable(config: dict) -> None:
+    """Function trainable: train with `dcnn.train`, report + checkpoint every epoch, resume if asked."""
+    cfg = train_config_from_tune(config)
+    placement = _placement()
+    trainer = Trainer(cfg)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            trainer.load(Path(d) / CHECKPOINT_FILE)
+    while not trainer.done:
+        metrics = trainer.run_epoch()
+        if trainer.done:
+            metrics.update(trainer.test())
+        with tempfile.TemporaryDirectory() as d:
+            trainer.save(Path(d) / CHECKPOINT_FILE)
+            tune.report(_epoch_metrics(metrics, placement), checkpoint=tune.Checkpoint.from_directory(d))
+
+
+class DCNNTrainable(tune.Trainable):
+    """Class trainable: one epoch per `step()`; supports reuse_actors (reset_config) and PBT."""
+
+    def setup(self, config: dict) -> None:
+        self._placement = _placement()
+        self.trainer = Trainer(train_config_from_tune(config))
+
+    def step(self) -> dict:
+        metrics = self.trainer.run_epoch()
+        if self.trainer.done:
+            metrics.update(self.trainer.test())
+        out = _epoch_metrics(metrics, self._placement)
+        out["done"] = self.trainer.done
+        return out
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        self.trainer.save(Path(checkpoint_dir) / CHECKPOINT_FILE)
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        self.trainer.load(Path(checkpoint_dir) / CHECKPOINT_FILE)
+
+    def reset_config(self, new_config: dict) -> bool:
+        self.trainer = Trainer(train_config_from_tune(new_config))
+        self.config = new_config
+        return True
