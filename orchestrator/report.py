@@ -110,6 +110,9 @@ def summarize(trials: pd.DataFrame, reference_arm: str) -> pd.DataFrame:
                         f"{short}_ci95": _ci95(v)})
             ref_ok = ref[(ref.diverged == 0) & ref.finished][metric].to_numpy(float)
             ref_mean = float(np.nanmean(ref_ok)) if len(ref_ok) else math.nan
+            if arm == reference_arm:
+                row[f"{short}_delta_pct"] = row[f"{short}_p_paired"] = math.nan
+                continue
             row[f"{short}_delta_pct"] = 100.0 * (mean - ref_mean) / ref_mean if ref_mean else math.nan
             row[f"{short}_p_paired"], row["pairs"] = _paired(g, ref, metric)
         rows.append(row)
@@ -167,7 +170,9 @@ def plot_bars(summary: pd.DataFrame, path: Path, units: tuple[str, str]) -> None
                 if d:
                     ax.annotate(f"{int(d)}✕", (xi, 0), xycoords=("data", "axes fraction"),
                                 ha="center", va="bottom", color="red", fontsize=8)
-        ax.set_yscale("log")
+        values = summary[f"{short}_mean"].to_numpy(float)
+        if np.any(np.isfinite(values) & (values > 0)):  # all diverged: nothing to log-scale
+            ax.set_yscale("log")
         ax.set_xticks(np.arange(len(arms)), arms, rotation=35, ha="right")
         ax.set_ylabel(f"test {label} MAE [{unit}]")
         ax.set_title(f"{label} (mean ± std over seeds; ✕ = diverged)")
@@ -194,7 +199,9 @@ def plot_curves(curves: pd.DataFrame, path: Path, units: tuple[str, str]) -> Non
                 stats = g.groupby("epoch")[metric].agg(["mean", "min", "max"])
                 line, = ax.plot(stats.index, stats["mean"], label=arm)
                 ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.15, color=line.get_color())
-            ax.set_yscale("log")
+            values = curves.loc[curves.model == model, metric].to_numpy(float)
+            if np.any(np.isfinite(values) & (values > 0)):
+                ax.set_yscale("log")
             ax.set_xlabel("epoch")
             ax.set_ylabel(f"validation {label} MAE [{unit}]")
             ax.set_title(f"{model}: {label} (mean over seeds, band = min–max)")

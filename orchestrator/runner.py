@@ -88,7 +88,7 @@ def _init_ray(address: Optional[str], quiet: bool):
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return ray
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = address or os.environ.get("RAY_ADDRESS") or None  # "local": always a fresh local Ray
     kwargs = dict(include_dashboard=False, log_to_driver=not quiet, configure_logging=False)
     if address:
         ray.init(address=address, **kwargs)
@@ -227,8 +227,9 @@ def run_ablation(opts: AblateOptions) -> dict:
 
     n_trials = len(study.trial_configs())
     if opts.resume and tune.Tuner.can_restore(str(experiment_dir)):
+        # the param space is given again: Tune needs it to resolve its sample_from placeholders
         tuner = tune.Tuner.restore(str(experiment_dir), trainable=_trainable(opts), resume_unfinished=True,
-                                   resume_errored=True)
+                                   resume_errored=True, param_space=space)
     else:
         scheduler = None
         if opts.scheduler == "asha":
@@ -279,5 +280,5 @@ class BestHyperparameter:
     def __init__(self, best: dict, key: str):
         self.best, self.key = best, key
 
-    def __call__(self, spec):
-        return self.best[f"{spec.config['model']}/{spec.config['arm']}"][self.key]
+    def __call__(self, config: dict):
+        return self.best[f"{config['model']}/{config['arm']}"][self.key]

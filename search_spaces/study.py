@@ -101,8 +101,8 @@ class ArmFactor:
     def __init__(self, table: dict, factor: str):
         self.table, self.factor = table, factor
 
-    def __call__(self, spec) -> object:
-        return self.table[spec.config["arm"]][self.factor]
+    def __call__(self, config: dict) -> object:
+        return self.table[config["arm"]][self.factor]
 
     def __repr__(self) -> str:
         return f"ArmFactor({self.factor})"
@@ -150,6 +150,10 @@ def load_study(name_or_path: str) -> Study:
         if not isinstance(design, dict):
             raise ValueError(f"{where}: designs[{k}] must map factors to lists of levels")
         grid = {f: v if isinstance(v, list) else [v] for f, v in design.items()}
+        unknown = set(grid) - set(FACTORS)
+        if unknown:
+            raise ValueError(f"{where}: designs[{k}]: unknown factor(s) {sorted(unknown)}; "
+                             f"factors are {', '.join(FACTORS)}")
         for combo in itertools.product(*(grid.get(f, [None]) for f in FACTORS)):
             values = {f: v for f, v in zip(FACTORS, combo) if v is not None}
             arm = _arm(values, f"{where}: designs[{k}]")

@@ -18,3 +18,38 @@ def ethanol():
     from dcnn.data import DEFAULT_DATASET, load_dataset
 
     return load_dataset(DEFAULT_DATASET)
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+TINY = {"n_train": 40, "n_val": 20, "n_test": 20, "epochs": 2}
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One in-process Ray for the whole test session (≈ 4 s to start)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory):
+    """One sqlite MLflow store for the session (the first use of a new DB costs ≈ 6 s)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*noload.*")
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def write_study(path, designs, reference=None, models=("schnet",), seeds=(0,), fixed=None):
+    import yaml
+
+    data = {"designs": designs, "models": list(models), "seeds": list(seeds), "fixed": {**TINY, **(fixed or {})}}
+    if reference:
+        data["reference"] = reference
+    path.write_text(yaml.safe_dump(data))
+    return str(path)

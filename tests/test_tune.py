@@ -1,0 +1,232 @@
+"""The Ray Tune layer against real Ray (in-process) and real MLflow (sqlite)."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT, TINY, write_study
+from orchestrator import tracking
+from orchestrator.runner import AblateOptions, run_ablation
+
+REF = {"activation": "irelu", "denorm": True, "rescale": True}
+TWO_ARMS = [{"activation": ["irelu", "isilu"], "denorm": [True], "rescale": [True]}]
+
+
+def trial_runs(uri, experiment):
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(experiment)
+    return [r for r in c.search_runs([exp.experiment_id], max_results=1000)
+            if r.data.tags.get("dcnn.role") == "trial"]
+
+
+def test_search_spaces_are_the_designs():
+    import search_spaces
+
+    plan = search_spaces.load_study("seed-plan")
+    keys = [a.key for a in plan.arms]
+    assert keys == ["irelu+DN+LR", "ielu+DN+LR", "igelu+DN+LR", "isilu+DN+LR", "original+DN+LR",
+                    "irelu+DN", "irelu+LR", "irelu"]  # shared arm once
+    assert len(plan.trial_configs()) == 8 * 2 * 3
+    assert len(search_spaces.load_study("factorial").arms) == 20
+    assert len(search_spaces.load_study("stabilizers").arms) == 4
+    space = search_spaces.get("activation")
+    assert space["arm"] == {"grid_search": [a.key for a in search_spaces.load_study("activation").arms]}
+    assert space["model"] == {"grid_search": ["schnet", "cgcnn"]}
+    for name in ("default", "lr"):
+        assert "grid_search" not in json.dumps({k: str(v) for k, v in search_spaces.tuning_space(name).items()})
+
+
+@pytest.mark.parametrize("content,message", [
+    ("designs: [{activation: [relu2], denorm: [true], rescale: [true]}]", "activation 'relu2' is not one of"),
+    ("designs: [{activation: [irelu], denorm: [maybe], rescale: [true]}]", "denorm must be true or false"),
+    ("designs: [{activation: [irelu], dropout: [0.1], denorm: [true], rescale: [true]}]", r"unknown factor\(s\) \['dropout'\]"),
+    ("designs: [{activation: [isilu], denorm: [true], rescale: [true]}]", "reference arm irelu\\+DN\\+LR is not among"),
+    ("designs: [{activation: [irelu], denorm: [true], rescale: [true]}]\nfixed: {lr: -1}", "lr=-1.0 must be positive"),
+    ("designs: [{activation: [irelu], denorm: [true], rescale: [true]}]\nfixed: {learning_rate: 1}", r"unknown config key\(s\) \['learning_rate'\]"),
+    ("arms: []", r"unknown key\(s\) \['arms'\]"),
+    ("designs: [", "not valid YAML"),
+])
+def test_bad_study_files_named_errors(content, message, tmp_path):
+    import search_spaces
+
+    path = tmp_path / "study.yaml"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message) as err:
+        search_spaces.load_study(str(path))
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--storage", "relative/dir"], "--storage must be an absolute path"),
+    (["--study", "nope"], "unknown study 'nope'; built-in: activation, factorial, seed-plan, stabilizers"),
+    (["--models", "schnet,painn"], "unknown model 'painn'"),
+    (["--cpus-per-trial", "0"], "--cpus-per-trial must be positive"),
+    (["--gpus-per-trial", "1.5"], "above 1 must be a whole number"),
+    (["--epochs", "0"], "--epochs must be positive"),
+    (["--set", "lr=fast"], "lr='fast' is not a valid float"),
+    (["--dataset", "/nonexistent/x.npz"], "/nonexistent/x.npz: no such file"),
+])
+def test_bad_flags_fail_before_ray_starts(args, message, tmp_path):
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "ablate", "--storage", str(tmp_path), *args],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+    assert not list(tmp_path.glob("*/")), "nothing may be written"
+
+
+def test_function_trainable_under_tune_run(ray_session, tracking_uri, tmp_path):
+    from ray import tune
+
+    import search_spaces
+    from trainables import dcnn_trainable
+
+    study = search_spaces.load_study(write_study(tmp_path / "fn.yaml", TWO_ARMS, REF))
+    exp_id = tracking.ensure_experiment(tracking_uri, "fn-tune-run", tmp_path / "art")
+    parent = tracking.ensure_parent_run(tracking_uri, exp_id, "fn", {})
+    analysis = tune.run(dcnn_trainable, config=study.param_space(), storage_path=str(tmp_path / "results"),
+                        name="fn", resources_per_trial={"cpu": 1}, verbose=0,
+                        callbacks=[tracking.MLflowStudyLogger(tracking_uri, exp_id, parent, "fn")])
+    assert len(analysis.trials) == 2 and all(t.status == "TERMINATED" for t in analysis.trials)
+    for t in analysis.trials:
+        r = t.last_result
+        assert r["epoch"] == 2 and r["test_force_loss"] > 0 and r["threads"] if "threads" in r else True
+        assert r["force_loss"] > 0 and r["diverged"] == 0
+    runs = trial_runs(tracking_uri, "fn-tune-run")
+    assert sorted(r.info.run_name for r in runs) == ["schnet · irelu · DN+LR · seed 0",
+                                                     "schnet · isilu · DN+LR · seed 0"]
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.params["activation"] in ("irelu", "isilu")
+        assert r.data.params["lr"] == "0.001" and r.data.params["epochs"] == "2"
+        assert r.data.tags["mlflow.parentRunId"] == parent
+        assert len(MlflowClient(tracking_uri).get_metric_history(r.info.run_id, "force_loss")) == 2
+        assert "test_energy_loss" in r.data.metrics
+
+
+def test_bad_tune_config_key_errors_the_trial_naming_the_key(ray_session, tmp_path):
+    from ray import tune
+
+    from trainables import DCNNTrainable
+
+    grid = tune.Tuner(DCNNTrainable, param_space={**TINY, "learning_rate": 0.1},
+                      run_config=tune.RunConfig(storage_path=str(tmp_path), name="bad", verbose=0)).fit()
+    assert grid.errors and "unknown config key(s) ['learning_rate']" in str(grid.errors[0])
+
+
+def test_study_through_tuner_with_report(ray_session, tracking_uri, tmp_path):
+    study = write_study(tmp_path / "mini.yaml", [{"activation": ["irelu"], "denorm": [True, False],
+                                                  "rescale": [True, False]}], REF,
+                        models=("schnet", "cgcnn"), seeds=(0, 1))
+    report = run_ablation(AblateOptions(study=study, storage=str(tmp_path / "res"), tracking_uri=tracking_uri,
+                                        experiment="mini-tuner", quiet=True))
+    paths = report["paths"]
+    for p in paths.values():
+        assert Path(p).exists() and Path(p).stat().st_size > 0
+    summary = pd.read_csv(paths["summary"])
+    assert len(summary) == 8 and set(summary.arm) == {"irelu+DN+LR", "irelu+DN", "irelu+LR", "irelu"}
+    assert (summary.seeds == 2).all()
+    ref = summary[summary.reference]
+    assert len(ref) == 2 and ref.F_delta_pct.isna().all()
+    # SchNet has no BatchNorm: DN is a no-op there, so removing it changes nothing, exactly
+    s = summary[summary.model == "schnet"].set_index("arm")
+    assert s.loc["irelu+LR", "F_mean"] == s.loc["irelu+DN+LR", "F_mean"]
+    md = Path(paths["markdown"]).read_text()
+    assert all(a in md for a in ("irelu+DN+LR", "irelu+DN", "irelu+LR", "| irelu |")) and "kcal/mol/Å" in md
+    trials = pd.read_csv(paths["trials"])
+    runs = {r.info.run_id: r for r in trial_runs(tracking_uri, "mini-tuner")}
+    assert len(runs) == 16 and set(trials.mlflow_run_id) == set(runs)
+    for _, row in trials.iterrows():  # every number in the report is the MLflow run's number
+        assert runs[row.mlflow_run_id].data.metrics["test_force_loss"] == pytest.approx(row.test_force_loss)
+    c = MlflowClient(tracking_uri)
+    parent = c.get_run(json.loads((tmp_path / "res/mini-tuner/report/study.json").read_text())["parent_run_id"])
+    assert {a.path for a in c.list_artifacts(parent.info.run_id, "report")} >= {"report/report.md", "report/bars.png",
+                                                                                "report/curves.png", "report/summary.csv"}
+    # nothing recorded is overwritten: running again without --resume is refused
+    with pytest.raises(ValueError, match="already holds a study; pass --resume"):
+        run_ablation(AblateOptions(study=study, storage=str(tmp_path / "res"), tracking_uri=tracking_uri,
+                                   experiment="mini-tuner"))
+    # the report can be rebuilt from the folder alone
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "report", str(tmp_path / "res/mini-tuner")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "irelu+DN+LR" in proc.stdout
+
+
+def test_diverging_arm_recorded_and_study_completes(ray_session, tracking_uri, tmp_path):
+    study = write_study(tmp_path / "div.yaml", [{"activation": ["irelu"], "denorm": [True], "rescale": [True, False]}],
+                        REF, fixed={"lr": 1e8, "epochs": 3})
+    report = run_ablation(AblateOptions(study=study, storage=str(tmp_path / "res"), tracking_uri=tracking_uri,
+                                        experiment="diverge", quiet=True))
+    summary = report["summary"]
+    assert (summary.diverged == 1).all() and summary.F_mean.isna().all()
+    assert "| 1 |" in report["markdown"]
+    runs = trial_runs(tracking_uri, "diverge")
+    assert len(runs) == 2 and all(r.data.tags["diverged"] == "true" and r.info.status == "FINISHED" for r in runs)
+
+
+def test_optuna_path_tunes_each_arm_then_reruns_seeds(ray_session, tracking_uri, tmp_path):
+    study = write_study(tmp_path / "opt.yaml", TWO_ARMS, REF, seeds=(0, 1))
+    report = run_ablation(AblateOptions(study=study, storage=str(tmp_path / "res"), tracking_uri=tracking_uri,
+                                        experiment="optuna", tune_hparams=2, tuning_space="lr", quiet=True))
+    meta = json.loads((tmp_path / "res/optuna/report/study.json").read_text())
+    best = meta["best_hyperparameters"]
+    assert set(best) == {"schnet/irelu+DN+LR", "schnet/isilu+DN+LR"}
+    trials = pd.read_csv(report["paths"]["trials"])
+    assert len(trials) == 4
+    for d in (tmp_path / "res/optuna").glob("DCNNTrainable_*/params.json"):
+        cfg = json.loads(d.read_text())
+        assert cfg["lr"] == best[f"schnet/{cfg['arm']}"]["lr"]  # the seeds run at the arm's best lr
+    runs = trial_runs(tracking_uri, "optuna")
+    assert sum(r.data.tags.get("phase") == "tune" for r in runs) == 4  # 2 Optuna trials per arm
+    assert len(runs) == 4 + 4
+
+
+def _finished_trials(folder: Path) -> int:
+    n = 0
+    for f in folder.glob("*/result.json"):
+        if '"done": true' in f.read_text():
+            n += 1
+    return n
+
+
+def test_kill_then_resume_completes_with_one_run_per_trial(ray_session, tracking_uri, tmp_path):
+    study = write_study(tmp_path / "kill.yaml", [{"activation": ["irelu"], "denorm": [True, False],
+                                                  "rescale": [True, False]}], REF, seeds=(0, 1),
+                        fixed={"epochs": 30, "n_train": 100})  # ≈ 2 s a trial: time to kill mid-study
+    storage = tmp_path / "res"
+    cmd = [sys.executable, "-m", "orchestrator.cli", "ablate", "--study", study, "--storage", str(storage),
+           "--tracking-uri", tracking_uri, "--experiment", "killed", "--address", "local",
+           "--max-concurrent", "1"]
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"})
+    deadline = time.time() + 240
+    while _finished_trials(storage / "killed") < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    time.sleep(0.5)  # let Tune write its experiment state once more
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished_before = _finished_trials(storage / "killed")
+    assert 3 <= finished_before < 8, (tmp_path / "first.log").read_text()[-3000:]
+    results_before = {f.parent.name: f.read_text() for f in (storage / "killed").glob("*/result.json")
+                      if '"done": true' in f.read_text()}
+
+    report = run_ablation(AblateOptions(study=study, storage=str(storage), tracking_uri=tracking_uri,
+                                        experiment="killed", resume=True, quiet=True))
+    assert not report["errors"]
+    trials = pd.read_csv(report["paths"]["trials"])
+    assert len(trials) == 8 and trials.finished.all()
+    for name, text in results_before.items():  # finished trials were not run again
+        assert (storage / "killed" / name / "result.json").read_text() == text
+    runs = trial_runs(tracking_uri, "killed")
+    assert len(runs) == 8, sorted(r.info.run_name for r in runs)
+    assert len({r.data.tags["dcnn.trial_id"] for r in runs}) == 8
+    assert all(r.info.status == "FINISHED" for r in runs)
