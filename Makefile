@@ -2,8 +2,11 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 DATA ?= data/ethanol-gfn2-500K.npz
+STORAGE ?= $(CURDIR)/results
+ARGS ?=
+export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install test train data bench
+.PHONY: install test ablate report ui train data bench
 
 install:  ## torch first, pinned: the CPU wheel on disk (a bare `torch` pulls a multi-GB CUDA build)
 	$(PIP) install torch==2.13.0
@@ -12,7 +15,17 @@ install:  ## torch first, pinned: the CPU wheel on disk (a bare `torch` pulls a 
 test:
 	$(PYTHON) -m pytest -q
 
-train:  ## one training run on the bundled data; pass flags with ARGS="..."
+ablate:  ## the seed plan on the bundled data (local Ray, or $$RAY_ADDRESS); flags via ARGS="..."
+	dcnn-ablate ablate --storage $(STORAGE) $(ARGS)
+
+report:  ## rebuild a study's report: make report EXPERIMENT=seed-plan
+	dcnn-ablate report $(STORAGE)/$(or $(EXPERIMENT),seed-plan)
+
+ui:  ## MLflow UI on 127.0.0.1:5000 over the study store (one worker, no job execution)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --host 127.0.0.1 --port 5000 --workers 1 \
+		--backend-store-uri sqlite:///$(STORAGE)/mlflow.db
+
+train:  ## one training run on the bundled data; flags via ARGS="..."
 	dcnn-ablate train --dataset $(DATA) $(ARGS)
 
 data:  ## regenerate the bundled data set (bit-identical; see data/README.md)
