@@ -57,7 +57,9 @@ def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                "test_force_loss": last.get("test_force_loss", math.nan),
                "energy_loss": last.get("energy_loss", math.nan),
                "force_loss": last.get("force_loss", math.nan),
-               "node_id": last.get("node_id", ""), "hostname": last.get("hostname", "")}
+               "node_id": last.get("node_id", ""), "hostname": last.get("hostname", ""),
+               "device": last.get("device", ""), "gpu_ids": last.get("gpu_ids", ""),
+               "started_at": last.get("started_at", math.nan), "finished_at": last.get("reported_at", math.nan)}
         trials.append(row)
         for r in results:
             curves.append({"trial_id": trial_id, **{k: config.get(k) for k in FACTOR_COLUMNS + ["seed"]},

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import ray
@@ -25,7 +26,8 @@ def _placement() -> dict:
     cpus = ctx.get_assigned_resources().get("CPU", 1.0)
     gpu_ids = ray.get_gpu_ids()
     return {"threads": max(1, int(cpus)), "device": "cuda" if gpu_ids else "cpu",
-            "gpu_ids": ",".join(str(g) for g in gpu_ids), "node_id": ctx.get_node_id()}
+            "gpu_ids": ",".join(str(g) for g in gpu_ids), "node_id": ctx.get_node_id(),
+            "started_at": time.time()}
 
 
 def train_config_from_tune(config: dict) -> TrainConfig:
@@ -41,12 +43,14 @@ def train_config_from_tune(config: dict) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
-def _epoch_metrics(metrics: dict, placement: dict) -> dict:
+def _epoch_metrics(metrics: dict, placement: dict, trainer: Trainer) -> dict:
+    """The trainer's metrics plus where the trial ran (node, GPU ids, device) and when (wall clock)."""
     out = dict(metrics)
     out["val_loss"] = metrics["energy_loss"] + OBJECTIVE_FORCE_WEIGHT * metrics["force_loss"]
     out.update(node_id=placement.get("node_id", ""), hostname=socket.gethostname(),
-               gpu_ids=placement.get("gpu_ids", ""),
-               cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+               gpu_ids=placement.get("gpu_ids", ""), device=str(trainer.device),
+               cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+               started_at=placement.get("started_at", 0.0), reported_at=time.time())
     return out
 
 
@@ -65,7 +69,7 @@ def dcnn_trainable(config: dict) -> None:
             metrics.update(trainer.test())
         with tempfile.TemporaryDirectory() as d:
             trainer.save(Path(d) / CHECKPOINT_FILE)
-            tune.report(_epoch_metrics(metrics, placement), checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report(_epoch_metrics(metrics, placement, trainer), checkpoint=tune.Checkpoint.from_directory(d))
 
 
 class DCNNTrainable(tune.Trainable):
@@ -79,7 +83,7 @@ class DCNNTrainable(tune.Trainable):
         metrics = self.trainer.run_epoch()
         if self.trainer.done:
             metrics.update(self.trainer.test())
-        out = _epoch_metrics(metrics, self._placement)
+        out = _epoch_metrics(metrics, self._placement, self.trainer)
         out["done"] = self.trainer.done
         return out
 
@@ -90,6 +94,7 @@ class DCNNTrainable(tune.Trainable):
         self.trainer.load(Path(checkpoint_dir) / CHECKPOINT_FILE)
 
     def reset_config(self, new_config: dict) -> bool:
+        self._placement = _placement()
         self.trainer = Trainer(train_config_from_tune(new_config))
         self.config = new_config
         return True

@@ -1,0 +1,159 @@
+"""Real Ray clusters and an MLflow server on this machine, for tests; stopped by process group.
+
+Each `ray start --block` runs in its own session, so its GCS, raylet and workers share its process
+group and can be stopped without `ray stop` (which would kill every Ray process on the host).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_port_range(width: int = 40) -> int:
+    """Start of `width` consecutive free ports (worker ports of one node)."""
+    for _ in range(50):
+        base = free_port()
+        if base + width > 65000:
+            continue
+        ok = True
+        for p in range(base, base + width):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", p))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port range")
+
+
+def _node_ports() -> list[str]:
+    base = free_port_range()
+    return ["--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
+            "--min-worker-port", str(base), "--max-worker-port", str(base + 39),
+            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+            "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port())]
+
+
+def _stop_group(proc: subprocess.Popen, timeout: float) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
+
+
+class LocalRayCluster:
+    """A head and worker nodes started with `ray start --block` (each `--num-cpus`, `--num-gpus`)."""
+
+    def __init__(self, log_dir: Path, nodes: list[dict]):
+        self.log_dir, self.nodes = Path(log_dir), nodes
+        self.procs: list[subprocess.Popen] = []
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+
+    def _start(self, args: list[str], name: str) -> None:
+        log = open(self.log_dir / f"{name}.log", "w")
+        self.procs.append(subprocess.Popen(["ray", "start", "--block", "--disable-usage-stats", *args],
+                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                           env=ENV))
+
+    def node_count(self) -> int:
+        code = ("import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False, configure_logging=False);"
+                "print(sum(n['Alive'] for n in ray.nodes()))")
+        try:
+            out = subprocess.run([sys.executable, "-c", code, self.address], capture_output=True, text=True,
+                                 timeout=30, env=ENV)
+            return int(out.stdout.strip().splitlines()[-1])
+        except (subprocess.TimeoutExpired, ValueError, IndexError):
+            return 0
+
+    def start(self, timeout: float = 120) -> "LocalRayCluster":
+        for k, node in enumerate(self.nodes):
+            res = ["--num-cpus", str(node.get("cpus", 1)), "--num-gpus", str(node.get("gpus", 0))]
+            if k == 0:
+                self._start(["--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
+                             "--include-dashboard", "false", *res, *_node_ports()], "head")
+                self._wait_for(1, timeout)
+            else:
+                self._start(["--address", self.address, "--node-ip-address", "127.0.0.1", *res, *_node_ports()],
+                            f"worker{k}")
+        self._wait_for(len(self.nodes), timeout)
+        return self
+
+    def _wait_for(self, n: int, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(p.poll() is not None for p in self.procs):
+                break
+            if self.node_count() >= n:
+                return
+            time.sleep(1)
+        logs = "\n".join(f.read_text()[-2000:] for f in self.log_dir.glob("*.log"))
+        self.stop()
+        raise RuntimeError(f"Ray cluster did not reach {n} node(s):\n{logs}")
+
+    def stop(self) -> None:
+        """Workers first (they drain through the head's GCS), then the head; by process group."""
+        for proc in reversed(self.procs):
+            _stop_group(proc, timeout=45)
+        self.procs.clear()
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 with the lean flags of design §4 (one worker, no job execution)."""
+
+    def __init__(self, root: Path):
+        self.root, self.port = Path(root), free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout: float = 90) -> "MlflowServer":
+        self.root.mkdir(parents=True, exist_ok=True)
+        env = {**ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.proc = subprocess.Popen(
+            ["mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", str(self.root / "artifacts")],
+            stdout=open(self.root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        deadline = time.time() + timeout
+        while time.time() < deadline and self.proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("mlflow server did not start:\n" + (self.root / "server.log").read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_group(self.proc, timeout=20)
