@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="Ray cluster address, e.g. 10.0.0.1:6379 (default: $RAY_ADDRESS, else an "
                         "in-process local Ray; 'local' forces a fresh local one)")
-    a.add_argument("--storage", help="absolute folder (or s3://...) for results (default: ./results)")
+    a.add_argument("--storage", help="absolute folder for results, on a cluster one every node sees "
+                                     "(default: ./results)")
     a.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite DB in the storage folder; "
                                           "use an MLflow server on a multi-node cluster)")
     a.add_argument("--experiment", help="study folder and MLflow experiment name (default: the study name)")

@@ -62,7 +62,11 @@ class AblateOptions:
             tuning_space(self.tuning_space)
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"--epochs must be positive, got {self.epochs}")
-        if self.storage and "://" not in self.storage and not os.path.isabs(self.storage):
+        if self.storage and "://" in self.storage:
+            raise ValueError(f"--storage {self.storage!r}: object-store URIs are not supported yet (the report "
+                             f"reads the study folder as files); use a shared file system (NFS/EFS) mounted "
+                             f"at the same path on every node")
+        if self.storage and not os.path.isabs(self.storage):
             raise ValueError(f"--storage must be an absolute path (trials run in other directories), "
                              f"got {self.storage!r}")
         fixed = dict(self.set)
