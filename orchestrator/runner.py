@@ -92,12 +92,9 @@ def _init_ray(address: Optional[str], quiet: bool):
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return ray
-    address = address or os.environ.get("RAY_ADDRESS") or None  # "local": always a fresh local Ray
-    kwargs = dict(include_dashboard=False, log_to_driver=not quiet, configure_logging=False)
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(**kwargs)
+    # no address: a fresh in-process Ray ("local"), never a cluster ray.init() might find by itself
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, include_dashboard=False, log_to_driver=not quiet, configure_logging=False)
     return ray
 
 

@@ -121,6 +121,10 @@ class LocalRayCluster:
         for proc in reversed(self.procs):
             _stop_group(proc, timeout=5)  # a SIGTERMed node drains via the GCS for ~30 s: no need
         self.procs.clear()
+        # `ray start --head` records its address for later ray.init() calls; `ray stop` would remove it
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.exists() and current.read_text().strip().endswith(f":{self.port}"):
+            current.unlink()
 
     @property
     def pids(self) -> list[int]:
