@@ -112,36 +112,6 @@ def _check_cluster_fits(ray, opts: AblateOptions) -> None:
             f"{max((r.get('GPU', 0) for r in per_node), default=0):g} GPU")
 
 
-class Progress:
-    """Prints one line per finished/failed trial (Tune's own tables are too noisy for a study)."""
-
-    def __new__(cls, total: int, label: str = ""):
-        from ray import tune
-
-        class _Progress(tune.Callback):
-            def __init__(self):
-                self.total, self.label, self.done, self.t0 = total, label, 0, time.time()
-
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                from orchestrator.tracking import trial_run_name
-
-                self.done += 1
-                r = trial.last_result or {}
-                status = "DIVERGED" if r.get("diverged") else (
-                    f"test E {r.get('test_energy_loss', float('nan')):.4g}, "
-                    f"F {r.get('test_force_loss', float('nan')):.4g}")
-                print(f"[{self.label}{self.done}/{self.total} · {time.time() - self.t0:.0f} s] "
-                      f"{trial_run_name(trial.config)}: {status} (epoch {r.get('epoch')})", flush=True)
-
-            def on_trial_error(self, iteration, trials, trial, **info):
-                from orchestrator.tracking import trial_run_name
-
-                print(f"[{self.label}error] {trial_run_name(trial.config)} failed: "
-                      f"{getattr(trial, 'error_file', '')}", flush=True)
-
-        return _Progress()
-
-
 def _trainable(opts: AblateOptions):
     from ray import tune
 
@@ -207,10 +177,12 @@ def run_ablation(opts: AblateOptions) -> dict:
           f"{len(study.seeds)} seeds = {len(study.trial_configs())} trials → {experiment_dir}\n"
           f"MLflow: {uri} (experiment {experiment!r})", flush=True)
 
+    from orchestrator.progress import StudyProgress
+
     def callbacks_for(label, total=None):
         cbs = [tracking.MLflowStudyLogger(uri, exp_id, parent, study.name)]
         if total:
-            cbs.append(Progress(total, label))
+            cbs.append(StudyProgress(total, label))
         return cbs
 
     space = study.param_space()

@@ -7,7 +7,6 @@ are found again by the trial id tag, so a retried or resumed trial continues its
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from pathlib import Path
 
@@ -78,8 +77,11 @@ def trial_run_name(config: dict) -> str:
 def _params(config: dict) -> dict:
     """Every config key (the resolved TrainConfig, so defaults show too) plus the labels."""
     values = {k: v for k, v in config.items() if k not in LABEL_KEYS}
-    full = TrainConfig.from_dict(values).to_dict()
-    full.pop("threads"), full.pop("device")  # placement: recorded as tags from the trial itself
+    try:
+        full = TrainConfig.from_dict(values).to_dict()
+        full.pop("threads"), full.pop("device")  # placement: recorded as tags from the trial itself
+    except ValueError:  # the trial itself will fail and say why; record what it was given
+        full = dict(values)
     full.update({k: config[k] for k in LABEL_KEYS if k in config})
     return {k: ("" if v is None else str(v)) for k, v in full.items()}
 
@@ -164,6 +166,3 @@ class MLflowStudyLogger(tune.Callback):
             self.client.set_tag(run_id, "error", Path(error).read_text()[-4000:])
         self.client.set_terminated(run_id, "FAILED")
 
-
-def finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

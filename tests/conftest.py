@@ -10,7 +10,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
-REAL_DATA = ROOT.parent / "shared" / "real-data"
+REAL_DATA = ROOT / "tests" / "data"  # real rMD17 frames (CC0), see tests/data/README.md
 
 
 @pytest.fixture(scope="session")

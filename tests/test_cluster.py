@@ -65,7 +65,7 @@ def test_fractional_gpus_share_devices_and_oversized_requests_fail(tmp_path):
     cluster = LocalRayCluster(tmp_path, [{"cpus": 4, "gpus": 2}])
     try:
         cluster.start()
-        study = write_study(tmp_path / "gpu.yaml", ARMS, REF, seeds=(0, 1), fixed={"epochs": 12, "n_train": 100})
+        study = write_study(tmp_path / "gpu.yaml", ARMS, REF, seeds=(0, 1), fixed={"epochs": 30, "n_train": 200})
         storage = tmp_path / "res"
         proc = ablate("--study", study, "--address", cluster.address, "--storage", str(storage),
                       "--gpus-per-trial", "0.5", "--cpus-per-trial", "1", "--experiment", "gpu")

@@ -113,16 +113,6 @@ def test_function_trainable_under_tune_run(ray_session, tracking_uri, tmp_path):
         assert "test_energy_loss" in r.data.metrics
 
 
-def test_bad_tune_config_key_errors_the_trial_naming_the_key(ray_session, tmp_path):
-    from ray import tune
-
-    from trainables import DCNNTrainable
-
-    grid = tune.Tuner(DCNNTrainable, param_space={**TINY, "learning_rate": 0.1},
-                      run_config=tune.RunConfig(storage_path=str(tmp_path), name="bad", verbose=0)).fit()
-    assert grid.errors and "unknown config key(s) ['learning_rate']" in str(grid.errors[0])
-
-
 def test_study_through_tuner_with_report(ray_session, tracking_uri, tmp_path):
     study = write_study(tmp_path / "mini.yaml", [{"activation": ["irelu"], "denorm": [True, False],
                                                   "rescale": [True, False]}], REF,

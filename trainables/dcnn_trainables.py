@@ -36,6 +36,10 @@ def train_config_from_tune(config: dict) -> TrainConfig:
     `threads` and `device` default to what Ray assigned the trial; a config may still set them.
     """
     values = {k: v for k, v in config.items() if k not in LABEL_KEYS}
+    dataset = values.get("dataset")
+    if isinstance(dataset, (str, os.PathLike)) and not os.path.isabs(os.path.expanduser(dataset)):
+        # trials run inside their own folder: a relative path means the driver's working directory
+        values["dataset"] = os.path.join(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd()), dataset)
     placement = _placement() if ray.is_initialized() else {}
     values.setdefault("threads", placement.get("threads", 1))
     if values.get("device", "auto") == "auto" and placement:

@@ -1,0 +1,29 @@
+"""One line per finished or failed trial, with the study's count and elapsed time.
+
+Tune's own progress tables repeat every trial's config every few seconds; a study wants one line
+per trial as it finishes.
+"""
+from __future__ import annotations
+
+import time
+
+from ray import tune
+
+from orchestrator.tracking import trial_run_name
+
+
+class StudyProgress(tune.Callback):
+    def __init__(self, total: int, label: str = ""):
+        self.total, self.label, self.done, self.t0 = total, label, 0, time.time()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        r = trial.last_result or {}
+        status = "DIVERGED" if r.get("diverged") else (
+            f"test E {r.get('test_energy_loss', float('nan')):.4g}, F {r.get('test_force_loss', float('nan')):.4g}")
+        print(f"[{self.label}{self.done}/{self.total} · {time.time() - self.t0:.0f} s] "
+              f"{trial_run_name(trial.config)}: {status} (epoch {r.get('epoch')})", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        print(f"[{self.label}error] {trial_run_name(trial.config)} failed: "
+              f"{getattr(trial, 'error_file', '') or 'see the trial folder'}", flush=True)

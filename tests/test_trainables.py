@@ -1,0 +1,80 @@
+"""Both trainables under both Tune APIs, relative paths, failures and retries, against real Ray and MLflow."""
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from conftest import ROOT, TINY
+from orchestrator import tracking
+from trainables import DCNNTrainable, dcnn_trainable
+
+CONFIG = {**TINY, "epochs": 2, "model": "schnet", "activation": "isilu", "denorm": True, "rescale": True,
+          "rescale_factor": 1e4, "seed": 0}
+
+
+@pytest.mark.parametrize("trainable", [dcnn_trainable, DCNNTrainable], ids=["function", "class"])
+@pytest.mark.parametrize("api", ["tune.run", "Tuner"])
+def test_trainable_runs_under_both_apis(trainable, api, ray_session, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    config = {**CONFIG, "dataset": "data/ethanol-gfn2-500K.npz"}  # relative to the driver's directory
+    if api == "tune.run":
+        analysis = tune.run(trainable, config=config, storage_path=str(tmp_path), verbose=0,
+                            resources_per_trial={"cpu": 1})
+        results = [t.last_result for t in analysis.trials]
+    else:
+        # (no tune.with_resources here: on a function it sets an attribute on the function object
+        # itself, which later tune.run(resources_per_trial=...) calls of the same function reject)
+        grid = tune.Tuner(trainable, param_space=config,
+                          run_config=tune.RunConfig(storage_path=str(tmp_path), name="t", verbose=0)).fit()
+        assert not grid.errors
+        results = [r.metrics for r in grid]
+    (r,) = results
+    assert r["epoch"] == 2 and r["diverged"] == 0 and r["test_force_loss"] > 0
+    assert r["device"] == "cpu" and r["node_id"] and r["reported_at"] >= r["started_at"]
+
+
+def _logger(uri, name, tmp_path):
+    exp = tracking.ensure_experiment(uri, name, tmp_path / "art")
+    parent = tracking.ensure_parent_run(uri, exp, name, {})
+    return exp, tracking.MLflowStudyLogger(uri, exp, parent, name)
+
+
+def test_retried_trial_continues_its_own_mlflow_run(ray_session, tracking_uri, tmp_path):
+    # defined here so Ray pickles the class by value (workers cannot import test modules)
+    class FailsOnceTrainable(DCNNTrainable):
+        """Crashes in its second epoch the first time (a worker failure); Tune retries from the checkpoint."""
+
+        def step(self):
+            marker = Path(self.config["marker"])
+            if self.trainer.epoch == 1 and not marker.exists():
+                marker.write_text("failed once")
+                raise RuntimeError("injected failure")
+            return super().step()
+
+        def setup(self, config):
+            super().setup({k: v for k, v in config.items() if k != "marker"})
+
+    exp, logger = _logger(tracking_uri, "retry", tmp_path)
+    grid = tune.Tuner(FailsOnceTrainable, param_space={**CONFIG, "epochs": 3, "marker": str(tmp_path / "m")},
+                      run_config=tune.RunConfig(storage_path=str(tmp_path), name="retry", verbose=0,
+                                                callbacks=[logger],
+                                                failure_config=tune.FailureConfig(max_failures=1),
+                                                checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1))).fit()
+    assert not grid.errors and (tmp_path / "m").exists()
+    c = MlflowClient(tracking_uri)
+    runs = [r for r in c.search_runs([exp]) if r.data.tags.get("dcnn.role") == "trial"]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = sorted(m.step for m in c.get_metric_history(runs[0].info.run_id, "force_loss"))
+    assert steps == [1, 2, 3]  # resumed at epoch 2 from the epoch-1 checkpoint, in the same run
+
+
+def test_errored_trial_ends_failed_with_the_error(ray_session, tracking_uri, tmp_path):
+    exp, logger = _logger(tracking_uri, "errored", tmp_path)
+    grid = tune.Tuner(DCNNTrainable, param_space={**CONFIG, "learning_rate": 0.1},
+                      run_config=tune.RunConfig(storage_path=str(tmp_path), name="bad", verbose=0,
+                                                callbacks=[logger])).fit()
+    assert grid.errors and "unknown config key(s) ['learning_rate']" in str(grid.errors[0])
+    (run,) = [r for r in MlflowClient(tracking_uri).search_runs([exp]) if r.data.tags.get("dcnn.role") == "trial"]
+    assert run.info.status == "FAILED"
+    assert "learning_rate" in run.data.tags.get("error", "")
