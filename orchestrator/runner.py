@@ -94,7 +94,8 @@ def _init_ray(address: Optional[str], quiet: bool):
         return ray
     # no address: a fresh in-process Ray ("local"), never a cluster ray.init() might find by itself
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, include_dashboard=False, log_to_driver=not quiet, configure_logging=False)
+    ray.init(address=address, include_dashboard=False, log_to_driver=not quiet, configure_logging=False,
+             runtime_env={"worker_process_setup_hook": "trainables.dcnn_trainables.quiet_worker_logs"})
     return ray
 
 
@@ -109,7 +110,8 @@ def _check_cluster_fits(ray, opts: AblateOptions) -> None:
             f"{opts.gpus_per_trial:g} GPU per trial); the cluster has {total.get('CPU', 0):g} CPU and "
             f"{total.get('GPU', 0):g} GPU in all, largest node "
             f"{max((r.get('CPU', 0) for r in per_node), default=0):g} CPU / "
-            f"{max((r.get('GPU', 0) for r in per_node), default=0):g} GPU")
+            f"{max((r.get('GPU', 0) for r in per_node), default=0):g} GPU (on an autoscaling cluster, keep at "
+            f"least one node of the needed type running)")
 
 
 def _trainable(opts: AblateOptions):

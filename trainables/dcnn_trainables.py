@@ -20,6 +20,13 @@ CHECKPOINT_FILE = "trainer.pt"
 OBJECTIVE_FORCE_WEIGHT = 30.0
 
 
+def quiet_worker_logs() -> None:
+    """Ray worker setup hook: checkpointing every epoch is intended; don't log a line for each."""
+    import logging
+
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+
+
 def _placement() -> dict:
     """Threads and device from what Ray assigned this trial (not what the machine has)."""
     ctx = ray.get_runtime_context()
