@@ -166,8 +166,9 @@ def plot_bars(summary: pd.DataFrame, path: Path, units: tuple[str, str]) -> None
             x = np.arange(len(arms)) + (k - (len(models) - 1) / 2) * width
             mean = g[f"{short}_mean"].to_numpy(float)
             err = np.nan_to_num(g[f"{short}_std"].to_numpy(float))
-            bars = ax.bar(x, mean, width, yerr=[np.minimum(err, 0.999 * np.nan_to_num(mean)), err],
-                          capsize=3, label=model)
+            # lower error bar clipped above zero: a log axis cannot draw mean − std ≤ 0
+            ax.bar(x, mean, width, yerr=[np.minimum(err, 0.999 * np.nan_to_num(mean)), err],
+                   capsize=3, label=model)
             for xi, d in zip(x, g["diverged"].to_numpy()):
                 if d:
                     ax.annotate(f"{int(d)}✕", (xi, 0), xycoords=("data", "axes fraction"),

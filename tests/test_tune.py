@@ -1,7 +1,6 @@
 """The Ray Tune layer against real Ray (in-process) and real MLflow (sqlite)."""
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, TINY, write_study
+from conftest import write_study
 from orchestrator import tracking
 from orchestrator.runner import AblateOptions, run_ablation
 
@@ -76,7 +75,6 @@ def test_bad_study_files_named_errors(content, message, tmp_path):
     (["--dataset", "/nonexistent/x.npz"], "/nonexistent/x.npz: no such file"),
 ])
 def test_bad_flags_fail_before_ray_starts(args, message, tmp_path):
-    t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "ablate", "--storage", str(tmp_path), *args],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
