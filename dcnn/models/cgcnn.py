@@ -64,9 +64,9 @@ class CGCNN(nn.Module):
 
     def forward(self, positions: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         b, n, _ = positions.shape
-        _, _, dense_index, offdiag = self.geometry.tables(n, positions.device)
+        _, _, _, offdiag = self.geometry.tables(n, positions.device)
+        _, _, pair_of = self.geometry.directed(n, positions.device)  # ordered pair -> unordered pair
         d = self.geometry.distances(positions)  # [B, P]
-        pair_of = dense_index[offdiag]  # ordered pair -> unordered pair id
         d_dir = d[:, pair_of]
         e = self.rbf(d_dir)
         env = cosine_cutoff(d_dir, self.cutoff).unsqueeze(-1)

@@ -36,6 +36,15 @@ class PairGeometry(nn.Module):
             self._cache[key] = (iu, ju, dense.view(-1), offdiag)
         return self._cache[key]
 
+    def directed(self, n_atoms: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For the 2P directed pairs, unordered pairs first as (i<j) then as (j>i): `sources` (j; i),
+        `targets` (i; j); and `offdiag_pair` [N(N−1)]: the unordered pair of each ordered pair i≠j."""
+        key = ("directed", n_atoms, device)
+        if key not in self._cache:
+            iu, ju, dense, offdiag = self.tables(n_atoms, device)
+            self._cache[key] = (torch.cat([ju, iu]), torch.cat([iu, ju]), dense[offdiag])
+        return self._cache[key]
+
     def distances(self, positions: torch.Tensor) -> torch.Tensor:
         """Distances [B, P] of the unordered pairs."""
         iu, ju, _, _ = self.tables(positions.shape[1], positions.device)

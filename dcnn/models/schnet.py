@@ -1,6 +1,6 @@
 """SchNet (Schütt et al. 2017) for fixed-size molecules, laid out for speed in the force-training loop.
 
-Same function as PyG's `SchNet` (same layers, same parameter shapes; `from_pyg` copies weights), but:
+Same function as PyG's `SchNet` (same layers, same parameter shapes; `load_pyg_` copies weights), but:
 the filter network is evaluated once per *unordered* pair (W_ij = W_ji) instead of per directed edge
 (half the work of the dominant part of the model).
 Messages are gathered/scattered with index ops on the small per-atom tensors only; the large per-pair
@@ -66,8 +66,7 @@ class SchNet(nn.Module):
     def forward(self, positions: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         """positions [B, N, 3] (Å), numbers [N] → energies [B]."""
         b, n, _ = positions.shape
-        iu, ju, _, _ = self.geometry.tables(n, positions.device)
-        gather, scatter = torch.cat([ju, iu]), torch.cat([iu, ju])  # (j; i) sources → (i; j) targets
+        gather, scatter, _ = self.geometry.directed(n, positions.device)  # (j; i) sources → (i; j) targets
         d = self.geometry.distances(positions).unsqueeze(1)  # [B, 1, P]
         rbf = self.rbf(d)
         envelope = cosine_cutoff(d, self.cutoff).unsqueeze(-1)
