@@ -82,7 +82,7 @@ class Trainer:
         metrics.update(self.task.evaluate("val"))
         if not all(math.isfinite(v) for v in metrics.values()):
             self.diverged, self.diverged_epoch = True, self.epoch
-        metrics.update(epoch=self.epoch, diverged=int(self.diverged),
+        metrics.update(epoch=self.epoch, diverged=int(self.diverged), lr=self.optimizer.param_groups[0]["lr"],
                        epoch_time_s=time.perf_counter() - t0)
         self.history.append(metrics)
         return metrics

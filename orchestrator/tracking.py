@@ -19,7 +19,7 @@ log = logging.getLogger("dcnn.orchestrator")
 warnings.filterwarnings("ignore", message=".*noload.*")
 
 METRIC_KEYS = ("energy_loss", "force_loss", "train_energy_loss", "train_force_loss", "train_loss",
-               "val_loss", "epoch_time_s", "diverged", "test_energy_loss", "test_force_loss")
+               "val_loss", "lr", "epoch_time_s", "diverged", "test_energy_loss", "test_force_loss")
 _PLACEMENT_TAGS = ("node_id", "hostname", "node_ip", "gpu_ids", "cuda_visible_devices", "device")
 TRIAL_TAG = "dcnn.trial_id"
 

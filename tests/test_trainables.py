@@ -78,3 +78,28 @@ def test_errored_trial_ends_failed_with_the_error(ray_session, tracking_uri, tmp
     (run,) = [r for r in MlflowClient(tracking_uri).search_runs([exp]) if r.data.tags.get("dcnn.role") == "trial"]
     assert run.info.status == "FAILED"
     assert "learning_rate" in run.data.tags.get("error", "")
+
+
+def test_class_trainable_under_population_based_training(ray_session, tmp_path):
+    """PBT clones a better trial's checkpoint into a worse one with a perturbed lr: the lr of the
+    restored optimizer must be the new config's, not the checkpoint's."""
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    pbt = PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=1,
+                                  # every exploit resamples an lr that neither starting trial had, so a
+                                  # restored optimizer that kept the checkpoint's lr is caught
+                                  hyperparam_mutations={"lr": [5e-4, 2e-3]}, resample_probability=1.0,
+                                  quantile_fraction=0.5)  # of 2 trials, the worse copies the better
+    grid = tune.Tuner(
+        DCNNTrainable,
+        param_space={**CONFIG, "epochs": 4, "lr": tune.grid_search([1e-4, 3e-3])},
+        tune_config=tune.TuneConfig(scheduler=pbt, metric="val_loss", mode="min", reuse_actors=True),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="pbt", verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1)),
+    ).fit()
+    assert not grid.errors and len(grid) == 2
+    for result in grid:
+        assert result.metrics["epoch"] == 4 and result.metrics["diverged"] == 0
+        assert result.metrics["lr"] == pytest.approx(result.config["lr"])  # the optimizer runs the config's lr
+    assert list((tmp_path / "pbt").glob("pbt_policy_*.txt")), "PBT never exploited a checkpoint"
+    assert any(r.config["lr"] in (5e-4, 2e-3) for r in grid)
