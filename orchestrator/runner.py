@@ -68,6 +68,8 @@ class AblateOptions:
         if self.storage and not os.path.isabs(self.storage):
             raise ValueError(f"--storage must be an absolute path (trials run in other directories), "
                              f"got {self.storage!r}")
+        if self.tracking_uri:
+            _check_tracking_uri(self.tracking_uri)
         fixed = dict(self.set)
         fixed["dataset"] = str(Path(self.dataset).expanduser().resolve())
         if self.epochs is not None:
@@ -81,6 +83,26 @@ class AblateOptions:
     @property
     def storage_path(self) -> Path:
         return Path(self.storage) if self.storage else Path.cwd() / "results"
+
+
+def _check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server that does not answer fails now, not after Ray started (MLflow's client would
+    retry for minutes)."""
+    import urllib.error
+    import urllib.request
+
+    scheme = uri.split("://", 1)[0] if "://" in uri else ""
+    if scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+                pass
+        except urllib.error.HTTPError:
+            pass  # it answered (some proxies have no /health): reachable
+        except (urllib.error.URLError, OSError) as e:
+            raise ValueError(f"--tracking-uri {uri}: MLflow server not reachable ({e}); start it or fix the URI")
+    elif scheme not in ("sqlite", "postgresql", "mysql", "mssql", "file", "databricks"):
+        raise ValueError(f"--tracking-uri {uri!r}: expected http(s)://HOST:PORT or a database URI "
+                         f"such as sqlite:////abs/path/mlflow.db")
 
 
 def _init_ray(address: Optional[str], quiet: bool):

@@ -73,6 +73,8 @@ def test_bad_study_files_named_errors(content, message, tmp_path):
     (["--epochs", "0"], "--epochs must be positive"),
     (["--set", "lr=fast"], "lr='fast' is not a valid float"),
     (["--dataset", "/nonexistent/x.npz"], "/nonexistent/x.npz: no such file"),
+    (["--tracking-uri", "http://127.0.0.1:9"], "MLflow server not reachable"),
+    (["--tracking-uri", "mlflow.db"], "expected http(s)://HOST:PORT or a database URI"),
 ])
 def test_bad_flags_fail_before_ray_starts(args, message, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "ablate", "--storage", str(tmp_path), *args],
