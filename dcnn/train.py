@@ -87,6 +87,13 @@ class Trainer:
         self.history.append(metrics)
         return metrics
 
+    def step(self) -> dict:
+        """One epoch; after the last one (or a divergence) the test metrics are added."""
+        metrics = dict(self.run_epoch())  # a copy: history keeps the epoch's own metrics
+        if self.done:
+            metrics.update(self.test())
+        return metrics
+
     def test(self) -> dict:
         """Test metrics of the current (last-epoch) model; NaN after divergence."""
         if self.diverged:
@@ -150,9 +157,7 @@ def train(config: TrainConfig, on_epoch: Optional[Callable[[dict, Trainer], None
     if resume_from is not None:
         trainer.load(resume_from)
     while not trainer.done:
-        metrics = trainer.run_epoch()
-        if trainer.done:
-            metrics = {**metrics, **trainer.test()}
+        metrics = trainer.step()
         if on_epoch is not None:
             on_epoch(metrics, trainer)
     return trainer.summary()

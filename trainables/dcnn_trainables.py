@@ -75,9 +75,7 @@ def dcnn_trainable(config: dict) -> None:
         with checkpoint.as_directory() as d:
             trainer.load(Path(d) / CHECKPOINT_FILE)
     while not trainer.done:
-        metrics = trainer.run_epoch()
-        if trainer.done:
-            metrics.update(trainer.test())
+        metrics = trainer.step()
         with tempfile.TemporaryDirectory() as d:
             trainer.save(Path(d) / CHECKPOINT_FILE)
             tune.report(_epoch_metrics(metrics, placement, trainer), checkpoint=tune.Checkpoint.from_directory(d))
@@ -91,9 +89,7 @@ class DCNNTrainable(tune.Trainable):
         self.trainer = Trainer(train_config_from_tune(config))
 
     def step(self) -> dict:
-        metrics = self.trainer.run_epoch()
-        if self.trainer.done:
-            metrics.update(self.trainer.test())
+        metrics = self.trainer.step()
         out = _epoch_metrics(metrics, self._placement, self.trainer)
         out["done"] = self.trainer.done
         return out
