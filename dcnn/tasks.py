@@ -16,7 +16,9 @@ from torch import nn
 from dcnn.activations import replace_activations
 from dcnn.config import TrainConfig
 from dcnn.data import MoleculeDataset, load_dataset, split_indices
-from dcnn.models import build_model, default_activation, denormalize, energy_and_forces
+from dcnn.labels import LabelTransform, baselines
+from dcnn.models import (build_model, check_atomic_numbers, default_activation, denormalize,
+                         energy_and_forces)
 
 
 class Task(Protocol):
@@ -32,26 +34,31 @@ class Task(Protocol):
 
 
 class MoleculeTask:
-    """Energy + force training of an interatomic potential: loss = MAE(E) + β·MAE(F).
-
-    With label rescaling, labels are divided by C for training and predictions multiplied back before
-    any metric, so every reported number is in the data set's physical units.
+    """Energy + force training of an interatomic potential: loss = MAE(E') + β·MAE(F') on labels made by
+    a `LabelTransform` (per-species shift and/or division by C); metrics on inverse-transformed
+    predictions, so every reported number is in the data set's physical units.
     """
 
     def __init__(self, config: TrainConfig, device: torch.device, dataset: MoleculeDataset | None = None):
         self.config = config
         ds = dataset if dataset is not None else load_dataset(config.dataset)
+        check_atomic_numbers(config.model, ds.numbers, ds.source)
         split_seed = config.split_seed if config.split_seed is not None else 0
         idx = split_indices(len(ds), split_seed, config.n_train, config.n_val, config.n_test)
         dtype = getattr(torch, config.dtype)
-        self.scale = config.rescale_factor if config.rescale else 1.0
         self.force_weight = config.force_weight
+        train_energies = ds.energies[idx[0]]
+        self.labels = LabelTransform.fit(ds.numbers, train_energies, shift=config.shift,
+                                         scale=config.rescale_factor if config.rescale else 1.0)
+        self.baselines = {name: baselines(train_energies, ds.energies[i], ds.forces[i])
+                          for name, i in zip(("train", "val", "test"), idx)}
 
         def tensors(index: np.ndarray):
+            """(positions, physical E, physical F, label E', label F') of one split, on the device."""
             sub = ds.subset(index)
-            return (torch.as_tensor(sub.positions, dtype=dtype, device=device),
-                    torch.as_tensor(sub.energies / self.scale, dtype=dtype, device=device),
-                    torch.as_tensor(sub.forces / self.scale, dtype=dtype, device=device))
+            t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
+            return (t(sub.positions), t(sub.energies), t(sub.forces),
+                    t(self.labels.energies(sub.energies, ds.numbers)), t(self.labels.forces(sub.forces)))
 
         self.splits = {name: tensors(i) for name, i in zip(("train", "val", "test"), idx)}
         self.numbers = torch.as_tensor(ds.numbers, device=device)
@@ -71,19 +78,20 @@ class MoleculeTask:
             "activation_used": activation, "activations_replaced": replaced,
             "batchnorm_removed": removed,
             "n_parameters": sum(p.numel() for p in model.parameters()),
+            "energy_shift": self.labels.offset(ds.numbers),
         }
 
     def loss(self, index):
-        pos, energy, forces = self.splits["train"]
+        pos, energy, forces, e_label, f_label = self.splits["train"]
         e_pred, f_pred = energy_and_forces(self.model, pos[index], self.numbers, create_graph=True)
-        e_mae = (e_pred - energy[index]).abs().mean()
-        f_mae = (f_pred - forces[index]).abs().mean()
-        loss = e_mae + self.force_weight * f_mae
-        return loss, {"train_energy_loss": e_mae.detach() * self.scale,
-                      "train_force_loss": f_mae.detach() * self.scale}
+        loss = (e_pred - e_label[index]).abs().mean() + self.force_weight * (f_pred - f_label[index]).abs().mean()
+        with torch.no_grad():  # the same terms in physical units, for the record
+            e_mae = (self.labels.inverse_energies(e_pred, self.numbers) - energy[index]).abs().mean()
+            f_mae = (self.labels.inverse_forces(f_pred) - forces[index]).abs().mean()
+        return loss, {"train_energy_loss": e_mae, "train_force_loss": f_mae}
 
     def evaluate(self, split: str) -> dict[str, float]:
-        pos, energy, forces = self.splits[split]
+        pos, energy, forces, _, _ = self.splits[split]
         n = pos.shape[0]
         if n == 0:
             return {"energy_loss": math.nan, "force_loss": math.nan}
@@ -94,11 +102,10 @@ class MoleculeTask:
         for start in range(0, n, self.config.eval_batch_size):
             sl = slice(start, start + self.config.eval_batch_size)
             e_pred, f_pred = energy_and_forces(self.model, pos[sl], self.numbers, create_graph=False)
-            e_abs += (e_pred.detach() - energy[sl]).abs().sum()
-            f_abs += (f_pred.detach() - forces[sl]).abs().sum()
+            e_abs += (self.labels.inverse_energies(e_pred.detach(), self.numbers) - energy[sl]).abs().sum()
+            f_abs += (self.labels.inverse_forces(f_pred.detach()) - forces[sl]).abs().sum()
         self.model.train(was_training)
-        return {"energy_loss": float(e_abs) * self.scale / n,
-                "force_loss": float(f_abs) * self.scale / forces[:n].numel()}
+        return {"energy_loss": float(e_abs) / n, "force_loss": float(f_abs) / forces.numel()}
 
 
 def make_task(config: TrainConfig, device: torch.device) -> Task:

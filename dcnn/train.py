@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from dcnn.config import TrainConfig
+from dcnn.schedules import LRSchedule
 from dcnn.tasks import Task, make_task
 
 __all__ = ["TrainConfig", "Trainer", "train", "resolve_device"]
@@ -49,6 +50,10 @@ class Trainer:
         self.task = task if task is not None else make_task(config, self.device)
         self.model = self.task.model
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)  # one kernel, not a loop over parameters
+        self.schedule = LRSchedule(config.lr_schedule, config.lr, config.epochs,
+                                   math.ceil(self.task.n_train / config.batch_size), lr_min=config.lr_min,
+                                   warmup_epochs=config.warmup_epochs, plateau_factor=config.plateau_factor,
+                                   plateau_patience=config.plateau_patience)
         self.shuffle = torch.Generator().manual_seed(config.seed)  # CPU generator: same on any device
         self.epoch = 0
         self.diverged = False
@@ -67,8 +72,11 @@ class Trainer:
         perm = torch.randperm(self.task.n_train, generator=self.shuffle).to(self.device)
         sums: dict[str, torch.Tensor] = {}
         steps = 0
-        for start in range(0, self.task.n_train, cfg.batch_size):
+        for step, start in enumerate(range(0, self.task.n_train, cfg.batch_size)):
             index = perm[start:start + cfg.batch_size]
+            lr = self.schedule.lr_at(self.epoch, step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
             loss, terms = self.task.loss(index)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -82,8 +90,9 @@ class Trainer:
         metrics.update(self.task.evaluate("val"))
         if not all(math.isfinite(v) for v in metrics.values()):
             self.diverged, self.diverged_epoch = True, self.epoch
-        metrics.update(epoch=self.epoch, diverged=int(self.diverged), lr=self.optimizer.param_groups[0]["lr"],
-                       epoch_time_s=time.perf_counter() - t0)
+        # plateau watches the validation objective (physical units)
+        self.schedule.end_epoch(metrics["energy_loss"] + cfg.force_weight * metrics["force_loss"])
+        metrics.update(epoch=self.epoch, diverged=int(self.diverged), lr=lr, epoch_time_s=time.perf_counter() - t0)
         self.history.append(metrics)
         return metrics
 
@@ -96,10 +105,13 @@ class Trainer:
 
     def test(self) -> dict:
         """Test metrics of the current (last-epoch) model; NaN after divergence."""
+        base = getattr(self.task, "baselines", {}).get("test", {})
+        out = {"test_energy_baseline": base.get("energy", math.nan), "test_force_baseline": base.get("force", math.nan),
+               "test_energy_scale": base.get("energy_scale", math.nan)}
         if self.diverged:
-            return {"test_energy_loss": math.nan, "test_force_loss": math.nan}
+            return {"test_energy_loss": math.nan, "test_force_loss": math.nan, **out}
         m = self.task.evaluate("test")
-        return {"test_energy_loss": m["energy_loss"], "test_force_loss": m["force_loss"]}
+        return {"test_energy_loss": m["energy_loss"], "test_force_loss": m["force_loss"], **out}
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -107,7 +119,8 @@ class Trainer:
                  "epoch": self.epoch, "diverged": self.diverged,
                  "diverged_epoch": -1 if self.diverged_epoch is None else self.diverged_epoch,
                  "shuffle_rng": self.shuffle.get_state(), "torch_rng": torch.get_rng_state(),
-                 "history": self.history, "config": self.config.to_dict()}
+                 "history": self.history, "config": self.config.to_dict(),
+                 "schedule": self.schedule.state_dict()}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -115,8 +128,9 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # the config wins (PBT changes lr between loads)
-            group["lr"] = self.config.lr
+        # the config's lr wins (PBT changes it between loads): the schedule sets every step's lr from it
+        if "schedule" in state:
+            self.schedule.load_state_dict(state["schedule"])
         self.epoch = int(state["epoch"])
         self.diverged = bool(state["diverged"])
         self.diverged_epoch = None if state["diverged_epoch"] < 0 else int(state["diverged_epoch"])
@@ -135,7 +149,9 @@ class Trainer:
         return path
 
     def load(self, path: str | os.PathLike) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        # on CPU: the RNG states must stay CPU byte tensors (map_location=cuda would move them and
+        # set_rng_state refuses them); load_state_dict copies the weights onto the model's device
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
     def summary(self) -> dict:
         """Final result: last epoch's metrics, test metrics, divergence and what was built."""

@@ -9,7 +9,6 @@ from pathlib import Path
 import yaml
 
 from dcnn import cli as dcnn_cli
-from dcnn.data import DEFAULT_DATASET
 from orchestrator.runner import SCHEDULERS, AblateOptions
 
 
@@ -33,7 +32,8 @@ def cmd_ablate(args) -> int:
     from orchestrator.runner import run_ablation
 
     opts = AblateOptions(
-        study=args.study, models=args.models, dataset=args.dataset, seeds=args.seeds, epochs=args.epochs,
+        study=args.study, models=args.models, datasets=args.datasets, seeds=args.seeds, epochs=args.epochs,
+        split_seeds=args.split_seeds, shift=args.shift,
         preset=args.preset, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent, address=args.address, storage=args.storage,
         tracking_uri=args.tracking_uri, experiment=args.experiment, resume=args.resume,
@@ -59,10 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     dcnn_cli.add_commands(sub)
     a = sub.add_parser("ablate", help="run a study on Ray Tune (local or a cluster) with MLflow tracking")
     a.add_argument("--study", default="seed-plan",
-                   help="built-in study (activation, stabilizers, seed-plan, factorial) or a YAML file")
+                   help="built-in study (seed-plan, activation, stabilizers, preprocessing, factorial, "
+                        "paper) or a YAML file")
     a.add_argument("--models", type=_csv(str), help="comma-separated, e.g. schnet,cgcnn (default: the study's)")
-    a.add_argument("--dataset", default=str(DEFAULT_DATASET), help="data file (default: bundled ethanol)")
+    a.add_argument("--datasets", "--dataset", dest="datasets", type=_csv(str),
+                   help="comma-separated bundled names (ethanol, aspirin) or data files; a study runs on each "
+                        "(default: the study's, else ethanol)")
     a.add_argument("--seeds", type=_csv(int), help="comma-separated, e.g. 0,1,2 (default: the study's)")
+    a.add_argument("--split-seeds", choices=("fixed", "vary"),
+                   help="fixed: one train/val/test split for every seed (CIs cover initialisation and batch "
+                        "order); vary: the split follows the seed (CIs include split variance). Default: the "
+                        "study's, else fixed")
+    a.add_argument("--shift", action="store_true",
+                   help="add the per-species energy shift (ES) to every arm of the study")
     a.add_argument("--epochs", type=int)
     a.add_argument("--preset", choices=("small", "paper"))
     a.add_argument("--cpus-per-trial", type=float, default=1.0)

@@ -1,8 +1,10 @@
-"""The ablation report: per arm, seeds, mean ± std and 95 % CI of the test errors, change vs the
-reference arm with a paired comparison over seeds, divergence counts; CSV + markdown + PNG.
+"""The ablation report: per data set × model × arm, the test errors over seeds next to the baselines a
+model must beat, paired comparisons with the reference arm (ratio of geometric means with a CI, Holm-
+adjusted p), divergence counts, and Findings written from those numbers; CSV + markdown + PNG.
 
-Built from the Tune experiment folder alone (params.json and result.json of each trial), so
-`dcnn-ablate report PATH` can rebuild it anywhere; each trial row carries its MLflow run id.
+Built from the Tune experiment folder alone (params.json and result.json of each trial, and the
+study.json written when the study started), so `dcnn-ablate report PATH` can rebuild it anywhere; each
+trial row carries its MLflow run id.
 """
 from __future__ import annotations
 
@@ -13,8 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-FACTOR_COLUMNS = ["model", "arm", "activation", "denorm", "rescale"]
+FACTOR_COLUMNS = ["model", "arm", "activation", "denorm", "rescale", "shift"]
+GROUP = ["data", "model"]
 REPORT_DIR = "report"
+# A trial "blew up" when its test error is this many times the error of a model that outputs zero
+# (mean |E|, mean |F| of the test split): counted with the non-finite ones as diverged, listed, never
+# averaged.  Against zero, not the mean: an energy offset not yet learned is a (bad) result, not a blow-up.
+BLOWUP_FACTOR = 10.0
+ALPHA = 0.05  # family-wise level of the Holm-adjusted tests
+METRICS = (("test_energy_loss", "E", "energy"), ("test_force_loss", "F", "force"))
 
 
 def _read_results(trial_dir: Path) -> list[dict]:
@@ -32,9 +41,17 @@ def _read_results(trial_dir: Path) -> list[dict]:
     return rows
 
 
-def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _label(config: dict, labels: dict) -> str:
+    if config.get("data"):
+        return str(config["data"])
+    dataset = str(config.get("dataset", ""))
+    return labels.get(dataset, Path(dataset).stem if dataset else "data")
+
+
+def collect(experiment_dir: Path, dataset_labels: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, curves): one row per trial with its last result; one row per trial-epoch."""
     experiment_dir = Path(experiment_dir)
+    labels = dataset_labels or {}
     run_ids = {}
     ids_file = experiment_dir / REPORT_DIR / "mlflow_runs.json"
     if ids_file.exists():
@@ -45,31 +62,76 @@ def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         if config.get("phase") == "tune":
             continue
         results = _read_results(params_file.parent)
-        if not results:
+        error_file = params_file.parent / "error.txt"
+        if not results and not error_file.exists():
             continue
-        last = results[-1]
+        last = results[-1] if results else {}
         trial_id = last.get("trial_id", "")
         finished = bool(last.get("done")) or "test_force_loss" in last
-        row = {**{k: config.get(k) for k in FACTOR_COLUMNS + ["seed"]}, "trial_id": trial_id,
-               "mlflow_run_id": run_ids.get(trial_id, ""), "finished": finished,
-               "epochs": last.get("epoch"), "diverged": int(last.get("diverged", 0)),
-               "test_energy_loss": last.get("test_energy_loss", math.nan),
-               "test_force_loss": last.get("test_force_loss", math.nan),
-               "energy_loss": last.get("energy_loss", math.nan),
-               "force_loss": last.get("force_loss", math.nan),
-               "node_id": last.get("node_id", ""), "hostname": last.get("hostname", ""),
-               "device": last.get("device", ""), "gpu_ids": last.get("gpu_ids", ""),
-               "started_at": last.get("started_at", math.nan), "finished_at": last.get("reported_at", math.nan)}
+        row = {"data": _label(config, labels), **{k: config.get(k, False if k == "shift" else None)
+                                                  for k in FACTOR_COLUMNS + ["seed"]},
+               "trial_id": trial_id, "mlflow_run_id": run_ids.get(trial_id, ""), "finished": finished,
+               "epochs": last.get("epoch", 0), "diverged": int(last.get("diverged", 0)),
+               "error": error_file.read_text().strip().splitlines()[-1][:300]
+               if error_file.exists() and not finished else "",
+               "identical_to": ""}
+        for key in ("test_energy_loss", "test_force_loss", "test_energy_baseline", "test_force_baseline",
+                    "test_energy_scale", "energy_loss", "force_loss"):
+            row[key] = last.get(key, math.nan)
+        row.update({"node_id": last.get("node_id", ""), "hostname": last.get("hostname", ""),
+                    "device": last.get("device", ""), "gpu_ids": last.get("gpu_ids", ""),
+                    "started_at": last.get("started_at", math.nan), "finished_at": last.get("reported_at", math.nan)})
         trials.append(row)
         for r in results:
-            curves.append({"trial_id": trial_id, **{k: config.get(k) for k in FACTOR_COLUMNS + ["seed"]},
+            curves.append({"trial_id": trial_id, "data": row["data"], **{k: row[k] for k in FACTOR_COLUMNS + ["seed"]},
                            "epoch": r.get("epoch"), "energy_loss": r.get("energy_loss"),
                            "force_loss": r.get("force_loss")})
     trials_df = pd.DataFrame(trials)
     if not trials_df.empty:  # a retried trial can leave two dirs: keep its latest
-        trials_df = trials_df.sort_values("epochs").drop_duplicates(["model", "arm", "seed"], keep="last")
-        trials_df = trials_df.sort_values(["model", "arm", "seed"]).reset_index(drop=True)
+        trials_df = trials_df.sort_values("epochs").drop_duplicates(GROUP + ["arm", "seed"], keep="last")
+        trials_df = trials_df.sort_values(GROUP + ["arm", "seed"]).reset_index(drop=True)
     return trials_df, pd.DataFrame(curves)
+
+
+def add_identical_arms(trials: pd.DataFrame, identical: dict) -> pd.DataFrame:
+    """Rows for arms that were not run because they are the same computation as a twin (DN on a model
+    without BatchNorm): the twin's trials, relabelled, with `identical_to` naming the twin."""
+    extra = []
+    for model, pairs in (identical or {}).items():
+        for arm, twin in pairs.items():
+            rows = trials[(trials.model == model) & (trials.arm == twin)].copy()
+            if rows.empty:
+                continue
+            rows["arm"] = arm
+            rows["denorm"] = ~rows["denorm"].astype(bool)  # the twin differs only in DN
+            rows["identical_to"] = twin
+            extra.append(rows)
+    return pd.concat([trials, *extra], ignore_index=True) if extra else trials
+
+
+def mark_divergence(trials: pd.DataFrame) -> pd.DataFrame:
+    """`ok`: finished with finite errors below BLOWUP_FACTOR × baseline; `blew_up`: finite but above it."""
+    t = trials.copy()
+    finite = np.isfinite(t.test_energy_loss.astype(float)) & np.isfinite(t.test_force_loss.astype(float))
+    huge = ((t.test_energy_loss.astype(float) > BLOWUP_FACTOR * t.test_energy_scale.astype(float))
+            | (t.test_force_loss.astype(float) > BLOWUP_FACTOR * t.test_force_baseline.astype(float)))
+    t["blew_up"] = (t.finished & finite & huge).astype(int)
+    t["diverged"] = ((t.diverged.astype(int) == 1) | (t.finished & ~finite) | (t.blew_up == 1)).astype(int)
+    t["ok"] = t.finished & (t.diverged == 0)
+    return t
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values (NaNs stay NaN and do not count towards the family size)."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    idx = np.where(np.isfinite(p))[0]
+    m = len(idx)
+    running = 0.0
+    for rank, i in enumerate(idx[np.argsort(p[idx], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
 
 
 def _ci95(values: np.ndarray) -> float:
@@ -81,76 +143,205 @@ def _ci95(values: np.ndarray) -> float:
     return float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n))
 
 
-def _paired(arm: pd.DataFrame, ref: pd.DataFrame, metric: str) -> tuple[float, int]:
-    """Two-sided paired t-test on log errors over the seeds both arms finished (p, n pairs)."""
+def paired_ratio(arm: pd.DataFrame, ref: pd.DataFrame, metric: str) -> dict:
+    """Ratio of geometric means arm/ref over the seeds both finished without diverging, its 95 % CI (t on
+    the paired log differences) and the two-sided paired t-test p-value."""
     from scipy import stats
 
-    both = arm.merge(ref, on="seed", suffixes=("", "_ref"))
-    both = both[(both.diverged == 0) & (both.diverged_ref == 0)]
+    both = arm[arm.ok].merge(ref[ref.ok], on="seed", suffixes=("", "_ref"))
     a, b = both[metric].to_numpy(float), both[metric + "_ref"].to_numpy(float)
-    ok = np.isfinite(a) & np.isfinite(b) & (a > 0) & (b > 0)
-    a, b = a[ok], b[ok]
-    if len(a) < 2 or np.allclose(np.log(a), np.log(b)):
-        return (1.0 if len(a) >= 2 else math.nan), len(a)
-    return float(stats.ttest_rel(np.log(a), np.log(b)).pvalue), len(a)
+    keep = (a > 0) & (b > 0)
+    d = np.log(a[keep]) - np.log(b[keep])
+    n = len(d)
+    out = {"n_pairs": n, "ratio": math.nan, "ratio_lo": math.nan, "ratio_hi": math.nan, "p": math.nan}
+    if n == 0:
+        return out
+    out["ratio"] = float(np.exp(d.mean()))
+    if n < 2:
+        return out
+    sd = d.std(ddof=1)
+    if sd == 0:
+        out.update(ratio_lo=out["ratio"], ratio_hi=out["ratio"], p=1.0 if d.mean() == 0 else 0.0)
+        return out
+    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    out.update(ratio_lo=float(np.exp(d.mean() - half)), ratio_hi=float(np.exp(d.mean() + half)),
+               p=float(stats.ttest_1samp(d, 0.0).pvalue))
+    return out
 
 
 def summarize(trials: pd.DataFrame, reference_arm: str) -> pd.DataFrame:
+    """One row per (data set, model, arm): n, divergence, mean ± std, CI, ratio to the baselines, and the
+    paired comparison with the reference arm, Holm-adjusted within each (data set, model, metric)."""
     rows = []
-    for (model, arm), g in trials.groupby(["model", "arm"], sort=False):
-        ok = g[(g.diverged == 0) & g.finished]
-        row = {"model": model, "arm": arm, "activation": g.activation.iloc[0],
+    for (data, model, arm), g in trials.groupby(GROUP + ["arm"], sort=False):
+        ok = g[g.ok]
+        row = {"data": data, "model": model, "arm": arm, "activation": g.activation.iloc[0],
                "denorm": bool(g.denorm.iloc[0]), "rescale": bool(g.rescale.iloc[0]),
-               "seeds": int(g.finished.sum()), "diverged": int(g.diverged.sum()),
-               "reference": arm == reference_arm}
-        ref = trials[(trials.model == model) & (trials.arm == reference_arm)]
-        for metric, short in (("test_energy_loss", "E"), ("test_force_loss", "F")):
+               "shift": bool(g["shift"].iloc[0]), "seeds": len(g), "n": len(ok),
+               "diverged": int(g.diverged.sum()), "blew_up": int(g.blew_up.sum()),
+               "errored": int((~g.finished).sum()), "reference": arm == reference_arm,
+               "identical_to": g.identical_to.iloc[0]}
+        ref = trials[(trials.data == data) & (trials.model == model) & (trials.arm == reference_arm)]
+        for metric, short, _ in METRICS:
             v = ok[metric].to_numpy(float)
-            v = v[np.isfinite(v)]
-            mean = float(v.mean()) if len(v) else math.nan
-            row.update({f"{short}_mean": mean, f"{short}_std": float(v.std(ddof=1)) if len(v) > 1 else math.nan,
-                        f"{short}_ci95": _ci95(v)})
-            ref_ok = ref[(ref.diverged == 0) & ref.finished][metric].to_numpy(float)
-            ref_mean = float(np.nanmean(ref_ok)) if len(ref_ok) else math.nan
-            if arm == reference_arm:
-                row[f"{short}_delta_pct"] = row[f"{short}_p_paired"] = math.nan
-                continue
-            row[f"{short}_delta_pct"] = 100.0 * (mean - ref_mean) / ref_mean if ref_mean else math.nan
-            row[f"{short}_p_paired"], row["pairs"] = _paired(g, ref, metric)
+            base = g[f"{metric.replace('_loss', '_baseline')}"].to_numpy(float)
+            row.update({f"{short}_mean": float(v.mean()) if len(v) else math.nan,
+                        f"{short}_std": float(v.std(ddof=1)) if len(v) > 1 else math.nan,
+                        f"{short}_ci95": _ci95(v),
+                        f"{short}_baseline": float(np.nanmean(base)) if np.isfinite(base).any() else math.nan})
+            row[f"{short}_vs_baseline"] = row[f"{short}_mean"] / row[f"{short}_baseline"]
+            if arm == reference_arm or ref.empty:
+                cmp = {"n_pairs": math.nan, "ratio": math.nan, "ratio_lo": math.nan, "ratio_hi": math.nan,
+                       "p": math.nan}
+            else:
+                cmp = paired_ratio(g, ref, metric)
+                if g.identical_to.iloc[0] == reference_arm:
+                    cmp["p"] = math.nan  # the same trials: no test to make
+            row.update({f"{short}_{k}": v for k, v in cmp.items()})
         rows.append(row)
-    return pd.DataFrame(rows)
+    summary = pd.DataFrame(rows)
+    for short in ("E", "F"):
+        summary[f"{short}_p_holm"] = math.nan
+        for _, idx in summary.groupby(GROUP, sort=False).groups.items():
+            summary.loc[idx, f"{short}_p_holm"] = holm(summary.loc[idx, f"{short}_p"].tolist())
+        summary[f"{short}_significant"] = summary[f"{short}_p_holm"] < ALPHA
+    return summary
 
 
-def _fmt(x, digits=3) -> str:
+def baselines_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Predict-mean energy MAE and predict-zero force MAE per data set (test split)."""
+    return summary.groupby("data", sort=False).agg(energy_baseline=("E_baseline", "mean"),
+                                                   force_baseline=("F_baseline", "mean")).reset_index()
+
+
+def fmt(x, sig: int = 3) -> str:
+    """3 significant figures in positional notation (356, 2.54, 0.0123, 7,140), never 1.7e+02."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
-    return f"{x:.{digits}g}"
+    x = float(x)
+    if x == 0:
+        return "0"
+    digits = sig - 1 - int(math.floor(math.log10(abs(x))))
+    rounded = round(x, digits)
+    if digits <= 0:
+        return f"{rounded:,.0f}"
+    return f"{rounded:.{digits}f}"
 
 
-def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: tuple[str, str]) -> str:
-    eu, fu = units
-    lines = [f"# {title}", "",
-             f"Test MAE in physical units (energy {eu}, force {fu}), mean ± std over seeds, 95 % CI "
-             f"half-width (t). Δ: change of the mean vs the reference arm **{reference_arm}** on the same "
-             "model (negative = better). p: paired t-test on log errors over shared seeds. Diverged "
-             "trials are counted, not averaged.", ""]
-    for model, g in summary.groupby("model", sort=False):
-        lines += [f"## {model}", "",
-                  "| arm | seeds | diverged | E mean ± std | E CI95 | ΔE % | p(E) | F mean ± std | F CI95 | ΔF % | p(F) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for _, r in g.iterrows():
-            name = f"**{r.arm}** (ref)" if r.reference else r.arm
-            lines.append(
-                f"| {name} | {r.seeds} | {r.diverged} | {_fmt(r.E_mean)} ± {_fmt(r.E_std, 2)} | "
-                f"{_fmt(r.E_ci95, 2)} | {'' if r.reference else _fmt(r.E_delta_pct, 3)} | "
-                f"{'' if r.reference else _fmt(r.E_p_paired, 2)} | {_fmt(r.F_mean)} ± {_fmt(r.F_std, 2)} | "
-                f"{_fmt(r.F_ci95, 2)} | {'' if r.reference else _fmt(r.F_delta_pct, 3)} | "
-                f"{'' if r.reference else _fmt(r.F_p_paired, 2)} |")
+def _ratio(r, short: str) -> str:
+    ratio = r[f"{short}_ratio"]
+    if not np.isfinite(ratio):
+        return "–"
+    lo, hi = r[f"{short}_ratio_lo"], r[f"{short}_ratio_hi"]
+    ci = f" [{fmt(lo, 2)}, {fmt(hi, 2)}]" if np.isfinite(lo) else ""
+    return f"×{fmt(ratio, 3)}{ci}"
+
+
+def _p(r, short: str) -> str:
+    p = r[f"{short}_p_holm"]
+    if not np.isfinite(p):
+        return "–"
+    return f"**{fmt(p, 2)}**\\*" if r[f"{short}_significant"] else fmt(p, 2)
+
+
+def _change(arm: dict, ref: dict) -> str:
+    """What the arm changes relative to the reference, in words: 'IReLU → iSiLU; DN removed'."""
+    words = []
+    if arm["activation"] != ref["activation"]:
+        words.append(f"{ref['activation']} → {arm['activation']}")
+    for factor, short in (("denorm", "DN"), ("rescale", "LR"), ("shift", "ES")):
+        if bool(arm[factor]) != bool(ref[factor]):
+            words.append(f"{short} {'added' if arm[factor] else 'removed'}")
+    if {"DN removed", "LR removed"} <= set(words):
+        words = [w for w in words if w not in ("DN removed", "LR removed")] + ["DN and LR both removed"]
+    return "; ".join(words) or "same factors"
+
+
+def findings(summary: pd.DataFrame, reference_arm: str, units: dict) -> str:
+    """One plain sentence per (data set, model, question), only what the numbers support."""
+    lines = ["## Findings", "",
+             f"Each arm against the reference **{reference_arm}** on the same data set and model: ratio of "
+             f"geometric means of the test error over paired seeds with its 95 % CI, Holm-adjusted p over "
+             f"the arms of that data set, model and metric (significant: p < {ALPHA}).", ""]
+    for (data, model), g in summary.groupby(GROUP, sort=False):
+        eu, fu = units.get(data, ("", ""))
+        ref_rows = g[g.reference]
+        lines.append(f"**{data} · {model}**")
+        lines.append("")
+        if not ref_rows.empty:
+            ref = ref_rows.iloc[0]
+            lines.append(f"- Reference {reference_arm}: energy {fmt(ref.E_mean)} {eu} "
+                         f"(×{fmt(ref.E_vs_baseline, 2)} the predict-mean baseline {fmt(ref.E_baseline)}), "
+                         f"force {fmt(ref.F_mean)} {fu} (×{fmt(ref.F_vs_baseline, 2)} the predict-zero baseline "
+                         f"{fmt(ref.F_baseline)}), n = {ref.n}" + (f", {ref.diverged} diverged" if ref.diverged else "")
+                         + ("." if ref.E_vs_baseline < 1 else "; its energy error is not below the predict-mean "
+                            "baseline, so energy comparisons on this model say little."))
+        else:
+            lines.append(f"- The reference arm did not run on {model}: nothing to compare.")
+            lines.append("")
+            continue
+        for r in g[~g.reference].itertuples(index=False):
+            r = r._asdict()
+            change = _change(r, ref)
+            if r["identical_to"]:
+                lines.append(f"- {change} ({r['arm']}): identical by construction — {model} has no BatchNorm, so "
+                             f"it is the same computation as {r['identical_to']} (run once, reported twice).")
+                continue
+            parts = []
+            for short, name in (("E", "energy"), ("F", "force")):
+                n = r[f"{short}_n_pairs"]
+                if not (isinstance(n, (int, float)) and np.isfinite(n)) or n < 2:
+                    parts.append(f"{name}: not resolved (n = {0 if not np.isfinite(n) else int(n)} paired seeds)")
+                elif r[f"{short}_significant"]:
+                    direction = "higher" if r[f"{short}_ratio"] > 1 else "lower"
+                    parts.append(f"{name} error {direction}, {_ratio(r, short)} (p_adj = {fmt(r[f'{short}_p_holm'], 2)})")
+                else:
+                    parts.append(f"{name}: not resolved with n = {int(n)} ({_ratio(r, short)}, "
+                                 f"p_adj = {fmt(r[f'{short}_p_holm'], 2)})")
+            div = (f"; {r['diverged']} of {r['seeds']} seeds diverged (reference: {ref.diverged} of {ref.seeds})"
+                   if r["diverged"] or ref.diverged else "")
+            lines.append(f"- {change} ({r['arm']}): {'; '.join(parts)}{div}.")
         lines.append("")
     return "\n".join(lines)
 
 
-def plot_bars(summary: pd.DataFrame, path: Path, units: tuple[str, str]) -> None:
+def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: dict,
+                trials: pd.DataFrame | None = None) -> str:
+    lines = [f"# {title}", "",
+             "Test MAE in the data set's units, mean ± std over the seeds that finished without diverging "
+             f"(n). **×base**: the mean over the baseline — predicting the training-set mean energy (E) or "
+             f"zero force (F); below 1 the model beats it. **vs ref**: ratio of geometric means to the "
+             f"reference arm **{reference_arm}** over paired seeds, [95 % CI]; **p**: paired t-test on log "
+             f"errors, Holm-adjusted within each data set × model × metric (**bold\\*** = p < {ALPHA}). "
+             f"Diverged = non-finite, or an error above {BLOWUP_FACTOR:,.0f}× that of a model that outputs "
+             "zero (mean |E|, mean |F|): counted, never averaged. ≡: identical by construction (run once).", ""]
+    for (data, model), g in summary.groupby(GROUP, sort=False):
+        eu, fu = units.get(data, ("", ""))
+        lines += [f"## {data} · {model}", "", f"Energy in {eu}, force in {fu}.", "",
+                  "| arm | n | diverged | E mean ± std | ×base | E vs ref | p(E) | F mean ± std | ×base | F vs ref | p(F) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        base = g.iloc[0]
+        lines.append(f"| *baseline: mean E, zero F* | | | {fmt(base.E_baseline)} | 1 | | | {fmt(base.F_baseline)} | 1 | | |")
+        for _, r in g.iterrows():
+            name = f"**{r.arm}** (ref)" if r.reference else r.arm
+            if r.identical_to:
+                name += f" ≡ {r.identical_to}"
+            lines.append(
+                f"| {name} | {r.n}/{r.seeds} | {r.diverged} | {fmt(r.E_mean)} ± {fmt(r.E_std, 2)} | "
+                f"{fmt(r.E_vs_baseline, 2)} | {'' if r.reference else _ratio(r, 'E')} | "
+                f"{'' if r.reference else _p(r, 'E')} | {fmt(r.F_mean)} ± {fmt(r.F_std, 2)} | "
+                f"{fmt(r.F_vs_baseline, 2)} | {'' if r.reference else _ratio(r, 'F')} | "
+                f"{'' if r.reference else _p(r, 'F')} |")
+        lines.append("")
+    if trials is not None and (~trials.finished).any():
+        lines += ["## Trials that did not finish", "", "| data | model | arm | seed | epochs | error |", "|---|---|---|---|---|---|"]
+        for r in trials[~trials.finished].itertuples():
+            lines.append(f"| {r.data} | {r.model} | {r.arm} | {r.seed} | {r.epochs} | {r.error or 'unfinished'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_bars(summary: pd.DataFrame, path: Path, units: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,91 +349,111 @@ def plot_bars(summary: pd.DataFrame, path: Path, units: tuple[str, str]) -> None
 
     arms = list(dict.fromkeys(summary.arm))
     models = list(dict.fromkeys(summary.model))
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(arms) * 2), 4.5))
+    datas = list(dict.fromkeys(summary.data))
+    fig, axes = plt.subplots(len(datas), 2, figsize=(max(8, 1.3 * len(arms) * 2), 4.5 * len(datas)), squeeze=False)
     width = 0.8 / max(1, len(models))
-    for ax, (short, label, unit) in zip(axes, (("E", "energy", units[0]), ("F", "force", units[1]))):
-        for k, model in enumerate(models):
-            g = summary[summary.model == model].set_index("arm").reindex(arms)
-            x = np.arange(len(arms)) + (k - (len(models) - 1) / 2) * width
-            mean = g[f"{short}_mean"].to_numpy(float)
-            err = np.nan_to_num(g[f"{short}_std"].to_numpy(float))
-            # lower error bar clipped above zero: a log axis cannot draw mean − std ≤ 0
-            ax.bar(x, mean, width, yerr=[np.minimum(err, 0.999 * np.nan_to_num(mean)), err],
-                   capsize=3, label=model)
-            for xi, d in zip(x, g["diverged"].to_numpy()):
-                if d:
-                    ax.annotate(f"{int(d)}✕", (xi, 0), xycoords=("data", "axes fraction"),
-                                ha="center", va="bottom", color="red", fontsize=8)
-        values = summary[f"{short}_mean"].to_numpy(float)
-        if np.any(np.isfinite(values) & (values > 0)):  # all diverged: nothing to log-scale
-            ax.set_yscale("log")
-        ax.set_xticks(np.arange(len(arms)), arms, rotation=35, ha="right")
-        ax.set_ylabel(f"test {label} MAE [{unit}]")
-        ax.set_title(f"{label} (mean ± std over seeds; ✕ = diverged)")
-        ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_curves(curves: pd.DataFrame, path: Path, units: tuple[str, str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = list(dict.fromkeys(curves.model))
-    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
-    for j, model in enumerate(models):
-        for i, (metric, label, unit) in enumerate((("energy_loss", "energy", units[0]),
-                                                   ("force_loss", "force", units[1]))):
-            ax = axes[i, j]
-            for arm, g in curves[curves.model == model].groupby("arm", sort=False):
-                stats = g.groupby("epoch")[metric].agg(["mean", "min", "max"])
-                line, = ax.plot(stats.index, stats["mean"], label=arm)
-                ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.15, color=line.get_color())
-            values = curves.loc[curves.model == model, metric].to_numpy(float)
-            if np.any(np.isfinite(values) & (values > 0)):
+    for row, data in enumerate(datas):
+        sd = summary[summary.data == data]
+        eu, fu = units.get(data, ("", ""))
+        for ax, (short, label, unit) in zip(axes[row], (("E", "energy", eu), ("F", "force", fu))):
+            for k, model in enumerate(models):
+                g = sd[sd.model == model].set_index("arm").reindex(arms)
+                x = np.arange(len(arms)) + (k - (len(models) - 1) / 2) * width
+                mean = g[f"{short}_mean"].to_numpy(float)
+                err = np.nan_to_num(g[f"{short}_std"].to_numpy(float))
+                # lower error bar clipped above zero: a log axis cannot draw mean − std ≤ 0
+                ax.bar(x, mean, width, yerr=[np.minimum(err, 0.999 * np.nan_to_num(mean)), err],
+                       capsize=3, label=model)
+                for xi, d in zip(x, g["diverged"].fillna(0).to_numpy()):
+                    if d:
+                        ax.annotate(f"{int(d)}✕", (xi, 0), xycoords=("data", "axes fraction"),
+                                    ha="center", va="bottom", color="red", fontsize=8)
+            base = float(sd[f"{short}_baseline"].mean())
+            if np.isfinite(base):
+                ax.axhline(base, color="k", ls="--", lw=1,
+                           label=f"baseline ({'mean E' if short == 'E' else 'zero F'}) {fmt(base)}")
+            values = sd[f"{short}_mean"].to_numpy(float)
+            if np.any(np.isfinite(values) & (values > 0)):  # all diverged: nothing to log-scale
                 ax.set_yscale("log")
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(f"validation {label} MAE [{unit}]")
-            ax.set_title(f"{model}: {label} (mean over seeds, band = min–max)")
-            ax.grid(which="both", alpha=0.3)
-        axes[0, j].legend(fontsize=8)
+            ax.set_xticks(np.arange(len(arms)), arms, rotation=35, ha="right")
+            ax.set_ylabel(f"test {label} MAE [{unit}]")
+            ax.set_title(f"{data}: {label} (mean ± std over seeds; ✕ = diverged)")
+            ax.grid(axis="y", which="both", alpha=0.3)
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title: str | None = None,
-                 units: tuple[str, str] = ("kcal/mol", "kcal/mol/Å")) -> dict:
-    """Write trials.csv, curves.csv, summary.csv, report.md, bars.png, curves.png; return their paths."""
+def plot_curves(curves: pd.DataFrame, path: Path, units: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys(zip(curves.data, curves.model)))
+    fig, axes = plt.subplots(2, len(panels), figsize=(6 * len(panels), 8), squeeze=False)
+    for j, (data, model) in enumerate(panels):
+        sub = curves[(curves.data == data) & (curves.model == model)]
+        for i, (metric, label, unit) in enumerate((("energy_loss", "energy", units.get(data, ("", ""))[0]),
+                                                   ("force_loss", "force", units.get(data, ("", ""))[1]))):
+            ax = axes[i, j]
+            for arm, g in sub.groupby("arm", sort=False):
+                stats = g.groupby("epoch")[metric].agg(["mean", "min", "max"])
+                line, = ax.plot(stats.index, stats["mean"], label=arm)
+                ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.15, color=line.get_color())
+            values = sub[metric].to_numpy(float)
+            if np.any(np.isfinite(values) & (values > 0)):
+                ax.set_yscale("log")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(f"validation {label} MAE [{unit}]")
+            ax.set_title(f"{data} · {model}: {label} (mean over seeds, band = min–max)")
+            ax.grid(which="both", alpha=0.3)
+        axes[0, j].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title: str | None = None) -> dict:
+    """Write trials.csv, curves.csv, summary.csv, baselines.csv, report.md, bars.png, curves.png."""
     experiment_dir = Path(experiment_dir)
-    trials, curves = collect(experiment_dir)
+    out = experiment_dir / REPORT_DIR
+    meta_file = out / "study.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+    datasets = meta.get("datasets", {})
+    labels = {path: d["label"] for path, d in datasets.items()}
+    trials, curves = collect(experiment_dir, labels)
     if trials.empty:
         raise ValueError(f"{experiment_dir}: no finished trials to report (expected Tune trial folders "
                          f"with params.json and result.json)")
-    out = experiment_dir / REPORT_DIR
     out.mkdir(exist_ok=True)
-    meta_file = out / "study.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     reference_arm = meta.get("reference", reference_arm)
-    units = tuple(meta.get("units", units))
+    units = {d["label"]: tuple(d["units"]) for d in datasets.values()}
+    for data in trials.data.unique():
+        units.setdefault(data, tuple(meta.get("units", ("kcal/mol", "kcal/mol/Å"))))
+    trials = mark_divergence(add_identical_arms(trials, meta.get("identical", {})))
     order = {a: k for k, a in enumerate(meta.get("arms", []))}  # the study's own arm order
     trials = trials.assign(_o=trials.arm.map(lambda a: order.get(a, len(order)))) \
-        .sort_values(["model", "_o", "arm", "seed"], kind="stable").drop(columns="_o").reset_index(drop=True)
+        .sort_values(GROUP + ["_o", "arm", "seed"], kind="stable").drop(columns="_o").reset_index(drop=True)
     title = title or f"Ablation report: {meta.get('study', experiment_dir.name)}"
     summary = summarize(trials, reference_arm)
+    base = baselines_table(summary)
+    found = findings(summary, reference_arm, units)
     paths = {"trials": out / "trials.csv", "curves": out / "curves.csv", "summary": out / "summary.csv",
+             "baselines": out / "baselines.csv", "findings": out / "findings.md",
              "markdown": out / "report.md", "bars": out / "bars.png", "learning_curves": out / "curves.png"}
     trials.to_csv(paths["trials"], index=False)
     curves.to_csv(paths["curves"], index=False)
     summary.to_csv(paths["summary"], index=False)
-    md = to_markdown(summary, reference_arm, title, units)
+    base.to_csv(paths["baselines"], index=False)
+    paths["findings"].write_text(found + "\n")
+    md = to_markdown(summary, reference_arm, title, units, trials) + "\n" + found
     md += ("\n![test errors per arm](bars.png)\n\n![learning curves](curves.png)\n\n"
            "Every number comes from `trials.csv`, whose `mlflow_run_id` column names the MLflow run of each trial.\n")
     paths["markdown"].write_text(md)
     plot_bars(summary, paths["bars"], units)
-    plot_curves(curves, paths["learning_curves"], units)
-    return {"paths": paths, "summary": summary, "trials": trials, "markdown": md}
+    plot_curves(curves[curves.trial_id.isin(trials.trial_id)] if not curves.empty else curves,
+                paths["learning_curves"], units)
+    return {"paths": paths, "summary": summary, "trials": trials, "markdown": md, "baselines": base,
+            "findings": found}

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from dcnn.data import DEFAULT_DATASET, load_dataset
-from search_spaces import Study, load_study, tuning_space
+from dcnn.data import load_dataset, split_indices
+from dcnn.models import check_atomic_numbers
+from search_spaces import Study, load_study, resolve_dataset, tuning_space
 
 log = logging.getLogger("dcnn.orchestrator")
 SCHEDULERS = ("fifo", "asha")
@@ -24,8 +25,10 @@ SCHEDULERS = ("fifo", "asha")
 class AblateOptions:
     study: str = "seed-plan"
     models: Optional[list] = None
-    dataset: str = str(DEFAULT_DATASET)
+    datasets: Optional[list] = None  # bundled names or paths (default: the study's, else bundled ethanol)
     seeds: Optional[list] = None
+    split_seeds: Optional[str] = None  # fixed | vary (default: the study's, else fixed)
+    shift: bool = False  # add the per-species energy shift to every arm
     epochs: Optional[int] = None
     preset: Optional[str] = None
     cpus_per_trial: float = 1.0
@@ -55,6 +58,10 @@ class AblateOptions:
             raise ValueError(f"--max-concurrent must be at least 1, got {self.max_concurrent}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"--scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+        if self.scheduler == "asha" and not self.tune_hparams:
+            raise ValueError("--scheduler asha stops trials early by their validation loss: on a seed-replicated "
+                             "ablation it drops arms' slow seeds and compares the survivors. It is only for "
+                             "--tune-hparams (which uses ASHA already); the seeds always run to the end")
         if self.tune_hparams < 0:
             raise ValueError(f"--tune-hparams must be non-negative, got {self.tune_hparams}")
         if self.tune_hparams:
@@ -71,13 +78,22 @@ class AblateOptions:
         if self.tracking_uri:
             _check_tracking_uri(self.tracking_uri)
         fixed = dict(self.set)
-        fixed["dataset"] = str(Path(self.dataset).expanduser().resolve())
         if self.epochs is not None:
             fixed["epochs"] = self.epochs
         if self.preset is not None:
             fixed["preset"] = self.preset
-        study = load_study(self.study).with_overrides(models=self.models, seeds=self.seeds, fixed=fixed)
-        load_dataset(fixed["dataset"])  # DatasetError names the file and the problem
+        datasets = None if self.datasets is None else [resolve_dataset(d) for d in self.datasets]
+        study = load_study(self.study).with_overrides(models=self.models, seeds=self.seeds, fixed=fixed,
+                                                      datasets=datasets, split_seeds=self.split_seeds,
+                                                      shift=True if self.shift else None)
+        for path in study.datasets:  # DatasetError names the file and the problem
+            ds = load_dataset(path)
+            for model in study.models:
+                check_atomic_numbers(model, ds.numbers, path)
+            try:
+                split_indices(len(ds), 0, study.setting("n_train"), study.setting("n_val"), study.setting("n_test"))
+            except ValueError as e:
+                raise ValueError(f"{path}: {e} (set n_train/n_val/n_test with --set)") from e
         return study
 
     @property
@@ -157,8 +173,9 @@ def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Path) -> d
         tuner = tune.Tuner.restore(str(path), trainable=_trainable(opts), resume_unfinished=True,
                                    resume_errored=True)
     else:
-        epochs = study.fixed.get("epochs", 50)
+        epochs = study.setting("epochs")
         param_space = {**study.fixed, **arm.as_config(), "model": model, "seed": study.seeds[0],
+                       "dataset": study.datasets[0],
                        "arm": arm.key, "study": study.name, "phase": "tune", **space}
         tuner = tune.Tuner(
             _trainable(opts), param_space=param_space,
@@ -196,9 +213,17 @@ def run_ablation(opts: AblateOptions) -> dict:
     uri = opts.tracking_uri or tracking.default_tracking_uri(storage)
     exp_id = tracking.ensure_experiment(uri, experiment, storage / "mlartifacts" / experiment)
     parent = tracking.ensure_parent_run(uri, exp_id, study.name, {"dcnn.storage": str(experiment_dir)})
-    print(f"study {study.name}: {len(study.arms)} arms × {len(study.models)} models × "
-          f"{len(study.seeds)} seeds = {len(study.trial_configs())} trials → {experiment_dir}\n"
-          f"MLflow: {uri} (experiment {experiment!r})", flush=True)
+    identical = study.identical_arms()
+    n_trials = len(study.trial_configs())
+    print(f"study {study.name}: {len(study.arms)} arms × {len(study.models)} models × {len(study.datasets)} "
+          f"data set(s) × {len(study.seeds)} seeds = {n_trials} trials → {experiment_dir}\n"
+          + "".join(f"  {m}: has no BatchNorm, so {', '.join(f'{a} ≡ {t}' for a, t in pairs.items())} "
+                    f"(identical by construction: run once)\n" for m, pairs in identical.items())
+          + f"MLflow: {uri} (experiment {experiment!r})", flush=True)
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    report_dir = experiment_dir / REPORT_DIR
+    report_dir.mkdir(exist_ok=True)
+    _write_study_json(report_dir / "study.json", study, identical, uri, experiment, parent, {})
 
     from orchestrator.progress import StudyProgress
 
@@ -208,20 +233,18 @@ def run_ablation(opts: AblateOptions) -> dict:
             cbs.append(StudyProgress(total, label))
         return cbs
 
-    space = study.param_space()
+    space = study.param_space(skip_identical=True)
     best = {}
     if opts.tune_hparams:
-        experiment_dir.mkdir(parents=True, exist_ok=True)
-        for model in study.models:
-            for arm in study.arms:
-                best[f"{model}/{arm.key}"] = _tune_arm(opts, study, model, arm,
-                                                       lambda label: callbacks_for(label, opts.tune_hparams),
-                                                       experiment_dir)
-                print(f"best hyperparameters {model} · {arm.key}: {best[f'{model}/{arm.key}']}", flush=True)
+        for model, arm in study.cells():
+            best[f"{model}/{arm.key}"] = _tune_arm(opts, study, model, arm,
+                                                   lambda label: callbacks_for(label, opts.tune_hparams),
+                                                   experiment_dir)
+            print(f"best hyperparameters {model} · {arm.key}: {best[f'{model}/{arm.key}']}", flush=True)
         for key in tuning_space(opts.tuning_space):
             space[key] = tune.sample_from(BestHyperparameter(best, key))
+        _write_study_json(report_dir / "study.json", study, identical, uri, experiment, parent, best)
 
-    n_trials = len(study.trial_configs())
     if opts.resume and tune.Tuner.can_restore(str(experiment_dir)):
         # the param space is given again: Tune needs it to resolve its sample_from placeholders
         tuner = tune.Tuner.restore(str(experiment_dir), trainable=_trainable(opts), resume_unfinished=True,
@@ -232,7 +255,7 @@ def run_ablation(opts: AblateOptions) -> dict:
             from ray.tune.schedulers import ASHAScheduler
 
             scheduler = ASHAScheduler(time_attr="training_iteration", metric="val_loss", mode="min",
-                                      max_t=study.fixed.get("epochs", 50), grace_period=1)
+                                      max_t=study.setting("epochs"), grace_period=1)
         tuner = tune.Tuner(
             _trainable(opts), param_space=space,
             tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=opts.max_concurrent,
@@ -248,26 +271,40 @@ def run_ablation(opts: AblateOptions) -> dict:
     errors = [r.error for r in grid if r.error is not None]
     print(f"study finished in {time.time() - t0:.0f} s; {len(errors)} trial(s) errored", flush=True)
 
-    report_dir = experiment_dir / REPORT_DIR
-    report_dir.mkdir(exist_ok=True)
-    ds = load_dataset(study.fixed["dataset"])
-    (report_dir / "study.json").write_text(json.dumps({
-        "study": study.name, "description": study.description, "reference": study.reference.key,
-        "arms": [a.key for a in study.arms],
-        "units": [ds.energy_unit, ds.force_unit], "dataset": study.fixed["dataset"], "theory": ds.theory,
-        "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent, "best_hyperparameters": best,
-        "fixed": study.fixed}, indent=2, default=str))
     run_ids = {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in tracking.client(uri).search_runs(
         [exp_id], filter_string="tags.`dcnn.role` = 'trial'", max_results=10000)}
     (report_dir / "mlflow_runs.json").write_text(json.dumps(run_ids, indent=2))
     report = build_report(experiment_dir)
     c = tracking.client(uri)
+    tracking.log_study_results(uri, parent, report)
     c.log_artifacts(parent, str(report_dir), artifact_path="report")
     c.set_terminated(parent, "FINISHED" if not errors else "FAILED")
     print(report["markdown"], flush=True)
     print(f"report: {report['paths']['markdown']}", flush=True)
     report["errors"] = errors
     return report
+
+
+def _write_study_json(path: Path, study: Study, identical: dict, uri: str, experiment: str, parent: str,
+                      best: dict) -> None:
+    """What the study is, written when it starts (the report and --resume read it back)."""
+    datasets = {}
+    for d in study.datasets:
+        ds = load_dataset(d)
+        datasets[d] = {"label": study.dataset_labels()[d], "name": ds.name, "theory": ds.theory,
+                       "units": [ds.energy_unit, ds.force_unit]}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({
+        "study": study.name, "description": study.description, "reference": study.reference.key,
+        "arms": [a.key for a in study.arms], "models": study.models, "seeds": study.seeds,
+        "datasets": datasets, "split_seeds": study.split_seeds, "identical": identical,
+        "units": next(iter(datasets.values()))["units"],
+        "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent, "best_hyperparameters": best,
+        "fixed": study.fixed, "settings": {k: study.setting(k) for k in ("epochs", "lr", "lr_schedule", "lr_min",
+                                                                         "rescale_factor", "force_weight",
+                                                                         "n_train", "n_val", "n_test", "preset")}},
+        indent=2, default=str))
+    os.replace(tmp, path)
 
 
 class BestHyperparameter:

@@ -13,13 +13,14 @@ from pathlib import Path
 from ray import tune
 
 from dcnn.config import TrainConfig
-from trainables import LABEL_KEYS
+from search_spaces import LABEL_KEYS, trial_name
 
 log = logging.getLogger("dcnn.orchestrator")
 warnings.filterwarnings("ignore", message=".*noload.*")
 
 METRIC_KEYS = ("energy_loss", "force_loss", "train_energy_loss", "train_force_loss", "train_loss",
-               "val_loss", "lr", "epoch_time_s", "diverged", "test_energy_loss", "test_force_loss")
+               "val_loss", "lr", "epoch_time_s", "diverged", "test_energy_loss", "test_force_loss",
+               "test_energy_baseline", "test_force_baseline")
 _PLACEMENT_TAGS = ("node_id", "hostname", "node_ip", "gpu_ids", "cuda_visible_devices", "device")
 TRIAL_TAG = "dcnn.trial_id"
 
@@ -67,11 +68,26 @@ def ensure_parent_run(tracking_uri: str, experiment_id: str, study_name: str, ta
     return run.info.run_id
 
 
-def trial_run_name(config: dict) -> str:
-    parts = ["DN"] * bool(config.get("denorm")) + ["LR"] * bool(config.get("rescale"))
-    name = (f"{config.get('model')} · {config.get('activation')} · "
-            f"{'+'.join(parts) if parts else 'no DN, no LR'} · seed {config.get('seed')}")
-    return ("tune · " + name) if config.get("phase") == "tune" else name
+trial_run_name = trial_name  # one naming rule for runs, progress lines and the report
+
+
+def log_study_results(tracking_uri: str, parent_run_id: str, report: dict) -> None:
+    """Baselines and findings on the study's parent run, so the UI shows the answer next to the runs."""
+    from mlflow.entities import Metric
+
+    c = client(tracking_uri)
+    metrics = []
+    baselines = report.get("baselines")
+    for row in ([] if baselines is None else baselines.to_dict("records")):
+        for key in ("energy", "force"):
+            value = row.get(f"{key}_baseline")
+            if value is not None and value == value:
+                metrics.append(Metric(f"baseline_test_{key}_mae.{row['data']}", float(value), 0, 0))
+    if metrics:
+        c.log_batch(parent_run_id, metrics=metrics)
+    if report.get("findings"):
+        c.set_tag(parent_run_id, "findings", report["findings"][:5000])
+        c.set_tag(parent_run_id, "mlflow.note.content", report["findings"][:5000])
 
 
 def _params(config: dict) -> dict:
@@ -124,8 +140,8 @@ class MLflowStudyLogger(tune.Callback):
             cfg = trial.config
             tags = {TRIAL_TAG: tid, "mlflow.parentRunId": self.parent_run_id,
                     "dcnn.study": self.study_name, "dcnn.role": "trial", "trial_name": str(trial),
-                    **{k: str(cfg.get(k)) for k in ("model", "activation", "denorm", "rescale", "seed",
-                                                    "arm", "phase") if k in cfg}}
+                    **{k: str(cfg.get(k)) for k in ("model", "activation", "denorm", "rescale", "shift", "seed",
+                                                    "arm", "phase", "data") if k in cfg}}
             run = self.client.create_run(self.experiment_id, run_name=trial_run_name(cfg), tags=tags)
             run_id = run.info.run_id
             from mlflow.entities import Param

@@ -8,37 +8,58 @@ import yaml
 from ray import tune
 
 from dcnn.config import ACTIVATION_CHOICES, TrainConfig
-from dcnn.models import MODEL_NAMES
+from dcnn.data import DEFAULT_DATASET
+from dcnn.models import MODEL_NAMES, has_normalization
 
 STUDY_DIR = Path(__file__).resolve().parent / "studies"
-FACTORS = ("activation", "denorm", "rescale")
-# Settings every built-in study starts from.  The paper trains 50 epochs at lr 1e-4 on GPUs; a study that
-# finishes in minutes on two cores needs a shorter, faster schedule (override with `fixed` or flags).
-# C = 1e4 brings |E|/C of the bundled GFN2 ethanol (≈ 7,100 kcal/mol) below 1, as the paper's
-# C = 1e6 does for MD17's DFT energies (≈ 1e5 kcal/mol).
-DEFAULTS = {"lr": 1e-3, "rescale_factor": 1e4, "epochs": 20, "n_train": 800, "n_val": 200, "n_test": 400}
-_STUDY_KEYS = {"description", "reference", "designs", "models", "seeds", "fixed"}
+FACTORS = ("activation", "denorm", "rescale", "shift")
+FACTOR_DEFAULTS = {"shift": False}  # a design that does not name the shift factor runs without it
+SPLIT_SEEDS = ("fixed", "vary")
+# Keys a study adds to a Tune config to label a trial (not TrainConfig settings).
+LABEL_KEYS = ("arm", "study", "phase", "cell", "data")
+_STUDY_KEYS = {"description", "reference", "designs", "models", "seeds", "fixed", "datasets", "split_seeds"}
 
 
 @dataclass(frozen=True)
 class Arm:
+    """One combination of the factors.  DN = denormalization, LR = label rescaling, ES = per-species
+    energy shift."""
+
     activation: str
     denorm: bool
     rescale: bool
+    shift: bool = False
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Arm":
+        return cls(str(config.get("activation")), bool(config.get("denorm")), bool(config.get("rescale")),
+                   bool(config.get("shift", False)))
+
+    def _stabilizers(self) -> list[str]:
+        return ["DN"] * self.denorm + ["LR"] * self.rescale + ["ES"] * self.shift
 
     @property
     def key(self) -> str:
-        """Stable machine name, e.g. 'irelu+DN+LR', 'isilu+LR', 'irelu'."""
-        return "+".join([self.activation] + ["DN"] * self.denorm + ["LR"] * self.rescale)
+        """Stable machine name, e.g. 'irelu+DN+LR', 'isilu+LR', 'irelu', 'irelu+LR+ES'."""
+        return "+".join([self.activation] + self._stabilizers())
 
     @property
     def label(self) -> str:
         """Readable name, e.g. 'irelu · DN+LR', 'irelu · no DN, no LR'."""
-        parts = ["DN"] * self.denorm + ["LR"] * self.rescale
+        parts = self._stabilizers()
         return f"{self.activation} · {'+'.join(parts) if parts else 'no DN, no LR'}"
 
     def as_config(self) -> dict:
-        return {"activation": self.activation, "denorm": self.denorm, "rescale": self.rescale}
+        return {"activation": self.activation, "denorm": self.denorm, "rescale": self.rescale,
+                "shift": self.shift}
+
+
+def trial_name(config: dict) -> str:
+    """The name a trial goes by (MLflow run, progress lines): 'schnet · isilu · DN+LR · seed 1'."""
+    name = f"{config.get('model')} · {Arm.from_config(config).label} · seed {config.get('seed')}"
+    if config.get("data"):  # studies over several data sets name the data set too
+        name = f"{config['data']} · {name}"
+    return ("tune · " + name) if config.get("phase") == "tune" else name
 
 
 @dataclass
@@ -48,12 +69,25 @@ class Study:
     reference: Arm
     models: list[str] = field(default_factory=lambda: ["schnet", "cgcnn"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    fixed: dict = field(default_factory=dict)
+    fixed: dict = field(default_factory=dict)  # TrainConfig keys; anything not given is TrainConfig's default
+    datasets: list[str] = field(default_factory=lambda: [str(DEFAULT_DATASET)])
+    split_seeds: str = "fixed"  # fixed: one split (seed 0) for every trial; vary: the split follows the seed
     description: str = ""
     source: str = ""
 
-    def with_overrides(self, models=None, seeds=None, fixed=None) -> "Study":
-        s = replace(self, models=list(models or self.models), seeds=list(seeds or self.seeds),
+    def with_overrides(self, models=None, seeds=None, fixed=None, datasets=None, split_seeds=None,
+                       shift=None) -> "Study":
+        """The study with command-line overrides; `None` keeps the study's value (an empty list is an
+        error, not 'keep'). `shift=True` adds the per-species energy shift to every arm."""
+        arms, reference = self.arms, self.reference
+        if shift is not None:
+            arms = list(dict.fromkeys(replace(a, shift=bool(shift)) for a in self.arms))
+            reference = replace(self.reference, shift=bool(shift))
+        s = replace(self, arms=arms, reference=reference,
+                    models=list(self.models if models is None else models),
+                    seeds=list(self.seeds if seeds is None else seeds),
+                    datasets=list(self.datasets if datasets is None else datasets),
+                    split_seeds=self.split_seeds if split_seeds is None else split_seeds,
                     fixed={**self.fixed, **(fixed or {})})
         s.validate()
         return s
@@ -63,36 +97,106 @@ class Study:
         where = self.source or self.name
         if not self.arms:
             raise ValueError(f"{where}: the study has no arms")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) \
+                or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
             raise ValueError(f"{where}: seeds must be a non-empty list of distinct integers, got {self.seeds}")
+        if not self.models:
+            raise ValueError(f"{where}: models must be a non-empty list; known: {', '.join(MODEL_NAMES)}")
         for model in self.models:
             if model not in MODEL_NAMES:
                 raise ValueError(f"{where}: unknown model {model!r}; known: {', '.join(MODEL_NAMES)}")
-        bad_fixed = [k for k in self.fixed if k in FACTORS + ("model", "seed")]
+        if not self.datasets or len(set(self.datasets)) != len(self.datasets):
+            raise ValueError(f"{where}: datasets must be a non-empty list of distinct data sets, got {self.datasets}")
+        if self.split_seeds not in SPLIT_SEEDS:
+            raise ValueError(f"{where}: split_seeds {self.split_seeds!r}: choose one of {', '.join(SPLIT_SEEDS)}")
+        bad_fixed = [k for k in self.fixed if k in FACTORS + ("model", "seed", "dataset") + LABEL_KEYS]
         if bad_fixed:
-            raise ValueError(f"{where}: fixed must not set the study's axes {bad_fixed}")
+            raise ValueError(f"{where}: fixed must not set the study's axes {bad_fixed} (use the study's "
+                             f"designs, models, seeds and datasets)")
+        if "split_seed" in self.fixed and self.split_seeds == "vary":
+            raise ValueError(f"{where}: fixed split_seed contradicts split_seeds: vary")
         for arm, model in itertools.product(self.arms, self.models):
             try:
-                TrainConfig.from_dict({**self.fixed, **arm.as_config(), "model": model, "seed": self.seeds[0]})
+                TrainConfig.from_dict({**self.fixed, **arm.as_config(), "model": model, "seed": self.seeds[0],
+                                       "dataset": self.datasets[0]})
             except ValueError as e:
                 raise ValueError(f"{where}: arm {arm.key} on {model}: {e}") from e
 
-    def trial_configs(self) -> list[dict]:
-        """Every trial's flat config, in a stable order (arm, model, seed)."""
-        return [{**self.fixed, **arm.as_config(), "arm": arm.key, "model": model, "seed": seed,
-                 "study": self.name}
-                for arm, model, seed in itertools.product(self.arms, self.models, self.seeds)]
+    def setting(self, key: str, model: str | None = None):
+        """The value a trial of this study gets for a TrainConfig key (fixed, else TrainConfig's default)."""
+        cfg = TrainConfig.from_dict({**self.fixed, "model": model or self.models[0], "dataset": self.datasets[0]})
+        return getattr(cfg, key)
 
-    def param_space(self) -> dict:
-        """A Tune param space: grids over arm, model and seed; the arm's factors follow from its key."""
+    def identical_arms(self) -> dict[str, dict[str, str]]:
+        """{model: {arm: twin}} for arms that are the same computation as an earlier arm on that model.
+
+        DN deletes BatchNorm layers; on a model that has none (read from the built model, not a list of
+        names) an arm with DN and the same arm without it train the same function bit for bit, so only
+        the first of the two in the study's order runs and the other is reported from it.
+        """
+        out: dict[str, dict[str, str]] = {}
+        for model in self.models:
+            sizes = {k: v for k, v in self.fixed.items() if k in _SIZE_KEYS}
+            if has_normalization(model, self.setting("preset", model), **sizes):
+                continue
+            seen: dict[Arm, str] = {}
+            for arm in self.arms:
+                canonical = replace(arm, denorm=False)
+                if canonical in seen:
+                    out.setdefault(model, {})[arm.key] = seen[canonical]
+                else:
+                    seen[canonical] = arm.key
+        return out
+
+    def cells(self) -> list[tuple[str, Arm]]:
+        """The (model, arm) pairs that run: every pair but the identical-by-construction twins."""
+        skip = self.identical_arms()
+        return [(model, arm) for arm in self.arms for model in self.models if arm.key not in skip.get(model, {})]
+
+    def dataset_labels(self) -> dict[str, str]:
+        """Short names of the data sets (file stems), used in run names and report headings."""
+        return {d: Path(d).stem for d in self.datasets}
+
+    def trial_configs(self) -> list[dict]:
+        """Every trial that runs, as a flat config, in a stable order (arm, model, dataset, seed)."""
+        labels = self.dataset_labels()
+        out = []
+        for (model, arm), dataset, seed in itertools.product(self.cells(), self.datasets, self.seeds):
+            cfg = {**self.fixed, **arm.as_config(), "arm": arm.key, "model": model, "seed": seed,
+                   "dataset": dataset, "study": self.name}
+            if len(self.datasets) > 1:
+                cfg["data"] = labels[dataset]
+            if self.split_seeds == "vary":
+                cfg["split_seed"] = seed
+            out.append(cfg)
+        return out
+
+    def param_space(self, skip_identical: bool = False) -> dict:
+        """A Tune param space: grids over arm, model, data set and seed; the factors follow from the arm.
+
+        With `skip_identical` (what `dcnn-ablate ablate` runs) the grid is over the (model, arm) cells
+        that run instead, so identical-by-construction arms are not trained twice.
+        """
         table = {arm.key: arm.as_config() for arm in self.arms}
-        space = {**self.fixed, "study": self.name,
-                 "arm": tune.grid_search([a.key for a in self.arms]),
-                 "model": tune.grid_search(list(self.models)),
-                 "seed": tune.grid_search(list(self.seeds))}
+        space = {**self.fixed, "study": self.name, "seed": tune.grid_search(list(self.seeds))}
+        space["dataset"] = tune.grid_search(list(self.datasets)) if len(self.datasets) > 1 else self.datasets[0]
+        if len(self.datasets) > 1:
+            space["data"] = tune.sample_from(DatasetLabel(self.dataset_labels()))
+        if skip_identical:
+            space["cell"] = tune.grid_search([f"{model}/{arm.key}" for model, arm in self.cells()])
+            space["model"] = tune.sample_from(CellPart(0))
+            space["arm"] = tune.sample_from(CellPart(1))
+        else:
+            space["arm"] = tune.grid_search([a.key for a in self.arms])
+            space["model"] = tune.grid_search(list(self.models))
         for factor in FACTORS:
             space[factor] = tune.sample_from(ArmFactor(table, factor))
+        if self.split_seeds == "vary":
+            space["split_seed"] = tune.sample_from(SplitSeed())
         return space
+
+
+_SIZE_KEYS = ("hidden", "filters", "interactions", "gaussians", "cutoff", "embedding", "convs", "fc", "fc_layers")
 
 
 class ArmFactor:
@@ -108,19 +212,76 @@ class ArmFactor:
         return f"ArmFactor({self.factor})"
 
 
-def _arm(values: dict, where: str) -> Arm:
+class CellPart:
+    """`tune.sample_from` callable: model (0) or arm (1) of the trial's 'model/arm' cell."""
+
+    def __init__(self, part: int):
+        self.part = part
+
+    def __call__(self, config: dict) -> str:
+        return config["cell"].split("/", 1)[self.part]
+
+    def __repr__(self) -> str:
+        return f"CellPart({('model', 'arm')[self.part]})"
+
+
+class DatasetLabel:
+    def __init__(self, labels: dict):
+        self.labels = labels
+
+    def __call__(self, config: dict) -> str:
+        return self.labels[config["dataset"]]
+
+
+class SplitSeed:
+    """split_seeds: vary — each seed gets its own train/val/test split, so intervals include split variance."""
+
+    def __call__(self, config: dict) -> int:
+        return int(config["seed"])
+
+
+def _arm(values, where: str) -> Arm:
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping of factors ({', '.join(FACTORS)}), got {values!r}")
     unknown = set(values) - set(FACTORS)
     if unknown:
         raise ValueError(f"{where}: unknown factor(s) {sorted(unknown)}; factors are {', '.join(FACTORS)}")
+    values = {**FACTOR_DEFAULTS, **values}
     missing = [f for f in FACTORS if f not in values]
     if missing:
         raise ValueError(f"{where}: missing factor(s) {missing}")
     if values["activation"] not in ACTIVATION_CHOICES:
         raise ValueError(f"{where}: activation {values['activation']!r} is not one of {', '.join(ACTIVATION_CHOICES)}")
-    for f in ("denorm", "rescale"):
+    for f in ("denorm", "rescale", "shift"):
         if not isinstance(values[f], bool):
             raise ValueError(f"{where}: {f} must be true or false, got {values[f]!r}")
-    return Arm(values["activation"], values["denorm"], values["rescale"])
+    return Arm(values["activation"], values["denorm"], values["rescale"], values["shift"])
+
+
+def _list(data: dict, key: str, where: str, kind: type, default: list) -> list:
+    """A list-valued study key: a scalar where a list belongs is an error, not a list of letters."""
+    if key not in data or data[key] is None:
+        return list(default)
+    value = data[key]
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: {key} must be a list, e.g. {key}: [{default[0]}], got {value!r}")
+    for v in value:
+        if not isinstance(v, kind) or isinstance(v, bool):
+            raise ValueError(f"{where}: {key} must hold {kind.__name__} values, got {v!r}")
+    return value
+
+
+def resolve_dataset(value: str, base: Path | None = None) -> str:
+    """A bundled data set's name ('ethanol', 'aspirin') or a path (relative to `base`, default CWD)."""
+    from dcnn.data import BUNDLED_DATA_DIR
+
+    bundled = {p.name.split("-")[0]: p for p in sorted(BUNDLED_DATA_DIR.glob("*.npz"))}
+    if value in bundled:
+        return str(bundled[value])
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = (base or Path.cwd()) / path
+    return str(path.resolve())
 
 
 def load_study(name_or_path: str) -> Study:
@@ -163,10 +324,15 @@ def load_study(name_or_path: str) -> Study:
                      f"{where}: reference")
     if reference not in arms:
         raise ValueError(f"{where}: the reference arm {reference.key} is not among the study's arms")
+    fixed = data.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise ValueError(f"{where}: fixed must map TrainConfig keys to values, got {fixed!r}")
+    datasets = _list(data, "datasets", where, str, ["ethanol"])
     study = Study(name=path.stem, arms=arms, reference=reference,
-                  models=list(data.get("models") or ["schnet", "cgcnn"]),
-                  seeds=[int(s) for s in (data.get("seeds") or [0, 1, 2])],
-                  fixed={**DEFAULTS, **(data.get("fixed") or {})},
+                  models=_list(data, "models", where, str, ["schnet", "cgcnn"]),
+                  seeds=_list(data, "seeds", where, int, [0, 1, 2]),
+                  datasets=[resolve_dataset(d, path.parent) for d in datasets],
+                  split_seeds=str(data.get("split_seeds", "fixed")), fixed=dict(fixed),
                   description=str(data.get("description", "")).strip(), source=where)
     study.validate()
     return study

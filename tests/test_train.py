@@ -34,22 +34,32 @@ def test_config_validation_names_field_and_choices():
     assert (cfg.lr, cfg.epochs, cfg.denorm, cfg.seed) == (1e-3, 3, True, 4)
 
 
-@pytest.mark.parametrize("rescale", [False, True])
-def test_metrics_are_in_physical_units_with_and_without_rescaling(rescale, ethanol):
-    """A model that predicts zero must score mean|E| and mean|F| in kcal/mol whatever C is."""
-    cfg = TrainConfig(rescale=rescale, rescale_factor=1e4, dtype="float64", **FAST)
+@pytest.mark.parametrize("rescale,shift", [(False, False), (True, False), (False, True), (True, True)])
+def test_metrics_are_in_physical_units_with_and_without_rescaling(rescale, shift, ethanol):
+    """A model that predicts zero scores, in kcal/mol whatever C is: mean|E| without the shift, the
+    error of predicting the shift (≈ the training mean) with it; mean|F| always."""
+    cfg = TrainConfig(rescale=rescale, rescale_factor=1e4, shift=shift, dtype="float64", **FAST)
     task = MoleculeTask(cfg, torch.device("cpu"), dataset=ethanol)
     with torch.no_grad():
         for p in task.model.parameters():
             p.zero_()
     m = task.evaluate("val")
-    pos, e, f = task.splits["val"]
+    pos, e, f, e_label, f_label = task.splits["val"]
     scale = 1e4 if rescale else 1.0
-    assert m["energy_loss"] == pytest.approx(float(e.abs().mean()) * scale, rel=1e-12)
-    assert m["force_loss"] == pytest.approx(float(f.abs().mean()) * scale, rel=1e-12)
-    assert 7000 < m["energy_loss"] < 7300 and 10 < m["force_loss"] < 25  # kcal/mol, kcal/mol/Å
+    offset = task.labels.offset(ethanol.numbers)
+    assert m["energy_loss"] == pytest.approx(float((e - offset).abs().mean()), rel=1e-12)
+    assert m["force_loss"] == pytest.approx(float(f.abs().mean()), rel=1e-12)
+    assert torch.allclose(e_label * scale + offset, e) and torch.allclose(f_label * scale, f)
+    if shift:  # the fitted offset is the training split's mean energy (one composition: rank one)
+        train_e = task.splits["train"][1]
+        assert offset == pytest.approx(float(train_e.mean()), rel=1e-12)
+        assert m["energy_loss"] == pytest.approx(task.baselines["val"]["energy"], rel=1e-9)
+        assert m["energy_loss"] < 10
+    else:
+        assert 7000 < m["energy_loss"] < 7300
+    assert 10 < m["force_loss"] < 25  # kcal/mol/Å
     loss, terms = task.loss(torch.arange(20))
-    assert float(terms["train_energy_loss"]) > 7000  # train terms too are multiplied back
+    assert (float(terms["train_energy_loss"]) > 7000) != shift  # train terms too are in physical units
     assert float(loss.detach()) == pytest.approx((float(terms["train_energy_loss"]) + 30 * float(terms["train_force_loss"])) / scale)
 
 

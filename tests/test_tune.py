@@ -33,9 +33,26 @@ def test_search_spaces_are_the_designs():
     keys = [a.key for a in plan.arms]
     assert keys == ["irelu+DN+LR", "ielu+DN+LR", "igelu+DN+LR", "isilu+DN+LR", "original+DN+LR",
                     "irelu+DN", "irelu+LR", "irelu"]  # shared arm once
-    assert len(plan.trial_configs()) == 8 * 2 * 3
+    # SchNet has no BatchNorm: its DN-removed arms are the DN arms' computation, run once
+    assert plan.identical_arms() == {"schnet": {"irelu+LR": "irelu+DN+LR", "irelu": "irelu+DN"}}
+    assert len(plan.trial_configs()) == (8 + 6) * 3
     assert len(search_spaces.load_study("factorial").arms) == 20
     assert len(search_spaces.load_study("stabilizers").arms) == 4
+    pre = search_spaces.load_study("preprocessing")
+    assert {a.key for a in pre.arms} == {"irelu+DN+LR", "irelu+DN+LR+ES", "irelu+DN", "irelu+DN+ES",
+                                         "irelu+LR", "irelu+LR+ES", "irelu", "irelu+ES"}
+    assert len(pre.trial_configs()) == (8 + 4) * 3
+    assert search_spaces.load_study("seed-plan").with_overrides(shift=True).reference.key == "irelu+DN+LR+ES"
+    paper = search_spaces.load_study("paper")  # the paper's exact setting, resolved
+    assert {k: paper.setting(k) for k in ("preset", "lr", "lr_schedule", "epochs", "rescale_factor",
+                                          "force_weight", "batch_size", "n_train", "n_val", "n_test")} == {
+        "preset": "paper", "lr": 1e-4, "lr_schedule": "constant", "epochs": 50, "rescale_factor": 1e6,
+        "force_weight": 30.0, "batch_size": 20, "n_train": None, "n_val": None, "n_test": None}
+    assert [a.key for a in paper.arms] == keys and paper.setting("preset", "cgcnn") == "paper"
+    # the runner's space skips the identical twins; the public one (users' own Tuner code) has the full grid
+    cells = search_spaces.load_study("stabilizers").param_space(skip_identical=True)["cell"]["grid_search"]
+    assert cells == ["schnet/irelu+DN+LR", "cgcnn/irelu+DN+LR", "schnet/irelu+DN", "cgcnn/irelu+DN",
+                     "cgcnn/irelu+LR", "cgcnn/irelu"]
     space = search_spaces.get("activation")
     assert space["arm"] == {"grid_search": [a.key for a in search_spaces.load_study("activation").arms]}
     assert space["model"] == {"grid_search": ["schnet", "cgcnn"]}
@@ -66,7 +83,7 @@ def test_bad_study_files_named_errors(content, message, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--storage", "relative/dir"], "--storage must be an absolute path"),
     (["--storage", "s3://bucket/x"], "object-store URIs are not supported yet"),
-    (["--study", "nope"], "unknown study 'nope'; built-in: activation, factorial, seed-plan, stabilizers"),
+    (["--study", "nope"], "unknown study 'nope'; built-in: activation, factorial, paper, preprocessing, seed-plan, stabilizers"),
     (["--models", "schnet,painn"], "unknown model 'painn'"),
     (["--cpus-per-trial", "0"], "--cpus-per-trial must be positive"),
     (["--gpus-per-trial", "1.5"], "above 1 must be a whole number"),
@@ -100,7 +117,8 @@ def test_function_trainable_under_tune_run(ray_session, tracking_uri, tmp_path):
     assert len(analysis.trials) == 2 and all(t.status == "TERMINATED" for t in analysis.trials)
     for t in analysis.trials:
         r = t.last_result
-        assert r["epoch"] == 2 and r["test_force_loss"] > 0 and r["threads"] if "threads" in r else True
+        assert r["epoch"] == 2 and r["test_force_loss"] > 0
+        assert r["test_energy_baseline"] > 0 and r["test_force_baseline"] > 10  # what a model must beat
         assert r["force_loss"] > 0 and r["diverged"] == 0
     runs = trial_runs(tracking_uri, "fn-tune-run")
     assert sorted(r.info.run_name for r in runs) == ["schnet · irelu · DN+LR · seed 0",
@@ -126,7 +144,8 @@ def test_study_through_tuner_with_report(ray_session, tracking_uri, tmp_path):
     assert len(summary) == 8 and set(summary.arm) == {"irelu+DN+LR", "irelu+DN", "irelu+LR", "irelu"}
     assert (summary.seeds == 2).all()
     ref = summary[summary.reference]
-    assert len(ref) == 2 and ref.F_delta_pct.isna().all()
+    assert len(ref) == 2 and ref.F_ratio.isna().all()
+    assert (summary.E_baseline > 0).all() and (summary.F_baseline > 10).all()
     # SchNet has no BatchNorm: DN is a no-op there, so removing it changes nothing, exactly
     s = summary[summary.model == "schnet"].set_index("arm")
     assert s.loc["irelu+LR", "F_mean"] == s.loc["irelu+DN+LR", "F_mean"]
@@ -134,7 +153,9 @@ def test_study_through_tuner_with_report(ray_session, tracking_uri, tmp_path):
     assert all(a in md for a in ("irelu+DN+LR", "irelu+DN", "irelu+LR", "| irelu |")) and "kcal/mol/Å" in md
     trials = pd.read_csv(paths["trials"])
     runs = {r.info.run_id: r for r in trial_runs(tracking_uri, "mini-tuner")}
-    assert len(runs) == 16 and set(trials.mlflow_run_id) == set(runs)
+    # SchNet's two DN-removed arms ran once (as their DN twins): 12 runs for 16 reported trials
+    assert len(runs) == 12 and len(trials) == 16 and set(trials.mlflow_run_id) == set(runs)
+    assert set(trials[trials.identical_to.notna()].arm) == {"irelu+LR", "irelu"} and "≡ irelu+DN+LR" in md
     for _, row in trials.iterrows():  # every number in the report is the MLflow run's number
         assert runs[row.mlflow_run_id].data.metrics["test_force_loss"] == pytest.approx(row.test_force_loss)
     c = MlflowClient(tracking_uri)
@@ -189,7 +210,7 @@ def _finished_trials(folder: Path) -> int:
 
 
 def test_kill_then_resume_completes_with_one_run_per_trial(ray_session, tracking_uri, tmp_path):
-    study = write_study(tmp_path / "kill.yaml", [{"activation": ["irelu"], "denorm": [True, False],
+    study = write_study(tmp_path / "kill.yaml", [{"activation": ["irelu", "isilu"], "denorm": [True],
                                                   "rescale": [True, False]}], REF, seeds=(0, 1),
                         fixed={"epochs": 30, "n_train": 100})  # ≈ 2 s a trial: time to kill mid-study
     storage = tmp_path / "res"

@@ -11,9 +11,8 @@ from ray import tune
 
 from dcnn.config import TrainConfig
 from dcnn.train import Trainer
+from search_spaces import LABEL_KEYS  # keys a study adds to label a trial; not training settings
 
-# Keys a study adds to the Tune config to label a trial; not training settings.
-LABEL_KEYS = ("arm", "study", "phase")
 CHECKPOINT_FILE = "trainer.pt"
 # validation objective with a fixed weight (the paper's β = 30), in physical units: comparable across
 # trials even when force_weight itself is being tuned
