@@ -41,11 +41,29 @@ def test_bundled_aspirin_is_gfn2_at_500K_in_kcal_per_mol():
     ds = load_dataset(BUNDLED_DATASETS["aspirin"], max_z=100)
     assert len(ds) >= 1000 and ds.n_atoms == 21 and sorted(set(ds.numbers.tolist())) == [1, 6, 8]
     assert ds.energy_unit == "kcal/mol" and ds.theory.startswith("GFN2-xTB") and ds.name == "aspirin"
-    assert -45_000 < ds.energies.mean() < -40_000  # GFN2 aspirin ≈ −68.6 Eh ≈ −43,000 kcal/mol
+    assert -25_500 < ds.energies.mean() < -24_000  # GFN2-xTB aspirin ≈ −39.6 Eh (not the DFT −406,000)
     assert np.abs(ds.forces.sum(axis=1)).max() < 1e-8  # raw forces: no net force
+    atoms = Atoms(numbers=ds.numbers, positions=ds.positions[1234])  # a stored frame = a direct GFN2 call
+    atoms.calc = xtb_calculator()
+    assert ds.energies[1234] == pytest.approx(atoms.get_potential_energy() * KCAL_PER_EV, abs=1e-6)
+    np.testing.assert_allclose(ds.forces[1234], atoms.get_forces() * KCAL_PER_EV, atol=1e-2)
     with np.load(BUNDLED_DATASETS["aspirin"], allow_pickle=False) as f:
         assert float(f["temperature_K"]) == 500 and int(f["seed"]) == 0
         assert abs(f["frame_temperature_K"].mean() - 500) <= 0.1 * 500
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED_DATASETS))
+def test_data_info_reports_theory_and_units(name, capsys):
+    import json
+
+    from orchestrator.cli import main
+
+    assert main(["data", "info", str(BUNDLED_DATASETS[name])]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["name"] == name and info["frames"] == 2000
+    assert info["theory"] == "GFN2-xTB (tblite 0.8.0)"
+    assert (info["energy_unit"], info["force_unit"], info["length_unit"]) == ("kcal/mol", "kcal/mol/Å", "Å")
+    assert float(info["temperature_K"]) == 500 and info["seed"] == "0"
 
 
 def test_resolve_dataset_names_and_paths(tmp_path, monkeypatch):
