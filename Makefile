@@ -21,9 +21,8 @@ ablate:  ## the seed plan on the bundled data (local Ray, or $$RAY_ADDRESS); fla
 report:  ## rebuild a study's report: make report EXPERIMENT=seed-plan
 	dcnn-ablate report $(STORAGE)/$(or $(EXPERIMENT),seed-plan)
 
-ui:  ## MLflow UI on 127.0.0.1:5000 over the study store (one worker, no job execution)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --host 127.0.0.1 --port 5000 --workers 1 \
-		--backend-store-uri sqlite:///$(STORAGE)/mlflow.db
+ui:  ## MLflow UI on 127.0.0.1:5000 over the study store; prints each study's runs-table link
+	$(PYTHON) -m orchestrator.ui --storage $(STORAGE) --host 127.0.0.1 --port 5000
 
 train:  ## one training run on the bundled data; flags via ARGS="..."
 	dcnn-ablate train --dataset $(DATA) $(ARGS)
