@@ -67,7 +67,7 @@ def ui_server(tracking_uri, tmp_path):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"mlflow ui did not start:\n{log.read_text()[-3000:]}")
                 time.sleep(0.5)
-        yield exp, names, log.read_text()
+        yield exp, names, log.read_text(), port
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -81,7 +81,7 @@ class Browser:
     """Headless Chromium driven over --remote-debugging-pipe: the DevTools protocol as NUL-terminated JSON
     on the child's fds 3 (commands) and 4 (replies), so no websocket client is needed."""
 
-    def __init__(self):
+    def __init__(self, port: int | None = None):
         to_child, self._w = os.pipe()
         self._r, from_child = os.pipe()
 
@@ -93,7 +93,8 @@ class Browser:
             os.set_inheritable(4, True)
 
         self.proc = subprocess.Popen([CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--no-first-run",
-                                      "--remote-debugging-pipe", "--window-size=1400,900", "about:blank"],
+                                      "--remote-debugging-pipe", "--window-size=1400,900",
+                                      *([f"--explicitly-allowed-ports={port}"] if port else []), "about:blank"],
                                      close_fds=False, preexec_fn=fds, start_new_session=True,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_child)
@@ -127,7 +128,12 @@ class Browser:
         return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
 
     def text(self) -> str:
-        return self.js("document.body ? document.body.innerText : ''") or ""
+        try:
+            return self.js("document.body ? document.body.innerText : ''") or ""
+        except RuntimeError as e:  # "Cannot find default execution context" while the page loads
+            if "context" not in str(e):
+                raise
+            return ""
 
     def wait_for_text(self, *needles: str, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout
@@ -154,15 +160,15 @@ class Browser:
 
 
 @pytest.fixture
-def browser():
-    b = Browser()
+def browser(ui_server):
+    b = Browser(port=ui_server[3])  # a free port can be on Chromium's unsafe-port list (5060, 6000, ...)
     yield b
     b.close()
 
 
 def test_printed_link_opens_the_study_on_its_trial_runs(ui_server, browser):
     """Open the link `make ui` prints: the runs table shows the study run; expanding it shows the trials."""
-    exp, names, printed = ui_server
+    exp, names, printed, _ = ui_server
     link = re.search(r"ui-study: (http://\S+)", printed).group(1)
     assert link.endswith(f"/#/experiments/{exp}?workflowType=machine_learning")
     browser.open(link)
