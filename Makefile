@@ -21,16 +21,16 @@ ablate:  ## the seed plan on the bundled data (local Ray, or $$RAY_ADDRESS); fla
 report:  ## rebuild a study's report: make report EXPERIMENT=seed-plan
 	dcnn-ablate report $(STORAGE)/$(or $(EXPERIMENT),seed-plan)
 
-ui:  ## MLflow UI on 127.0.0.1:5000 over the study store (one worker, no job execution)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --host 127.0.0.1 --port 5000 --workers 1 \
-		--backend-store-uri sqlite:///$(STORAGE)/mlflow.db
+ui:  ## MLflow UI on 127.0.0.1:5000 over the study store; prints each study's runs-table link
+	$(PYTHON) -m orchestrator.ui --storage $(STORAGE) --host 127.0.0.1 --port 5000
 
 train:  ## one training run on the bundled data; flags via ARGS="..."
 	dcnn-ablate train --dataset $(DATA) $(ARGS)
 
-data:  ## regenerate the bundled data set (bit-identical; see data/README.md)
+data:  ## regenerate the bundled data sets (bit-identical; see data/README.md; aspirin ≈ 5 min)
 	dcnn-ablate data generate --molecule ethanol --frames 2000 --temperature 500 --seed 0 --out $(DATA) --force
-	sha256sum $(DATA)
+	dcnn-ablate data generate --molecule aspirin --frames 2000 --temperature 500 --seed 0 --out data/aspirin-gfn2-500K.npz --force
+	sha256sum $(DATA) data/aspirin-gfn2-500K.npz
 
 bench:  ## our SchNet vs PyG's: ms per energy+force training step, small and paper presets
 	$(PYTHON) -m benchmarks.bench_schnet

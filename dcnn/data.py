@@ -16,14 +16,22 @@ import numpy as np
 from ase import units
 
 __all__ = ["DatasetError", "MoleculeDataset", "load_dataset", "save_npz", "split_indices",
-           "ENERGY_UNITS", "BUNDLED_DATA_DIR", "DEFAULT_DATASET", "to_energy_unit"]
+           "ENERGY_UNITS", "BUNDLED_DATA_DIR", "BUNDLED_DATASETS", "DEFAULT_DATASET", "MIN_DISTANCE",
+           "resolve_dataset", "to_energy_unit"]
 
 ENERGY_UNITS = ("kcal/mol", "eV")
 # eV per unit
 _EV_PER = {"eV": 1.0, "kcal/mol": units.kcal / units.mol}
 
 BUNDLED_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-DEFAULT_DATASET = BUNDLED_DATA_DIR / "ethanol-gfn2-500K.npz"
+# bundled data sets by name (see data/README.md); `resolve_dataset` maps a name or a path to a file
+BUNDLED_DATASETS = {
+    "ethanol": BUNDLED_DATA_DIR / "ethanol-gfn2-500K.npz",
+    "aspirin": BUNDLED_DATA_DIR / "aspirin-gfn2-500K.npz",
+}
+DEFAULT_DATASET = BUNDLED_DATASETS["ethanol"]
+# two atoms closer than this (Å) in a frame cannot be physical (shortest real bond, H2: 0.74 Å)
+MIN_DISTANCE = 0.1
 
 _MD17_KEYS = ("R", "z", "E", "F")
 _RMD17_KEYS = ("coords", "nuclear_charges", "energies", "forces")
@@ -58,6 +66,16 @@ class MoleculeDataset:
     def force_unit(self) -> str:
         return f"{self.energy_unit}/Å"
 
+    def check_numbers(self, max_z: int) -> None:
+        """Refuse atomic numbers a model cannot embed: `max_z` is the model's embedding size
+        (`nn.Embedding(max_z, ...)`, as in SchNet/CGCNN's `max_z=100`), so numbers up to max_z − 1 fit."""
+        too_big = np.flatnonzero(self.numbers >= max_z)
+        if too_big.size:
+            i = int(too_big[0])
+            more = f" ({too_big.size} atoms in all)" if too_big.size > 1 else ""
+            raise DatasetError(f"{self.source or self.name}: atomic number {int(self.numbers[i])} at atom {i} "
+                               f"exceeds the model's embedding size (max {max_z - 1}, max_z={max_z}){more}")
+
     def subset(self, index: np.ndarray) -> "MoleculeDataset":
         return MoleculeDataset(self.positions[index], self.numbers, self.energies[index],
                                self.forces[index], self.energy_unit, self.theory, self.name,
@@ -73,6 +91,29 @@ def _str(x) -> str:
     return str(np.asarray(x).item()) if np.asarray(x).shape == () else str(np.asarray(x).ravel()[0])
 
 
+def _coincident_atoms(positions: np.ndarray, min_distance: float = MIN_DISTANCE):
+    """First (frame, i, j, distance, frames affected) with two atoms closer than min_distance, else None.
+
+    All pair distances, in chunks of frames so memory stays ≈ 32 MB whatever the data set's size."""
+    n, n_atoms, _ = positions.shape
+    if n_atoms < 2:
+        return None
+    iu, ju = np.triu_indices(n_atoms, k=1)
+    chunk = max(1, 4_000_000 // (iu.size * 3))
+    first, n_bad = None, 0
+    for start in range(0, n, chunk):
+        r = positions[start:start + chunk]
+        d2 = ((r[:, iu] - r[:, ju]) ** 2).sum(axis=-1)  # [frames, pairs]
+        bad = d2 < min_distance ** 2
+        rows = bad.any(axis=1)
+        n_bad += int(rows.sum())
+        if first is None and rows.any():
+            f = int(np.argmax(rows))
+            p = int(np.argmax(bad[f]))
+            first = (start + f, int(iu[p]), int(ju[p]), float(np.sqrt(d2[f, p])))
+    return None if first is None else (*first, n_bad)
+
+
 def _validate(path: str, positions, numbers, energies, forces, energy_unit: str) -> MoleculeDataset:
     def fail(msg: str):
         raise DatasetError(f"{path}: {msg}")
@@ -80,6 +121,18 @@ def _validate(path: str, positions, numbers, energies, forces, energy_unit: str)
     positions, numbers, energies, forces = map(np.asarray, (positions, numbers, energies, forces))
     if energy_unit not in ENERGY_UNITS:
         fail(f"energy unit {energy_unit!r} is not one of {ENERGY_UNITS}")
+    for label, arr in (("positions", positions), ("atomic numbers", numbers), ("energies", energies),
+                       ("forces", forces)):
+        # refused outright, even with all imaginary parts zero: complex labels are never physical data
+        if np.iscomplexobj(arr):
+            imag = np.imag(arr) != 0
+            where = ", all imaginary parts zero"
+            if imag.any():
+                where = ", nonzero imaginary parts"
+                if arr.ndim:
+                    first = int(np.unravel_index(int(np.argmax(imag)), arr.shape)[0])
+                    where += f" first at {'atom' if label == 'atomic numbers' else 'frame'} {first}"
+            fail(f"{label} are complex numbers (dtype {arr.dtype}{where}); expected real numbers")
     if positions.ndim != 3 or positions.shape[-1] != 3:
         fail(f"positions must have shape [frames, atoms, 3], got {list(positions.shape)}")
     n, n_atoms, _ = positions.shape
@@ -108,6 +161,11 @@ def _validate(path: str, positions, numbers, energies, forces, energy_unit: str)
         bad = ~np.isfinite(arr.reshape(n, -1)).all(axis=1)
         if bad.any():
             fail(f"{label} contain NaN/inf in {int(bad.sum())} frame(s), first at frame {int(np.argmax(bad))}")
+    close = _coincident_atoms(positions)
+    if close is not None:
+        frame, i, j, d, n_bad = close
+        fail(f"positions: atoms {i} and {j} (Z={numbers[i]}, {numbers[j]}) are {d:.3g} Å apart in frame {frame} "
+             f"(closer than {MIN_DISTANCE} Å: not a physical geometry; {n_bad} frame(s) affected)")
     return MoleculeDataset(positions.astype(np.float64), numbers, energies.astype(np.float64),
                            forces.astype(np.float64), energy_unit, source=path)
 
@@ -173,8 +231,38 @@ def _load_ase(path: str) -> MoleculeDataset:
     return ds
 
 
-def load_dataset(path: str | os.PathLike) -> MoleculeDataset:
-    """Load and validate a data set; raises DatasetError naming the file and the problem."""
+def resolve_dataset(name_or_path: str | os.PathLike, base: str | os.PathLike | None = None) -> Path:
+    """The data file for a bundled name (`BUNDLED_DATASETS`: "ethanol", "aspirin") or a path.
+
+    A path is expanded (~) and, if relative, taken relative to `base` (default: the current directory);
+    the result is absolute (Ray trials change directory).  Raises DatasetError naming the value and the
+    known names when it is neither a bundled name nor an existing file or directory."""
+    value = os.fspath(name_or_path)
+    if isinstance(value, bytes):
+        value = os.fsdecode(value)
+    if value in BUNDLED_DATASETS:
+        return BUNDLED_DATASETS[value]
+    path = Path(value).expanduser()
+    if value.strip() and not path.is_absolute():
+        path = Path(base if base is not None else os.getcwd()).expanduser() / path
+    if not value.strip() or not path.exists():
+        where = f" (looked for {path})" if value.strip() else ""
+        raise DatasetError(f"data set {value!r} is neither a bundled data set ({', '.join(BUNDLED_DATASETS)}) "
+                           f"nor an existing file{where}")
+    return path.absolute()
+
+
+def load_dataset(path: str | os.PathLike, max_z: int | None = None) -> MoleculeDataset:
+    """Load and validate a data set; raises DatasetError naming the file and the problem.
+
+    With `max_z` (a model's embedding size), also refuses atomic numbers the model cannot embed."""
+    ds = _load(path)
+    if max_z is not None:
+        ds.check_numbers(max_z)
+    return ds
+
+
+def _load(path: str | os.PathLike) -> MoleculeDataset:
     path = str(Path(path).expanduser())
     if not os.path.exists(path):
         raise DatasetError(f"{path}: no such file")

@@ -35,19 +35,30 @@ def client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri)
 
 
+# MLflow's experiment type ("Machine learning", not "GenAI apps & agents"): the tag its UI's type selector
+# writes.  MLflow 3.17's own UI picks the view from its global GenAI / Model training switch instead (URL
+# `?workflowType=machine_learning`, or the switch, remembered per browser): see orchestrator/ui.py.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def ensure_experiment(tracking_uri: str, name: str, artifact_dir: Path | None) -> str:
-    """Experiment id; sqlite stores get an absolute artifact folder (MLflow's default is CWD-relative)."""
+    """Experiment id; sqlite stores get an absolute artifact folder (MLflow's default is CWD-relative).
+
+    Marks the experiment as model training (`EXPERIMENT_KIND_TAG`), new or found again."""
     c = client(tracking_uri)
     exp = c.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise ValueError(f"MLflow experiment {name!r} is deleted in {tracking_uri}; restore it or "
                              f"choose another --experiment")
+        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     location = None
     if tracking_uri.startswith("sqlite:") and artifact_dir is not None:
         location = Path(artifact_dir).resolve().as_uri()
-    return c.create_experiment(name, artifact_location=location)
+    return c.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
 
 def find_run(tracking_uri: str, experiment_id: str, tag: str, value: str):

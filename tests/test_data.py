@@ -8,8 +8,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
 from conftest import REAL_DATA, ROOT
-from dcnn.data import (DEFAULT_DATASET, DatasetError, MoleculeDataset, load_dataset, save_npz,
-                       split_indices, to_energy_unit)
+from dcnn.data import (BUNDLED_DATASETS, DEFAULT_DATASET, DatasetError, MoleculeDataset, load_dataset,
+                       resolve_dataset, save_npz, split_indices, to_energy_unit)
 from dcnn.generate import generate, xtb_calculator
 
 KCAL_PER_EV = 1 / (units.kcal / units.mol)
@@ -26,10 +26,61 @@ def test_bundled_dataset_is_md17_layout_with_units(ethanol):
     assert abs(t_mean - 500) <= 0.15 * 500
 
 
-def test_bundled_checksum_matches_data_readme():
+@pytest.mark.parametrize("name", sorted(BUNDLED_DATASETS))
+def test_bundled_checksum_matches_data_readme(name):
+    """data/README.md has a section per bundled file, headed by its name, with its `sha256  HEX` line."""
+    path = BUNDLED_DATASETS[name]
     readme = (ROOT / "data" / "README.md").read_text()
-    expected = re.search(r"sha256\s+([0-9a-f]{64})", readme).group(1)
-    assert hashlib.sha256(DEFAULT_DATASET.read_bytes()).hexdigest() == expected
+    section = readme.split(f"## `{path.name}`", 1)[1].split("\n## ", 1)[0]
+    expected = re.search(r"sha256\s+([0-9a-f]{64})", section).group(1)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == expected
+    assert f"--out data/{path.name}" in section  # the command that made it
+
+
+def test_bundled_aspirin_is_gfn2_at_500K_in_kcal_per_mol():
+    ds = load_dataset(BUNDLED_DATASETS["aspirin"], max_z=100)
+    assert len(ds) >= 1000 and ds.n_atoms == 21 and sorted(set(ds.numbers.tolist())) == [1, 6, 8]
+    assert ds.energy_unit == "kcal/mol" and ds.theory.startswith("GFN2-xTB") and ds.name == "aspirin"
+    assert -25_500 < ds.energies.mean() < -24_000  # GFN2-xTB aspirin ≈ −39.6 Eh (not the DFT −406,000)
+    assert np.abs(ds.forces.sum(axis=1)).max() < 1e-8  # raw forces: no net force
+    atoms = Atoms(numbers=ds.numbers, positions=ds.positions[1234])  # a stored frame = a direct GFN2 call
+    atoms.calc = xtb_calculator()
+    assert ds.energies[1234] == pytest.approx(atoms.get_potential_energy() * KCAL_PER_EV, abs=1e-6)
+    np.testing.assert_allclose(ds.forces[1234], atoms.get_forces() * KCAL_PER_EV, atol=1e-2)
+    with np.load(BUNDLED_DATASETS["aspirin"], allow_pickle=False) as f:
+        assert float(f["temperature_K"]) == 500 and int(f["seed"]) == 0
+        assert abs(f["frame_temperature_K"].mean() - 500) <= 0.1 * 500
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED_DATASETS))
+def test_data_info_reports_theory_and_units(name, capsys):
+    import json
+
+    from orchestrator.cli import main
+
+    assert main(["data", "info", str(BUNDLED_DATASETS[name])]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["name"] == name and info["frames"] == 2000
+    assert info["theory"] == "GFN2-xTB (tblite 0.8.0)"
+    assert (info["energy_unit"], info["force_unit"], info["length_unit"]) == ("kcal/mol", "kcal/mol/Å", "Å")
+    assert float(info["temperature_K"]) == 500 and info["seed"] == "0"
+
+
+def test_resolve_dataset_names_and_paths(tmp_path, monkeypatch):
+    assert resolve_dataset("ethanol") == DEFAULT_DATASET and DEFAULT_DATASET.is_file()
+    assert resolve_dataset("aspirin") == BUNDLED_DATASETS["aspirin"]
+    f = tmp_path / "sub" / "my.npz"
+    f.parent.mkdir()
+    f.write_bytes(b"x")
+    assert resolve_dataset(str(f)) == f  # absolute paths as given
+    assert resolve_dataset("sub/my.npz", base=tmp_path) == f  # relative to base
+    monkeypatch.chdir(f.parent)
+    assert resolve_dataset("my.npz") == f and resolve_dataset("my.npz").is_absolute()  # default base: CWD
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_dataset("~/sub/my.npz") == f
+    for bad in ("benzene", "missing.npz", ""):
+        with pytest.raises(DatasetError, match=f"{bad!r} is neither a bundled data set \\(ethanol, aspirin\\)"):
+            resolve_dataset(bad)
 
 
 def test_stored_frame_equals_direct_tblite_call_in_kcal_per_mol(ethanol):
@@ -135,6 +186,69 @@ def test_bad_npz_named_in_error(change, message, tmp_path):
     with pytest.raises(DatasetError, match=message) as err:
         load_dataset(path)
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("R", GOOD["R"] + 0j, r"positions are complex numbers \(dtype complex128, all imaginary parts zero\)"),
+    ("R", GOOD["R"] + np.array([0, 0, 1j])[:, None, None],
+     r"positions are complex numbers \(dtype complex128, nonzero imaginary parts first at frame 2\)"),
+    ("E", np.array([0, 1j, 0]), r"energies are complex.*first at frame 1"),
+    ("F", np.zeros((3, 2, 3), dtype=np.complex64), r"forces are complex numbers \(dtype complex64, all imag"),
+    ("z", np.array([1, 8], dtype=complex), r"atomic numbers are complex numbers"),
+])
+def test_complex_arrays_are_refused(field, value, message, tmp_path):
+    """Any complex dtype is refused, even with zero imaginary parts (np.asarray(float) used to drop them)."""
+    path = _npz(tmp_path / "complex.npz", **{**GOOD, field: value})
+    with pytest.raises(DatasetError, match=message) as err:
+        load_dataset(path)
+    assert str(path) in str(err.value)
+
+
+def _with_positions(frames):
+    R = np.array(frames, dtype=float)
+    return dict(R=R, z=np.arange(1, R.shape[1] + 1), E=np.zeros(len(R)), F=np.zeros_like(R))
+
+
+@pytest.mark.parametrize("frames,message", [
+    ([[[0, 0, 0], [0, 0, 0], [0, 0, 0]]], r"atoms 0 and 1 \(Z=1, 2\) are 0 Å apart in frame 0"),  # all zero
+    ([[[0, 0, 0], [1, 0, 0], [2, 0, 0]], [[0, 0, 0], [1, 0, 0], [1.05, 0, 0]], [[0, 0, 0], [0, 0, 0], [3, 0, 0]]],
+     r"atoms 1 and 2 \(Z=2, 3\) are 0.05 Å apart in frame 1 \(closer than 0.1 Å.*2 frame\(s\) affected"),
+    ([[[0, 0, 0], [1, 0, 0], [1, 0.0999, 0]]], r"atoms 1 and 2 .* frame 0"),
+])
+def test_coincident_atoms_are_refused(frames, message, tmp_path):
+    path = _npz(tmp_path / "overlap.npz", **_with_positions(frames))
+    with pytest.raises(DatasetError, match=message) as err:
+        load_dataset(path)
+    assert str(path) in str(err.value) and "positions" in str(err.value)
+
+
+def test_close_but_distinct_atoms_load(tmp_path):
+    # H2 bond 0.74 Å and 0.1 Å exactly: allowed; one atom alone has no pairs
+    load_dataset(_npz(tmp_path / "h2.npz", **_with_positions([[[0, 0, 0], [0, 0, 0.74], [0, 0.1, 0.74]]])))
+    load_dataset(_npz(tmp_path / "one.npz", **_with_positions([[[0, 0, 0]], [[0, 0, 0]]])))
+
+
+def test_real_and_bundled_data_pass_the_physical_checks(ethanol):
+    ds = load_dataset(REAL_DATA / "aspirin-rmd17-5.extxyz", max_z=100)  # real DFT geometries: no false alarm
+    assert len(ds) == 5
+    ethanol.check_numbers(100)
+
+
+@pytest.mark.parametrize("z,max_z,message", [
+    ([1, 6, 8, 101], 100, r"atomic number 101 at atom 3 exceeds the model's embedding size \(max 99, max_z=100\)"),
+    ([1, 100, 8, 6], 100, r"atomic number 100 at atom 1 exceeds"),
+    ([1, 6, 8, 9], 9, r"atomic number 9 at atom 3 exceeds the model's embedding size \(max 8"),
+])
+def test_atomic_numbers_beyond_the_embedding_are_refused(z, max_z, message, tmp_path):
+    R = np.arange(12, dtype=float).reshape(1, 4, 3)
+    path = _npz(tmp_path / "heavy.npz", R=R, z=np.array(z), E=np.zeros(1), F=np.zeros_like(R))
+    ds = load_dataset(path)  # valid elements: loads
+    with pytest.raises(DatasetError, match=message) as err:
+        ds.check_numbers(max_z)
+    assert str(path) in str(err.value)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(path, max_z=max_z)
+    ds.check_numbers(max(z) + 1)  # fits
 
 
 def test_bad_files(tmp_path):
