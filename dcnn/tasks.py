@@ -17,8 +17,7 @@ from dcnn.activations import replace_activations
 from dcnn.config import TrainConfig
 from dcnn.data import MoleculeDataset, load_dataset, split_indices
 from dcnn.labels import LabelTransform, baselines
-from dcnn.models import (build_model, check_atomic_numbers, default_activation, denormalize,
-                         energy_and_forces)
+from dcnn.models import MAX_Z, build_model, default_activation, denormalize, energy_and_forces
 
 
 class Task(Protocol):
@@ -42,7 +41,7 @@ class MoleculeTask:
     def __init__(self, config: TrainConfig, device: torch.device, dataset: MoleculeDataset | None = None):
         self.config = config
         ds = dataset if dataset is not None else load_dataset(config.dataset)
-        check_atomic_numbers(config.model, ds.numbers, ds.source)
+        ds.check_numbers(MAX_Z)
         split_seed = config.split_seed if config.split_seed is not None else 0
         idx = split_indices(len(ds), split_seed, config.n_train, config.n_val, config.n_test)
         dtype = getattr(torch, config.dtype)

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from dcnn.data import load_dataset, split_indices
-from dcnn.models import check_atomic_numbers
-from search_spaces import Study, load_study, resolve_dataset, tuning_space
+from dcnn.data import load_dataset, resolve_dataset, split_indices
+from dcnn.models import MAX_Z
+from search_spaces import Study, load_study, tuning_space
 
 log = logging.getLogger("dcnn.orchestrator")
 SCHEDULERS = ("fifo", "asha")
@@ -82,14 +82,12 @@ class AblateOptions:
             fixed["epochs"] = self.epochs
         if self.preset is not None:
             fixed["preset"] = self.preset
-        datasets = None if self.datasets is None else [resolve_dataset(d) for d in self.datasets]
+        datasets = None if self.datasets is None else [str(resolve_dataset(d)) for d in self.datasets]
         study = load_study(self.study).with_overrides(models=self.models, seeds=self.seeds, fixed=fixed,
                                                       datasets=datasets, split_seeds=self.split_seeds,
                                                       shift=True if self.shift else None)
         for path in study.datasets:  # DatasetError names the file and the problem
-            ds = load_dataset(path)
-            for model in study.models:
-                check_atomic_numbers(model, ds.numbers, path)
+            ds = load_dataset(path, max_z=MAX_Z)
             try:
                 split_indices(len(ds), 0, study.setting("n_train"), study.setting("n_val"), study.setting("n_test"))
             except ValueError as e:

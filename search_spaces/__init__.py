@@ -5,7 +5,7 @@ with `models`, `datasets` and `seeds`, plus `fixed` TrainConfig keys.  Arms shar
 study by writing a YAML file like those in studies/ and passing its path wherever a name is accepted.
 """
 from search_spaces.study import (FACTORS, LABEL_KEYS, STUDY_DIR, Arm, Study, get, list_studies,
-                                 load_study, resolve_dataset, trial_name, tuning_space)
+                                 load_study, trial_name, tuning_space)
 
 __all__ = ["get", "load_study", "list_studies", "tuning_space", "Study", "Arm", "FACTORS",
-           "LABEL_KEYS", "STUDY_DIR", "resolve_dataset", "trial_name"]
+           "LABEL_KEYS", "STUDY_DIR", "trial_name"]

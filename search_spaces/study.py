@@ -8,7 +8,7 @@ import yaml
 from ray import tune
 
 from dcnn.config import ACTIVATION_CHOICES, TrainConfig
-from dcnn.data import DEFAULT_DATASET
+from dcnn.data import DEFAULT_DATASET, resolve_dataset
 from dcnn.models import MODEL_NAMES, has_normalization
 
 STUDY_DIR = Path(__file__).resolve().parent / "studies"
@@ -271,19 +271,6 @@ def _list(data: dict, key: str, where: str, kind: type, default: list) -> list:
     return value
 
 
-def resolve_dataset(value: str, base: Path | None = None) -> str:
-    """A bundled data set's name ('ethanol', 'aspirin') or a path (relative to `base`, default CWD)."""
-    from dcnn.data import BUNDLED_DATA_DIR
-
-    bundled = {p.name.split("-")[0]: p for p in sorted(BUNDLED_DATA_DIR.glob("*.npz"))}
-    if value in bundled:
-        return str(bundled[value])
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        path = (base or Path.cwd()) / path
-    return str(path.resolve())
-
-
 def load_study(name_or_path: str) -> Study:
     """A built-in study by name (studies/NAME.yaml) or a user's YAML file by path."""
     path = Path(name_or_path)
@@ -331,7 +318,7 @@ def load_study(name_or_path: str) -> Study:
     study = Study(name=path.stem, arms=arms, reference=reference,
                   models=_list(data, "models", where, str, ["schnet", "cgcnn"]),
                   seeds=_list(data, "seeds", where, int, [0, 1, 2]),
-                  datasets=[resolve_dataset(d, path.parent) for d in datasets],
+                  datasets=[str(resolve_dataset(d, path.parent)) for d in datasets],
                   split_seeds=str(data.get("split_seeds", "fixed")), fixed=dict(fixed),
                   description=str(data.get("description", "")).strip(), source=where)
     study.validate()

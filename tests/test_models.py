@@ -120,3 +120,31 @@ def test_presets_and_bad_sizes():
         build_model("painn")
     with pytest.raises(ValueError, match="unknown size"):
         build_model("schnet", "small", embedding=3)
+
+
+def test_cgcnn_batchnorm_statistics_ignore_pairs_beyond_the_cutoff():
+    """Train-mode BatchNorm must normalize over pairs inside the cutoff only (OCP's radius-graph edges)."""
+    from dcnn.models.cgcnn import MaskedBatchNorm1d
+
+    torch.manual_seed(0)
+    x = torch.randn(12, 4, dtype=torch.float64)
+    inside = torch.tensor([1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 1, 1], dtype=torch.bool)
+    bn, ref = MaskedBatchNorm1d(4).double(), torch.nn.BatchNorm1d(4).double()
+    out = bn(x, inside)
+    expected = ref(x[inside])  # plain BatchNorm on the inside rows alone
+    assert torch.allclose(out[inside], expected, atol=1e-12)
+    assert torch.allclose(bn.running_mean, ref.running_mean, atol=1e-12)
+    assert torch.allclose(bn.running_var, ref.running_var, atol=1e-12)
+    bn.eval()
+    assert torch.allclose(bn(x, inside), torch.nn.functional.batch_norm(
+        x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps))
+
+    # in the model: a far atom's pairs are excluded from the statistics, so the other pairs' normalized
+    # messages (and the energy without that atom's own embedding) do not depend on it
+    model = build_model("cgcnn", cutoff=3.0).double().train()
+    seen = []
+    model.convs[0].bn.register_forward_pre_hook(lambda mod, args: seen.append(args[1].clone()))
+    pos = torch.tensor([[[0.0, 0, 0], [1.0, 0, 0], [0, 1.2, 0], [20.0, 0, 0]]], dtype=torch.float64)
+    model(pos, torch.tensor([6, 1, 8, 1]))
+    (weight,) = seen
+    assert weight.shape == (12,) and int(weight.sum()) == 6  # 3 close atoms: 6 ordered pairs inside

@@ -12,7 +12,7 @@ MODEL_NAMES = tuple(MODELS)
 PRESET_NAMES = ("small", "paper")
 
 __all__ = ["SchNet", "CGCNN", "MODELS", "MODEL_NAMES", "PRESET_NAMES", "build_model",
-           "default_activation", "denormalize", "energy_and_forces", "check_atomic_numbers",
+           "default_activation", "denormalize", "energy_and_forces",
            "has_normalization", "MAX_Z"]
 
 
@@ -21,20 +21,7 @@ def default_activation(model: str) -> str:
     return MODELS[model][2]
 
 
-MAX_Z = 100  # the models' embedding size: atomic numbers 1..MAX_Z-1
-
-
-def check_atomic_numbers(model: str, numbers, source: str = "data set") -> None:
-    """Refuse atomic numbers the model's element embedding has no row for (it would index past it)."""
-    import numpy as np
-
-    numbers = np.asarray(numbers)
-    bad = np.nonzero(numbers >= MAX_Z)[0]
-    if bad.size:
-        from dcnn.data import DatasetError
-
-        raise DatasetError(f"{source}: atomic number {int(numbers[bad[0]])} at atom {int(bad[0])} exceeds what "
-                           f"model {model!r} can embed (atomic numbers 1..{MAX_Z - 1})")
+MAX_Z = 100  # the models' element-embedding size: atomic numbers 1..MAX_Z-1 (MoleculeDataset.check_numbers)
 
 
 def has_normalization(name: str, preset: str = "small", **sizes) -> bool:

@@ -18,6 +18,30 @@ CGCNN_PRESETS = {
 }
 
 
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose training statistics come only from the rows `weight` marks (pairs inside the
+    cutoff).  OCP's CGCNN normalizes the edges of its radius graph; our dense all-pairs layout also holds
+    the pairs beyond the cutoff, whose messages are switched off but whose pre-activations would otherwise
+    shift the batch mean and variance (the energy would then depend on atoms beyond the cutoff)."""
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        if weight is None or not self.training:
+            return super().forward(x)
+        w = weight.reshape(-1, 1).to(x.dtype)
+        count = w.sum().clamp(min=1.0)
+        mean = (x * w).sum(0) / count
+        var = ((x - mean) ** 2 * w).sum(0) / count
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * (count / (count - 1).clamp(min=1.0))
+                self.running_mean.mul_(1 - m).add_(m * mean)
+                self.running_var.mul_(1 - m).add_(m * unbiased)
+        out = (x - mean) * torch.rsqrt(var + self.eps)
+        return out * self.weight + self.bias if self.affine else out
+
+
 class CGConv(nn.Module):
     """v_i ← softplus(v_i + LN(Σ_j σ(z_f) ⊙ softplus(z_s))), z = BN(W[v_i ‖ v_j ‖ e_ij] + b)."""
 
@@ -29,7 +53,7 @@ class CGConv(nn.Module):
         self.lin_i = nn.Linear(dim, 2 * dim)  # the [v_i ‖ v_j ‖ e_ij] matmul, split by block
         self.lin_j = nn.Linear(dim, 2 * dim, bias=False)
         self.lin_e = nn.Linear(edge_dim, 2 * dim, bias=False)
-        self.bn = nn.BatchNorm1d(2 * dim)
+        self.bn = MaskedBatchNorm1d(2 * dim)
         self.ln = nn.LayerNorm(dim)
 
     def forward(self, v: torch.Tensor, e_directed: torch.Tensor, env: torch.Tensor,
@@ -38,7 +62,10 @@ class CGConv(nn.Module):
         b, n, d = v.shape
         z = (self.lin_i(v).unsqueeze(2) + self.lin_j(v).unsqueeze(1)).view(b, n * n, 2 * d)
         z = z[:, offdiag] + self.lin_e(e_directed)
-        z = self.bn(z.view(-1, 2 * d)).view(b, -1, 2 * d)
+        if isinstance(self.bn, MaskedBatchNorm1d):  # statistics over pairs inside the cutoff only
+            z = self.bn(z.view(-1, 2 * d), (env > 0).view(-1)).view(b, -1, 2 * d)
+        else:  # denormalized: Identity
+            z = self.bn(z.view(-1, 2 * d)).view(b, -1, 2 * d)
         gate, core = z.chunk(2, dim=-1)
         msg = torch.sigmoid(gate) * self.core_act(core) * env
         agg = msg.view(b, n, n - 1, d).sum(2)
