@@ -233,15 +233,19 @@ def _ratio(r, short: str) -> str:
     if not np.isfinite(ratio):
         return "–"
     lo, hi = r[f"{short}_ratio_lo"], r[f"{short}_ratio_hi"]
-    ci = f" [{fmt(lo, 2)}, {fmt(hi, 2)}]" if np.isfinite(lo) else ""
+    ci = f" [{fmt(lo)}, {fmt(hi)}]" if np.isfinite(lo) else ""
     return f"×{fmt(ratio, 3)}{ci}"
+
+
+def fmt_p(p: float) -> str:
+    return "–" if not np.isfinite(p) else ("<0.001" if p < 1e-3 else fmt(p, 2))
 
 
 def _p(r, short: str) -> str:
     p = r[f"{short}_p_holm"]
     if not np.isfinite(p):
         return "–"
-    return f"**{fmt(p, 2)}**\\*" if r[f"{short}_significant"] else fmt(p, 2)
+    return f"**{fmt_p(p)}**\\*" if r[f"{short}_significant"] else fmt_p(p)
 
 
 def _change(arm: dict, ref: dict) -> str:
@@ -292,12 +296,14 @@ def findings(summary: pd.DataFrame, reference_arm: str, units: dict) -> str:
                 n = r[f"{short}_n_pairs"]
                 if not (isinstance(n, (int, float)) and np.isfinite(n)) or n < 2:
                     parts.append(f"{name}: not resolved (n = {0 if not np.isfinite(n) else int(n)} paired seeds)")
+                elif r[f"{short}_ratio_lo"] == r[f"{short}_ratio_hi"] == 1.0:
+                    parts.append(f"{name}: the same on every one of {int(n)} seeds")
                 elif r[f"{short}_significant"]:
                     direction = "higher" if r[f"{short}_ratio"] > 1 else "lower"
-                    parts.append(f"{name} error {direction}, {_ratio(r, short)} (p_adj = {fmt(r[f'{short}_p_holm'], 2)})")
+                    parts.append(f"{name} error {direction}, {_ratio(r, short)} (p_adj = {fmt_p(r[f'{short}_p_holm'])})")
                 else:
                     parts.append(f"{name}: not resolved with n = {int(n)} ({_ratio(r, short)}, "
-                                 f"p_adj = {fmt(r[f'{short}_p_holm'], 2)})")
+                                 f"p_adj = {fmt_p(r[f'{short}_p_holm'])})")
             div = (f"; {r['diverged']} of {r['seeds']} seeds diverged (reference: {ref.diverged} of {ref.seeds})"
                    if r["diverged"] or ref.diverged else "")
             lines.append(f"- {change} ({r['arm']}): {'; '.join(parts)}{div}.")

@@ -145,3 +145,87 @@ def test_cli_bad_input_fails_before_training(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dcnn.cli", "train", "--dataset", str(bad)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "missing keys ['F']" in proc.stderr and "epoch" not in proc.stderr
+
+
+def test_lr_schedules():
+    from dcnn.schedules import LRSchedule
+
+    cos = LRSchedule("cosine", 1e-3, epochs=10, steps_per_epoch=5, lr_min=1e-6)
+    lrs = [cos.lr_at(e, s) for e in range(10) for s in range(5)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-6)
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # monotone decay, per step
+    assert lrs[25] == pytest.approx(1e-6 + 0.5 * (1e-3 - 1e-6) * (1 + math.cos(math.pi * 25 / 49)))
+    warm = LRSchedule("cosine", 1e-3, epochs=10, steps_per_epoch=5, lr_min=0.0, warmup_epochs=2)
+    assert [warm.lr_at(0, s) for s in range(3)] == pytest.approx([1e-4, 2e-4, 3e-4])
+    assert warm.lr_at(2, 0) == pytest.approx(1e-3) and warm.lr_at(9, 4) == pytest.approx(0.0)
+    assert LRSchedule("constant", 1e-4, 10, 5).lr_at(7, 3) == 1e-4
+    plateau = LRSchedule("plateau", 1e-3, 10, 5, plateau_factor=0.5, plateau_patience=1)
+    for loss in (10.0, 9.0, 9.0, 9.0):  # two epochs without improvement > patience 1: halve
+        plateau.end_epoch(loss)
+    assert plateau.lr_at(4, 0) == pytest.approx(5e-4)
+    restored = LRSchedule("plateau", 1e-3, 10, 5)
+    restored.load_state_dict(plateau.state_dict())
+    assert restored.lr_at(5, 0) == plateau.lr_at(5, 0)
+    with pytest.raises(ValueError, match="lr_schedule='step' is not allowed"):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(ValueError, match="lr_min=0.1 must not exceed lr"):
+        TrainConfig(lr_min=0.1)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "plateau"])
+def test_scheduled_lr_is_logged_and_resume_exact(schedule, tmp_path):
+    cfg = TrainConfig(epochs=4, dtype="float64", lr_schedule=schedule, plateau_patience=0, **FAST)
+    straight = Trainer(cfg)
+    for _ in range(4):
+        straight.run_epoch()
+    lrs = [m["lr"] for m in straight.history]
+    if schedule == "cosine":
+        assert lrs[-1] == pytest.approx(cfg.lr_min) and lrs[0] < cfg.lr and lrs == sorted(lrs, reverse=True)
+    first = Trainer(cfg)
+    for _ in range(2):
+        first.run_epoch()
+    first.save(tmp_path / "ckpt.pt")
+    resumed = Trainer(cfg)
+    resumed.load(tmp_path / "ckpt.pt")
+    while not resumed.done:
+        resumed.run_epoch()
+    assert [m["lr"] for m in resumed.history] == lrs
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_checkpoint_restores_on_a_device_other_than_where_it_was_saved(tmp_path):
+    """RNG states must be restored from CPU byte tensors whatever the trainer's device is (loading with
+    map_location=<trainer device> moved them off the CPU and set_rng_state refused them). The meta
+    device stands in for 'another device' on a machine without a GPU."""
+    cfg = TrainConfig(epochs=2, **FAST)
+    trainer = Trainer(cfg)
+    trainer.run_epoch()
+    trainer.save(tmp_path / "ckpt.pt")
+    other = Trainer(cfg)
+    other.device = torch.device("meta")
+    other.load(tmp_path / "ckpt.pt")
+    assert other.epoch == 1 and torch.equal(other.shuffle.get_state(), trainer.shuffle.get_state())
+
+
+def test_denormalization_is_a_no_op_exactly_where_the_built_model_has_no_batchnorm():
+    """Why the study runs SchNet's DN / no-DN arms once: the same training, bit for bit; CGCNN differs."""
+    from dcnn.models import has_normalization
+
+    assert not has_normalization("schnet") and has_normalization("cgcnn")
+    for model, identical in (("schnet", True), ("cgcnn", False)):
+        runs = []
+        for denorm in (True, False):
+            t = Trainer(TrainConfig(model=model, denorm=denorm, epochs=1, activation="irelu", **FAST))
+            runs.append((t.run_epoch(), t.model.state_dict()))
+        (m1, w1), (m2, w2) = runs
+        same = m1["force_loss"] == m2["force_loss"] and all(torch.equal(w1[k], w2[k]) for k in w1 if k in w2)
+        assert same == identical, model
+
+
+def test_energies_are_learned_below_the_predict_mean_baseline(ethanol):
+    """The default schedule learns energies, not only forces (the report's first question)."""
+    cfg = TrainConfig(activation="irelu", denorm=True, rescale=True, epochs=8, n_train=400, n_val=100, n_test=200)
+    summary = train(cfg)
+    assert summary["test_energy_loss"] < 0.8 * summary["test_energy_baseline"], summary
+    assert summary["test_force_loss"] < 0.4 * summary["test_force_baseline"], summary
