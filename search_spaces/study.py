@@ -8,7 +8,7 @@ import yaml
 from ray import tune
 
 from dcnn.config import ACTIVATION_CHOICES, TrainConfig
-from dcnn.data import DEFAULT_DATASET, resolve_dataset
+from dcnn.data import BUNDLED_DATASETS, DEFAULT_DATASET, resolve_dataset
 from dcnn.models import MODEL_NAMES, has_normalization
 
 STUDY_DIR = Path(__file__).resolve().parent / "studies"
@@ -154,8 +154,9 @@ class Study:
         return [(model, arm) for arm in self.arms for model in self.models if arm.key not in skip.get(model, {})]
 
     def dataset_labels(self) -> dict[str, str]:
-        """Short names of the data sets (file stems), used in run names and report headings."""
-        return {d: Path(d).stem for d in self.datasets}
+        """Short names of the data sets (bundled name, else file stem), for run names and report headings."""
+        bundled = {str(p): name for name, p in BUNDLED_DATASETS.items()}
+        return {d: bundled.get(d, Path(d).stem) for d in self.datasets}
 
     def trial_configs(self) -> list[dict]:
         """Every trial that runs, as a flat config, in a stable order (arm, model, dataset, seed)."""

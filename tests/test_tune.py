@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import write_study
+from conftest import TINY, write_study
 from orchestrator import tracking
 from orchestrator.runner import AblateOptions, run_ablation
 
@@ -89,9 +90,12 @@ def test_bad_study_files_named_errors(content, message, tmp_path):
     (["--gpus-per-trial", "1.5"], "above 1 must be a whole number"),
     (["--epochs", "0"], "--epochs must be positive"),
     (["--set", "lr=fast"], "lr='fast' is not a valid float"),
-    (["--dataset", "/nonexistent/x.npz"], "/nonexistent/x.npz: no such file"),
+    (["--dataset", "/nonexistent/x.npz"], "data set '/nonexistent/x.npz' is neither a bundled"),
     (["--tracking-uri", "http://127.0.0.1:9"], "MLflow server not reachable"),
     (["--tracking-uri", "mlflow.db"], "expected http(s)://HOST:PORT or a database URI"),
+    (["--scheduler", "asha"], "--scheduler asha stops trials early"),
+    (["--datasets", "benzene"], "data set 'benzene' is neither a bundled data set (ethanol, aspirin)"),
+    (["--models", "cgcnn", "--set", "n_train=1900"], "need 2500 frames but the data set has 2000"),
 ])
 def test_bad_flags_fail_before_ray_starts(args, message, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "ablate", "--storage", str(tmp_path), *args],
@@ -170,6 +174,36 @@ def test_study_through_tuner_with_report(ray_session, tracking_uri, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "report", str(tmp_path / "res/mini-tuner")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "irelu+DN+LR" in proc.stdout
+
+
+def test_two_datasets_shift_factor_and_varying_splits(ray_session, tracking_uri, tmp_path):
+    """A study crossing data sets (bundled names), with the energy-shift factor and per-seed splits."""
+    study = tmp_path / "cross.yaml"
+    study.write_text(yaml.safe_dump({
+        "designs": [{"activation": ["irelu"], "denorm": [True], "rescale": [True], "shift": [False, True]}],
+        "models": ["schnet"], "seeds": [0, 1], "datasets": ["ethanol", "aspirin"], "split_seeds": "vary",
+        "fixed": {**TINY, "epochs": 3}}))
+    report = run_ablation(AblateOptions(study=str(study), storage=str(tmp_path / "res"), tracking_uri=tracking_uri,
+                                        experiment="cross", quiet=True))
+    summary = report["summary"]
+    assert sorted(summary.data.unique()) == ["aspirin", "ethanol"] and len(summary) == 4
+    assert set(summary.arm) == {"irelu+DN+LR", "irelu+DN+LR+ES"}
+    base = report["baselines"].set_index("data")
+    assert base.loc["aspirin", "force_baseline"] != base.loc["ethanol", "force_baseline"]
+    md = report["markdown"]
+    assert "## aspirin · schnet" in md and "## ethanol · schnet" in md and "ES added (irelu+DN+LR+ES)" in md
+    runs = trial_runs(tracking_uri, "cross")
+    assert len(runs) == 8 and "aspirin · schnet · irelu · DN+LR+ES · seed 1" in {r.info.run_name for r in runs}
+    for r in runs:
+        assert r.data.params["split_seed"] == r.data.params["seed"]  # split follows the seed
+        assert r.data.params["shift"] == r.data.tags["shift"]
+    meta = json.loads((tmp_path / "res/cross/report/study.json").read_text())
+    parent = MlflowClient(tracking_uri).get_run(meta["parent_run_id"])
+    assert parent.data.metrics["baseline_test_energy_mae.aspirin"] == pytest.approx(base.loc["aspirin", "energy_baseline"])
+    assert "Findings" in parent.data.tags["findings"]
+    with_shift = pd.read_csv(report["paths"]["trials"])
+    seeds = with_shift.groupby(["data", "seed"]).test_energy_baseline.first()
+    assert seeds.loc[("ethanol", 0)] != seeds.loc[("ethanol", 1)]  # different splits, different baselines
 
 
 def test_diverging_arm_recorded_and_study_completes(ray_session, tracking_uri, tmp_path):
