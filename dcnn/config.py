@@ -97,7 +97,8 @@ class TrainConfig:
         choice("activation", ACTIVATION_CHOICES)
         choice("scope", ("paper", "all"))
         choice("dtype", ("float32", "float64"))
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+        if not (self.device in ("auto", "cpu", "cuda") or
+                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ValueError(f"device={self.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
         for name in ("rescale_factor", "lr", "batch_size", "epochs", "eval_batch_size", "threads",
                      *SIZE_FIELDS, "n_train", "n_val"):

@@ -45,6 +45,13 @@ class AblateOptions:
 
     def validate(self) -> Study:
         """All checks that need no Ray; returns the study with the overrides applied."""
+        from orchestrator import validate as v
+
+        v.check_finite("--cpus-per-trial", self.cpus_per_trial)
+        v.check_finite("--gpus-per-trial", self.gpus_per_trial)
+        if self.experiment is not None:
+            v.check_name("--experiment", self.experiment)
+        v.check_set(self.set, {"epochs": self.epochs, "preset": self.preset})
         if self.cpus_per_trial <= 0:
             raise ValueError(f"--cpus-per-trial must be positive, got {self.cpus_per_trial}")
         if self.gpus_per_trial < 0:
@@ -177,7 +184,7 @@ def run_ablation(opts: AblateOptions) -> dict:
     """Run (or resume) a study; returns the report (paths, summary table)."""
     from ray import tune
 
-    from orchestrator import tracking
+    from orchestrator import tracking, validate
     from orchestrator.report import REPORT_DIR, build_report
 
     study = opts.validate()
@@ -189,13 +196,15 @@ def run_ablation(opts: AblateOptions) -> dict:
                          f"choose another --experiment (nothing was changed)")
     if opts.resume and not experiment_dir.exists():
         raise ValueError(f"--resume: {experiment_dir} does not exist (nothing to resume)")
+    uri = opts.tracking_uri or tracking.default_tracking_uri(storage)
+    plan = validate.preflight(opts, study, experiment, experiment_dir, uri)  # last checks before Ray
     ray = _init_ray(opts.address, opts.quiet)
     _check_cluster_fits(ray, opts)
 
     storage.mkdir(parents=True, exist_ok=True)
-    uri = opts.tracking_uri or tracking.default_tracking_uri(storage)
     exp_id = tracking.ensure_experiment(uri, experiment, storage / "mlartifacts" / experiment)
     parent = tracking.ensure_parent_run(uri, exp_id, study.name, {"dcnn.storage": str(experiment_dir)})
+    validate.write_plan(experiment_dir, plan, {"parent_run_id": parent})  # recorded when it starts
     print(f"study {study.name}: {len(study.arms)} arms × {len(study.models)} models × "
           f"{len(study.seeds)} seeds = {len(study.trial_configs())} trials → {experiment_dir}\n"
           f"MLflow: {uri} (experiment {experiment!r})", flush=True)
@@ -251,12 +260,12 @@ def run_ablation(opts: AblateOptions) -> dict:
     report_dir = experiment_dir / REPORT_DIR
     report_dir.mkdir(exist_ok=True)
     ds = load_dataset(study.fixed["dataset"])
-    (report_dir / "study.json").write_text(json.dumps({
+    validate.write_plan(experiment_dir, plan, {
         "study": study.name, "description": study.description, "reference": study.reference.key,
         "arms": [a.key for a in study.arms],
         "units": [ds.energy_unit, ds.force_unit], "dataset": study.fixed["dataset"], "theory": ds.theory,
         "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent, "best_hyperparameters": best,
-        "fixed": study.fixed}, indent=2, default=str))
+        "fixed": study.fixed})
     run_ids = {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in tracking.client(uri).search_runs(
         [exp_id], filter_string="tags.`dcnn.role` = 'trial'", max_results=10000)}
     (report_dir / "mlflow_runs.json").write_text(json.dumps(run_ids, indent=2))
