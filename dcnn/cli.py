@@ -51,6 +51,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             raise ValueError(f"{path}: cannot read config: {e}") from e
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of TrainConfig keys, got {type(loaded).__name__}")
+        known = {f.name for f in fields(TrainConfig)}
+        unknown = sorted(str(k) for k in loaded if k not in known)
+        if unknown:
+            raise ValueError(f"--config {path}: unknown config key(s) {unknown}; known keys: "
+                             f"{', '.join(sorted(known))}")
         values.update(loaded)
     values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig)
                    if getattr(args, f.name, None) is not None})

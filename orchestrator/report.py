@@ -32,6 +32,28 @@ def _read_results(trial_dir: Path) -> list[dict]:
     return rows
 
 
+def _trial_error(trial_dir: Path) -> str:
+    """The last line of the trial's error (Tune's error.txt), '' if it did not fail."""
+    path = trial_dir / "error.txt"
+    if not path.exists():
+        return ""
+    lines = [x.strip() for x in path.read_text(errors="replace").splitlines() if x.strip()]
+    return lines[-1][:300] if lines else "failed (empty error.txt)"
+
+
+def failed_section(trials: pd.DataFrame) -> str:
+    """Markdown list of the trials that failed (errored, not diverged), with their error."""
+    if trials.empty or "error" not in trials:
+        return ""
+    failed = trials[trials.error.fillna("").astype(bool)]
+    if failed.empty:
+        return ""
+    lines = ["## Failed trials", "", f"{len(failed)} trial(s) raised and are not in the tables above:", ""]
+    for _, r in failed.iterrows():
+        lines.append(f"- {r.model} · {r.arm} · seed {r.seed} (after epoch {r.epochs}): `{r.error}`")
+    return "\n".join(lines) + "\n\n"
+
+
 def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, curves): one row per trial with its last result; one row per trial-epoch."""
     experiment_dir = Path(experiment_dir)
@@ -45,9 +67,10 @@ def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         if config.get("phase") == "tune":
             continue
         results = _read_results(params_file.parent)
-        if not results:
+        error = _trial_error(params_file.parent)
+        if not results and not error:
             continue
-        last = results[-1]
+        last = results[-1] if results else {"epoch": 0}
         trial_id = last.get("trial_id", "")
         finished = bool(last.get("done")) or "test_force_loss" in last
         row = {**{k: config.get(k) for k in FACTOR_COLUMNS + ["seed"]}, "trial_id": trial_id,
@@ -59,7 +82,8 @@ def collect(experiment_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                "force_loss": last.get("force_loss", math.nan),
                "node_id": last.get("node_id", ""), "hostname": last.get("hostname", ""),
                "device": last.get("device", ""), "gpu_ids": last.get("gpu_ids", ""),
-               "started_at": last.get("started_at", math.nan), "finished_at": last.get("reported_at", math.nan)}
+               "started_at": last.get("started_at", math.nan), "finished_at": last.get("reported_at", math.nan),
+               "error": "" if finished else error}
         trials.append(row)
         for r in results:
             curves.append({"trial_id": trial_id, **{k: config.get(k) for k in FACTOR_COLUMNS + ["seed"]},
@@ -240,6 +264,7 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
     curves.to_csv(paths["curves"], index=False)
     summary.to_csv(paths["summary"], index=False)
     md = to_markdown(summary, reference_arm, title, units)
+    md += "\n" + failed_section(trials)
     md += ("\n![test errors per arm](bars.png)\n\n![learning curves](curves.png)\n\n"
            "Every number comes from `trials.csv`, whose `mlflow_run_id` column names the MLflow run of each trial.\n")
     paths["markdown"].write_text(md)

@@ -138,6 +138,25 @@ def _read_only_mount(path: Path) -> bool:
         return False
 
 
+def check_tracking_store(uri: str) -> None:
+    """A sqlite tracking URI must name an SQLite file (or a new one in an existing folder): MLflow must
+    never be pointed at a data set or any other file it would fail on or write into."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if path.is_dir():
+        raise ValueError(f"--tracking-uri {uri}: {path} is a folder, expected an SQLite file such as "
+                         f"{path / 'mlflow.db'}")
+    if path.exists() and path.stat().st_size > 0:
+        with open(path, "rb") as fh:
+            if fh.read(16) != b"SQLite format 3\x00":
+                raise ValueError(f"--tracking-uri {uri}: {path} exists and is not an SQLite database; "
+                                 f"refusing to use it as the MLflow store")
+    elif not path.exists() and not path.parent.is_dir():
+        # the default store is created in --storage (made when the study starts); others need their folder
+        raise ValueError(f"--tracking-uri {uri}: the folder {path.parent} does not exist")
+
+
 def plan_of(opts, study, experiment: str, tracking_uri: str) -> dict:
     """What defines a study: the record written at its start and compared on --resume."""
     return {"study": study.name, "study_source": study.source, "description": study.description,
@@ -208,6 +227,8 @@ def preflight(opts, study, experiment: str, experiment_dir: Path, tracking_uri: 
     check_name("--experiment", experiment)
     check_storage(experiment_dir.parent)
     check_split(study.fixed)
+    if opts.tracking_uri:
+        check_tracking_store(opts.tracking_uri)
     plan = plan_of(opts, study, experiment, tracking_uri)
     if opts.resume:
         check_resume(experiment_dir, plan)
