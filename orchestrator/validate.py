@@ -18,6 +18,7 @@ PLAN_FILE = "study.json"
 # what a resumed study must share with the one it continues (resources and addresses may change)
 PLAN_KEYS = ("study", "study_source", "arms", "reference", "models", "seeds", "fixed", "tune_hparams",
              "tuning_space", "scheduler", "max_concurrent", "tracking_uri", "experiment")
+MIN_FREE_BYTES = int(os.environ.get("DCNN_MIN_FREE_MB", "64")) * 2**20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,127}$")
 
 
@@ -129,6 +130,13 @@ def check_storage(storage: Path) -> None:
     if not os.access(probe, os.W_OK | os.X_OK) or _read_only_mount(probe):
         raise ValueError(f"--storage {storage}: {probe} is not writable (read-only file system or no "
                          f"permission); choose a writable folder")
+    import shutil
+
+    free = shutil.disk_usage(probe).free
+    if free < MIN_FREE_BYTES:
+        raise ValueError(f"--storage {storage}: only {free / 2**20:.1f} MiB free on its disk; a study needs "
+                         f"at least {MIN_FREE_BYTES / 2**20:.0f} MiB (checkpoints, results, MLflow store): "
+                         f"free some space or choose another folder")
 
 
 def _read_only_mount(path: Path) -> bool:
