@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import typing
 from dataclasses import fields
@@ -50,6 +51,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             raise ValueError(f"{path}: cannot read config: {e}") from e
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of TrainConfig keys, got {type(loaded).__name__}")
+        known = {f.name for f in fields(TrainConfig)}
+        unknown = sorted(str(k) for k in loaded if k not in known)
+        if unknown:
+            raise ValueError(f"--config {path}: unknown config key(s) {unknown}; known keys: "
+                             f"{', '.join(sorted(known))}")
         values.update(loaded)
     values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig)
                    if getattr(args, f.name, None) is not None})
@@ -60,9 +66,87 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else str(v)
 
 
+def _same_file(a, b) -> bool:
+    try:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve() or \
+            (Path(a).exists() and Path(b).exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def check_output(flag: str, out, inputs: dict, force: bool) -> None:
+    """An output path never replaces an input of the same command (not even with --force), nor an
+    existing file the command did not create unless --force is given; its folder must exist."""
+    out = Path(out).expanduser()
+    for name, path in inputs.items():
+        if path and _same_file(out, path):
+            raise ValueError(f"{flag} {out}: is the {name} of this command; refusing to write over an input "
+                             f"(choose another path)")
+    if out.is_dir():
+        raise ValueError(f"{flag} {out}: is a folder, expected a file path")
+    if not out.parent.is_dir():
+        raise ValueError(f"{flag} {out}: the folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise ValueError(f"{flag} {out}: the folder {out.parent} is not writable")
+    if out.exists() and not force:
+        raise ValueError(f"{flag} {out}: the file exists and was not written by this command; refusing to "
+                         f"overwrite it (pass --force to replace it)")
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "config")
+# a checkpoint resumes only the run it was written by; these may change when it is resumed
+_RESUMABLE_CHANGES = ("epochs", "lr", "device", "threads", "eval_batch_size", "force_weight", "batch_size")
+
+
+def load_checkpoint_file(path, flag: str = "--resume") -> dict:
+    import torch
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ValueError(f"{flag} {p}: no such file (expected a checkpoint written by --checkpoint)")
+    if p.is_dir():
+        raise ValueError(f"{flag} {p}: is a folder, expected a checkpoint file written by --checkpoint")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a file that is not a checkpoint
+        raise ValueError(f"{flag} {p}: not a checkpoint written by --checkpoint "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    if not isinstance(state, dict) or not all(k in state for k in CHECKPOINT_KEYS):
+        raise ValueError(f"{flag} {p}: a torch file but not a dcnn-ablate checkpoint (missing "
+                         f"{[k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]})")
+    return state
+
+
+def check_resume_config(state: dict, cfg: TrainConfig, path) -> None:
+    old = state.get("config") or {}
+    new = cfg.to_dict()
+    diffs = [f"{k}: {old.get(k)!r} → {new[k]!r}" for k in new
+             if k not in _RESUMABLE_CHANGES and k in old and old.get(k) != new[k]]
+    if diffs:
+        raise ValueError(f"--resume {path}: the checkpoint was written by a different run ("
+                         + "; ".join(diffs) + f"); only {', '.join(_RESUMABLE_CHANGES)} may change on resume")
+    if int(state["epoch"]) >= cfg.epochs:
+        raise ValueError(f"--resume {path}: the checkpoint is at epoch {int(state['epoch'])} and --epochs is "
+                         f"{cfg.epochs}: nothing to train (raise --epochs)")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     ds = load_dataset(cfg.dataset)  # bad data fails here, before any model is built
+    from dcnn.data import split_indices
+
+    try:
+        split_indices(len(ds), 0, cfg.n_train, cfg.n_val, cfg.n_test)
+    except ValueError as e:
+        raise ValueError(f"{cfg.dataset}: too small for --n-train/--n-val/--n-test: {e}") from None
+    if args.resume:
+        check_resume_config(load_checkpoint_file(args.resume), cfg, args.resume)
+    if args.checkpoint:
+        # written every epoch: never over the data, the config or anything else it did not write
+        # (a checkpoint of the run being resumed may be continued in place)
+        resumed = args.resume if args.resume and _same_file(args.resume, args.checkpoint) else None
+        check_output("--checkpoint", args.checkpoint, {"--dataset": cfg.dataset, "--config": args.config},
+                     args.force or bool(resumed))
     eu, fu = ds.energy_unit, ds.force_unit
     print(f"training {cfg.model} ({cfg.preset}) activation={cfg.activation} denorm={cfg.denorm} "
           f"rescale={cfg.rescale} (C={cfg.rescale_factor:g}) on {ds.name} [{ds.theory}], "
@@ -84,7 +168,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from dcnn.generate import generate
+    from dcnn.generate import check_generate_args, generate
+
+    check_generate_args(args.molecule, args.frames, args.temperature, args.seed, args.out,
+                        args.timestep, args.interval, args.force)
 
     ds = generate(args.molecule, args.frames, args.temperature, args.seed, args.out,
                   timestep_fs=args.timestep, interval=args.interval, overwrite=args.force)
@@ -109,6 +196,8 @@ def add_commands(sub) -> None:
     t.add_argument("--config", help="YAML file of TrainConfig keys")
     t.add_argument("--checkpoint", help="write a checkpoint here after every epoch")
     t.add_argument("--resume", help="continue from a checkpoint written by --checkpoint")
+    t.add_argument("--force", action="store_true",
+                   help="let --checkpoint replace an existing file (never the data set or --config)")
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)
 
@@ -135,13 +224,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _looks_negative(token: str) -> bool:
+    if not token.startswith("-") or token.startswith("--"):
+        return False
+    try:
+        float(token)
+        return True
+    except ValueError:
+        return token[1:].lower() in ("inf", "nan", "infinity")
+
+
+def join_negative_values(argv: list[str]) -> list[str]:
+    """`--lr -1e-3`: argparse takes '-1e-3' for a flag; pass it as `--lr=-1e-3` so the value reaches
+    the validation, which names the flag and says what is accepted."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _looks_negative(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def run(parser: argparse.ArgumentParser, argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parser.parse_args(argv)
+    argv = join_negative_values(list(sys.argv[1:] if argv is None else argv))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse's own refusal (already printed) or --help
+        return 0 if e.code in (0, None) else 2
     try:
         return args.func(args)
     except (DatasetError, ValueError, FileExistsError) as e:
         print(f"dcnn-ablate: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file or folder the command cannot use: name it, no traceback
+        where = f" ({e.filename})" if getattr(e, "filename", None) and str(e.filename) not in str(e) else ""
+        print(f"dcnn-ablate: error: {e}{where}", file=sys.stderr)
         return 2
 
 

@@ -112,7 +112,8 @@ class TrainConfig:
         choice("scope", ("paper", "all"))
         choice("dtype", ("float32", "float64"))
         choice("lr_schedule", SCHEDULES)
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+        if not (self.device in ("auto", "cpu", "cuda") or
+                (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ValueError(f"device={self.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
         for name in ("rescale_factor", "lr", "batch_size", "epochs", "eval_batch_size", "threads",
                      *SIZE_FIELDS, "n_train", "n_val"):

@@ -21,6 +21,10 @@ from dcnn.data import BUNDLED_DATA_DIR, MoleculeDataset, save_npz
 START_GEOMETRIES = {"ethanol": None, "aspirin": BUNDLED_DATA_DIR / "aspirin.xyz"}
 
 
+# elements GFN2-xTB parametrises (H to Rn)
+XTB_MAX_Z = 86
+
+
 def start_geometry(molecule: str) -> Atoms:
     """ethanol from ASE's G2 set (MD17 atom order C C O H×6); aspirin from data/aspirin.xyz; or a file."""
     from ase.build import molecule as g2
@@ -31,9 +35,66 @@ def start_geometry(molecule: str) -> Atoms:
     path = START_GEOMETRIES.get(molecule) or Path(molecule)
     if not Path(path).exists():
         raise ValueError(f"--molecule {molecule!r}: not 'ethanol', 'aspirin' or an existing structure file")
-    atoms = read(path, index=0)
+    if Path(path).is_dir():
+        raise ValueError(f"--molecule {molecule}: is a folder, expected a structure file ASE reads (.xyz, ...)")
+    try:
+        atoms = read(path, index=0)
+    except Exception as e:  # ASE raises many kinds for a malformed file
+        raise ValueError(f"--molecule {molecule}: not a structure file ASE can read "
+                         f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'malformed'})") \
+            from None
+    if isinstance(atoms, list):
+        atoms = atoms[0] if atoms else None
+    if atoms is None or len(atoms) == 0:
+        raise ValueError(f"--molecule {molecule}: holds no atoms")
+    pos = atoms.get_positions()
+    if not np.isfinite(pos).all():
+        raise ValueError(f"--molecule {molecule}: positions contain NaN/inf")
+    bad = sorted({int(z) for z in atoms.numbers if not 1 <= z <= XTB_MAX_Z})
+    if bad:
+        raise ValueError(f"--molecule {molecule}: atomic number(s) {bad} are not covered by GFN2-xTB (1..86)")
+    if len(atoms) > 1:
+        d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)[np.triu_indices(len(atoms), 1)]
+        if d.min() < 0.1:
+            raise ValueError(f"--molecule {molecule}: two atoms are {d.min():.3g} Å apart (coincident atoms)")
     atoms.calc = None
     return atoms
+
+
+def check_generate_args(molecule: str, frames, temperature, seed, out, timestep_fs=0.5, interval=10,
+                        overwrite: bool = False) -> Atoms:
+    """Every argument of `data generate`, checked before the MD starts; returns the start geometry."""
+    import math
+
+    for flag, value in (("--frames", frames), ("--interval", interval)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{flag} must be a positive integer, got {value!r}")
+    for flag, value, unit in (("--temperature", temperature, "K"), ("--timestep", timestep_fs, "fs")):
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{flag} must be a positive finite number ({unit}), got {value!r}")
+    if timestep_fs > 5:
+        raise ValueError(f"--timestep {timestep_fs} fs: too long for stable MD with hydrogens (use ≤ 5 fs, "
+                         f"0.5 is the default)")
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
+    out = Path(out).expanduser()
+    source = START_GEOMETRIES.get(molecule) or (Path(molecule) if molecule != "ethanol" else None)
+    if source is not None and Path(source).exists():
+        try:
+            if out.exists() and os.path.samefile(out, source) or out.resolve() == Path(source).resolve():
+                raise ValueError(f"--out {out}: is the --molecule input; refusing to write over an input "
+                                 f"(not even with --force)")
+        except OSError:
+            pass
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a folder, expected a file path such as {out / (Path(molecule).stem + '.npz')}")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.parent} does not exist (create it first)")
+    if not os.access(out.parent, os.W_OK):
+        raise ValueError(f"--out {out}: the folder {out.parent} is not writable")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"--out {out} exists; refusing to overwrite (pass --force to replace it)")
+    return start_geometry(molecule)
 
 
 def xtb_calculator():
@@ -57,11 +118,7 @@ def generate(molecule: str, frames: int, temperature: float, seed: int, out: str
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
     out = Path(out)
-    if frames <= 0 or temperature <= 0 or interval <= 0 or timestep_fs <= 0:
-        raise ValueError("frames, temperature, interval and timestep must be positive")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; refusing to overwrite (pass --force to replace it)")
-    atoms = start_geometry(molecule)
+    atoms = check_generate_args(molecule, frames, temperature, seed, out, timestep_fs, interval, overwrite)
     name = molecule if molecule in START_GEOMETRIES else Path(molecule).stem
     atoms.set_constraint(FixCom())
     atoms.calc = xtb_calculator()

@@ -12,12 +12,26 @@ from dcnn import cli as dcnn_cli
 from orchestrator.runner import SCHEDULERS, AblateOptions
 
 
-def _csv(kind):
+def _csv(kind, flag: str):
+    """A non-empty comma-separated list of distinct values (an empty one is refused, never 'the default')."""
     def parse(text: str):
+        items = [x.strip() for x in text.split(",")]
+        if not any(items):
+            raise argparse.ArgumentTypeError(f"empty list {text!r}; give at least one value, or leave {flag} "
+                                             f"out to use the study's")
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"empty item in {text!r} (expected e.g. {flag} a,b,c)")
         try:
-            return [kind(x) for x in text.split(",") if x.strip()]
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}: {text!r}") from e
+            values = [kind(x) for x in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}: {text!r}") \
+                from None
+        if kind is int and any(v < 0 for v in values):
+            raise argparse.ArgumentTypeError(f"seeds must be non-negative integers, got {text!r}")
+        dup = sorted({v for v in values if values.count(v) > 1})
+        if dup:
+            raise argparse.ArgumentTypeError(f"repeated value(s) {dup} in {text!r}")
+        return values
     return parse
 
 
@@ -25,7 +39,13 @@ def _keyvalue(text: str):
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     k, v = text.split("=", 1)
-    return k.strip(), yaml.safe_load(v)
+    if not k.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r} (no key)")
+    try:
+        return k.strip(), yaml.safe_load(v)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value {v!r} is not a number, word or YAML value") \
+            from None
 
 
 def cmd_ablate(args) -> int:
@@ -45,7 +65,9 @@ def cmd_ablate(args) -> int:
 
 def cmd_report(args) -> int:
     from orchestrator.report import build_report
+    from orchestrator.validate import check_study_folder
 
+    check_study_folder(Path(args.path))  # a named cause, and nothing written, when it is not a study
     report = build_report(Path(args.path))
     print(report["markdown"])
     print(f"report: {report['paths']['markdown']}")
@@ -61,11 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--study", default="seed-plan",
                    help="built-in study (seed-plan, activation, stabilizers, preprocessing, factorial, "
                         "paper) or a YAML file")
-    a.add_argument("--models", type=_csv(str), help="comma-separated, e.g. schnet,cgcnn (default: the study's)")
-    a.add_argument("--datasets", "--dataset", dest="datasets", type=_csv(str),
+    a.add_argument("--models", type=_csv(str, "--models"), help="comma-separated, e.g. schnet,cgcnn (default: the study's)")
+    a.add_argument("--datasets", "--dataset", dest="datasets", type=_csv(str, "--datasets"),
                    help="comma-separated bundled names (ethanol, aspirin) or data files; a study runs on each "
                         "(default: the study's, else ethanol)")
-    a.add_argument("--seeds", type=_csv(int), help="comma-separated, e.g. 0,1,2 (default: the study's)")
+    a.add_argument("--seeds", type=_csv(int, "--seeds"), help="comma-separated, e.g. 0,1,2 (default: the study's)")
     a.add_argument("--split-seeds", choices=("fixed", "vary"),
                    help="fixed: one train/val/test split for every seed (CIs cover initialisation and batch "
                         "order); vary: the split follows the seed (CIs include split variance). Default: the "

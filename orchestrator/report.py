@@ -48,6 +48,28 @@ def _label(config: dict, labels: dict) -> str:
     return labels.get(dataset, Path(dataset).stem if dataset else "data")
 
 
+def _trial_error(trial_dir: Path) -> str:
+    """The last line of the trial's error (Tune's error.txt), '' if it did not fail."""
+    path = trial_dir / "error.txt"
+    if not path.exists():
+        return ""
+    lines = [x.strip() for x in path.read_text(errors="replace").splitlines() if x.strip()]
+    return lines[-1][:300] if lines else "failed (empty error.txt)"
+
+
+def failed_section(trials: pd.DataFrame) -> str:
+    """Markdown list of the trials that failed (errored, not diverged), with their error."""
+    if trials.empty or "error" not in trials:
+        return ""
+    failed = trials[trials.error.fillna("").astype(bool)]
+    if failed.empty:
+        return ""
+    lines = ["## Failed trials", "", f"{len(failed)} trial(s) raised and are not in the tables above:", ""]
+    for _, r in failed.iterrows():
+        lines.append(f"- {r.data} · {r.model} · {r.arm} · seed {r.seed} (after epoch {r.epochs}): `{r.error}`")
+    return "\n".join(lines) + "\n\n"
+
+
 def collect(experiment_dir: Path, dataset_labels: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, curves): one row per trial with its last result; one row per trial-epoch."""
     experiment_dir = Path(experiment_dir)
@@ -62,8 +84,8 @@ def collect(experiment_dir: Path, dataset_labels: dict | None = None) -> tuple[p
         if config.get("phase") == "tune":
             continue
         results = _read_results(params_file.parent)
-        error_file = params_file.parent / "error.txt"
-        if not results and not error_file.exists():
+        error = _trial_error(params_file.parent)
+        if not results and not error:
             continue
         last = results[-1] if results else {}
         trial_id = last.get("trial_id", "")
@@ -72,8 +94,7 @@ def collect(experiment_dir: Path, dataset_labels: dict | None = None) -> tuple[p
                                                   for k in FACTOR_COLUMNS + ["seed"]},
                "trial_id": trial_id, "mlflow_run_id": run_ids.get(trial_id, ""), "finished": finished,
                "epochs": last.get("epoch", 0), "diverged": int(last.get("diverged", 0)),
-               "error": error_file.read_text().strip().splitlines()[-1][:300]
-               if error_file.exists() and not finished else "",
+               "error": "" if finished else error,
                "identical_to": ""}
         for key in ("test_energy_loss", "test_force_loss", "test_energy_baseline", "test_force_baseline",
                     "test_energy_scale", "energy_loss", "force_loss"):
@@ -311,8 +332,7 @@ def findings(summary: pd.DataFrame, reference_arm: str, units: dict) -> str:
     return "\n".join(lines)
 
 
-def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: dict,
-                trials: pd.DataFrame | None = None) -> str:
+def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: dict) -> str:
     lines = [f"# {title}", "",
              "Test MAE in the data set's units, mean ± std over the seeds that finished without diverging "
              f"(n). **×base**: the mean over the baseline — predicting the training-set mean energy (E) or "
@@ -338,11 +358,6 @@ def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: di
                 f"{'' if r.reference else _p(r, 'E')} | {fmt(r.F_mean)} ± {fmt(r.F_std, 2)} | "
                 f"{fmt(r.F_vs_baseline, 2)} | {'' if r.reference else _ratio(r, 'F')} | "
                 f"{'' if r.reference else _p(r, 'F')} |")
-        lines.append("")
-    if trials is not None and (~trials.finished).any():
-        lines += ["## Trials that did not finish", "", "| data | model | arm | seed | epochs | error |", "|---|---|---|---|---|---|"]
-        for r in trials[~trials.finished].itertuples():
-            lines.append(f"| {r.data} | {r.model} | {r.arm} | {r.seed} | {r.epochs} | {r.error or 'unfinished'} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -454,7 +469,7 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
     summary.to_csv(paths["summary"], index=False)
     base.to_csv(paths["baselines"], index=False)
     paths["findings"].write_text(found + "\n")
-    md = to_markdown(summary, reference_arm, title, units, trials) + "\n" + found
+    md = to_markdown(summary, reference_arm, title, units) + "\n" + failed_section(trials) + found
     md += ("\n![test errors per arm](bars.png)\n\n![learning curves](curves.png)\n\n"
            "Every number comes from `trials.csv`, whose `mlflow_run_id` column names the MLflow run of each trial.\n")
     paths["markdown"].write_text(md)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from dcnn.data import load_dataset, resolve_dataset, split_indices
+from dcnn.data import load_dataset, resolve_dataset
 from dcnn.models import MAX_Z
 from search_spaces import Study, load_study, tuning_space
 
@@ -48,6 +48,13 @@ class AblateOptions:
 
     def validate(self) -> Study:
         """All checks that need no Ray; returns the study with the overrides applied."""
+        from orchestrator import validate as v
+
+        v.check_finite("--cpus-per-trial", self.cpus_per_trial)
+        v.check_finite("--gpus-per-trial", self.gpus_per_trial)
+        if self.experiment is not None:
+            v.check_name("--experiment", self.experiment)
+        v.check_set(self.set, {"epochs": self.epochs, "preset": self.preset})
         if self.cpus_per_trial <= 0:
             raise ValueError(f"--cpus-per-trial must be positive, got {self.cpus_per_trial}")
         if self.gpus_per_trial < 0:
@@ -87,11 +94,7 @@ class AblateOptions:
                                                       datasets=datasets, split_seeds=self.split_seeds,
                                                       shift=True if self.shift else None)
         for path in study.datasets:  # DatasetError names the file and the problem
-            ds = load_dataset(path, max_z=MAX_Z)
-            try:
-                split_indices(len(ds), 0, study.setting("n_train"), study.setting("n_val"), study.setting("n_test"))
-            except ValueError as e:
-                raise ValueError(f"{path}: {e} (set n_train/n_val/n_test with --set)") from e
+            load_dataset(path, max_z=MAX_Z)
         return study
 
     @property
@@ -192,7 +195,7 @@ def run_ablation(opts: AblateOptions) -> dict:
     """Run (or resume) a study; returns the report (paths, summary table)."""
     from ray import tune
 
-    from orchestrator import tracking
+    from orchestrator import tracking, validate
     from orchestrator.report import REPORT_DIR, build_report
 
     study = opts.validate()
@@ -204,24 +207,23 @@ def run_ablation(opts: AblateOptions) -> dict:
                          f"choose another --experiment (nothing was changed)")
     if opts.resume and not experiment_dir.exists():
         raise ValueError(f"--resume: {experiment_dir} does not exist (nothing to resume)")
+    uri = opts.tracking_uri or tracking.default_tracking_uri(storage)
+    plan = validate.preflight(opts, study, experiment, experiment_dir, uri)  # last checks before Ray
     ray = _init_ray(opts.address, opts.quiet)
     _check_cluster_fits(ray, opts)
 
     storage.mkdir(parents=True, exist_ok=True)
-    uri = opts.tracking_uri or tracking.default_tracking_uri(storage)
     exp_id = tracking.ensure_experiment(uri, experiment, storage / "mlartifacts" / experiment)
     parent = tracking.ensure_parent_run(uri, exp_id, study.name, {"dcnn.storage": str(experiment_dir)})
     identical = study.identical_arms()
     n_trials = len(study.trial_configs())
+    report_dir = experiment_dir / REPORT_DIR
+    validate.write_plan(experiment_dir, plan, _study_record(study, identical, uri, experiment, parent))  # at the start
     print(f"study {study.name}: {len(study.arms)} arms × {len(study.models)} models × {len(study.datasets)} "
           f"data set(s) × {len(study.seeds)} seeds = {n_trials} trials → {experiment_dir}\n"
           + "".join(f"  {m}: has no BatchNorm, so {', '.join(f'{a} ≡ {t}' for a, t in pairs.items())} "
                     f"(identical by construction: run once)\n" for m, pairs in identical.items())
           + f"MLflow: {uri} (experiment {experiment!r})", flush=True)
-    experiment_dir.mkdir(parents=True, exist_ok=True)
-    report_dir = experiment_dir / REPORT_DIR
-    report_dir.mkdir(exist_ok=True)
-    _write_study_json(report_dir / "study.json", study, identical, uri, experiment, parent, {})
 
     from orchestrator.progress import StudyProgress
 
@@ -241,7 +243,7 @@ def run_ablation(opts: AblateOptions) -> dict:
             print(f"best hyperparameters {model} · {arm.key}: {best[f'{model}/{arm.key}']}", flush=True)
         for key in tuning_space(opts.tuning_space):
             space[key] = tune.sample_from(BestHyperparameter(best, key))
-        _write_study_json(report_dir / "study.json", study, identical, uri, experiment, parent, best)
+        validate.write_plan(experiment_dir, plan, {"best_hyperparameters": best})
 
     if opts.resume and tune.Tuner.can_restore(str(experiment_dir)):
         # the param space is given again: Tune needs it to resolve its sample_from placeholders
@@ -283,26 +285,17 @@ def run_ablation(opts: AblateOptions) -> dict:
     return report
 
 
-def _write_study_json(path: Path, study: Study, identical: dict, uri: str, experiment: str, parent: str,
-                      best: dict) -> None:
-    """What the study is, written when it starts (the report and --resume read it back)."""
+def _study_record(study: Study, identical: dict, uri: str, experiment: str, parent: str) -> dict:
+    """What the report needs to know about the study beyond its plan: data sets with units, twins."""
     datasets = {}
     for d in study.datasets:
         ds = load_dataset(d)
         datasets[d] = {"label": study.dataset_labels()[d], "name": ds.name, "theory": ds.theory,
                        "units": [ds.energy_unit, ds.force_unit]}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({
-        "study": study.name, "description": study.description, "reference": study.reference.key,
-        "arms": [a.key for a in study.arms], "models": study.models, "seeds": study.seeds,
-        "datasets": datasets, "split_seeds": study.split_seeds, "identical": identical,
-        "units": next(iter(datasets.values()))["units"],
-        "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent, "best_hyperparameters": best,
-        "fixed": study.fixed, "settings": {k: study.setting(k) for k in ("epochs", "lr", "lr_schedule", "lr_min",
-                                                                         "rescale_factor", "force_weight",
-                                                                         "n_train", "n_val", "n_test", "preset")}},
-        indent=2, default=str))
-    os.replace(tmp, path)
+    return {"identical": identical, "datasets": datasets, "units": next(iter(datasets.values()))["units"],
+            "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent, "best_hyperparameters": {},
+            "settings": {k: study.setting(k) for k in ("epochs", "lr", "lr_schedule", "lr_min", "rescale_factor",
+                                                      "force_weight", "n_train", "n_val", "n_test", "preset")}}
 
 
 class BestHyperparameter:

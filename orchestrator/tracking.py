@@ -7,6 +7,7 @@ are found again by the trial id tag, so a retried or resumed trial continues its
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -114,18 +115,33 @@ def _params(config: dict) -> dict:
 
 
 class MLflowStudyLogger(tune.Callback):
-    """Tune callback: trial runs nested under the study run; params, factor tags, per-epoch metrics."""
+    """Tune callback: trial runs nested under the study run; params, factor tags, per-epoch metrics.
+
+    Faults (issue 8): a retried or resumed trial replays the epochs after its last durable checkpoint;
+    each epoch is logged once (steps at or below the run's last logged step are skipped, and a new driver
+    reads the run's metric history first).  When the tracking store does not answer, every call is kept
+    in order in a buffer and sent when it answers again (tried every few seconds while trials go on
+    training); what cannot be sent by the end of the study is reported on the driver's log and is still
+    in the study folder (each trial's result.json).
+    """
+
+    RETRY_S = 2.0
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, study_name: str):
         self.tracking_uri, self.experiment_id = tracking_uri, experiment_id
         self.parent_run_id, self.study_name = parent_run_id, study_name
         self._runs: dict[str, str] = {}
         self._placed: set[str] = set()
+        self._last_step: dict[str, int] = {}  # run id -> last logged epoch
+        self._pending: list = []  # calls not yet accepted by the tracking store, in order
+        self._down_since = None
+        self._last_try = 0.0
         self._client = None
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment state
         state = dict(self.__dict__)
         state["_client"] = None
+        state["_pending"] = []  # closures over trials: not picklable; result.json holds the metrics
         return state
 
     @property
@@ -138,6 +154,10 @@ class MLflowStudyLogger(tune.Callback):
     def run_ids(self) -> dict[str, str]:
         return dict(self._runs)
 
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
     def run_for(self, trial) -> str:
         tid = trial.trial_id
         if tid in self._runs:
@@ -147,6 +167,9 @@ class MLflowStudyLogger(tune.Callback):
             run_id = found.info.run_id
             if found.info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
+            history = self.client.get_metric_history(run_id, "energy_loss")
+            if history:  # a new driver: epochs this run already holds are not logged again
+                self._last_step[run_id] = max(m.step for m in history)
         else:
             cfg = trial.config
             tags = {TRIAL_TAG: tid, "mlflow.parentRunId": self.parent_run_id,
@@ -163,33 +186,116 @@ class MLflowStudyLogger(tune.Callback):
         self._runs[tid] = run_id
         return run_id
 
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.run_for(trial)
+    # -- delivery: in order, buffered while the store does not answer ------------------------------
+    def _submit(self, call, force: bool = False) -> None:
+        self._pending.append(call)
+        self._flush(force=True if not self._down_since else force)
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
+    def _flush(self, force: bool = False) -> None:
+        import time
+
+        if not self._pending:
+            return
+        if not force and time.time() - self._last_try < self.RETRY_S:
+            return
+        self._last_try = time.time()
+        with _fail_fast(self.tracking_uri):
+            while self._pending:
+                try:
+                    self._pending[0]()
+                except Exception as e:  # any failure of the store: keep the call, try again later
+                    if self._down_since is None:
+                        self._down_since = time.time()
+                        log.warning("MLflow (%s) does not answer (%s: %s); buffering the study's metrics and "
+                                    "sending them when it answers again", self.tracking_uri,
+                                    type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+                    return
+                self._pending.pop(0)
+        if self._down_since is not None:
+            log.warning("MLflow (%s) answers again after %.0f s; buffered metrics sent",
+                        self.tracking_uri, time.time() - self._down_since)
+            self._down_since = None
+
+    def _log_result(self, trial, result: dict) -> None:
         from mlflow.entities import Metric, RunTag
 
         run_id = self.run_for(trial)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if step <= self._last_step.get(run_id, 0):
+            return  # a replayed epoch (retried from an older checkpoint): already logged once
         ts = int(1000 * result.get("timestamp", 0)) or None
         metrics = [Metric(k, float(result[k]), ts or 0, step) for k in METRIC_KEYS
                    if k in result and isinstance(result[k], (int, float))]
         tags = []
         if trial.trial_id not in self._placed:
             tags = [RunTag(k, str(result[k])) for k in _PLACEMENT_TAGS if result.get(k) not in (None, "")]
-            self._placed.add(trial.trial_id)
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        self._placed.add(trial.trial_id)
+        self._last_step[run_id] = step
+
+    def _end_run(self, trial, status: str, error_text: str = "") -> None:
+        run_id = self.run_for(trial)
+        if status == "FINISHED":
+            diverged = bool((trial.last_result or {}).get("diverged"))
+            self.client.set_tag(run_id, "diverged", str(diverged).lower())
+        elif error_text:
+            self.client.set_tag(run_id, "error", error_text[-4000:])
+        self.client.set_terminated(run_id, status)
+
+    # -- Tune hooks -----------------------------------------------------------------------------
+    def on_step_end(self, iteration, trials, **info):
+        self._flush()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._submit(lambda: self.run_for(trial))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        result = dict(result)
+        self._submit(lambda: self._log_result(trial, result))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self.run_for(trial)
-        diverged = bool((trial.last_result or {}).get("diverged"))
-        self.client.set_tag(run_id, "diverged", str(diverged).lower())
-        self.client.set_terminated(run_id, "FINISHED")
+        self._submit(lambda: self._end_run(trial, "FINISHED"))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self.run_for(trial)
         error = getattr(trial, "error_file", None) or ""
-        if error and Path(error).exists():
-            self.client.set_tag(run_id, "error", Path(error).read_text()[-4000:])
-        self.client.set_terminated(run_id, "FAILED")
+        text = Path(error).read_text() if error and Path(error).exists() else ""
+        self._submit(lambda: self._end_run(trial, "FAILED", text))
 
+    def on_experiment_end(self, trials, **info):
+        import time
+
+        deadline = time.time() + float(os.environ.get("DCNN_MLFLOW_FLUSH_S", "60"))
+        while self._pending and time.time() < deadline:
+            self._flush(force=True)
+            if self._pending:
+                time.sleep(self.RETRY_S)
+        if self._pending:
+            log.error("MLflow (%s) did not answer by the end of the study: %d logging call(s) were not sent; "
+                      "the metrics are in each trial's result.json in the study folder (the report reads "
+                      "them from there)", self.tracking_uri, len(self._pending))
+
+
+class _fail_fast:
+    """While buffering, an HTTP store that does not answer fails in seconds, not after MLflow's
+    minutes of retries (the calls are retried by the buffer instead)."""
+
+    KEYS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+    def __init__(self, uri: str):
+        self.active = uri.startswith(("http://", "https://"))
+
+    def __enter__(self):
+        if self.active:
+            self.saved = {k: os.environ.get(k) for k in self.KEYS}
+            for k, v in self.KEYS.items():
+                os.environ.setdefault(k, v)
+        return self
+
+    def __exit__(self, *exc):
+        if self.active:
+            for k, v in self.saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        return False

@@ -275,18 +275,18 @@ def _list(data: dict, key: str, where: str, kind: type, default: list) -> list:
 def load_study(name_or_path: str) -> Study:
     """A built-in study by name (studies/NAME.yaml) or a user's YAML file by path."""
     path = Path(name_or_path)
-    if not path.suffix:
+    if not path.suffix and not path.is_dir():
         path = STUDY_DIR / f"{name_or_path}.yaml"
         if not path.exists():
             raise ValueError(f"unknown study {name_or_path!r}; built-in: {', '.join(list_studies())} "
                              f"(or pass a YAML file)")
     if not path.exists():
         raise ValueError(f"{path}: no such study file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from e
+    from search_spaces.schema import check_study_data, read_study_file
+
+    data = read_study_file(path)
     where = str(path)
+    check_study_data(data, where)
     if not isinstance(data, dict):
         raise ValueError(f"{where}: a study is a mapping with keys {sorted(_STUDY_KEYS)}")
     unknown = set(data) - _STUDY_KEYS

@@ -80,6 +80,37 @@ def dcnn_trainable(config: dict) -> None:
             tune.report(_epoch_metrics(metrics, placement, trainer), checkpoint=tune.Checkpoint.from_directory(d))
 
 
+FAULT_ENV = "DCNN_FAULT_INJECT"
+
+
+def _faults(config: dict, action: str, epoch: int) -> list[dict]:
+    """Fault injection for the fault tests (issue 8), off unless $DCNN_FAULT_INJECT is set in the driver
+    (Ray workers inherit it): a JSON list of {"action": "kill"|"raise", "epoch": k, "where": {config
+    key: value}, "once": marker file}.  "kill" SIGKILLs the trial's worker after epoch k was reported and
+    before its checkpoint is written; "raise" makes the model's forward raise in epoch k."""
+    import json
+
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return []
+    out = []
+    for f in json.loads(spec):
+        if f.get("action") != action or int(f.get("epoch", 1)) != epoch:
+            continue
+        if any(str(config.get(k)) != str(v) for k, v in (f.get("where") or {}).items()):
+            continue
+        once = f.get("once")
+        if once:
+            try:
+                fd = os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                continue
+            os.write(fd, f"{action} at epoch {epoch} pid {os.getpid()} {time.time()}\n".encode())
+            os.close(fd)
+        out.append(f)
+    return out
+
+
 class DCNNTrainable(tune.Trainable):
     """Class trainable: one epoch per `step()`; supports reuse_actors (reset_config) and PBT."""
 
@@ -88,12 +119,20 @@ class DCNNTrainable(tune.Trainable):
         self.trainer = Trainer(train_config_from_tune(config))
 
     def step(self) -> dict:
+        if _faults(self.config, "raise", self.trainer.epoch + 1):
+            def broken(*args, **kwargs):
+                raise RuntimeError(f"injected fault: the model raised in epoch {self.trainer.epoch + 1}")
+            self.trainer.model.forward = broken
         metrics = self.trainer.step()
         out = _epoch_metrics(metrics, self._placement, self.trainer)
         out["done"] = self.trainer.done
         return out
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
+        if _faults(self.config, "kill", self.trainer.epoch):
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)  # epoch reported, its checkpoint not yet durable
         self.trainer.save(Path(checkpoint_dir) / CHECKPOINT_FILE)
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:

@@ -1,0 +1,272 @@
+"""Checks at the edge, before Ray or MD starts: every refusal names the flag, file, field or value and
+what would be accepted, and nothing is created or changed when one fails (issue 8).
+
+`run_ablation` calls `preflight()` after the options and the study validated and before `ray.init`;
+`write_plan()` records the study in `report/study.json` when it starts (not when it ends), and
+`--resume` compares the new command with that record (`check_resume`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import socket
+from pathlib import Path
+
+PLAN_FILE = "study.json"
+# what a resumed study must share with the one it continues (resources and addresses may change)
+PLAN_KEYS = ("study", "study_source", "arms", "reference", "models", "seeds", "datasets_run", "split_seeds",
+             "fixed", "tune_hparams",
+             "tuning_space", "scheduler", "max_concurrent", "tracking_uri", "experiment")
+MIN_FREE_BYTES = int(os.environ.get("DCNN_MIN_FREE_MB", "64")) * 2**20
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,127}$")
+
+
+def check_name(flag: str, name: str) -> str:
+    """Experiment names are names, not paths: one folder under --storage and one MLflow experiment."""
+    if not isinstance(name, str) or not _NAME.match(name) or name in (".", "..") or ".." in name:
+        raise ValueError(f"{flag} {name!r}: expected a name (letters, digits and . _ - + = @, starting with "
+                         f"a letter or digit, no '/' or '..'), not a path; the study folder is always "
+                         f"STORAGE/NAME")
+    return name
+
+
+def check_finite(flag: str, value, minimum=None, strict=True):
+    if value is None:
+        return value
+    if not math.isfinite(value):
+        raise ValueError(f"{flag} must be a finite number, got {value!r}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{flag} must be {'greater than' if strict else 'at least'} {minimum:g}, got {value!r}")
+    return value
+
+
+def check_set(values: dict, flags: dict | None = None) -> None:
+    """--set KEY=VALUE: a TrainConfig key with a valid value; the study's axes and the data set have
+    their own flags (a --set that would be ignored or overridden is refused, never dropped)."""
+    from dataclasses import fields
+
+    from dcnn.config import TrainConfig
+    from dcnn.models import MODEL_NAMES
+
+    own_flag = {"dataset": "--datasets ethanol,FILE", "seed": "--seeds 0,1,2", "model": "--models schnet,cgcnn",
+                "split_seed": "--split-seeds fixed|vary"}
+    known = {f.name for f in fields(TrainConfig)}
+    for key, value in values.items():
+        if not key:
+            raise ValueError(f"--set {key}={value!r}: expected KEY=VALUE with a TrainConfig key")
+        if key in own_flag:
+            raise ValueError(f"--set {key}={value!r}: {key} has its own flag, use {own_flag[key]}")
+        if key in ("activation", "denorm", "rescale", "shift"):
+            raise ValueError(f"--set {key}={value!r}: {key} is a factor of the study (its arms); write a "
+                             f"study YAML file with the levels you want and pass it with --study")
+        if key not in known:
+            raise ValueError(f"--set {key}={value!r}: unknown key {key!r}; TrainConfig keys are: "
+                             f"{', '.join(sorted(known - set(own_flag)))}")
+        if value is None:
+            raise ValueError(f"--set {key}=: no value given (expected --set {key}=VALUE)")
+        flag_value = (flags or {}).get(key)
+        if flag_value is not None and flag_value != value:
+            raise ValueError(f"--set {key}={value!r} contradicts --{key} {flag_value}: give one of them")
+        errors = []
+        for model in MODEL_NAMES:  # a size key applies to some models only
+            try:
+                TrainConfig.from_dict({"model": model, key: value})
+                break
+            except ValueError as e:
+                errors.append(str(e))
+        else:
+            raise ValueError(f"--set {key}={value!r}: {errors[0]}")
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    text = address
+    for prefix in ("ray://", "http://", "https://"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--address {address!r}: expected HOST:PORT (e.g. 10.0.0.1:6379), 'local' for a "
+                         f"fresh local Ray, or 'auto'")
+    return host.strip("[]"), int(port)
+
+
+def check_address(address: str | None, timeout: float = 3.0) -> None:
+    """A Ray address with nothing listening fails within seconds instead of ray.init waiting forever."""
+    if not address or address in ("local", "auto"):
+        return
+    host, port = parse_address(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise ValueError(f"--address {address}: nothing answers at {host}:{port} ({e.strerror or e}); start "
+                         f"the Ray head there (`ray start --head --port {port}`), fix the address, or leave "
+                         f"it out for a local Ray") from None
+
+
+def check_split(fixed: dict, where: str = "") -> None:
+    """The data set must hold n_train + n_val + n_test frames (else every worker fails after Ray started)."""
+    from dcnn.data import load_dataset, split_indices
+
+    ds = load_dataset(fixed["dataset"])
+    try:
+        split_indices(len(ds), 0, fixed.get("n_train"), fixed.get("n_val"), fixed.get("n_test"))
+    except ValueError as e:
+        sizes = {k: fixed.get(k) for k in ("n_train", "n_val", "n_test")}
+        raise ValueError(f"{fixed['dataset']}: too small for the split {sizes}{where}: {e}; lower n_train/"
+                         f"n_val/n_test (--set n_train=...) or use a larger data set") from None
+
+
+def check_storage(storage: Path) -> None:
+    """--storage must be (or be creatable as) a writable folder; checked without creating anything."""
+    p = Path(storage)
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ValueError(f"--storage {storage}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK) or _read_only_mount(probe):
+        raise ValueError(f"--storage {storage}: {probe} is not writable (read-only file system or no "
+                         f"permission); choose a writable folder")
+    import shutil
+
+    free = shutil.disk_usage(probe).free
+    if free < MIN_FREE_BYTES:
+        raise ValueError(f"--storage {storage}: only {free / 2**20:.1f} MiB free on its disk; a study needs "
+                         f"at least {MIN_FREE_BYTES / 2**20:.0f} MiB (checkpoints, results, MLflow store): "
+                         f"free some space or choose another folder")
+
+
+def _read_only_mount(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+def check_tracking_store(uri: str) -> None:
+    """A sqlite tracking URI must name an SQLite file (or a new one in an existing folder): MLflow must
+    never be pointed at a data set or any other file it would fail on or write into."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    if path.is_dir():
+        raise ValueError(f"--tracking-uri {uri}: {path} is a folder, expected an SQLite file such as "
+                         f"{path / 'mlflow.db'}")
+    if path.exists() and path.stat().st_size > 0:
+        with open(path, "rb") as fh:
+            if fh.read(16) != b"SQLite format 3\x00":
+                raise ValueError(f"--tracking-uri {uri}: {path} exists and is not an SQLite database; "
+                                 f"refusing to use it as the MLflow store")
+    elif not path.exists() and not path.parent.is_dir():
+        # the default store is created in --storage (made when the study starts); others need their folder
+        raise ValueError(f"--tracking-uri {uri}: the folder {path.parent} does not exist")
+
+
+def plan_of(opts, study, experiment: str, tracking_uri: str) -> dict:
+    """What defines a study: the record written at its start and compared on --resume."""
+    return {"study": study.name, "study_source": study.source, "description": study.description,
+            "reference": study.reference.key, "arms": [a.key for a in study.arms],
+            "models": list(study.models), "seeds": list(study.seeds), "datasets_run": list(study.datasets),
+            "split_seeds": study.split_seeds,
+            "fixed": {k: study.fixed[k] for k in sorted(study.fixed)},
+            "tune_hparams": opts.tune_hparams, "tuning_space": opts.tuning_space if opts.tune_hparams else None,
+            "scheduler": opts.scheduler, "max_concurrent": opts.max_concurrent,
+            "tracking_uri": tracking_uri, "experiment": experiment}
+
+
+def _norm(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def check_resume(experiment_dir: Path, plan: dict) -> None:
+    """--resume with flags that change the study is refused with the list of differences."""
+    from orchestrator.report import REPORT_DIR
+
+    path = Path(experiment_dir) / REPORT_DIR / PLAN_FILE
+    if not path.exists():
+        return  # a study started before plans were recorded: nothing to compare with
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--resume: {path} is unreadable ({e}); cannot tell which study to continue") from None
+    new = _norm(plan)
+    diffs = []
+    for key in PLAN_KEYS:
+        if key not in recorded:
+            continue
+        if key == "fixed":
+            old_f, new_f = recorded["fixed"] or {}, new["fixed"] or {}
+            for k in sorted(set(old_f) | set(new_f)):
+                if old_f.get(k) != new_f.get(k):
+                    diffs.append(f"{k}: {old_f.get(k, '(unset)')!r} → {new_f.get(k, '(unset)')!r}")
+        elif recorded[key] != new[key]:
+            diffs.append(f"{key}: {recorded[key]!r} → {new[key]!r}")
+    if diffs:
+        raise ValueError(f"--resume: this command differs from the study in {experiment_dir} "
+                         f"({path}): " + "; ".join(diffs) + ". Resume with the study's own settings "
+                         f"(--cpus-per-trial, --gpus-per-trial and --address may change), or start a new "
+                         f"study with another --experiment (nothing was changed)")
+
+
+def write_plan(experiment_dir: Path, plan: dict, extra: dict | None = None) -> Path:
+    """Record the study when it starts (atomically); the end of the study adds to the same file."""
+    from orchestrator.report import REPORT_DIR
+
+    out = Path(experiment_dir) / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / PLAN_FILE
+    old = {}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, ValueError):
+            old = {}
+    data = {**old, **_norm(plan), **_norm(extra or {})}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def preflight(opts, study, experiment: str, experiment_dir: Path, tracking_uri: str) -> dict:
+    """Everything left to check before Ray starts; returns the study's plan."""
+    check_name("--experiment", experiment)
+    check_storage(experiment_dir.parent)
+    for dataset in study.datasets:
+        check_split({"dataset": dataset, **{k: study.setting(k) for k in ("n_train", "n_val", "n_test")}})
+    if opts.tracking_uri:
+        check_tracking_store(opts.tracking_uri)
+    plan = plan_of(opts, study, experiment, tracking_uri)
+    if opts.resume:
+        check_resume(experiment_dir, plan)
+    check_address(opts.address or os.environ.get("RAY_ADDRESS"))
+    return plan
+
+
+def check_study_folder(path: Path) -> None:
+    """`report PATH`: PATH must be a study folder whose trial folders are readable."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"report {path}: no such folder (expected a study folder STORAGE/EXPERIMENT)")
+    if not path.is_dir():
+        raise ValueError(f"report {path}: is a file, expected a study folder STORAGE/EXPERIMENT")
+    params = sorted(path.glob("*/params.json"))
+    if not params:
+        studies = sorted(p.parent.parent.name for p in path.glob("*/*/params.json"))
+        hint = (f"; did you mean {path / studies[0]}?" if studies else
+                " (Tune trial folders, each with params.json and result.json)")
+        raise ValueError(f"report {path}: holds no trials{hint}")
+    for f in params:
+        try:
+            config = json.loads(f.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ValueError(f"report {path}: {f} is unreadable or not JSON ({e}); that trial folder was "
+                             f"cut off or edited: remove it or resume the study") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"report {path}: {f} holds {type(config).__name__}, expected a trial's config "
+                             f"mapping; remove that trial folder or resume the study")

@@ -1,0 +1,247 @@
+"""Faults with real processes (issue 8): what was killed, what survived, what was lost (nothing).
+
+- a trial's worker SIGKILLed after reporting epoch k and before its checkpoint of epoch k was written;
+  a trial whose model raises (same study);
+- the driver SIGKILLed mid-study, then `--resume`;
+- the MLflow server stopped mid-study for a few seconds, then started again on the same store;
+- the disk of --storage read-only or full.
+
+Faults are injected into the class trainable through $DCNN_FAULT_INJECT (trainables/dcnn_trainables.py),
+which the study's Ray workers inherit from the driver process.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT, write_study
+
+REF = {"activation": "irelu", "denorm": True, "rescale": True}
+ONE_ARM = [{"activation": ["irelu"], "denorm": [True], "rescale": [True]}]
+KEYS = ("energy_loss", "force_loss", "train_energy_loss", "train_force_loss", "val_loss")
+
+
+def cli(args, log_path, env=None, wait=True):
+    cmd = [sys.executable, "-m", "orchestrator.cli", "ablate", "--address", "local", *map(str, args)]
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    if wait:
+        proc.wait(timeout=240)
+    return proc
+
+
+def trial_runs(uri, experiment):
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(experiment)
+    return {int(r.data.tags["seed"]): r for r in c.search_runs([exp.experiment_id], max_results=1000)
+            if r.data.tags.get("dcnn.role") == "trial"}
+
+
+def steps_per_key(uri, run_id):
+    c = MlflowClient(uri)
+    return {k: sorted(m.step for m in c.get_metric_history(run_id, k)) for k in KEYS}
+
+
+def result_epochs(trial_dir: Path) -> list:
+    return [json.loads(x).get("epoch") for x in (trial_dir / "result.json").read_text().splitlines() if x.strip()]
+
+
+def trial_dir(experiment_dir: Path, seed: int) -> Path:
+    for p in experiment_dir.glob("*/params.json"):
+        if json.loads(p.read_text()).get("seed") == seed:
+            return p.parent
+    raise AssertionError(f"no trial folder for seed {seed}")
+
+
+def test_killed_worker_and_raising_model(tmp_path, tracking_uri):
+    """Figure: seed 0's worker is SIGKILLed after reporting epoch 2, before checkpoint 2 is durable
+    (survives: the trial, retried from checkpoint 1, finishes; lost: nothing, MLflow holds each epoch
+    once although epoch 2 ran twice); seed 1's model raises in epoch 2 on every try (FAILED with the error
+    as a tag, listed in the report; the study goes on); seed 2 is untouched."""
+    study = write_study(tmp_path / "faults.yaml", ONE_ARM, REF, seeds=(0, 1, 2), fixed={"epochs": 3})
+    marker = tmp_path / "killed-once"
+    faults = [{"action": "kill", "epoch": 2, "where": {"seed": 0}, "once": str(marker)},
+              {"action": "raise", "epoch": 2, "where": {"seed": 1}}]
+    proc = cli(["--study", study, "--storage", tmp_path / "res", "--tracking-uri", tracking_uri,
+                "--experiment", "faults"], tmp_path / "run.log", env={"DCNN_FAULT_INJECT": json.dumps(faults)})
+    log = (tmp_path / "run.log").read_text()
+    assert proc.returncode == 1, log[-3000:]  # a trial errored: non-zero, after the study finished
+    assert marker.exists(), "the worker was never killed"
+    runs = trial_runs(tracking_uri, "faults")
+    assert sorted(runs) == [0, 1, 2]
+    # killed worker: the trial finished from its checkpoint, every epoch exactly once in MLflow
+    assert runs[0].info.status == "FINISHED" and "test_force_loss" in runs[0].data.metrics
+    assert steps_per_key(tracking_uri, runs[0].info.run_id) == {k: [1, 2, 3] for k in KEYS}
+    assert result_epochs(trial_dir(tmp_path / "res/faults", 0)).count(2) == 2, "epoch 2 was not replayed"
+    # raising model: FAILED with the error, the other trials unaffected
+    assert runs[1].info.status == "FAILED"
+    assert "injected fault: the model raised in epoch 2" in runs[1].data.tags["error"]
+    assert steps_per_key(tracking_uri, runs[1].info.run_id)["energy_loss"] == [1]
+    assert runs[2].info.status == "FINISHED"
+    assert steps_per_key(tracking_uri, runs[2].info.run_id) == {k: [1, 2, 3] for k in KEYS}
+    report = (tmp_path / "res/faults/report/report.md").read_text()
+    assert "## Failed trials" in report and "seed 1" in report and "injected fault" in report
+    trials = pd.read_csv(tmp_path / "res/faults/report/trials.csv")
+    assert sorted(trials.seed) == [0, 1, 2] and trials.set_index("seed").finished.to_dict() == \
+        {0: True, 1: False, 2: True}
+
+
+def _finished(folder: Path) -> int:
+    return sum('"done": true' in f.read_text() for f in folder.glob("*/result.json"))
+
+
+def test_killed_driver_then_resume(tmp_path, tracking_uri, ray_session):
+    """Figure: the driver (and its in-process Ray) SIGKILLed after the first of 3 trials finished;
+    `--resume` with other flags is refused and changes nothing; `--resume` continues: the finished trial
+    is not re-run, the others continue from their checkpoints, one MLflow run per trial and one point per
+    epoch (lost: nothing)."""
+    study = write_study(tmp_path / "kill.yaml", ONE_ARM, REF, seeds=(0, 1, 2),
+                        fixed={"epochs": 12, "n_train": 60})
+    storage, exp_dir = tmp_path / "res", tmp_path / "res/killed"
+    args = ["--study", study, "--storage", storage, "--tracking-uri", tracking_uri, "--experiment", "killed",
+            "--max-concurrent", "1"]
+    proc = cli(args, tmp_path / "first.log", env={"TUNE_GLOBAL_CHECKPOINT_S": "1"}, wait=False)
+    deadline = time.time() + 180
+    while _finished(exp_dir) < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+    time.sleep(1.5)  # the second trial is a few epochs in
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _finished(exp_dir) in (1, 2), (tmp_path / "first.log").read_text()[-3000:]
+    plan = json.loads((exp_dir / "report/study.json").read_text())
+    assert plan["seeds"] == [0, 1, 2] and plan["fixed"]["epochs"] == 12  # recorded when it started
+    done_before = {p.parent.name: p.read_text() for p in exp_dir.glob("*/result.json") if '"done": true' in p.read_text()}
+
+    from orchestrator.cli import main
+
+    before = {p: p.stat().st_mtime_ns for p in exp_dir.rglob("*") if p.is_file()}
+    assert main(["ablate", *map(str, args), "--resume", "--epochs", "20"]) == 2  # other flags: refused
+    assert {p: p.stat().st_mtime_ns for p in exp_dir.rglob("*") if p.is_file()} == before
+
+    assert main(["ablate", *map(str, args), "--resume"]) == 0
+    for name, text in done_before.items():
+        assert (exp_dir / name / "result.json").read_text() == text  # not re-run
+    runs = trial_runs(tracking_uri, "killed")
+    assert sorted(runs) == [0, 1, 2]
+    for r in runs.values():
+        assert r.info.status == "FINISHED"
+        assert steps_per_key(tracking_uri, r.info.run_id) == {k: list(range(1, 13)) for k in KEYS}
+    trials = pd.read_csv(exp_dir / "report/trials.csv")
+    assert len(trials) == 3 and trials.finished.all()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_mlflow(port, store: Path, log):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "art")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError("mlflow server did not start")
+
+
+def _stop(proc):
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_mlflow_server_down_mid_study(tmp_path):
+    """Figure: the MLflow server is killed mid-study and started again on the same store ~5 s later;
+    the trials keep training meanwhile, the metrics are buffered by the driver and sent when it answers
+    (survives: every run, every epoch's metrics, the report's upload; lost: nothing)."""
+    port, store = _free_port(), tmp_path / "store"
+    store.mkdir()
+    uri = f"http://127.0.0.1:{port}"
+    server_log = open(tmp_path / "server.log", "w")
+    server = _start_mlflow(port, store, server_log)
+    epochs = 10
+    study = write_study(tmp_path / "outage.yaml", ONE_ARM, REF, seeds=(0, 1), fixed={"epochs": epochs, "n_train": 60})
+    exp_dir = tmp_path / "res/outage"
+    proc = None
+    try:
+        proc = cli(["--study", study, "--storage", tmp_path / "res", "--tracking-uri", uri, "--experiment", "outage",
+                    "--max-concurrent", "1"], tmp_path / "run.log", wait=False)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            results = list(exp_dir.glob("*/result.json"))
+            if results and len(results[0].read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        _stop(server)
+        down_at = time.time()
+        time.sleep(5)
+        during = sum(len(f.read_text().splitlines()) for f in exp_dir.glob("*/result.json"))
+        server = _start_mlflow(port, store, server_log)
+        outage = time.time() - down_at
+        proc.wait(timeout=180)
+        log = (tmp_path / "run.log").read_text()
+        assert proc.returncode == 0, log[-3000:]
+        assert "buffering the study's metrics" in log and "buffered metrics sent" in log
+        assert during >= 4, "no trial trained while the server was down"
+        runs = trial_runs(uri, "outage")
+        assert sorted(runs) == [0, 1]
+        for r in runs.values():
+            assert r.info.status == "FINISHED"
+            assert steps_per_key(uri, r.info.run_id) == {k: list(range(1, epochs + 1)) for k in KEYS}
+            assert "test_force_loss" in r.data.metrics
+        print(f"server down {outage:.1f} s; {during} epoch results reported by trials meanwhile")
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        _stop(server)
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or
+                    subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0,
+                    reason="needs a private mount namespace (unshare -m) for a real read-only / full disk")
+def test_storage_read_only_or_full(tmp_path):
+    """Figure: --storage on a read-only file system, and on a full one (1 MiB tmpfs, filled), each in a
+    private mount namespace (the tests run as root, for whom chmod does not stop writes): refused before
+    Ray starts with the folder named, exit 2; nothing written on either disk."""
+    ro, full = tmp_path / "ro", tmp_path / "full"
+    ro.mkdir(), full.mkdir()
+    py = f"PYTHONPATH={ROOT} {sys.executable} -m orchestrator.cli"
+    common = "--set n_train=20 --set n_val=10 --set n_test=10 --epochs 1 --models schnet --seeds 0"
+    script = f"""
+mount -t tmpfs -o ro,size=1m tmpfs {ro} || exit 90
+mount -t tmpfs -o size=1m tmpfs {full} || exit 91
+head -c 2000000 /dev/zero > {full}/filler 2>/dev/null
+{py} ablate --storage {ro}/results {common}; echo "rc=$?"
+rm -f {full}/filler; mkdir {full}/results; head -c 2000000 /dev/zero > {full}/results/filler 2>/dev/null
+{py} ablate --storage {full}/results {common}; echo "rc=$?"
+echo LIST-RO; ls -A {ro}; echo LIST-FULL; ls -A {full}/results
+"""
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    if proc.returncode in (90, 91):
+        pytest.skip(f"cannot mount tmpfs here: {out[-500:]}")
+    assert f"--storage {ro}/results: {ro} is not writable (read-only file system" in out, out
+    assert f"--storage {full}/results: only" in out and "MiB free on its disk" in out, out
+    assert out.count("rc=2") == 2 and "Traceback" not in out, out
+    assert "Started a local Ray" not in out
+    ro_list, full_list = proc.stdout.split("LIST-RO")[1].split("LIST-FULL")
+    assert ro_list.split() == [] and full_list.split() == ["filler"]  # nothing written on either disk
