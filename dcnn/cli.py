@@ -133,12 +133,6 @@ def check_resume_config(state: dict, cfg: TrainConfig, path) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     ds = load_dataset(cfg.dataset)  # bad data fails here, before any model is built
-    from dcnn.data import split_indices
-
-    try:
-        split_indices(len(ds), 0, cfg.n_train, cfg.n_val, cfg.n_test)
-    except ValueError as e:
-        raise ValueError(f"{cfg.dataset}: too small for --n-train/--n-val/--n-test: {e}") from None
     if args.resume:
         check_resume_config(load_checkpoint_file(args.resume), cfg, args.resume)
     if args.checkpoint:
@@ -147,6 +141,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         resumed = args.resume if args.resume and _same_file(args.resume, args.checkpoint) else None
         check_output("--checkpoint", args.checkpoint, {"--dataset": cfg.dataset, "--config": args.config},
                      args.force or bool(resumed))
+    from dcnn.data import split_indices
+
+    try:
+        split_indices(len(ds), 0, cfg.n_train, cfg.n_val, cfg.n_test)
+    except ValueError as e:
+        raise ValueError(f"{cfg.dataset}: too small for --n-train/--n-val/--n-test: {e}") from None
     eu, fu = ds.energy_unit, ds.force_unit
     print(f"training {cfg.model} ({cfg.preset}) activation={cfg.activation} denorm={cfg.denorm} "
           f"rescale={cfg.rescale} (C={cfg.rescale_factor:g}) on {ds.name} [{ds.theory}], "

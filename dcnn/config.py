@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from dcnn.activations import ACTIVATION_NAMES
-from dcnn.data import DEFAULT_DATASET
+from dcnn.data import DEFAULT_DATASET, resolve_dataset
 from dcnn.models import MODEL_NAMES, MODELS, PRESET_NAMES
 from dcnn.schedules import SCHEDULES
 
@@ -135,8 +135,8 @@ class TrainConfig:
             raise ValueError(f"size field(s) {foreign} do not apply to model {self.model!r}; "
                              f"its sizes are: {', '.join(sizes)}")
         if not self.dataset:
-            raise ValueError("dataset must name a data file")
-        self.dataset = str(Path(self.dataset).expanduser().resolve())  # trials may change directory
+            raise ValueError("dataset must name a data file or a bundled data set (ethanol, aspirin)")
+        self.dataset = str(resolve_dataset(self.dataset))  # absolute: trials change directory
 
     def model_sizes(self) -> dict:
         return {n: getattr(self, n) for n in SIZE_FIELDS if getattr(self, n) is not None}

@@ -442,7 +442,7 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
     out = experiment_dir / REPORT_DIR
     meta_file = out / "study.json"
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-    datasets = meta.get("datasets", {})
+    datasets = meta.get("dataset_info", {})
     labels = {path: d["label"] for path, d in datasets.items()}
     trials, curves = collect(experiment_dir, labels)
     if trials.empty:

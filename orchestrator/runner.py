@@ -292,7 +292,7 @@ def _study_record(study: Study, identical: dict, uri: str, experiment: str, pare
         ds = load_dataset(d)
         datasets[d] = {"label": study.dataset_labels()[d], "name": ds.name, "theory": ds.theory,
                        "units": [ds.energy_unit, ds.force_unit]}
-    return {"identical": identical, "datasets": datasets, "units": next(iter(datasets.values()))["units"],
+    return {"identical": identical, "dataset_info": datasets, "units": next(iter(datasets.values()))["units"],
             "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent, "best_hyperparameters": {},
             "settings": {k: study.setting(k) for k in ("epochs", "lr", "lr_schedule", "lr_min", "rescale_factor",
                                                       "force_weight", "n_train", "n_val", "n_test", "preset")}}

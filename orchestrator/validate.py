@@ -16,7 +16,7 @@ from pathlib import Path
 
 PLAN_FILE = "study.json"
 # what a resumed study must share with the one it continues (resources and addresses may change)
-PLAN_KEYS = ("study", "study_source", "arms", "reference", "models", "seeds", "datasets_run", "split_seeds",
+PLAN_KEYS = ("study", "study_source", "arms", "reference", "models", "seeds", "datasets", "split_seeds",
              "fixed", "tune_hparams",
              "tuning_space", "scheduler", "max_concurrent", "tracking_uri", "experiment")
 MIN_FREE_BYTES = int(os.environ.get("DCNN_MIN_FREE_MB", "64")) * 2**20
@@ -171,9 +171,11 @@ def plan_of(opts, study, experiment: str, tracking_uri: str) -> dict:
     """What defines a study: the record written at its start and compared on --resume."""
     return {"study": study.name, "study_source": study.source, "description": study.description,
             "reference": study.reference.key, "arms": [a.key for a in study.arms],
-            "models": list(study.models), "seeds": list(study.seeds), "datasets_run": list(study.datasets),
+            "models": list(study.models), "seeds": list(study.seeds), "datasets": list(study.datasets),
             "split_seeds": study.split_seeds,
-            "fixed": {k: study.fixed[k] for k in sorted(study.fixed)},
+            # every training setting as trials will get it (TrainConfig's defaults resolved), not only
+            # what the study file names: a changed default is a different study too
+            "fixed": study.resolved_settings(),
             "tune_hparams": opts.tune_hparams, "tuning_space": opts.tuning_space if opts.tune_hparams else None,
             "scheduler": opts.scheduler, "max_concurrent": opts.max_concurrent,
             "tracking_uri": tracking_uri, "experiment": experiment}

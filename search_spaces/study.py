@@ -127,6 +127,13 @@ class Study:
         cfg = TrainConfig.from_dict({**self.fixed, "model": model or self.models[0], "dataset": self.datasets[0]})
         return getattr(cfg, key)
 
+    def resolved_settings(self) -> dict:
+        """Every TrainConfig key but the study's axes, as its trials get it (the plan --resume compares)."""
+        cfg = TrainConfig.from_dict({**self.fixed, "model": self.models[0], "dataset": self.datasets[0]}).to_dict()
+        for key in FACTORS + ("model", "seed", "dataset", "threads", "device") + _SIZE_KEYS:
+            cfg.pop(key, None)
+        return {**cfg, **{k: v for k, v in self.fixed.items() if k in _SIZE_KEYS}}
+
     def identical_arms(self) -> dict[str, dict[str, str]]:
         """{model: {arm: twin}} for arms that are the same computation as an earlier arm on that model.
 

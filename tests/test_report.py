@@ -64,7 +64,7 @@ def _study(tmp_path, errors):
         "study": "synthetic", "reference": "irelu+DN+LR",
         "arms": ["irelu+DN+LR", "isilu+DN+LR", "irelu+DN", "ielu+DN+LR", "irelu+LR", "irelu"],
         "identical": {"schnet": {"irelu+LR": "irelu+DN+LR", "irelu": "irelu+DN"}},
-        "datasets": {"/d/ethanol.npz": {"label": "ethanol", "units": ["kcal/mol", "kcal/mol/Å"]}}}))
+        "dataset_info": {"/d/ethanol.npz": {"label": "ethanol", "units": ["kcal/mol", "kcal/mol/Å"]}}}))
     return root
 
 

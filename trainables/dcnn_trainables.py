@@ -10,6 +10,7 @@ import ray
 from ray import tune
 
 from dcnn.config import TrainConfig
+from dcnn.data import resolve_dataset
 from dcnn.train import Trainer
 from search_spaces import LABEL_KEYS  # keys a study adds to label a trial; not training settings
 
@@ -42,10 +43,9 @@ def train_config_from_tune(config: dict) -> TrainConfig:
     `threads` and `device` default to what Ray assigned the trial; a config may still set them.
     """
     values = {k: v for k, v in config.items() if k not in LABEL_KEYS}
-    dataset = values.get("dataset")
-    if isinstance(dataset, (str, os.PathLike)) and not os.path.isabs(os.path.expanduser(dataset)):
+    if isinstance(values.get("dataset"), (str, os.PathLike)):
         # trials run inside their own folder: a relative path means the driver's working directory
-        values["dataset"] = os.path.join(os.environ.get("TUNE_ORIG_WORKING_DIR", os.getcwd()), dataset)
+        values["dataset"] = str(resolve_dataset(values["dataset"], os.environ.get("TUNE_ORIG_WORKING_DIR")))
     placement = _placement() if ray.is_initialized() else {}
     values.setdefault("threads", placement.get("threads", 1))
     if values.get("device", "auto") == "auto" and placement:
