@@ -281,6 +281,10 @@ def run_ablation(opts: AblateOptions) -> dict:
     c.set_terminated(parent, "FINISHED" if not errors else "FAILED")
     print(report["markdown"], flush=True)
     print(f"report: {report['paths']['markdown']}", flush=True)
+    from orchestrator.ui import experiment_url
+
+    print(f"MLflow runs: {experiment_url('http://127.0.0.1:5000', exp_id)} (serve it with `make ui`, or "
+          f"`mlflow ui --backend-store-uri {uri}`)", flush=True)
     report["errors"] = errors
     return report
 

@@ -18,7 +18,7 @@ PLAN_FILE = "study.json"
 # what a resumed study must share with the one it continues (resources and addresses may change)
 PLAN_KEYS = ("study", "study_source", "arms", "reference", "models", "seeds", "datasets", "split_seeds",
              "fixed", "tune_hparams",
-             "tuning_space", "scheduler", "max_concurrent", "tracking_uri", "experiment")
+             "tuning_space", "scheduler", "tracking_uri", "experiment")
 MIN_FREE_BYTES = int(os.environ.get("DCNN_MIN_FREE_MB", "64")) * 2**20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,127}$")
 
@@ -211,7 +211,7 @@ def check_resume(experiment_dir: Path, plan: dict) -> None:
     if diffs:
         raise ValueError(f"--resume: this command differs from the study in {experiment_dir} "
                          f"({path}): " + "; ".join(diffs) + ". Resume with the study's own settings "
-                         f"(--cpus-per-trial, --gpus-per-trial and --address may change), or start a new "
+                         f"(--cpus-per-trial, --gpus-per-trial, --max-concurrent and --address may change), or start a new "
                          f"study with another --experiment (nothing was changed)")
 
 

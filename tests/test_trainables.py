@@ -92,7 +92,7 @@ def test_class_trainable_under_population_based_training(ray_session, tmp_path):
                                   quantile_fraction=0.5)  # of 2 trials, the worse copies the better
     grid = tune.Tuner(
         DCNNTrainable,
-        param_space={**CONFIG, "epochs": 4, "lr": tune.grid_search([1e-4, 3e-3])},
+        param_space={**CONFIG, "epochs": 4, "lr_schedule": "constant", "lr": tune.grid_search([1e-4, 3e-3])},
         tune_config=tune.TuneConfig(scheduler=pbt, metric="val_loss", mode="min", reuse_actors=True),
         run_config=tune.RunConfig(storage_path=str(tmp_path), name="pbt", verbose=0,
                                   checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1)),
