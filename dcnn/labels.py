@@ -36,33 +36,35 @@ def fit_atomic_energies(numbers: np.ndarray, energies: np.ndarray) -> dict[int, 
 
 @dataclass
 class LabelTransform:
+    """The transform of one molecule's labels (a data set holds one molecule: one composition)."""
+
     scale: float = 1.0  # C (1 = no label rescaling)
     atomic_energies: dict = field(default_factory=dict)  # e_Z (empty = no shift)
+    offset: float = 0.0  # Σ_i e_{Z_i} over the molecule's atoms, computed once (not per step)
 
     @classmethod
     def fit(cls, numbers: np.ndarray, train_energies: np.ndarray, shift: bool, scale: float) -> "LabelTransform":
-        return cls(scale=float(scale), atomic_energies=fit_atomic_energies(numbers, train_energies) if shift else {})
+        refs = fit_atomic_energies(numbers, train_energies) if shift else {}
+        offset = float(sum(refs.get(int(z), 0.0) for z in np.asarray(numbers).ravel()))
+        return cls(scale=float(scale), atomic_energies=refs, offset=offset)
 
-    def offset(self, numbers) -> float:
-        """Σ_i e_{Z_i} of one molecule (0 without a shift)."""
-        return float(sum(self.atomic_energies.get(int(z), 0.0) for z in np.asarray(numbers).ravel()))
-
-    def energies(self, energies, numbers):
+    def energies(self, energies):
         """Physical energies → training labels."""
-        return (energies - self.offset(numbers)) / self.scale
+        return (energies - self.offset) / self.scale
 
     def forces(self, forces):
         return forces / self.scale
 
-    def inverse_energies(self, energies, numbers):
+    def inverse_energies(self, energies):
         """Model outputs → energies in the data set's units."""
-        return energies * self.scale + self.offset(numbers)
+        return energies * self.scale + self.offset
 
     def inverse_forces(self, forces):
         return forces * self.scale
 
     def to_dict(self) -> dict:
-        return {"scale": self.scale, "atomic_energies": {str(k): v for k, v in self.atomic_energies.items()}}
+        return {"scale": self.scale, "offset": self.offset,
+                "atomic_energies": {str(k): v for k, v in self.atomic_energies.items()}}
 
 
 def baselines(train_energies: np.ndarray, energies: np.ndarray, forces: np.ndarray) -> dict[str, float]:

@@ -57,7 +57,7 @@ class MoleculeTask:
             sub = ds.subset(index)
             t = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
             return (t(sub.positions), t(sub.energies), t(sub.forces),
-                    t(self.labels.energies(sub.energies, ds.numbers)), t(self.labels.forces(sub.forces)))
+                    t(self.labels.energies(sub.energies)), t(self.labels.forces(sub.forces)))
 
         self.splits = {name: tensors(i) for name, i in zip(("train", "val", "test"), idx)}
         self.numbers = torch.as_tensor(ds.numbers, device=device)
@@ -77,7 +77,7 @@ class MoleculeTask:
             "activation_used": activation, "activations_replaced": replaced,
             "batchnorm_removed": removed,
             "n_parameters": sum(p.numel() for p in model.parameters()),
-            "energy_shift": self.labels.offset(ds.numbers),
+            "energy_shift": self.labels.offset,
         }
 
     def loss(self, index):
@@ -85,7 +85,7 @@ class MoleculeTask:
         e_pred, f_pred = energy_and_forces(self.model, pos[index], self.numbers, create_graph=True)
         loss = (e_pred - e_label[index]).abs().mean() + self.force_weight * (f_pred - f_label[index]).abs().mean()
         with torch.no_grad():  # the same terms in physical units, for the record
-            e_mae = (self.labels.inverse_energies(e_pred, self.numbers) - energy[index]).abs().mean()
+            e_mae = (self.labels.inverse_energies(e_pred) - energy[index]).abs().mean()
             f_mae = (self.labels.inverse_forces(f_pred) - forces[index]).abs().mean()
         return loss, {"train_energy_loss": e_mae, "train_force_loss": f_mae}
 
@@ -101,7 +101,7 @@ class MoleculeTask:
         for start in range(0, n, self.config.eval_batch_size):
             sl = slice(start, start + self.config.eval_batch_size)
             e_pred, f_pred = energy_and_forces(self.model, pos[sl], self.numbers, create_graph=False)
-            e_abs += (self.labels.inverse_energies(e_pred.detach(), self.numbers) - energy[sl]).abs().sum()
+            e_abs += (self.labels.inverse_energies(e_pred.detach()) - energy[sl]).abs().sum()
             f_abs += (self.labels.inverse_forces(f_pred.detach()) - forces[sl]).abs().sum()
         self.model.train(was_training)
         return {"energy_loss": float(e_abs) / n, "force_loss": float(f_abs) / forces.numel()}

@@ -108,10 +108,13 @@ def collect(experiment_dir: Path, dataset_labels: dict | None = None) -> tuple[p
                            "epoch": r.get("epoch"), "energy_loss": r.get("energy_loss"),
                            "force_loss": r.get("force_loss")})
     trials_df = pd.DataFrame(trials)
+    curves_df = pd.DataFrame(curves)
+    if not curves_df.empty:  # an epoch replayed after a worker was killed: its last record counts
+        curves_df = curves_df.drop_duplicates(["trial_id", "epoch"], keep="last").reset_index(drop=True)
     if not trials_df.empty:  # a retried trial can leave two dirs: keep its latest
         trials_df = trials_df.sort_values("epochs").drop_duplicates(GROUP + ["arm", "seed"], keep="last")
         trials_df = trials_df.sort_values(GROUP + ["arm", "seed"]).reset_index(drop=True)
-    return trials_df, pd.DataFrame(curves)
+    return trials_df, curves_df
 
 
 def add_identical_arms(trials: pd.DataFrame, identical: dict) -> pd.DataFrame:
@@ -383,8 +386,13 @@ def plot_bars(summary: pd.DataFrame, path: Path, units: dict) -> None:
                 mean = g[f"{short}_mean"].to_numpy(float)
                 err = np.nan_to_num(g[f"{short}_std"].to_numpy(float))
                 # lower error bar clipped above zero: a log axis cannot draw mean − std ≤ 0
-                ax.bar(x, mean, width, yerr=[np.minimum(err, 0.999 * np.nan_to_num(mean)), err],
-                       capsize=3, label=model)
+                twin = g["identical_to"].fillna("").astype(bool).to_numpy()
+                bars = ax.bar(x, mean, width, yerr=[np.minimum(err, 0.999 * np.nan_to_num(mean)), err],
+                              capsize=3, label=model)
+                for bar, same in zip(bars, twin):  # identical by construction: the twin's numbers, hatched
+                    if same:
+                        bar.set_hatch("//")
+                        bar.set_alpha(0.5)
                 for xi, d in zip(x, g["diverged"].fillna(0).to_numpy()):
                     if d:
                         ax.annotate(f"{int(d)}✕", (xi, 0), xycoords=("data", "axes fraction"),
@@ -398,7 +406,7 @@ def plot_bars(summary: pd.DataFrame, path: Path, units: dict) -> None:
                 ax.set_yscale("log")
             ax.set_xticks(np.arange(len(arms)), arms, rotation=35, ha="right")
             ax.set_ylabel(f"test {label} MAE [{unit}]")
-            ax.set_title(f"{data}: {label} (mean ± std over seeds; ✕ = diverged)")
+            ax.set_title(f"{data}: {label} (mean ± std over seeds; ✕ = diverged; hatched ≡ identical twin)")
             ax.grid(axis="y", which="both", alpha=0.3)
             ax.legend(fontsize=8)
     fig.tight_layout()

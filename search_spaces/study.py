@@ -5,7 +5,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
-from ray import tune
 
 from dcnn.config import ACTIVATION_CHOICES, TrainConfig
 from dcnn.data import BUNDLED_DATASETS, DEFAULT_DATASET, resolve_dataset
@@ -185,6 +184,8 @@ class Study:
         With `skip_identical` (what `dcnn-ablate ablate` runs) the grid is over the (model, arm) cells
         that run instead, so identical-by-construction arms are not trained twice.
         """
+        from ray import tune  # here, not at import: `dcnn-ablate train` and `data` never load Ray
+
         table = {arm.key: arm.as_config() for arm in self.arms}
         space = {**self.fixed, "study": self.name, "seed": tune.grid_search(list(self.seeds))}
         space["dataset"] = tune.grid_search(list(self.datasets)) if len(self.datasets) > 1 else self.datasets[0]
@@ -347,6 +348,8 @@ def tuning_space(name: str = "default") -> dict:
 
     The rescale exponent k of C = 10^k is searched as a categorical choice of powers of ten.
     """
+    from ray import tune
+
     spaces = {
         "default": {"lr": tune.loguniform(1e-4, 1e-2), "force_weight": tune.loguniform(1.0, 100.0),
                     "rescale_factor": tune.choice([1e2, 1e3, 1e4, 1e5, 1e6])},

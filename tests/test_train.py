@@ -46,7 +46,7 @@ def test_metrics_are_in_physical_units_with_and_without_rescaling(rescale, shift
     m = task.evaluate("val")
     pos, e, f, e_label, f_label = task.splits["val"]
     scale = 1e4 if rescale else 1.0
-    offset = task.labels.offset(ethanol.numbers)
+    offset = task.labels.offset
     assert m["energy_loss"] == pytest.approx(float((e - offset).abs().mean()), rel=1e-12)
     assert m["force_loss"] == pytest.approx(float(f.abs().mean()), rel=1e-12)
     assert torch.allclose(e_label * scale + offset, e) and torch.allclose(f_label * scale, f)
@@ -229,3 +229,32 @@ def test_energies_are_learned_below_the_predict_mean_baseline(ethanol):
     summary = train(cfg)
     assert summary["test_energy_loss"] < 0.8 * summary["test_energy_baseline"], summary
     assert summary["test_force_loss"] < 0.4 * summary["test_force_baseline"], summary
+
+
+def test_library_commands_do_not_import_ray():
+    """`dcnn-ablate train` and `data` are the PyTorch library's commands: Ray is loaded by `ablate` only."""
+    code = ("import sys\nfrom orchestrator.cli import main\n"
+            "assert main(['data', 'info', 'ethanol']) == 0\n"
+            "assert main(['train', '--epochs', '1', '--n-train', '20', '--n-val', '10', '--n-test', '10']) == 0\n"
+            "print('ray loaded:', 'ray' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "ray loaded: False" in proc.stdout
+
+
+def test_atomic_reference_energies_by_least_squares():
+    """Several compositions: the exact per-element energies come back; one composition: the min-norm fit
+    whose molecular sum is the mean energy (what the shift subtracts from a one-molecule data set)."""
+    from dcnn.labels import LabelTransform, fit_atomic_energies
+
+    refs = {1: -13.6, 6: -1029.8, 8: -2041.3}
+    molecules = np.array([[6, 1, 1, 1, 1], [8, 1, 1, 0, 0], [6, 8, 8, 0, 0], [6, 6, 1, 1, 1]])
+    energies = np.array([sum(refs.get(int(z), 0.0) for z in m) for m in molecules])
+    fitted = fit_atomic_energies(molecules, energies)
+    assert {z: fitted[z] for z in refs} == pytest.approx(refs, rel=1e-10)
+    one = np.array([6, 6, 8, 1, 1, 1, 1, 1, 1])
+    e = np.array([-7100.0, -7102.0, -7099.0])
+    t = LabelTransform.fit(one, e, shift=True, scale=1e4)
+    assert t.offset == pytest.approx(e.mean(), rel=1e-12)
+    assert t.inverse_energies(t.energies(e)) == pytest.approx(e, rel=1e-12)
+    assert LabelTransform.fit(one, e, shift=False, scale=10.0).energies(e) == pytest.approx(e / 10)
