@@ -253,10 +253,11 @@ def resolve_dataset(name_or_path: str | os.PathLike, base: str | os.PathLike | N
 
 
 def load_dataset(path: str | os.PathLike, max_z: int | None = None) -> MoleculeDataset:
-    """Load and validate a data set; raises DatasetError naming the file and the problem.
+    """Load and validate a data set (a file, or a bundled name such as "aspirin"); raises DatasetError
+    naming the file and the problem.
 
     With `max_z` (a model's embedding size), also refuses atomic numbers the model cannot embed."""
-    ds = _load(path)
+    ds = _load(BUNDLED_DATASETS.get(os.fspath(path), path))
     if max_z is not None:
         ds.check_numbers(max_z)
     return ds

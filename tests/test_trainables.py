@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -103,3 +104,37 @@ def test_class_trainable_under_population_based_training(ray_session, tmp_path):
         assert result.metrics["lr"] == pytest.approx(result.config["lr"])  # the optimizer runs the config's lr
     assert list((tmp_path / "pbt").glob("pbt_policy_*.txt")), "PBT never exploited a checkpoint"
     assert any(r.config["lr"] in (5e-4, 2e-3) for r in grid)
+
+
+def _restore_after_checkpoint_deleted(config, root):
+    import shutil
+
+    from ray.tune.trainable.trainable import _TrainingResult
+
+    first = DCNNTrainable(config=config)
+    for k in range(2):
+        first.train()
+        (root / f"checkpoint_00000{k}").mkdir()
+        first.save_checkpoint(str(root / f"checkpoint_00000{k}"))
+    shutil.rmtree(root / "checkpoint_000000")  # the snapshot still names this one
+    gone = _TrainingResult(checkpoint=tune.Checkpoint(str(root / "checkpoint_000000")),
+                           metrics={"training_iteration": 1})
+    resumed = DCNNTrainable(config=config)
+    resumed.restore(gone)
+    same = all(torch.equal(v, resumed.trainer.model.state_dict()[k])
+               for k, v in first.trainer.model.state_dict().items())
+    return resumed.trainer.epoch, resumed.iteration, same
+
+
+def test_class_trainable_restores_the_newest_checkpoint_when_the_named_one_is_gone(ray_session, tmp_path):
+    """A driver killed between Tune deleting an old checkpoint (num_to_keep) and snapshotting its state
+    leaves a snapshot naming a checkpoint that is gone: the trial must continue from the newer one."""
+    import sys
+
+    import ray
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the test module
+    config = {**CONFIG, "epochs": 4, "dataset": str(ROOT / "data/ethanol-gfn2-500K.npz")}
+    run = ray.remote(num_cpus=1)(_restore_after_checkpoint_deleted)  # trainables run in Ray workers
+    assert ray.get(run.remote(config, tmp_path)) == (2, 2, True)

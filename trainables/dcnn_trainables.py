@@ -111,6 +111,27 @@ def _faults(config: dict, action: str, epoch: int) -> list[dict]:
     return out
 
 
+def _newest_checkpoint_instead_of(checkpoint):
+    """The newest `checkpoint_*` folder (with a trainer checkpoint) beside a checkpoint that is gone;
+    None when the checkpoint exists or nothing can stand in for it."""
+    if checkpoint is None:
+        return None
+    import pyarrow.fs as pafs
+
+    fs, path = checkpoint.filesystem, checkpoint.path
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        return None
+    parent = path.rstrip("/").rsplit("/", 1)[0]
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(parent))
+    except OSError:
+        return None
+    candidates = sorted(e.path for e in entries if e.type == pafs.FileType.Directory
+                        and e.base_name.startswith("checkpoint_")
+                        and fs.get_file_info(f"{e.path}/{CHECKPOINT_FILE}").type == pafs.FileType.File)
+    return tune.Checkpoint(candidates[-1], filesystem=fs) if candidates else None
+
+
 class DCNNTrainable(tune.Trainable):
     """Class trainable: one epoch per `step()`; supports reuse_actors (reset_config) and PBT."""
 
@@ -127,6 +148,21 @@ class DCNNTrainable(tune.Trainable):
         out = _epoch_metrics(metrics, self._placement, self.trainer)
         out["done"] = self.trainer.done
         return out
+
+    def restore(self, checkpoint_path):
+        """Tune's restore, surviving one race of a killed driver: its last experiment snapshot can name a
+        checkpoint that `num_to_keep` deleted after a newer one was written. Then the newest checkpoint
+        beside it is restored instead (the epochs in between are not trained twice, and MLflow keeps one
+        point per epoch), rather than failing the trial on every retry."""
+        newer = _newest_checkpoint_instead_of(getattr(checkpoint_path, "checkpoint", None))
+        if newer is None:
+            return super().restore(checkpoint_path)
+        import logging
+
+        logging.getLogger("dcnn").warning("checkpoint %s no longer exists; restoring the newer %s",
+                                          checkpoint_path.checkpoint.path, newer.path)
+        super().restore(type(checkpoint_path)(checkpoint=newer, metrics={}))
+        self._iteration = self.trainer.epoch  # Tune counts one iteration per epoch
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         if _faults(self.config, "kill", self.trainer.epoch):
