@@ -19,6 +19,7 @@ import yaml
 from dcnn.config import ACTIVATION_CHOICES, TrainConfig
 from dcnn.data import DatasetError, load_dataset
 from dcnn.models import MODEL_NAMES, PRESET_NAMES
+from dcnn.outputs import check_output, same_file
 
 _CHOICES = {"model": MODEL_NAMES, "preset": PRESET_NAMES, "activation": ACTIVATION_CHOICES,
             "scope": ("paper", "all"), "dtype": ("float32", "float64")}
@@ -66,33 +67,6 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else str(v)
 
 
-def _same_file(a, b) -> bool:
-    try:
-        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve() or \
-            (Path(a).exists() and Path(b).exists() and os.path.samefile(a, b))
-    except OSError:
-        return False
-
-
-def check_output(flag: str, out, inputs: dict, force: bool) -> None:
-    """An output path never replaces an input of the same command (not even with --force), nor an
-    existing file the command did not create unless --force is given; its folder must exist."""
-    out = Path(out).expanduser()
-    for name, path in inputs.items():
-        if path and _same_file(out, path):
-            raise ValueError(f"{flag} {out}: is the {name} of this command; refusing to write over an input "
-                             f"(choose another path)")
-    if out.is_dir():
-        raise ValueError(f"{flag} {out}: is a folder, expected a file path")
-    if not out.parent.is_dir():
-        raise ValueError(f"{flag} {out}: the folder {out.parent} does not exist")
-    if not os.access(out.parent, os.W_OK):
-        raise ValueError(f"{flag} {out}: the folder {out.parent} is not writable")
-    if out.exists() and not force:
-        raise ValueError(f"{flag} {out}: the file exists and was not written by this command; refusing to "
-                         f"overwrite it (pass --force to replace it)")
-
-
 CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "config")
 # a checkpoint resumes only the run it was written by; these may change when it is resumed
 _RESUMABLE_CHANGES = ("epochs", "lr", "device", "threads", "eval_batch_size", "force_weight", "batch_size")
@@ -138,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.checkpoint:
         # written every epoch: never over the data, the config or anything else it did not write
         # (a checkpoint of the run being resumed may be continued in place)
-        resumed = args.resume if args.resume and _same_file(args.resume, args.checkpoint) else None
+        resumed = args.resume if args.resume and same_file(args.resume, args.checkpoint) else None
         check_output("--checkpoint", args.checkpoint, {"--dataset": cfg.dataset, "--config": args.config},
                      args.force or bool(resumed))
     from dcnn.data import split_indices

@@ -17,6 +17,7 @@ import numpy as np
 from ase import Atoms, units
 
 from dcnn.data import BUNDLED_DATA_DIR, MoleculeDataset, save_npz
+from dcnn.outputs import check_output
 
 START_GEOMETRIES = {"ethanol": None, "aspirin": BUNDLED_DATA_DIR / "aspirin.xyz"}
 
@@ -77,23 +78,8 @@ def check_generate_args(molecule: str, frames, temperature, seed, out, timestep_
                          f"0.5 is the default)")
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
-    out = Path(out).expanduser()
     source = START_GEOMETRIES.get(molecule) or (Path(molecule) if molecule != "ethanol" else None)
-    if source is not None and Path(source).exists():
-        try:
-            if out.exists() and os.path.samefile(out, source) or out.resolve() == Path(source).resolve():
-                raise ValueError(f"--out {out}: is the --molecule input; refusing to write over an input "
-                                 f"(not even with --force)")
-        except OSError:
-            pass
-    if out.is_dir():
-        raise ValueError(f"--out {out}: is a folder, expected a file path such as {out / (Path(molecule).stem + '.npz')}")
-    if not out.parent.is_dir():
-        raise ValueError(f"--out {out}: the folder {out.parent} does not exist (create it first)")
-    if not os.access(out.parent, os.W_OK):
-        raise ValueError(f"--out {out}: the folder {out.parent} is not writable")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"--out {out} exists; refusing to overwrite (pass --force to replace it)")
+    check_output("--out", out, {"--molecule": source}, overwrite)
     return start_geometry(molecule)
 
 
