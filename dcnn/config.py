@@ -14,7 +14,9 @@ from dcnn.schedules import SCHEDULES
 
 ACTIVATION_CHOICES = ("original",) + ACTIVATION_NAMES
 SIZE_FIELDS = ("hidden", "filters", "interactions", "gaussians", "cutoff",
-               "embedding", "convs", "fc", "fc_layers")
+               "embedding", "convs", "fc", "fc_layers",
+               # ForceNet sizes
+               "depth_mlp_edge", "depth_mlp_node")
 
 
 @dataclass
@@ -61,6 +63,9 @@ class TrainConfig:
     convs: typing.Optional[int] = None
     fc: typing.Optional[int] = None
     fc_layers: typing.Optional[int] = None
+    # ForceNet sizes
+    depth_mlp_edge: typing.Optional[int] = None
+    depth_mlp_node: typing.Optional[int] = None
     eval_batch_size: int = 100
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 1
