@@ -14,7 +14,9 @@ from dcnn.schedules import SCHEDULES
 
 ACTIVATION_CHOICES = ("original",) + ACTIVATION_NAMES
 SIZE_FIELDS = ("hidden", "filters", "interactions", "gaussians", "cutoff",
-               "embedding", "convs", "fc", "fc_layers")
+               "embedding", "convs", "fc", "fc_layers",
+               # DimeNet++ sizes
+               "blocks", "int_emb", "basis_emb", "out_emb", "spherical", "radial")
 
 
 @dataclass
@@ -61,6 +63,13 @@ class TrainConfig:
     convs: typing.Optional[int] = None
     fc: typing.Optional[int] = None
     fc_layers: typing.Optional[int] = None
+    # DimeNet++ sizes
+    blocks: typing.Optional[int] = None
+    int_emb: typing.Optional[int] = None
+    basis_emb: typing.Optional[int] = None
+    out_emb: typing.Optional[int] = None
+    spherical: typing.Optional[int] = None
+    radial: typing.Optional[int] = None
     eval_batch_size: int = 100
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 1
