@@ -16,7 +16,9 @@ ACTIVATION_CHOICES = ("original",) + ACTIVATION_NAMES
 SIZE_FIELDS = ("hidden", "filters", "interactions", "gaussians", "cutoff",
                "embedding", "convs", "fc", "fc_layers",
                # ForceNet sizes
-               "depth_mlp_edge", "depth_mlp_node")
+               "depth_mlp_edge", "depth_mlp_node",
+               # DimeNet++ sizes
+               "blocks", "int_emb", "basis_emb", "out_emb", "spherical", "radial")
 
 
 @dataclass
@@ -66,6 +68,13 @@ class TrainConfig:
     # ForceNet sizes
     depth_mlp_edge: typing.Optional[int] = None
     depth_mlp_node: typing.Optional[int] = None
+    # DimeNet++ sizes
+    blocks: typing.Optional[int] = None
+    int_emb: typing.Optional[int] = None
+    basis_emb: typing.Optional[int] = None
+    out_emb: typing.Optional[int] = None
+    spherical: typing.Optional[int] = None
+    radial: typing.Optional[int] = None
     eval_batch_size: int = 100
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 1

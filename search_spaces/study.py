@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from dcnn.config import ACTIVATION_CHOICES, TrainConfig
+from dcnn.config import ACTIVATION_CHOICES, SIZE_FIELDS, TrainConfig
 from dcnn.data import BUNDLED_DATASETS, DEFAULT_DATASET, resolve_dataset
 from dcnn.models import MODEL_NAMES, has_normalization
 
@@ -129,9 +129,9 @@ class Study:
     def resolved_settings(self) -> dict:
         """Every TrainConfig key but the study's axes, as its trials get it (the plan --resume compares)."""
         cfg = TrainConfig.from_dict({**self.fixed, "model": self.models[0], "dataset": self.datasets[0]}).to_dict()
-        for key in FACTORS + ("model", "seed", "dataset", "threads", "device") + _SIZE_KEYS:
+        for key in FACTORS + ("model", "seed", "dataset", "threads", "device") + SIZE_FIELDS:
             cfg.pop(key, None)
-        return {**cfg, **{k: v for k, v in self.fixed.items() if k in _SIZE_KEYS}}
+        return {**cfg, **{k: v for k, v in self.fixed.items() if k in SIZE_FIELDS}}
 
     def identical_arms(self) -> dict[str, dict[str, str]]:
         """{model: {arm: twin}} for arms that are the same computation as an earlier arm on that model.
@@ -142,7 +142,7 @@ class Study:
         """
         out: dict[str, dict[str, str]] = {}
         for model in self.models:
-            sizes = {k: v for k, v in self.fixed.items() if k in _SIZE_KEYS}
+            sizes = {k: v for k, v in self.fixed.items() if k in SIZE_FIELDS}
             if has_normalization(model, self.setting("preset", model), **sizes):
                 continue
             seen: dict[Arm, str] = {}
@@ -203,9 +203,6 @@ class Study:
         if self.split_seeds == "vary":
             space["split_seed"] = tune.sample_from(SplitSeed())
         return space
-
-
-_SIZE_KEYS = ("hidden", "filters", "interactions", "gaussians", "cutoff", "embedding", "convs", "fc", "fc_layers")
 
 
 class ArmFactor:
