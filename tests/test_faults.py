@@ -108,8 +108,8 @@ def test_killed_driver_then_resume(tmp_path, tracking_uri, ray_session):
     epoch (lost: nothing)."""
     study = write_study(tmp_path / "kill.yaml", ONE_ARM, REF, seeds=(0, 1, 2),
                         fixed={"epochs": 12, "n_train": 60})
-    storage, exp_dir = tmp_path / "res", tmp_path / "res/killed"
-    args = ["--study", study, "--storage", storage, "--tracking-uri", tracking_uri, "--experiment", "killed",
+    storage, exp_dir = tmp_path / "res", tmp_path / "res/killed-driver"
+    args = ["--study", study, "--storage", storage, "--tracking-uri", tracking_uri, "--experiment", "killed-driver",
             "--max-concurrent", "1"]
     proc = cli(args, tmp_path / "first.log", env={"TUNE_GLOBAL_CHECKPOINT_S": "1"}, wait=False)
     deadline = time.time() + 180
@@ -132,7 +132,7 @@ def test_killed_driver_then_resume(tmp_path, tracking_uri, ray_session):
     assert main(["ablate", *map(str, args), "--resume"]) == 0
     for name, text in done_before.items():
         assert (exp_dir / name / "result.json").read_text() == text  # not re-run
-    runs = trial_runs(tracking_uri, "killed")
+    runs = trial_runs(tracking_uri, "killed-driver")
     assert sorted(runs) == [0, 1, 2]
     for r in runs.values():
         assert r.info.status == "FINISHED"
