@@ -138,7 +138,7 @@ class TrainConfig:
         positive("plateau_patience", allow_zero=True)
         if not 0 < self.plateau_factor < 1:
             raise ValueError(f"plateau_factor={self.plateau_factor!r} must lie in (0, 1)")
-        if self.lr_min > self.lr:
+        if self.lr_min > self.lr and self.lr_schedule != "constant":
             raise ValueError(f"lr_min={self.lr_min!r} must not exceed lr={self.lr!r}")
         if self.warmup_epochs >= self.epochs and self.warmup_epochs:
             raise ValueError(f"warmup_epochs={self.warmup_epochs} must be fewer than epochs={self.epochs}")

@@ -61,7 +61,7 @@ def failed_section(trials: pd.DataFrame) -> str:
     """Markdown list of the trials that failed (errored, not diverged), with their error."""
     if trials.empty or "error" not in trials:
         return ""
-    failed = trials[trials.error.fillna("").astype(bool)]
+    failed = trials[trials.error.fillna("").astype(bool) & ~trials.identical_to.fillna("").astype(bool)]
     if failed.empty:
         return ""
     lines = ["## Failed trials", "", f"{len(failed)} trial(s) raised and are not in the tables above:", ""]
@@ -219,15 +219,20 @@ def summarize(trials: pd.DataFrame, reference_arm: str) -> pd.DataFrame:
                        "p": math.nan}
             else:
                 cmp = paired_ratio(g, ref, metric)
-                if g.identical_to.iloc[0] == reference_arm:
-                    cmp["p"] = math.nan  # the same trials: no test to make
+                if g.identical_to.iloc[0]:
+                    cmp["p"] = math.nan  # a twin's trials are another arm's: no test of its own
             row.update({f"{short}_{k}": v for k, v in cmp.items()})
         rows.append(row)
     summary = pd.DataFrame(rows)
     for short in ("E", "F"):
+        # each distinct comparison counts once in its family; a twin then shows its original's result
         summary[f"{short}_p_holm"] = math.nan
         for _, idx in summary.groupby(GROUP, sort=False).groups.items():
             summary.loc[idx, f"{short}_p_holm"] = holm(summary.loc[idx, f"{short}_p"].tolist())
+        for i, r in summary[summary.identical_to.astype(bool)].iterrows():
+            original = summary[(summary.data == r.data) & (summary.model == r.model) & (summary.arm == r.identical_to)]
+            if not original.empty and original.iloc[0].arm != reference_arm:
+                summary.loc[i, [f"{short}_p", f"{short}_p_holm"]] = original.iloc[0][[f"{short}_p", f"{short}_p_holm"]].to_numpy()
         summary[f"{short}_significant"] = summary[f"{short}_p_holm"] < ALPHA
     return summary
 
@@ -247,6 +252,9 @@ def fmt(x, sig: int = 3) -> str:
         return "0"
     digits = sig - 1 - int(math.floor(math.log10(abs(x))))
     rounded = round(x, digits)
+    if rounded != 0 and int(math.floor(math.log10(abs(rounded)))) > sig - 1 - digits:  # 9.9951 → 10.0
+        digits -= 1
+        rounded = round(x, digits)
     if digits <= 0:
         return f"{rounded:,.0f}"
     return f"{rounded:.{digits}f}"
@@ -262,7 +270,7 @@ def _ratio(r, short: str) -> str:
 
 
 def fmt_p(p: float) -> str:
-    return "–" if not np.isfinite(p) else ("<0.001" if p < 1e-3 else fmt(p, 2))
+    return "–" if not np.isfinite(p) else ("<0.001" if p < 1e-3 else fmt(p, 3))  # 0.0499, never "0.050"
 
 
 def _p(r, short: str) -> str:
@@ -296,6 +304,12 @@ def findings(summary: pd.DataFrame, reference_arm: str, units: dict) -> str:
         ref_rows = g[g.reference]
         lines.append(f"**{data} · {model}**")
         lines.append("")
+        if not ref_rows.empty and ref_rows.iloc[0].n == 0:
+            ref = ref_rows.iloc[0]
+            lines.append(f"- Reference {reference_arm}: no seed finished without diverging ({ref.diverged} diverged, "
+                         f"{ref.errored} failed of {ref.seeds}): nothing to compare with.")
+            lines.append("")
+            continue
         if not ref_rows.empty:
             ref = ref_rows.iloc[0]
             lines.append(f"- Reference {reference_arm}: energy {fmt(ref.E_mean)} {eu} "

@@ -106,6 +106,10 @@ class Study:
                 raise ValueError(f"{where}: unknown model {model!r}; known: {', '.join(MODEL_NAMES)}")
         if not self.datasets or len(set(self.datasets)) != len(self.datasets):
             raise ValueError(f"{where}: datasets must be a non-empty list of distinct data sets, got {self.datasets}")
+        labels = list(self.dataset_labels().values())
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"{where}: data sets {self.datasets} share a name ({labels}); the report and MLflow "
+                             f"tell data sets apart by file name: rename one of the files")
         if self.split_seeds not in SPLIT_SEEDS:
             raise ValueError(f"{where}: split_seeds {self.split_seeds!r}: choose one of {', '.join(SPLIT_SEEDS)}")
         bad_fixed = [k for k in self.fixed if k in FACTORS + ("model", "seed", "dataset") + LABEL_KEYS]
@@ -142,11 +146,12 @@ class Study:
         """
         out: dict[str, dict[str, str]] = {}
         for model in self.models:
-            sizes = {k: v for k, v in self.fixed.items() if k in SIZE_FIELDS}
-            if has_normalization(model, self.setting("preset", model), **sizes):
+            cfg = TrainConfig.from_dict({**self.fixed, "model": model, "dataset": self.datasets[0]})
+            if has_normalization(model, cfg.preset, **cfg.model_sizes()):
                 continue
             seen: dict[Arm, str] = {}
-            for arm in self.arms:
+            # the reference runs itself, never as another arm's twin
+            for arm in sorted(self.arms, key=lambda a: a != self.reference):
                 canonical = replace(arm, denorm=False)
                 if canonical in seen:
                     out.setdefault(model, {})[arm.key] = seen[canonical]

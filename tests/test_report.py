@@ -92,6 +92,10 @@ def test_report_baselines_ratios_findings_and_identical_rows(tmp_path):
     # Holm within the family: p_adj ≥ raw p, and the identical twin of the reference is no test at all
     assert (s.E_p_holm.dropna() >= s.E_p.dropna() - 1e-15).all() and math.isnan(s.loc["irelu+LR", "E_p"])
     assert s.loc["irelu+LR", "identical_to"] == "irelu+DN+LR" and s.loc["irelu+LR", "E_mean"] == s.loc["irelu+DN+LR", "E_mean"]
+    # each distinct comparison counts once in the Holm family; the twin shows its original's result
+    distinct = ["isilu+DN+LR", "irelu+DN", "ielu+DN+LR"]
+    assert list(s.loc[distinct, "E_p_holm"]) == pytest.approx(holm(list(s.loc[distinct, "E_p"])))
+    assert s.loc["irelu", "E_p_holm"] == s.loc["irelu+DN", "E_p_holm"]
     md = report["markdown"]
     assert "| *baseline: mean E, zero F* | | | 2.50 | 1 |" in md and "irelu+LR ≡ irelu+DN+LR" in md
     assert "e+0" not in md and "e-0" not in md  # no exponent notation in the tables

@@ -1,6 +1,7 @@
 """The Ray Tune layer against real Ray (in-process) and real MLflow (sqlite)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, write_study
+from conftest import ROOT, TINY, write_study
 from orchestrator import tracking
 from orchestrator.runner import AblateOptions, run_ablation
 
@@ -27,7 +28,7 @@ def trial_runs(uri, experiment):
             if r.data.tags.get("dcnn.role") == "trial"]
 
 
-def test_search_spaces_are_the_designs():
+def test_search_spaces_are_the_designs(tmp_path):
     import search_spaces
 
     plan = search_spaces.load_study("seed-plan")
@@ -44,6 +45,17 @@ def test_search_spaces_are_the_designs():
                                          "irelu+LR", "irelu+LR+ES", "irelu", "irelu+ES"}
     assert len(pre.trial_configs()) == (8 + 4) * 3
     assert search_spaces.load_study("seed-plan").with_overrides(shift=True).reference.key == "irelu+DN+LR+ES"
+    # the reference is never the skipped twin, whatever order the study file lists DN in; sizes as TrainConfig reads them
+    reordered = search_spaces.Study(name="r", arms=[search_spaces.Arm("irelu", False, True), search_spaces.Arm("irelu", True, True)],
+                                    reference=search_spaces.Arm("irelu", True, True), models=["schnet"],
+                                    fixed={"hidden": 32.0})
+    assert reordered.identical_arms() == {"schnet": {"irelu+LR": "irelu+DN+LR"}}
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        shutil.copy(ROOT / "data/ethanol-gfn2-500K.npz", tmp_path / sub / "md17.npz")
+    with pytest.raises(ValueError, match="share a name"):
+        search_spaces.load_study("seed-plan").with_overrides(datasets=[str(tmp_path / "a/md17.npz"),
+                                                                       str(tmp_path / "b/md17.npz")])
     paper = search_spaces.load_study("paper")  # the paper's exact setting, resolved
     assert {k: paper.setting(k) for k in ("preset", "lr", "lr_schedule", "epochs", "rescale_factor",
                                           "force_weight", "batch_size", "n_train", "n_val", "n_test")} == {
