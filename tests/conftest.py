@@ -53,3 +53,20 @@ def write_study(path, designs, reference=None, models=("schnet",), seeds=(0,), f
         data["reference"] = reference
     path.write_text(yaml.safe_dump(data))
     return str(path)
+
+
+def positions(ethanol, n=4):
+    """The first n bundled ethanol frames as a float64 tensor [n, 9, 3]."""
+    import torch
+
+    return torch.as_tensor(ethanol.positions[:n], dtype=torch.float64)
+
+
+def random_rotation(seed):
+    """A seeded proper rotation matrix (det +1), for invariance/equivariance tests."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))
+    return q if torch.det(q) > 0 else -q

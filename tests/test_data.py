@@ -224,8 +224,10 @@ def test_coincident_atoms_are_refused(frames, message, tmp_path):
 
 def test_close_but_distinct_atoms_load(tmp_path):
     # H2 bond 0.74 Å and 0.1 Å exactly: allowed; one atom alone has no pairs
-    load_dataset(_npz(tmp_path / "h2.npz", **_with_positions([[[0, 0, 0], [0, 0, 0.74], [0, 0.1, 0.74]]])))
-    load_dataset(_npz(tmp_path / "one.npz", **_with_positions([[[0, 0, 0]], [[0, 0, 0]]])))
+    ds = load_dataset(_npz(tmp_path / "h2.npz", **_with_positions([[[0, 0, 0], [0, 0, 0.74], [0, 0.1, 0.74]]])))
+    assert ds.positions.shape == (1, 3, 3)
+    ds = load_dataset(_npz(tmp_path / "one.npz", **_with_positions([[[0, 0, 0]], [[0, 0, 0]]])))
+    assert ds.positions.shape == (2, 1, 3)
 
 
 def test_real_and_bundled_data_pass_the_physical_checks(ethanol):

@@ -7,6 +7,7 @@ from dcnn.activations import replace_activations
 from dcnn.models import build_model, denormalize, energy_and_forces
 from dcnn.models.pyg_reference import build_pyg_schnet
 from dcnn.models.schnet import SCHNET_PRESETS
+from conftest import positions, random_rotation
 
 Z = torch.tensor([6, 6, 8, 1, 1, 1, 1, 1, 1])  # ethanol, MD17 order
 MODELS = [("schnet", "original"), ("schnet", "isilu"), ("cgcnn", "original"), ("cgcnn", "igelu")]
@@ -18,17 +19,6 @@ def make(name, act, seed=0):
     if act != "original":
         replace_activations(m, act, "all")
     return m.double().eval()
-
-
-def positions(ethanol, n=4):
-    return torch.as_tensor(ethanol.positions[:n], dtype=torch.float64)
-
-
-def random_rotation(seed):
-    g = torch.Generator().manual_seed(seed)
-    q, r = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r))
-    return q if torch.det(q) > 0 else -q
 
 
 @pytest.mark.parametrize("name,act", MODELS)

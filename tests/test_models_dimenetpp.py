@@ -5,6 +5,7 @@ import torch
 from dcnn.activations import count_activations, replace_activations
 from dcnn.models import build_model, denormalize, energy_and_forces
 from dcnn.models.dimenetpp import DIMENETPP_PRESETS, DimeNetPP, glorot_orthogonal_
+from conftest import positions, random_rotation
 
 Z = torch.tensor([6, 6, 8, 1, 1, 1, 1, 1, 1])  # ethanol, MD17 order
 
@@ -18,17 +19,6 @@ def make(act="original", scope="all", seed=0, **sizes):
     if act != "original":
         replace_activations(m, act, scope)
     return m.double().eval()
-
-
-def positions(ethanol, n=4):
-    return torch.as_tensor(ethanol.positions[:n], dtype=torch.float64)
-
-
-def random_rotation(seed):
-    g = torch.Generator().manual_seed(seed)
-    q, r = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r))
-    return q if torch.det(q) > 0 else -q
 
 
 OTHER_SIZES = dict(hidden=24, blocks=3, int_emb=8, basis_emb=4, out_emb=16, spherical=4, radial=3, cutoff=5.0,

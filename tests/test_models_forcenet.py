@@ -7,6 +7,7 @@ from dcnn.activations import count_activations, replace_activations
 from dcnn.config import TrainConfig
 from dcnn.models import build_model, denormalize, energy_and_forces
 from dcnn.models.forcenet import FORCENET_PRESETS
+from conftest import positions, random_rotation
 
 Z = torch.tensor([6, 6, 8, 1, 1, 1, 1, 1, 1])  # ethanol, MD17 order
 ACTS = ["original", "irelu"]
@@ -18,17 +19,6 @@ def make(act="original", seed=0, **sizes):
     if act != "original":
         replace_activations(m, act, "all")
     return m.double().eval()
-
-
-def positions(ethanol, n=4):
-    return torch.as_tensor(ethanol.positions[:n], dtype=torch.float64)
-
-
-def random_rotation(seed):
-    g = torch.Generator().manual_seed(seed)
-    q, r = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r))
-    return q if torch.det(q) > 0 else -q
 
 
 @pytest.mark.parametrize("act", ACTS)
