@@ -70,3 +70,36 @@ def random_rotation(seed):
     q, r = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
     q = q * torch.sign(torch.diagonal(r))
     return q if torch.det(q) > 0 else -q
+
+
+
+def assert_symmetries(model, pos, Z, e_atol=1e-10, f_atol=1e-9):
+    """E invariant and F equivariant under a rotation + translation and under swapping like atoms
+    (the carbons, each carbon's hydrogens); swapping unlike atoms (C and O) must change E."""
+    import torch
+
+    from dcnn.models import energy_and_forces
+
+    e, f = energy_and_forces(model, pos, Z, False)
+    rot = random_rotation(1)
+    e_rt, f_rt = energy_and_forces(model, pos @ rot.T + torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), Z, False)
+    torch.testing.assert_close(e_rt, e, rtol=1e-10, atol=e_atol)
+    torch.testing.assert_close(f_rt, f @ rot.T, rtol=1e-9, atol=f_atol)
+    perm = torch.tensor([1, 0, 2, 5, 3, 4, 8, 6, 7])  # swap the carbons, cycle the H's of each C
+    assert torch.equal(Z[perm], Z)
+    e_p, f_p = energy_and_forces(model, pos[:, perm], Z, False)
+    torch.testing.assert_close(e_p, e, rtol=1e-10, atol=e_atol)
+    torch.testing.assert_close(f_p, f[:, perm], rtol=1e-9, atol=f_atol)
+    assert not torch.allclose(energy_and_forces(model, pos[:, torch.tensor([2, 1, 0, 3, 4, 5, 6, 7, 8])], Z, False)[0], e)
+
+
+def central_difference_forces(model, pos, Z, h=1e-5):
+    """−∂E/∂x of one frame [1, N, 3] by central differences, all 3N displacements in one batch."""
+    import torch
+
+    n = pos.shape[1] * 3
+    steps = torch.zeros(n, 1, pos.shape[1], 3, dtype=pos.dtype)
+    steps.view(n, n)[range(n), range(n)] = h
+    with torch.no_grad():
+        fd = -(model((pos + steps).view(n, -1, 3), Z) - model((pos - steps).view(n, -1, 3), Z)) / (2 * h)
+    return fd.view_as(pos)

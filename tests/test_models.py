@@ -7,7 +7,7 @@ from dcnn.activations import replace_activations
 from dcnn.models import build_model, denormalize, energy_and_forces
 from dcnn.models.pyg_reference import build_pyg_schnet
 from dcnn.models.schnet import SCHNET_PRESETS
-from conftest import positions, random_rotation
+from conftest import assert_symmetries, central_difference_forces, positions
 
 Z = torch.tensor([6, 6, 8, 1, 1, 1, 1, 1, 1])  # ethanol, MD17 order
 MODELS = [("schnet", "original"), ("schnet", "isilu"), ("cgcnn", "original"), ("cgcnn", "igelu")]
@@ -23,19 +23,7 @@ def make(name, act, seed=0):
 
 @pytest.mark.parametrize("name,act", MODELS)
 def test_energy_invariant_forces_equivariant(name, act, ethanol):
-    m = make(name, act)
-    pos = positions(ethanol)
-    e, f = energy_and_forces(m, pos, Z, False)
-    rot = random_rotation(1)
-    e_rt, f_rt = energy_and_forces(m, pos @ rot.T + torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), Z, False)
-    torch.testing.assert_close(e_rt, e, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(f_rt, f @ rot.T, rtol=1e-9, atol=1e-9)
-    perm = torch.tensor([1, 0, 2, 5, 3, 4, 8, 6, 7])  # swap the carbons, cycle the H's of each C
-    assert torch.equal(Z[perm], Z)
-    e_p, f_p = energy_and_forces(m, pos[:, perm], Z, False)
-    torch.testing.assert_close(e_p, e, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(f_p, f[:, perm], rtol=1e-9, atol=1e-9)
-    assert not torch.allclose(energy_and_forces(m, pos[:, torch.tensor([2, 1, 0, 3, 4, 5, 6, 7, 8])], Z, False)[0], e)
+    assert_symmetries(make(name, act), positions(ethanol), Z)
 
 
 @pytest.mark.parametrize("name,act", MODELS)
@@ -43,14 +31,7 @@ def test_forces_are_central_differences_of_energy(name, act, ethanol):
     m = make(name, act)
     pos = positions(ethanol, 1)
     _, f = energy_and_forces(m, pos, Z, False)
-    h = 1e-5
-    fd = torch.zeros_like(pos)
-    for a in range(9):
-        for k in range(3):
-            d = torch.zeros_like(pos)
-            d[0, a, k] = h
-            fd[0, a, k] = -(m(pos + d, Z) - m(pos - d, Z)).item() / (2 * h)
-    torch.testing.assert_close(f, fd, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(f, central_difference_forces(m, pos, Z), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("name,act", MODELS)

@@ -5,7 +5,7 @@ import torch
 from dcnn.activations import count_activations, replace_activations
 from dcnn.models import build_model, denormalize, energy_and_forces
 from dcnn.models.dimenetpp import DIMENETPP_PRESETS, DimeNetPP, glorot_orthogonal_
-from conftest import positions, random_rotation
+from conftest import assert_symmetries, central_difference_forces, positions
 
 Z = torch.tensor([6, 6, 8, 1, 1, 1, 1, 1, 1])  # ethanol, MD17 order
 
@@ -59,17 +59,8 @@ def test_energy_invariant_forces_equivariant(act, scope, ethanol):
     m = make(act, scope)
     pos = positions(ethanol)
     e, f = energy_and_forces(m, pos, Z, False)
-    rot = random_rotation(1)
-    e_rt, f_rt = energy_and_forces(m, pos @ rot.T + torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), Z, False)
-    e_tol, f_tol = 1e-10 * max(1.0, e.abs().max().item()), 1e-9 * max(1.0, f.abs().max().item())
-    torch.testing.assert_close(e_rt, e, rtol=1e-10, atol=e_tol)
-    torch.testing.assert_close(f_rt, f @ rot.T, rtol=1e-9, atol=f_tol)
-    perm = torch.tensor([1, 0, 2, 5, 3, 4, 8, 6, 7])  # swap the carbons, cycle the H's of each C
-    assert torch.equal(Z[perm], Z)
-    e_p, f_p = energy_and_forces(m, pos[:, perm], Z, False)
-    torch.testing.assert_close(e_p, e, rtol=1e-10, atol=e_tol)
-    torch.testing.assert_close(f_p, f[:, perm], rtol=1e-9, atol=f_tol)
-    assert not torch.allclose(energy_and_forces(m, pos[:, torch.tensor([2, 1, 0, 3, 4, 5, 6, 7, 8])], Z, False)[0], e)
+    assert_symmetries(m, pos, Z, e_atol=1e-10 * max(1.0, e.abs().max().item()),
+                      f_atol=1e-9 * max(1.0, f.abs().max().item()))
 
 
 @pytest.mark.parametrize("act,scope", ACTS)
@@ -78,13 +69,9 @@ def test_forces_are_central_differences_of_energy(act, scope, ethanol):
     m = make(act, scope)
     pos = positions(ethanol, 1)
     _, f = energy_and_forces(m, pos, Z, False)
-    h = 1e-5
-    steps = torch.zeros(27, 1, 9, 3, dtype=torch.float64)
-    steps.view(27, 27)[range(27), range(27)] = h
-    with torch.no_grad():
-        fd = -(m((pos + steps).view(27, 9, 3), Z) - m((pos - steps).view(27, 9, 3), Z)) / (2 * h)
+    fd = central_difference_forces(m, pos, Z)
     scale = max(1.0, f.abs().max().item())
-    torch.testing.assert_close(f, fd.view(1, 9, 3), rtol=1e-6, atol=1e-7 * scale)
+    torch.testing.assert_close(f, fd, rtol=1e-6, atol=1e-7 * scale)
 
     # the same model with angles taken from detached positions (the paper's wrapper) misses force terms
     angular = m.sbf.angular_part
