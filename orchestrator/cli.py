@@ -64,11 +64,11 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from orchestrator.report import build_report
+    from orchestrator.runner import report_study
     from orchestrator.validate import check_study_folder
 
-    check_study_folder(Path(args.path))  # a named cause, and nothing written, when it is not a study
-    report = build_report(Path(args.path))
+    study = check_study_folder(args.path)  # a named cause, and nothing written, when it is not a study
+    report = report_study(study)  # an object-store study is read from a local copy, its report stored back
     print(report["markdown"])
     print(f"report: {report['paths']['markdown']}")
     return 0
@@ -102,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="Ray cluster address, e.g. 10.0.0.1:6379 (default: $RAY_ADDRESS, else an "
                         "in-process local Ray; 'local' forces a fresh local one)")
-    a.add_argument("--storage", help="absolute folder for results, on a cluster one every node sees "
-                                     "(default: ./results)")
+    a.add_argument("--storage", help="absolute folder for results, on a cluster one every node sees, or an "
+                                     "object store such as s3://bucket/prefix (credentials and endpoint from "
+                                     "the SDK's environment; default: ./results)")
     a.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite DB in the storage folder; "
                                           "use an MLflow server on a multi-node cluster)")
     a.add_argument("--experiment", help="study folder and MLflow experiment name (default: the study name)")
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any TrainConfig key for every trial, e.g. --set lr=3e-4")
     a.set_defaults(func=cmd_ablate)
     r = sub.add_parser("report", help="rebuild a study's report from its folder")
-    r.add_argument("path", help="the study folder (STORAGE/EXPERIMENT)")
+    r.add_argument("path", help="the study folder (STORAGE/EXPERIMENT), a folder or s3://bucket/prefix/EXPERIMENT")
     r.set_defaults(func=cmd_report)
     return p
 

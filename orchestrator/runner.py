@@ -15,6 +15,7 @@ from typing import Optional
 
 from dcnn.data import load_dataset, resolve_dataset
 from dcnn.models import MAX_Z
+from orchestrator.storage import Storage
 from search_spaces import Study, load_study, tuning_space
 
 log = logging.getLogger("dcnn.orchestrator")
@@ -75,13 +76,12 @@ class AblateOptions:
             tuning_space(self.tuning_space)
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"--epochs must be positive, got {self.epochs}")
-        if self.storage and "://" in self.storage:
-            raise ValueError(f"--storage {self.storage!r}: object-store URIs are not supported yet (the report "
-                             f"reads the study folder as files); use a shared file system (NFS/EFS) mounted "
-                             f"at the same path on every node")
-        if self.storage and not os.path.isabs(self.storage):
-            raise ValueError(f"--storage must be an absolute path (trials run in other directories), "
-                             f"got {self.storage!r}")
+        storage = self.storage_location  # an absolute folder or an object-store URI without credentials
+        if not storage.is_local and not self.tracking_uri:
+            raise ValueError(f"--storage {storage}: the default MLflow store (sqlite in the storage folder) "
+                             f"cannot live in an object store; pass --tracking-uri: an MLflow server (e.g. "
+                             f"`mlflow server --artifacts-destination {storage}/mlartifacts`) or "
+                             f"sqlite:////abs/path/mlflow.db")
         if self.tracking_uri:
             _check_tracking_uri(self.tracking_uri)
         fixed = dict(self.set)
@@ -98,8 +98,9 @@ class AblateOptions:
         return study
 
     @property
-    def storage_path(self) -> Path:
-        return Path(self.storage) if self.storage else Path.cwd() / "results"
+    def storage_location(self) -> Storage:
+        """--storage resolved: a local folder (default ./results) or an object-store prefix."""
+        return Storage.resolve(self.storage or Path.cwd() / "results")
 
 
 def _check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
@@ -122,7 +123,7 @@ def _check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
                          f"such as sqlite:////abs/path/mlflow.db")
 
 
-def _init_ray(address: Optional[str], quiet: bool):
+def _init_ray(address: Optional[str], quiet: bool, env: Optional[dict] = None):
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -132,8 +133,11 @@ def _init_ray(address: Optional[str], quiet: bool):
         return ray
     # no address: a fresh in-process Ray ("local"), never a cluster ray.init() might find by itself
     address = address or os.environ.get("RAY_ADDRESS") or "local"
+    runtime_env = {"worker_process_setup_hook": "trainables.dcnn_trainables.quiet_worker_logs"}
+    if env:  # the storage's non-secret SDK settings (endpoint, region): workers reach the same store
+        runtime_env["env_vars"] = dict(env)
     ray.init(address=address, include_dashboard=False, log_to_driver=not quiet, configure_logging=False,
-             runtime_env={"worker_process_setup_hook": "trainables.dcnn_trainables.quiet_worker_logs"})
+             runtime_env=runtime_env)
     return ray
 
 
@@ -160,7 +164,7 @@ def _trainable(opts: AblateOptions):
     return tune.with_resources(DCNNTrainable, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
 
 
-def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Path) -> dict:
+def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Storage) -> dict:
     """N Optuna trials (OptunaSearch + ASHA) for one (model, arm); returns its best hyperparameters."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -169,10 +173,10 @@ def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Path) -> d
     space = tuning_space(opts.tuning_space)
     name = f"{model}-{arm.key}"
     storage = experiment_dir / "tuning"
-    path = storage / name
-    if tune.Tuner.can_restore(str(path)):
-        tuner = tune.Tuner.restore(str(path), trainable=_trainable(opts), resume_unfinished=True,
-                                   resume_errored=True)
+    path, fs = (storage / name).tune_location()
+    if tune.Tuner.can_restore(path, storage_filesystem=fs):
+        tuner = tune.Tuner.restore(path, trainable=_trainable(opts), resume_unfinished=True,
+                                   resume_errored=True, storage_filesystem=fs)
     else:
         epochs = study.setting("epochs")
         param_space = {**study.fixed, **arm.as_config(), "model": model, "seed": study.seeds[0],
@@ -184,7 +188,8 @@ def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Path) -> d
                 metric="val_loss", mode="min", num_samples=opts.tune_hparams, reuse_actors=True,
                 search_alg=OptunaSearch(seed=0), max_concurrent_trials=opts.max_concurrent,
                 scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1)),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
+            run_config=tune.RunConfig(name=name, storage_path=storage.tune_location()[0],
+                                      storage_filesystem=storage.tune_location()[1], verbose=0,
                                       callbacks=callbacks_for(f"tune {name} "),
                                       failure_config=tune.FailureConfig(max_failures=opts.max_failures)))
     best = tuner.fit().get_best_result(metric="val_loss", mode="min", scope="last")
@@ -196,28 +201,28 @@ def run_ablation(opts: AblateOptions) -> dict:
     from ray import tune
 
     from orchestrator import tracking, validate
-    from orchestrator.report import REPORT_DIR, build_report
+    from orchestrator.report import REPORT_DIR
 
     study = opts.validate()
     experiment = opts.experiment or study.name
-    storage = opts.storage_path
+    storage = opts.storage_location
+    validate.check_storage(storage)  # writable (an object store: reachable, bucket there, credentials)
     experiment_dir = storage / experiment
-    if experiment_dir.exists() and any(experiment_dir.iterdir()) and not opts.resume:
+    if not opts.resume and not experiment_dir.is_empty():
         raise ValueError(f"{experiment_dir} already holds a study; pass --resume to continue it, or "
                          f"choose another --experiment (nothing was changed)")
     if opts.resume and not experiment_dir.exists():
         raise ValueError(f"--resume: {experiment_dir} does not exist (nothing to resume)")
-    uri = opts.tracking_uri or tracking.default_tracking_uri(storage)
+    uri = opts.tracking_uri or tracking.default_tracking_uri(storage.local_path)
     plan = validate.preflight(opts, study, experiment, experiment_dir, uri)  # last checks before Ray
-    ray = _init_ray(opts.address, opts.quiet)
+    ray = _init_ray(opts.address, opts.quiet, storage.worker_env())
     _check_cluster_fits(ray, opts)
 
-    storage.mkdir(parents=True, exist_ok=True)
-    exp_id = tracking.ensure_experiment(uri, experiment, storage / "mlartifacts" / experiment)
+    storage.mkdir()
+    exp_id = tracking.ensure_experiment(uri, experiment, (storage / "mlartifacts" / experiment).artifact_uri())
     parent = tracking.ensure_parent_run(uri, exp_id, study.name, {"dcnn.storage": str(experiment_dir)})
     identical = study.identical_arms()
     n_trials = len(study.trial_configs())
-    report_dir = experiment_dir / REPORT_DIR
     validate.write_plan(experiment_dir, plan, _study_record(study, identical, uri, experiment, parent))  # at the start
     print(f"study {study.name}: {len(study.arms)} arms × {len(study.models)} models × {len(study.datasets)} "
           f"data set(s) × {len(study.seeds)} seeds = {n_trials} trials → {experiment_dir}\n"
@@ -245,10 +250,11 @@ def run_ablation(opts: AblateOptions) -> dict:
             space[key] = tune.sample_from(BestHyperparameter(best, key))
         validate.write_plan(experiment_dir, plan, {"best_hyperparameters": best})
 
-    if opts.resume and tune.Tuner.can_restore(str(experiment_dir)):
+    exp_path, fs = experiment_dir.tune_location()
+    if opts.resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
         # the param space is given again: Tune needs it to resolve its sample_from placeholders
-        tuner = tune.Tuner.restore(str(experiment_dir), trainable=_trainable(opts), resume_unfinished=True,
-                                   resume_errored=True, param_space=space)
+        tuner = tune.Tuner.restore(exp_path, trainable=_trainable(opts), resume_unfinished=True,
+                                   resume_errored=True, param_space=space, storage_filesystem=fs)
     else:
         scheduler = None
         if opts.scheduler == "asha":
@@ -261,7 +267,8 @@ def run_ablation(opts: AblateOptions) -> dict:
             tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=opts.max_concurrent,
                                         scheduler=scheduler),
             run_config=tune.RunConfig(
-                name=experiment, storage_path=str(storage), verbose=0,
+                name=experiment, storage_path=storage.tune_location()[0],
+                storage_filesystem=storage.tune_location()[1], verbose=0,
                 callbacks=callbacks_for("", n_trials),
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_frequency=1,
@@ -273,11 +280,14 @@ def run_ablation(opts: AblateOptions) -> dict:
 
     run_ids = {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in tracking.client(uri).search_runs(
         [exp_id], filter_string="tags.`dcnn.role` = 'trial'", max_results=10000)}
-    (report_dir / "mlflow_runs.json").write_text(json.dumps(run_ids, indent=2))
-    report = build_report(experiment_dir)
+    experiment_dir.write_text(f"{REPORT_DIR}/mlflow_runs.json", json.dumps(run_ids, indent=2))
     c = tracking.client(uri)
-    tracking.log_study_results(uri, parent, report)
-    c.log_artifacts(parent, str(report_dir), artifact_path="report")
+
+    def publish(report, report_dir):
+        tracking.log_study_results(uri, parent, report)
+        c.log_artifacts(parent, str(report_dir), artifact_path="report")
+
+    report = report_study(experiment_dir, publish)
     c.set_terminated(parent, "FINISHED" if not errors else "FAILED")
     print(report["markdown"], flush=True)
     print(f"report: {report['paths']['markdown']}", flush=True)
@@ -286,6 +296,27 @@ def run_ablation(opts: AblateOptions) -> dict:
     print(f"MLflow runs: {experiment_url('http://127.0.0.1:5000', exp_id)} (serve it with `make ui`, or "
           f"`mlflow ui --backend-store-uri {uri}`)", flush=True)
     report["errors"] = errors
+    return report
+
+
+# the files build_report reads: all a study in an object store downloads for its report
+REPORT_INPUTS = ("*/params.json", "*/result.json", "*/error.txt", "report/study.json", "report/mlflow_runs.json")
+
+
+def report_study(study, publish=None) -> dict:
+    """Build the study's report from its folder (a local copy of REPORT_INPUTS when it lives in an object
+    store) and store the report files beside it; `publish(report, local_report_dir)` runs while the local
+    files exist (MLflow upload)."""
+    from orchestrator.report import REPORT_DIR, build_report
+
+    study = Storage.resolve(study, absolute=False)
+    with study.local_copy(REPORT_INPUTS) as folder:
+        report = build_report(folder)
+        study.upload(folder / REPORT_DIR, REPORT_DIR)
+        if publish is not None:
+            publish(report, folder / REPORT_DIR)
+    if not study.is_local:  # the local copy is gone: point at the stored files
+        report["paths"] = {k: f"{study}/{REPORT_DIR}/{Path(p).name}" for k, p in report["paths"].items()}
     return report
 
 

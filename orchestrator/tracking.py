@@ -43,8 +43,10 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
 
-def ensure_experiment(tracking_uri: str, name: str, artifact_dir: Path | None) -> str:
-    """Experiment id; sqlite stores get an absolute artifact folder (MLflow's default is CWD-relative).
+def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | Path | None) -> str:
+    """Experiment id; sqlite stores get `artifact_location` (a folder, made absolute, or a URI such as
+    the study's object store), as MLflow's default is CWD-relative; a tracking server keeps its own
+    (`--artifacts-destination`, proxied: the client needs no store credentials).
 
     Marks the experiment as model training (`EXPERIMENT_KIND_TAG`), new or found again."""
     c = client(tracking_uri)
@@ -57,8 +59,9 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_dir: Path | None) -
             c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     location = None
-    if tracking_uri.startswith("sqlite:") and artifact_dir is not None:
-        location = Path(artifact_dir).resolve().as_uri()
+    if tracking_uri.startswith("sqlite:") and artifact_location is not None:
+        location = str(artifact_location) if "://" in str(artifact_location) else \
+            Path(artifact_location).resolve().as_uri()
     return c.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
 

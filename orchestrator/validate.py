@@ -1,7 +1,8 @@
 """Checks at the edge, before Ray or MD starts: every refusal names the flag, file, field or value and
 what would be accepted, and nothing is created or changed when one fails (issue 8).
 
-`run_ablation` calls `preflight()` after the options and the study validated and before `ray.init`;
+`run_ablation` calls `check_storage()` before it reads anything from --storage, and `preflight()` after the
+options and the study validated and before `ray.init`;
 `write_plan()` records the study in `report/study.json` when it starts (not when it ends), and
 `--resume` compares the new command with that record (`check_resume`).
 """
@@ -14,12 +15,13 @@ import re
 import socket
 from pathlib import Path
 
+from orchestrator.storage import Storage
+
 PLAN_FILE = "study.json"
 # what a resumed study must share with the one it continues (resources and addresses may change)
 PLAN_KEYS = ("study", "study_source", "arms", "reference", "models", "seeds", "datasets", "split_seeds",
              "fixed", "tune_hparams",
              "tuning_space", "scheduler", "tracking_uri", "experiment")
-MIN_FREE_BYTES = int(os.environ.get("DCNN_MIN_FREE_MB", "64")) * 2**20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,127}$")
 
 
@@ -119,33 +121,10 @@ def check_split(fixed: dict, where: str = "") -> None:
                          f"n_val/n_test (--set n_train=...) or use a larger data set") from None
 
 
-def check_storage(storage: Path) -> None:
-    """--storage must be (or be creatable as) a writable folder; checked without creating anything."""
-    p = Path(storage)
-    probe = p
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise ValueError(f"--storage {storage}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK) or _read_only_mount(probe):
-        raise ValueError(f"--storage {storage}: {probe} is not writable (read-only file system or no "
-                         f"permission); choose a writable folder")
-    import shutil
-
-    free = shutil.disk_usage(probe).free
-    if free < MIN_FREE_BYTES:
-        raise ValueError(f"--storage {storage}: only {free / 2**20:.1f} MiB free on its disk; a study needs "
-                         f"at least {MIN_FREE_BYTES / 2**20:.0f} MiB (checkpoints, results, MLflow store): "
-                         f"free some space or choose another folder")
-
-
-def _read_only_mount(path: Path) -> bool:
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):
-        return False
+def check_storage(storage) -> None:
+    """--storage must be (or be creatable as) a writable folder, or an object-store prefix this machine
+    may write to; checked without leaving anything behind (orchestrator/storage.py)."""
+    Storage.resolve(storage).check_writable()
 
 
 def check_tracking_store(uri: str) -> None:
@@ -185,15 +164,17 @@ def _norm(value):
     return json.loads(json.dumps(value, default=str))
 
 
-def check_resume(experiment_dir: Path, plan: dict) -> None:
+def check_resume(experiment_dir, plan: dict) -> None:
     """--resume with flags that change the study is refused with the list of differences."""
     from orchestrator.report import REPORT_DIR
 
-    path = Path(experiment_dir) / REPORT_DIR / PLAN_FILE
-    if not path.exists():
+    study = Storage.resolve(experiment_dir)
+    rel = f"{REPORT_DIR}/{PLAN_FILE}"
+    path = f"{study}/{rel}"
+    if not study.exists(rel):
         return  # a study started before plans were recorded: nothing to compare with
     try:
-        recorded = json.loads(path.read_text())
+        recorded = json.loads(study.read_text(rel))
     except (OSError, ValueError) as e:
         raise ValueError(f"--resume: {path} is unreadable ({e}); cannot tell which study to continue") from None
     new = _norm(plan)
@@ -215,30 +196,26 @@ def check_resume(experiment_dir: Path, plan: dict) -> None:
                          f"study with another --experiment (nothing was changed)")
 
 
-def write_plan(experiment_dir: Path, plan: dict, extra: dict | None = None) -> Path:
-    """Record the study when it starts (atomically); the end of the study adds to the same file."""
+def write_plan(experiment_dir, plan: dict, extra: dict | None = None) -> str:
+    """Record the study when it starts (one whole-file write); the end of the study adds to the same file."""
     from orchestrator.report import REPORT_DIR
 
-    out = Path(experiment_dir) / REPORT_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / PLAN_FILE
+    study = Storage.resolve(experiment_dir)
+    rel = f"{REPORT_DIR}/{PLAN_FILE}"
     old = {}
-    if path.exists():
+    if study.exists(rel):
         try:
-            old = json.loads(path.read_text())
+            old = json.loads(study.read_text(rel))
         except (OSError, ValueError):
             old = {}
     data = {**old, **_norm(plan), **_norm(extra or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    study.write_text(rel, json.dumps(data, indent=2, default=str))
+    return f"{study}/{rel}"
 
 
-def preflight(opts, study, experiment: str, experiment_dir: Path, tracking_uri: str) -> dict:
+def preflight(opts, study, experiment: str, experiment_dir: Storage, tracking_uri: str) -> dict:
     """Everything left to check before Ray starts; returns the study's plan."""
     check_name("--experiment", experiment)
-    check_storage(experiment_dir.parent)
     for dataset in study.datasets:
         check_split({"dataset": dataset, **{k: study.setting(k) for k in ("n_train", "n_val", "n_test")}})
     if opts.tracking_uri:
@@ -250,25 +227,29 @@ def preflight(opts, study, experiment: str, experiment_dir: Path, tracking_uri: 
     return plan
 
 
-def check_study_folder(path: Path) -> None:
-    """`report PATH`: PATH must be a study folder whose trial folders are readable."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"report {path}: no such folder (expected a study folder STORAGE/EXPERIMENT)")
-    if not path.is_dir():
-        raise ValueError(f"report {path}: is a file, expected a study folder STORAGE/EXPERIMENT")
-    params = sorted(path.glob("*/params.json"))
+def check_study_folder(path) -> Storage:
+    """`report PATH`: PATH (a folder or an object-store URI) must be a study folder whose trial folders are
+    readable; returns it resolved."""
+    study = Storage.resolve(path, flag="report", absolute=False)
+    if not study.exists():
+        raise ValueError(f"report {study}: no such folder (expected a study folder STORAGE/EXPERIMENT)")
+    if study.is_file():
+        raise ValueError(f"report {study}: is a file, expected a study folder STORAGE/EXPERIMENT")
+    files = study.files()
+    params = [f for f in files if f.count("/") == 1 and f.endswith("/params.json")]
     if not params:
-        studies = sorted(p.parent.parent.name for p in path.glob("*/*/params.json"))
-        hint = (f"; did you mean {path / studies[0]}?" if studies else
+        studies = sorted(f.split("/")[0] for f in files if f.count("/") == 2 and f.endswith("/params.json"))
+        hint = (f"; did you mean {study / studies[0]}?" if studies else
                 " (Tune trial folders, each with params.json and result.json)")
-        raise ValueError(f"report {path}: holds no trials{hint}")
-    for f in params:
+        raise ValueError(f"report {study}: holds no trials{hint}")
+    for rel in params:
+        f = f"{study}/{rel}"
         try:
-            config = json.loads(f.read_text())
+            config = json.loads(study.read_text(rel))
         except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise ValueError(f"report {path}: {f} is unreadable or not JSON ({e}); that trial folder was "
+            raise ValueError(f"report {study}: {f} is unreadable or not JSON ({e}); that trial folder was "
                              f"cut off or edited: remove it or resume the study") from None
         if not isinstance(config, dict):
-            raise ValueError(f"report {path}: {f} holds {type(config).__name__}, expected a trial's config "
+            raise ValueError(f"report {study}: {f} holds {type(config).__name__}, expected a trial's config "
                              f"mapping; remove that trial folder or resume the study")
+    return study
