@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import logging
 import os
 import shutil
 import tempfile
@@ -26,8 +27,11 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 from urllib.parse import parse_qs, urlsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
+# the CLI logs at INFO: botocore would announce where it found credentials on every client it makes
+logging.getLogger("botocore").setLevel(logging.WARNING)
 MIN_FREE_BYTES = int(os.environ.get("DCNN_MIN_FREE_MB", "64")) * 2**20
 # non-secret settings of the AWS SDKs that Ray's workers must share with the driver (never credentials)
 WORKER_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
@@ -35,10 +39,18 @@ _SECRET_QUERY = {"access_key", "secret_key", "session_token", "password", "token
 
 
 class Storage:
-    """A folder on a file system: `fs` (pyarrow), `path` on it, `uri` as the user wrote it (for messages)."""
+    """A folder on a file system: `fs` (pyarrow) and `path` on it, `uri` as the user wrote it (for
+    messages and records).  An object store is resolved on first use, not when the flag is parsed: on
+    AWS that asks the bucket's region over the network, which belongs with the other storage checks
+    (`check_writable`), not with option parsing."""
 
-    def __init__(self, fs: pafs.FileSystem, path: str, uri: str):
-        self.fs, self.path, self.uri = fs, path.rstrip("/") or "/", uri.rstrip("/")
+    def __init__(self, uri: str, fs: pafs.FileSystem | None = None, path: str | None = None,
+                 flag: str = "--storage", source: str | None = None, parent: "Storage | None" = None,
+                 name: str | None = None):
+        self.uri, self.flag = uri.rstrip("/") if uri != "/" else uri, flag
+        self._fs, self._path = fs, path
+        self._source = source or uri  # the URI pyarrow resolves (with any ?region=... options)
+        self._parent, self._name = parent, name
 
     # -- resolving ---------------------------------------------------------------------------------
     @classmethod
@@ -55,27 +67,56 @@ class Storage:
                 raise ValueError(f"{flag} must be an absolute path (trials run in other directories) or an "
                                  f"object-store URI such as s3://bucket/prefix, got {text!r}")
             path = os.path.normpath(text)
-            return cls(pafs.LocalFileSystem(), path, path)
+            return cls(path, pafs.LocalFileSystem(), path, flag)
         parts = urlsplit(text)
         if parts.username or parts.password or _SECRET_QUERY & {k.lower() for k in parse_qs(parts.query)}:
             raise ValueError(f"{flag}: the URI carries credentials; refusing it (they would appear in logs, "
                              f"study.json and MLflow). Give credentials the SDK's standard way: "
                              f"AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE and ~/.aws, or an "
                              f"instance/pod role")
-        shown = f"{parts.scheme}://{parts.netloc}{parts.path}"  # what messages and records show
-        if not parts.netloc and parts.scheme != "file":
+        if parts.scheme == "file":
+            return cls.resolve(parts.path, flag)
+        if not parts.netloc:
             raise ValueError(f"{flag} {text!r}: expected SCHEME://BUCKET/PREFIX, e.g. s3://my-bucket/studies")
+        if parts.scheme not in _known_schemes():
+            raise ValueError(f"{flag} {text!r}: unknown storage scheme {parts.scheme!r}; use an absolute folder, "
+                             f"s3://BUCKET/PREFIX, or another URI pyarrow or fsspec knows (gs://, abfs://, "
+                             f"hdfs://, ...)")
+        return cls(f"{parts.scheme}://{parts.netloc}{parts.path}", flag=flag, source=text)
+
+    def _resolve(self) -> None:
+        if self._fs is not None:
+            return
+        if self._parent is not None:
+            self._fs, self._path = self._parent.fs, f"{self._parent.path}/{self._name}"
+            return
         try:
-            fs, path = pafs.FileSystem.from_uri(text)
-        except (ValueError, OSError) as e:  # pyarrow's ArrowInvalid is a ValueError
-            fs, path = _fsspec(text, flag, e)
-        if isinstance(fs, pafs.LocalFileSystem):
-            return cls(fs, os.path.normpath(path), os.path.normpath(path))
-        return cls(fs, path, shown)
+            fs, path = pafs.FileSystem.from_uri(self._source)
+        except pa.ArrowInvalid as e:  # a scheme pyarrow does not know
+            fs, path = _fsspec(self._source, self.flag, e)
+        except OSError as e:  # e.g. the bucket's region could not be asked for
+            raise ValueError(f"{self.flag} {self.uri}: cannot reach the store ({_first_line(e)}); check the "
+                             f"network, the bucket name and the endpoint (AWS_ENDPOINT_URL_S3 / "
+                             f"AWS_ENDPOINT_URL for an S3-compatible store)") from None
+        self._fs, self._path = fs, path.rstrip("/") or "/"
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        self._resolve()
+        return self._fs
+
+    @property
+    def path(self) -> str:
+        self._resolve()
+        return self._path
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.uri).scheme if "://" in self.uri else ""
 
     @property
     def is_local(self) -> bool:
-        return isinstance(self.fs, pafs.LocalFileSystem)
+        return not self.scheme
 
     @property
     def local_path(self) -> Path:
@@ -85,7 +126,9 @@ class Storage:
         return Path(self.path)
 
     def __truediv__(self, name: str) -> "Storage":
-        return Storage(self.fs, f"{self.path}/{name}", f"{self.uri}/{name}")
+        if self.is_local:
+            return Storage(f"{self.uri}/{name}", self._fs, f"{self._path}/{name}", self.flag)
+        return Storage(f"{self.uri}/{name}", flag=self.flag, parent=self, name=name)
 
     def __str__(self) -> str:
         return self.uri
@@ -95,7 +138,7 @@ class Storage:
 
     @property
     def name(self) -> str:
-        return PurePosixPath(self.path).name
+        return PurePosixPath(self.uri).name
 
     def tune_location(self) -> tuple[str, pafs.FileSystem | None]:
         """(storage_path, storage_filesystem) for Tune's RunConfig / Tuner.restore / can_restore."""
@@ -182,17 +225,19 @@ class Storage:
                         destination_filesystem=self.fs)
 
     # -- checks before Ray starts -------------------------------------------------------------------
-    def check_writable(self, flag: str = "--storage") -> None:
+    def check_writable(self) -> None:
         """The folder can hold a study: a writable local folder with room, or a reachable store where
         this machine's credentials may write.  Nothing is left behind."""
+        flag = self.flag
         if self.is_local:
             _check_local(Path(self.path), flag)
             return
-        _check_credentials(self.fs, flag, self.uri)
+        if self.scheme == "s3":
+            _check_credentials(flag, self.uri)
         probe_fs = _fail_fast(self.fs)
-        top = self.path.split("/", 1)[0]
+        top = self.path.split("/", 1)[0]  # the bucket, for stores whose paths start with one
         try:
-            if probe_fs.get_file_info(top).type == pafs.FileType.NotFound:
+            if top and probe_fs.get_file_info(top).type == pafs.FileType.NotFound:
                 raise ValueError(f"{flag} {self.uri}: the bucket {top!r} does not exist at "
                                  f"{_endpoint(self.fs)}; create it first or fix the URI (or the endpoint, "
                                  f"AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
@@ -201,8 +246,7 @@ class Storage:
                 f.write(b"probe")
             probe_fs.delete_file(probe)
         except OSError as e:
-            first = str(e).strip().splitlines()[0][:400] if str(e).strip() else type(e).__name__
-            raise ValueError(f"{flag} {self.uri}: cannot write there ({first}); check the endpoint "
+            raise ValueError(f"{flag} {self.uri}: cannot write there ({_first_line(e)}); check the endpoint "
                              f"({_endpoint(self.fs)}; AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL), the bucket "
                              f"name and that this machine's credentials may write to it") from None
 
@@ -230,8 +274,23 @@ def _fsspec(text: str, flag: str, arrow_error: Exception):
     return PyFileSystem(FSSpecHandler(fs)), path.rstrip("/")
 
 
+def _known_schemes() -> set:
+    schemes = {"s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"}  # pyarrow's own file systems
+    try:
+        from fsspec.registry import known_implementations
+
+        schemes |= set(known_implementations)
+    except ImportError:
+        pass
+    return schemes
+
+
 def _endpoint(fs) -> str:
-    return getattr(fs, "endpoint_override", "") or "the provider's default endpoint"
+    """The endpoint an S3 file system talks to (pyarrow keeps it in its options, not as an attribute)."""
+    options = {}
+    if isinstance(fs, getattr(pafs, "S3FileSystem", ())):
+        options = fs.__reduce__()[1][0]
+    return options.get("endpoint_override") or "the provider's default endpoint"
 
 
 def _fail_fast(fs):
@@ -243,11 +302,14 @@ def _fail_fast(fs):
     return rebuild({**options, "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=1)})
 
 
-def _check_credentials(fs, flag: str, uri: str) -> None:
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:400] if text else type(e).__name__
+
+
+def _check_credentials(flag: str, uri: str) -> None:
     """S3 needs credentials from the standard chain (the SDKs would otherwise send unsigned requests and
     fail later, on every node)."""
-    if not isinstance(fs, getattr(pafs, "S3FileSystem", ())):
-        return
     try:
         import botocore.session
     except ImportError:  # nothing to ask: the write probe still finds refused requests

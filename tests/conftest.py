@@ -45,6 +45,25 @@ def tracking_uri(tmp_path_factory):
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (moto) on 127.0.0.1 for the session; buckets are per test."""
+    from local_cluster import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("moto")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """This process sees the store the way a user configures it: credentials and endpoint in the
+    SDK's standard environment variables (nothing in flags)."""
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    return s3_server
+
+
 def write_study(path, designs, reference=None, models=("schnet",), seeds=(0,), fixed=None):
     import yaml
 

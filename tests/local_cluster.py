@@ -161,3 +161,70 @@ class MlflowServer:
     def stop(self) -> None:
         if self.proc is not None:
             _stop_group(self.proc, timeout=20)
+
+
+class S3Server:
+    """moto's standalone S3-compatible server on 127.0.0.1 (in memory), stopped by process group.
+
+    `env` is what a user of an S3-compatible store sets: credentials and the endpoint in the SDK's
+    standard variables.  The secret is distinctive so tests can assert it is never stored anywhere."""
+
+    KEY, SECRET = "dcnn-test-key-id", "dcnn-test-SECRET-5f2c9e71"
+
+    def __init__(self, log_dir: Path):
+        self.log_dir, self.port = Path(log_dir), free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    @property
+    def credentials(self) -> dict:
+        return {"AWS_ACCESS_KEY_ID": self.KEY, "AWS_SECRET_ACCESS_KEY": self.SECRET}
+
+    @property
+    def env(self) -> dict:
+        return {**self.credentials, "AWS_ENDPOINT_URL": self.endpoint, "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def start(self, timeout: float = 60) -> "S3Server":
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=open(self.log_dir / "moto.log", "w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True, env=ENV)
+        deadline = time.time() + timeout
+        while time.time() < deadline and self.proc.poll() is None:
+            try:
+                self.client().list_buckets()
+                return self
+            except Exception:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("moto server did not start:\n" + (self.log_dir / "moto.log").read_text()[-3000:])
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=self.KEY, aws_secret_access_key=self.SECRET)
+
+    def bucket(self, name: str) -> str:
+        c = self.client()
+        if name not in {b["Name"] for b in c.list_buckets()["Buckets"]}:
+            c.create_bucket(Bucket=name)
+        return name
+
+    def objects(self, bucket: str, prefix: str = "") -> dict:
+        """{key: content} of every object under prefix (one deleted while listing is left out)."""
+        c = self.client()
+        keys = [o["Key"] for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                for o in page.get("Contents", [])]
+        out = {}
+        for k in keys:
+            try:
+                out[k] = c.get_object(Bucket=bucket, Key=k)["Body"].read()
+            except c.exceptions.NoSuchKey:
+                continue
+        return out
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop_group(self.proc, timeout=10)
