@@ -75,11 +75,15 @@ class LocalRayCluster:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
 
-    def _start(self, args: list[str], name: str) -> None:
+    def _start(self, args: list[str], name: str, node: dict) -> None:
+        """`node` may give the node its own environment ("env"), working folder ("cwd") and Ray temp
+        folder ("temp_dir": sessions, logs, trial working folders), as a separate machine would have."""
         log = open(self.log_dir / f"{name}.log", "w")
+        if node.get("temp_dir"):
+            args = [*args, "--temp-dir", str(node["temp_dir"])]
         self.procs.append(subprocess.Popen(["ray", "start", "--block", "--disable-usage-stats", *args],
                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                           env=ENV))
+                                           env=node.get("env", ENV), cwd=node.get("cwd")))
 
     def node_count(self) -> int:
         code = ("import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False, configure_logging=False);"
@@ -96,11 +100,11 @@ class LocalRayCluster:
             res = ["--num-cpus", str(node.get("cpus", 1)), "--num-gpus", str(node.get("gpus", 0))]
             if k == 0:
                 self._start(["--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
-                             "--include-dashboard", "false", *res, *_node_ports()], "head")
+                             "--include-dashboard", "false", *res, *_node_ports()], "head", node)
                 self._wait_for(1, timeout)
             else:
                 self._start(["--address", self.address, "--node-ip-address", "127.0.0.1", *res, *_node_ports()],
-                            f"worker{k}")
+                            f"worker{k}", node)
         self._wait_for(len(self.nodes), timeout)
         return self
 
@@ -134,18 +138,22 @@ class LocalRayCluster:
 class MlflowServer:
     """`mlflow server` on 127.0.0.1 with the lean flags of design §4 (one worker, no job execution)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, artifacts_destination: str | None = None, env: dict | None = None):
+        """`artifacts_destination` (default: a folder under root) may be an object store (s3://...): the
+        server proxies artifacts there with its own credentials (`env`); clients never need them."""
         self.root, self.port = Path(root), free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
+        self.artifacts = artifacts_destination or str(self.root / "artifacts")
+        self.env = env or {}
         self.proc = None
 
     def start(self, timeout: float = 90) -> "MlflowServer":
         self.root.mkdir(parents=True, exist_ok=True)
-        env = {**ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = {**ENV, **self.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.proc = subprocess.Popen(
             ["mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts")],
+             "--artifacts-destination", self.artifacts],
             stdout=open(self.root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
         deadline = time.time() + timeout
         while time.time() < deadline and self.proc.poll() is None:
