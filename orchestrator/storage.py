@@ -4,13 +4,16 @@ pyarrow or fsspec resolves), behind one small interface (issue 12).
 `Storage.resolve(text)` turns a `--storage` string into a pyarrow FileSystem and a path on it, and offers
 the few operations the orchestrator needs: exists / read / write / list, a local copy of a study for the
 report, and upload of the report back beside the study.  Tune gets the same (path, file system) pair, so
-its trials write checkpoints straight to the store.  No other module asks which kind of storage it has.
+its trials write checkpoints straight to the store.  Other modules ask at most `is_local` (the
+default sqlite MLflow store needs a folder); none branches on the kind of store.
 
 Credentials come only from the SDK's standard chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/
 AWS_SESSION_TOKEN, AWS_PROFILE and ~/.aws, an instance or pod role): a URI that carries credentials is
 refused, so they never reach flags, logs, study.json or MLflow.  Custom S3-compatible endpoints are set
-the way the AWS SDKs read them, `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` (pyarrow ≥ 15 and
-boto3 ≥ 1.28 both honour them).  pyarrow pickles a resolved S3 file system with its endpoint and never
+the way the AWS SDKs read them, `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`: pyarrow's
+`FileSystem.from_uri` (used here and by Ray) reads both from pyarrow 15 on (apache/arrow#36791, #39160;
+its `S3FileSystem()` constructor does not, apache/arrow#49643), and boto3 (MLflow's S3 artifacts) reads
+them too.  pyarrow pickles a resolved S3 file system with its endpoint and never
 with the credentials, so a trial on another node reaches the same endpoint and signs with its own node's
 credentials; `worker_env()` forwards the endpoint and region variables to Ray's workers as well.
 """

@@ -175,7 +175,11 @@ CASES = [
     ("dataset-nan", ["ablate", "--dataset", "{d}/nan_labels.npz"], "{d}/nan_labels.npz: energies contain NaN"),
     ("dataset-too-small", ["ablate", "--dataset", "{d}/small.npz"], "{d}/small.npz: too small for the split"),
     ("storage-relative", ["ablate", "--storage", "relative/dir"], "--storage must be an absolute path"),
-    ("storage-uri", ["ablate", "--storage", "s3://bucket/x"], "--storage 's3://bucket/x': object-store URIs"),
+    ("storage-uri-credentials", ["ablate", "--storage", "s3://AKIDEXAMPLE:wJalrEXAMPLEKEY@bucket/x"], "--storage: the URI carries credentials; refusing it"),
+    ("storage-uri-secret-query", ["ablate", "--storage", "s3://bucket/x?secret_key=wJalrEXAMPLEKEY"], "--storage: the URI carries credentials"),
+    ("storage-uri-scheme", ["ablate", "--storage", "nosuch://bucket/x"], "--storage 'nosuch://bucket/x': unknown storage scheme 'nosuch'"),
+    ("storage-uri-no-tracking", ["ablate", "--storage", "s3://bucket/x"], "--storage s3://bucket/x: the default MLflow store (sqlite in the storage folder) cannot live in an object store"),
+    ("report-uri-credentials", ["report", "s3://AKIDEXAMPLE:wJalrEXAMPLEKEY@bucket/x"], "report: the URI carries credentials"),
     ("storage-file", ["ablate", "--storage", "{d}/notes.txt", *TINY_SET], "{d}/notes.txt is a file, not a folder"),
     ("storage-under-file", ["ablate", "--storage", "{d}/notes.txt/x", *TINY_SET], "{d}/notes.txt is a file"),
     ("tracking-not-uri", ["ablate", "--tracking-uri", "mlflow.db"], "--tracking-uri 'mlflow.db': expected http(s)"),
@@ -338,7 +342,7 @@ def test_bad_input_is_refused_before_any_compute(argv, message, inputs, capsys):
     out, err = capsys.readouterr()
     assert rc != 0, out + err
     assert message in err, err
-    assert "Traceback" not in out + err
+    assert "Traceback" not in out + err and "wJalrEXAMPLEKEY" not in out + err  # never echo a secret
     assert len([line for line in err.strip().splitlines() if "error" in line]) == 1, err  # one message
     assert (snapshot(work), snapshot(d)) == before, "a refused command created or changed files"
 
