@@ -53,6 +53,28 @@ def test_storage_operations_on_a_folder_and_a_bucket(tmp_path, s3_env):
         "res/exp/t1/params.json"]
 
 
+def test_restore_passes_over_a_checkpoint_folder_left_without_its_file(tmp_path, s3_env):
+    """A driver killed while Tune deleted an old checkpoint can leave its folder (on S3: the folder's
+    marker object) without the trainer file; a restore from it must use the newest complete one."""
+    from ray import tune
+
+    from orchestrator.storage import Storage
+    from trainables.dcnn_trainables import CHECKPOINT_FILE, _newest_checkpoint_instead_of
+
+    for storage in (Storage.resolve(tmp_path / "res"), Storage.resolve(f"s3://{s3_env.bucket('ckpt')}/res")):
+        trial = storage / "trial"
+        trial.write_text(f"checkpoint_000002/{CHECKPOINT_FILE}", "epoch 3")
+        trial.write_text(f"checkpoint_000003/{CHECKPOINT_FILE}", "epoch 4, cut off")
+        trial.fs.delete_file(f"{trial.path}/checkpoint_000003/{CHECKPOINT_FILE}")
+        trial.fs.create_dir(f"{trial.path}/checkpoint_000001")  # an emptied folder, as the kill left it
+        assert trial.exists("checkpoint_000001") and trial.exists("checkpoint_000003")
+        stale = tune.Checkpoint(f"{trial.path}/checkpoint_000001", filesystem=trial.fs)
+        newer = _newest_checkpoint_instead_of(stale)
+        assert newer is not None and newer.path.endswith("checkpoint_000002")  # not the empty 000003
+        whole = tune.Checkpoint(f"{trial.path}/checkpoint_000002", filesystem=trial.fs)
+        assert _newest_checkpoint_instead_of(whole) is None
+
+
 @pytest.mark.parametrize("case", ["no-bucket", "wrong-endpoint", "no-credentials"])
 def test_bad_object_store_is_refused_before_ray_starts(case, s3_env, tmp_path, monkeypatch, capsys):
     import orchestrator.runner

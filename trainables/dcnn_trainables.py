@@ -113,13 +113,14 @@ def _faults(config: dict, action: str, epoch: int) -> list[dict]:
 
 def _newest_checkpoint_instead_of(checkpoint):
     """The newest `checkpoint_*` folder (with a trainer checkpoint) beside a checkpoint that is gone;
-    None when the checkpoint exists or nothing can stand in for it."""
+    None when the checkpoint exists or nothing can stand in for it.  Gone means its trainer file is: a
+    deletion cut off by a kill can leave the folder (on an object store, a marker object) without it."""
     if checkpoint is None:
         return None
     import pyarrow.fs as pafs
 
     fs, path = checkpoint.filesystem, checkpoint.path
-    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+    if fs.get_file_info(f"{path.rstrip('/')}/{CHECKPOINT_FILE}").type == pafs.FileType.File:
         return None
     parent = path.rstrip("/").rsplit("/", 1)[0]
     try:
