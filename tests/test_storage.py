@@ -134,7 +134,7 @@ def test_study_on_s3_killed_resumed_and_reported(s3_env, tmp_path, tracking_uri,
     nothing is written locally and the secret key is stored nowhere."""
     bucket = s3_env.bucket("studies")
     storage, uri = f"s3://{bucket}/res", f"s3://{bucket}/res/s3-killed"
-    study = write_study(tmp_path / "s3.yaml", ONE_ARM, REF, seeds=(0, 1), fixed={"epochs": 6})
+    study = write_study(tmp_path / "s3.yaml", ONE_ARM, REF, seeds=(0, 1), fixed={"epochs": 4})
     args = ["--study", study, "--storage", storage, "--tracking-uri", tracking_uri, "--experiment", "s3-killed",
             "--max-concurrent", "1"]
     cwd = tmp_path / "cwd"
@@ -156,13 +156,13 @@ def test_study_on_s3_killed_resumed_and_reported(s3_env, tmp_path, tracking_uri,
     assert os.listdir(cwd) == [], "the driver wrote study files locally"
     objects = s3_env.objects(bucket, "res/s3-killed/")
     plan = json.loads(objects["res/s3-killed/report/study.json"])
-    assert plan["seeds"] == [0, 1] and plan["fixed"]["epochs"] == 6  # recorded in the bucket at the start
+    assert plan["seeds"] == [0, 1] and plan["fixed"]["epochs"] == 4  # recorded in the bucket at the start
     done_before = {k: v for k, v in objects.items() if k.endswith("result.json") and b'"done": true' in v}
 
     from orchestrator.cli import main
 
     assert main(["ablate", *args, "--resume", "--epochs", "8"]) == 2  # other flags: refused
-    assert "epochs: 6 → 8" in capsys.readouterr().err
+    assert "epochs: 4 → 8" in capsys.readouterr().err
     assert s3_env.objects(bucket, "res/s3-killed/") == objects  # nothing changed in the bucket
     assert main(["ablate", *args, "--resume"]) == 0
     objects = s3_env.objects(bucket, "res/s3-killed/")
@@ -178,7 +178,7 @@ def test_study_on_s3_killed_resumed_and_reported(s3_env, tmp_path, tracking_uri,
     assert len(trial_runs) == 2 and all(r.info.status == "FINISHED" for r in trial_runs)
     for r in trial_runs:  # one run per trial, one point per epoch across the kill
         for k in KEYS:
-            assert sorted(m.step for m in c.get_metric_history(r.info.run_id, k)) == list(range(1, 7))
+            assert sorted(m.step for m in c.get_metric_history(r.info.run_id, k)) == list(range(1, 5))
     parent = next(r for r in runs if r.data.tags.get("dcnn.role") == "study")
     assert parent.data.tags["dcnn.storage"] == uri
     stored_md = objects["res/s3-killed/report/report.md"]
