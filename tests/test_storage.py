@@ -135,12 +135,16 @@ def test_study_on_s3_killed_resumed_and_reported(s3_env, tmp_path, tracking_uri,
     bucket = s3_env.bucket("studies")
     storage, uri = f"s3://{bucket}/res", f"s3://{bucket}/res/s3-killed"
     study = write_study(tmp_path / "s3.yaml", ONE_ARM, REF, seeds=(0, 1), fixed={"epochs": 4})
-    args = ["--study", study, "--storage", storage, "--tracking-uri", tracking_uri, "--experiment", "s3-killed",
-            "--max-concurrent", "1"]
+    # one trial at a time by resources, not by --max-concurrent: with a concurrency limit Tune creates
+    # trials lazily, and a driver killed between its searcher's and its trials' snapshots can leave a
+    # restored searcher waiting forever for a trial it already made (seen here on S3, a Ray Tune race)
+    args = ["--study", study, "--storage", storage, "--tracking-uri", tracking_uri, "--experiment", "s3-killed"]
+    whole_node = ["--cpus-per-trial", str(os.cpu_count() or 2)]
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ablate", "--address", "local", *args],
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ablate", "--address", "local", *args,
+                             *whole_node],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "1"})
     deadline, trials = time.time() + 180, {}
@@ -164,7 +168,7 @@ def test_study_on_s3_killed_resumed_and_reported(s3_env, tmp_path, tracking_uri,
     assert main(["ablate", *args, "--resume", "--epochs", "8"]) == 2  # other flags: refused
     assert "epochs: 4 → 8" in capsys.readouterr().err
     assert s3_env.objects(bucket, "res/s3-killed/") == objects  # nothing changed in the bucket
-    assert main(["ablate", *args, "--resume"]) == 0
+    assert main(["ablate", *args, "--resume", "--cpus-per-trial", "2"]) == 0  # the session's Ray: 2 CPUs
     objects = s3_env.objects(bucket, "res/s3-killed/")
     for key, body in done_before.items():
         assert objects[key] == body  # the finished trial was not re-run
