@@ -91,14 +91,19 @@ class _Antiderivative(torch.autograd.Function):
     """F(x) whose backward is exactly the base activation, written in differentiable torch ops.
 
     Because the backward is itself built from differentiable ops, double backward (needed by
-    force training) is the base activation's own derivative, exact and cheap.
+    force training) is the base activation's own derivative, exact and cheap.  Written in the
+    `setup_context` style, which `torch.func` transforms (vjp in `dcnn.compiled`) require.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, forward_fn: Callable, base_fn: Callable) -> torch.Tensor:
+    def forward(x: torch.Tensor, forward_fn: Callable, base_fn: Callable) -> torch.Tensor:
+        return forward_fn(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, _, base_fn = inputs
         ctx.save_for_backward(x)
         ctx.base_fn = base_fn
-        return forward_fn(x)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):

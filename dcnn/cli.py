@@ -22,7 +22,8 @@ from dcnn.models import MODEL_NAMES, PRESET_NAMES
 from dcnn.outputs import check_output, same_file
 
 _CHOICES = {"model": MODEL_NAMES, "preset": PRESET_NAMES, "activation": ACTIVATION_CHOICES,
-            "scope": ("paper", "all"), "dtype": ("float32", "float64")}
+            "scope": ("paper", "all"), "dtype": ("float32", "float64"),
+            "compile": ("off", "on", "auto")}
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -69,7 +70,8 @@ def _fmt(v) -> str:
 
 CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "config")
 # a checkpoint resumes only the run it was written by; these may change when it is resumed
-_RESUMABLE_CHANGES = ("epochs", "lr", "device", "threads", "eval_batch_size", "force_weight", "batch_size")
+_RESUMABLE_CHANGES = ("epochs", "lr", "device", "threads", "eval_batch_size", "force_weight", "batch_size",
+                      "compile")
 
 
 def load_checkpoint_file(path, flag: str = "--resume") -> dict:

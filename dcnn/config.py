@@ -79,6 +79,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 1
     dtype: str = "float32"
+    # energy+force step: "off" eager autograd, "on" traced + torch.compile'd (dcnn/compiled.py), "auto"
+    # compile only when the timed eager steps say the compile time will be paid back (AutoDecision)
+    compile: str = "auto"
 
     def __post_init__(self):
         self._coerce()
@@ -125,6 +128,7 @@ class TrainConfig:
         choice("activation", ACTIVATION_CHOICES)
         choice("scope", ("paper", "all"))
         choice("dtype", ("float32", "float64"))
+        choice("compile", ("off", "on", "auto"))
         choice("lr_schedule", SCHEDULES)
         if not (self.device in ("auto", "cpu", "cuda") or
                 (self.device.startswith("cuda:") and self.device[5:].isdigit())):

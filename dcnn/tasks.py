@@ -17,7 +17,8 @@ from dcnn.activations import replace_activations
 from dcnn.config import TrainConfig
 from dcnn.data import MoleculeDataset, load_dataset, split_indices
 from dcnn.labels import LabelTransform, baselines
-from dcnn.models import MAX_Z, build_model, default_activation, denormalize, energy_and_forces
+from dcnn.compiled import make_energy_forces
+from dcnn.models import MAX_Z, build_model, default_activation, denormalize
 
 
 class Task(Protocol):
@@ -70,6 +71,10 @@ class MoleculeTask:
             replaced = replace_activations(model, config.activation, config.scope).replaced_activations
         removed = denormalize(model) if config.denorm else 0
         self.model = model.to(device=device, dtype=dtype)
+        # the E+F function is chosen once: eager autograd, or traced + compiled (dcnn/compiled.py)
+        self.energy_and_forces = make_energy_forces(
+            self.model, config.compile, config.model,
+            total_steps=config.epochs * math.ceil(len(idx[0]) / config.batch_size))
         self.info = {
             "energy_unit": ds.energy_unit, "force_unit": ds.force_unit, "theory": ds.theory,
             "dataset_name": ds.name, "n_atoms": ds.n_atoms,
@@ -80,9 +85,19 @@ class MoleculeTask:
             "energy_shift": self.labels.offset,
         }
 
+    def compile_stats(self) -> dict:
+        """Compile time so far (s), whether training steps run compiled (1/0), and why not if it fell back."""
+        ef = self.energy_and_forces
+        auto = getattr(ef, "auto", None)
+        compiled = hasattr(ef, "graphs") and ef.failed is None and (auto is None or auto.decision is True)
+        out = {"compile_s": float(getattr(ef, "compile_time_s", 0.0)), "compiled": int(compiled)}
+        if getattr(ef, "failed", None):
+            out["compile_fallback"] = ef.failed
+        return out
+
     def loss(self, index):
         pos, energy, forces, e_label, f_label = self.splits["train"]
-        e_pred, f_pred = energy_and_forces(self.model, pos[index], self.numbers, create_graph=True)
+        e_pred, f_pred = self.energy_and_forces(pos[index], self.numbers, create_graph=True)
         loss = (e_pred - e_label[index]).abs().mean() + self.force_weight * (f_pred - f_label[index]).abs().mean()
         with torch.no_grad():  # the same terms in physical units, for the record
             e_mae = (self.labels.inverse_energies(e_pred) - energy[index]).abs().mean()
@@ -100,7 +115,7 @@ class MoleculeTask:
         f_abs = torch.zeros_like(e_abs)
         for start in range(0, n, self.config.eval_batch_size):
             sl = slice(start, start + self.config.eval_batch_size)
-            e_pred, f_pred = energy_and_forces(self.model, pos[sl], self.numbers, create_graph=False)
+            e_pred, f_pred = self.energy_and_forces(pos[sl], self.numbers, create_graph=False)
             e_abs += (self.labels.inverse_energies(e_pred.detach()) - energy[sl]).abs().sum()
             f_abs += (self.labels.inverse_forces(f_pred.detach()) - forces[sl]).abs().sum()
         self.model.train(was_training)

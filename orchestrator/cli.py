@@ -58,7 +58,7 @@ def cmd_ablate(args) -> int:
         max_concurrent=args.max_concurrent, address=args.address, storage=args.storage,
         tracking_uri=args.tracking_uri, experiment=args.experiment, resume=args.resume,
         tune_hparams=args.tune_hparams, tuning_space=args.tuning_space, scheduler=args.scheduler,
-        set=dict(args.set or []))
+        set={**dict(args.set or []), **({"compile": args.compile} if args.compile else {})})
     report = run_ablation(opts)
     return 1 if report.get("errors") else 0
 
@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per arm, N Optuna trials (with ASHA) first, then the seeds at the best values")
     a.add_argument("--tuning-space", default="default", help="default (lr, force_weight, C) or lr")
     a.add_argument("--scheduler", choices=SCHEDULERS, default="fifo")
+    a.add_argument("--compile", choices=("off", "on", "auto"),
+                   help="energy+force step: eager (off), traced + torch.compile'd (on), or compiled only when "
+                        "timed eager steps say the compile time pays back (auto, TrainConfig's default)")
     a.add_argument("--set", type=_keyvalue, action="append", metavar="KEY=VALUE",
                    help="any TrainConfig key for every trial, e.g. --set lr=3e-4")
     a.set_defaults(func=cmd_ablate)

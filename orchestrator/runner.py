@@ -227,10 +227,14 @@ def run_ablation(opts: AblateOptions) -> dict:
 
     from orchestrator.progress import StudyProgress
 
+    from orchestrator.throughput import TrialClock
+
+    clock = TrialClock()
+
     def callbacks_for(label, total=None):
         cbs = [tracking.MLflowStudyLogger(uri, exp_id, parent, study.name)]
         if total:
-            cbs.append(StudyProgress(total, label))
+            cbs += [StudyProgress(total, label), clock]
         return cbs
 
     space = study.param_space(skip_identical=True)
@@ -268,8 +272,9 @@ def run_ablation(opts: AblateOptions) -> dict:
                                                         checkpoint_at_end=True)))
     t0 = time.time()
     grid = tuner.fit()
+    wall = time.time() - t0
     errors = [r.error for r in grid if r.error is not None]
-    print(f"study finished in {time.time() - t0:.0f} s; {len(errors)} trial(s) errored", flush=True)
+    print(f"study finished in {wall:.0f} s; {len(errors)} trial(s) errored", flush=True)
 
     run_ids = {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in tracking.client(uri).search_runs(
         [exp_id], filter_string="tags.`dcnn.role` = 'trial'", max_results=10000)}
@@ -281,12 +286,22 @@ def run_ablation(opts: AblateOptions) -> dict:
     c.set_terminated(parent, "FINISHED" if not errors else "FAILED")
     print(report["markdown"], flush=True)
     print(f"report: {report['paths']['markdown']}", flush=True)
+    print(_throughput(opts, ray, grid, clock, wall, n_trials, report_dir), flush=True)
     from orchestrator.ui import experiment_url
 
     print(f"MLflow runs: {experiment_url('http://127.0.0.1:5000', exp_id)} (serve it with `make ui`, or "
           f"`mlflow ui --backend-store-uri {uri}`)", flush=True)
     report["errors"] = errors
     return report
+
+
+def _throughput(opts: AblateOptions, ray, grid, clock, wall: float, n_trials: int, report_dir: Path) -> str:
+    """The study's throughput summary (orchestrator/throughput.py), written to report/throughput.{md,json}."""
+    from orchestrator.throughput import concurrent_slots, summarize, write_summary
+
+    resources = ray.cluster_resources()
+    slots = concurrent_slots(resources, opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent, n_trials)
+    return write_summary(report_dir, summarize(list(grid), clock.started, wall, slots, resources))
 
 
 def _study_record(study: Study, identical: dict, uri: str, experiment: str, parent: str) -> dict:

@@ -21,7 +21,9 @@ warnings.filterwarnings("ignore", message=".*noload.*")
 
 METRIC_KEYS = ("energy_loss", "force_loss", "train_energy_loss", "train_force_loss", "train_loss",
                "val_loss", "lr", "epoch_time_s", "diverged", "test_energy_loss", "test_force_loss",
-               "test_energy_baseline", "test_force_baseline")
+               "test_energy_baseline", "test_force_baseline",
+               # cost (issue 11): data load + model build, compile, peak memory
+               "setup_s", "compile_s", "compiled", "peak_rss_mib", "peak_cuda_mib")
 _PLACEMENT_TAGS = ("node_id", "hostname", "node_ip", "gpu_ids", "cuda_visible_devices", "device")
 TRIAL_TAG = "dcnn.trial_id"
 

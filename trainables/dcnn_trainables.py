@@ -53,14 +53,40 @@ def train_config_from_tune(config: dict) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
+def _build_trainer(cfg: TrainConfig, placement: dict) -> Trainer:
+    """Trainer(cfg), timed: the data load + model build share of the trial's overhead (throughput)."""
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg)
+    placement["setup_s"] = time.perf_counter() - t0
+    return trainer
+
+
+def _resources(trainer: Trainer) -> dict:
+    """Peak memory and compile cost so far, for the study's throughput summary.  peak_rss_mib is the
+    worker process's max RSS (with reused actors: over every trial the process ran so far)."""
+    import resource
+
+    import torch
+
+    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if trainer.device.type == "cuda":
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated(trainer.device) / 2**20
+    stats = getattr(trainer.task, "compile_stats", None)
+    if stats is not None:
+        out.update(stats())
+    return out
+
+
 def _epoch_metrics(metrics: dict, placement: dict, trainer: Trainer) -> dict:
-    """The trainer's metrics plus where the trial ran (node, GPU ids, device) and when (wall clock)."""
+    """The trainer's metrics plus where the trial ran (node, GPU ids, device), when (wall clock) and
+    what it cost (setup time, compile time, peak memory)."""
     out = dict(metrics)
     out["val_loss"] = metrics["energy_loss"] + OBJECTIVE_FORCE_WEIGHT * metrics["force_loss"]
     out.update(node_id=placement.get("node_id", ""), hostname=socket.gethostname(),
                gpu_ids=placement.get("gpu_ids", ""), device=str(trainer.device),
                cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-               started_at=placement.get("started_at", 0.0), reported_at=time.time())
+               started_at=placement.get("started_at", 0.0), reported_at=time.time(),
+               setup_s=placement.get("setup_s", float("nan")), **_resources(trainer))
     return out
 
 
@@ -68,7 +94,7 @@ def dcnn_trainable(config: dict) -> None:
     """Function trainable: train with `dcnn.train`, report + checkpoint every epoch, resume if asked."""
     cfg = train_config_from_tune(config)
     placement = _placement()
-    trainer = Trainer(cfg)
+    trainer = _build_trainer(cfg, placement)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -137,7 +163,7 @@ class DCNNTrainable(tune.Trainable):
 
     def setup(self, config: dict) -> None:
         self._placement = _placement()
-        self.trainer = Trainer(train_config_from_tune(config))
+        self.trainer = _build_trainer(train_config_from_tune(config), self._placement)
 
     def step(self) -> dict:
         if _faults(self.config, "raise", self.trainer.epoch + 1):
@@ -176,6 +202,6 @@ class DCNNTrainable(tune.Trainable):
 
     def reset_config(self, new_config: dict) -> bool:
         self._placement = _placement()
-        self.trainer = Trainer(train_config_from_tune(new_config))
+        self.trainer = _build_trainer(train_config_from_tune(new_config), self._placement)
         self.config = new_config
         return True
