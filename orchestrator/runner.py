@@ -227,14 +227,10 @@ def run_ablation(opts: AblateOptions) -> dict:
 
     from orchestrator.progress import StudyProgress
 
-    from orchestrator.throughput import TrialClock
-
-    clock = TrialClock()
-
     def callbacks_for(label, total=None):
         cbs = [tracking.MLflowStudyLogger(uri, exp_id, parent, study.name)]
         if total:
-            cbs += [StudyProgress(total, label), clock]
+            cbs.append(StudyProgress(total, label))
         return cbs
 
     space = study.param_space(skip_identical=True)
@@ -286,7 +282,7 @@ def run_ablation(opts: AblateOptions) -> dict:
     c.set_terminated(parent, "FINISHED" if not errors else "FAILED")
     print(report["markdown"], flush=True)
     print(f"report: {report['paths']['markdown']}", flush=True)
-    print(_throughput(opts, ray, grid, clock, wall, n_trials, report_dir), flush=True)
+    print(_throughput(opts, ray, grid, wall, n_trials, report_dir), flush=True)
     from orchestrator.ui import experiment_url
 
     print(f"MLflow runs: {experiment_url('http://127.0.0.1:5000', exp_id)} (serve it with `make ui`, or "
@@ -295,13 +291,13 @@ def run_ablation(opts: AblateOptions) -> dict:
     return report
 
 
-def _throughput(opts: AblateOptions, ray, grid, clock, wall: float, n_trials: int, report_dir: Path) -> str:
+def _throughput(opts: AblateOptions, ray, grid, wall: float, n_trials: int, report_dir: Path) -> str:
     """The study's throughput summary (orchestrator/throughput.py), written to report/throughput.{md,json}."""
     from orchestrator.throughput import concurrent_slots, summarize, write_summary
 
     resources = ray.cluster_resources()
     slots = concurrent_slots(resources, opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent, n_trials)
-    return write_summary(report_dir, summarize(list(grid), clock.started, wall, slots, resources))
+    return write_summary(report_dir, summarize(list(grid), wall, slots, resources))
 
 
 def _study_record(study: Study, identical: dict, uri: str, experiment: str, parent: str) -> dict:

@@ -2,7 +2,8 @@
 
 Efficiency = Σ trial time / (wall time × concurrent slots), with slots = how many trials Ray could run at
 once (CPUs / cpus-per-trial, GPUs / gpus-per-trial, --max-concurrent, number of trials).  Per trial the
-overhead is split into actor start (driver starts the trial → the trainable begins), setup (data load +
+overhead is split into actor start (worker process start → its first trial's setup; 0 for a reused
+actor), setup (data load +
 model build), compile (trace + torch.compile, inside the first epoch) and the rest outside training
 epochs (checkpoints, reports, the test evaluation); peak memory per trial says what --gpus-per-trial can
 share a GPU.
@@ -11,20 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
-
-from ray import tune
-
-
-class TrialClock(tune.Callback):
-    """Driver-side wall clock of each trial's start (its first start: retries keep the first)."""
-
-    def __init__(self):
-        self.started: dict[str, float] = {}
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.started.setdefault(trial.trial_id, time.time())
 
 
 def concurrent_slots(resources: dict, cpus_per_trial: float, gpus_per_trial: float,
@@ -42,8 +30,9 @@ def _mean(values):
     return sum(v) / len(v) if v else math.nan
 
 
-def summarize(results, started: dict, wall_s: float, slots: int, resources: dict) -> dict:
-    """`results`: Tune Results (last metrics + metrics dataframe) of the trials this run saw."""
+def summarize(results, wall_s: float, slots: int, resources: dict) -> dict:
+    """`results`: Tune Results (last metrics + metrics dataframe) of the trials this run saw; each trial's
+    time runs from its worker's start (actor start) to its last report."""
     trials = []
     for r in results:
         m = r.metrics or {}
@@ -51,15 +40,13 @@ def summarize(results, started: dict, wall_s: float, slots: int, resources: dict
             continue
         df = r.metrics_dataframe
         epochs = float(df["epoch_time_s"].sum()) if df is not None and "epoch_time_s" in df else math.nan
-        begun = float(m.get("started_at") or math.nan)
-        t_start = started.get(m.get("trial_id"), begun)
-        total = float(m["reported_at"]) - t_start
+        actor = float(m.get("actor_start_s", 0.0))
+        total = float(m["reported_at"]) - float(m["started_at"]) + actor
         compile_s = float(m.get("compile_s", 0.0) or 0.0)
         setup_s = float(m.get("setup_s", math.nan))
-        actor = begun - t_start if math.isfinite(begun) else math.nan
         trials.append({"trial_id": m.get("trial_id"), "time_s": total, "actor_start_s": actor, "setup_s": setup_s,
                        "compile_s": compile_s, "train_s": epochs - compile_s,
-                       "other_s": total - epochs - (actor if math.isfinite(actor) else 0) - setup_s,
+                       "other_s": total - epochs - actor - setup_s,
                        "compiled": m.get("compiled"), "peak_rss_mib": m.get("peak_rss_mib", math.nan),
                        "peak_cuda_mib": m.get("peak_cuda_mib", math.nan)})
     sum_trial = sum(t["time_s"] for t in trials)

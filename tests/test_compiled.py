@@ -6,7 +6,6 @@ itself runs in one small training test (float32, loss curve + resume).
 """
 import copy
 import logging
-import math
 
 import pytest
 import torch
@@ -124,7 +123,9 @@ def test_auto_compiles_only_when_the_time_pays_back():
 
 def test_compiled_training_matches_eager_and_resumes(tmp_path):
     """Real inductor: a short float32 run (40 + 10 frames: a padded tail batch) follows eager's loss curve,
-    and a run resumed from an epoch-1 checkpoint with compile on equals the uninterrupted one."""
+    and the run resumed from its epoch-1 checkpoint with compile on repeats epoch 2 exactly.  Cost: one cold
+    inductor compile (~55 s CPU, mostly g++) the first time on a machine, ~8 s once inductor's on-disk
+    cache holds it."""
     from dcnn.config import TrainConfig
     from dcnn.train import Trainer
 
@@ -132,21 +133,19 @@ def test_compiled_training_matches_eager_and_resumes(tmp_path):
                 lr=1e-3, **TINY["schnet"])
     eager = Trainer(TrainConfig(**base, compile="off"))
     compiled = Trainer(TrainConfig(**base, compile="on"))
-    for _ in range(2):
+    for epoch in (1, 2):
         m0, m1 = eager.step(), compiled.step()
         for k in ("train_loss", "energy_loss", "force_loss"):
             assert m1[k] == pytest.approx(m0[k], rel=1e-4), k
+        if epoch == 1:
+            compiled.save(tmp_path / "ckpt.pt")
     stats = compiled.task.compile_stats()
     assert stats["compiled"] == 1 and stats["compile_s"] > 0 and "compile_fallback" not in stats
     assert len(compiled.task.energy_and_forces.graphs) == 1  # the tail batch of 10 was padded, not recompiled
 
-    first = Trainer(TrainConfig(**base, compile="on"))
-    first.step()
-    first.save(tmp_path / "ckpt.pt")
     resumed = Trainer(TrainConfig(**base, compile="on"))
     resumed.load(tmp_path / "ckpt.pt")
     m2 = resumed.step()
     assert resumed.task.compile_stats()["compiled"] == 1
-    for k in ("train_loss", "energy_loss", "force_loss", "test_force_loss"):
+    for k in ("train_loss", "energy_loss", "force_loss", "test_energy_loss", "test_force_loss"):
         assert m2[k] == pytest.approx(m1[k], rel=1e-6), k
-    assert math.isfinite(m2["test_energy_loss"])

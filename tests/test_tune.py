@@ -167,6 +167,14 @@ def test_study_through_tuner_with_report(ray_session, tracking_uri, tmp_path):
     assert s.loc["irelu+LR", "F_mean"] == s.loc["irelu+DN+LR", "F_mean"]
     md = Path(paths["markdown"]).read_text()
     assert all(a in md for a in ("irelu+DN+LR", "irelu+DN", "irelu+LR", "| irelu |")) and "kcal/mol/Å" in md
+    # throughput summary (issue 11): every trial that ran, its costs, efficiency within what Ray had
+    tp = json.loads((tmp_path / "res/mini-tuner/report/throughput.json").read_text())
+    assert tp["trials"] == 12 and tp["slots"] == 2 and 0 < tp["efficiency"] <= 1.05
+    assert tp["sum_trial_s"] <= tp["wall_s"] * tp["slots"] * 1.05
+    for t in tp["per_trial"]:
+        assert t["setup_s"] > 0 and t["actor_start_s"] >= 0 and t["train_s"] > 0 and t["peak_rss_mib"] > 100
+        assert t["compiled"] == 0  # compile=auto: a 4-step trial never pays back a compile
+    assert "## Throughput" in (tmp_path / "res/mini-tuner/report/throughput.md").read_text()
     trials = pd.read_csv(paths["trials"])
     runs = {r.info.run_id: r for r in trial_runs(tracking_uri, "mini-tuner")}
     # SchNet's two DN-removed arms ran once (as their DN twins): 12 runs for 16 reported trials

@@ -27,6 +27,20 @@ def quiet_worker_logs() -> None:
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
 
 
+_fresh_process = True  # the first trial of a worker process paid for starting it (Ray actor start)
+
+
+def _actor_start_s() -> float:
+    """Seconds from this worker process's start to its first trial's setup; 0 for a reused actor."""
+    global _fresh_process
+    if not _fresh_process:
+        return 0.0
+    _fresh_process = False
+    import psutil
+
+    return max(0.0, time.time() - psutil.Process().create_time())
+
+
 def _placement() -> dict:
     """Threads and device from what Ray assigned this trial (not what the machine has)."""
     ctx = ray.get_runtime_context()
@@ -34,7 +48,7 @@ def _placement() -> dict:
     gpu_ids = ray.get_gpu_ids()
     return {"threads": max(1, int(cpus)), "device": "cuda" if gpu_ids else "cpu",
             "gpu_ids": ",".join(str(g) for g in gpu_ids), "node_id": ctx.get_node_id(),
-            "started_at": time.time()}
+            "started_at": time.time(), "actor_start_s": _actor_start_s()}
 
 
 def train_config_from_tune(config: dict) -> TrainConfig:
@@ -86,7 +100,8 @@ def _epoch_metrics(metrics: dict, placement: dict, trainer: Trainer) -> dict:
                gpu_ids=placement.get("gpu_ids", ""), device=str(trainer.device),
                cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
                started_at=placement.get("started_at", 0.0), reported_at=time.time(),
-               setup_s=placement.get("setup_s", float("nan")), **_resources(trainer))
+               setup_s=placement.get("setup_s", float("nan")),
+               actor_start_s=placement.get("actor_start_s", float("nan")), **_resources(trainer))
     return out
 
 
