@@ -32,5 +32,6 @@ data:  ## regenerate the bundled data sets (bit-identical; see data/README.md; a
 	dcnn-ablate data generate --molecule aspirin --frames 2000 --temperature 500 --seed 0 --out data/aspirin-gfn2-500K.npz --force
 	sha256sum $(DATA) data/aspirin-gfn2-500K.npz
 
-bench:  ## our SchNet vs PyG's: ms per energy+force training step, small and paper presets
+bench:  ## our SchNet vs PyG's, then eager vs compiled for every model: ms per energy+force training step
 	$(PYTHON) -m benchmarks.bench_schnet
+	$(PYTHON) -m benchmarks.bench_compile

@@ -74,7 +74,7 @@ class MoleculeTask:
         # the E+F function is chosen once: eager autograd, or traced + compiled (dcnn/compiled.py)
         self.energy_and_forces = make_energy_forces(
             self.model, config.compile, config.model,
-            total_steps=config.epochs * math.ceil(len(idx[0]) / config.batch_size))
+            total_steps=config.epochs * math.ceil(len(idx[0]) / config.batch_size), preset=config.preset)
         self.info = {
             "energy_unit": ds.energy_unit, "force_unit": ds.force_unit, "theory": ds.theory,
             "dataset_name": ds.name, "n_atoms": ds.n_atoms,
