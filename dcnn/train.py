@@ -159,6 +159,7 @@ class Trainer:
         out.update(self.test())
         out.update(diverged=int(self.diverged), diverged_epoch=self.diverged_epoch,
                    epochs_completed=self.epoch, device=str(self.device), **self.task.info)
+        out.update(getattr(self.task, "compile_stats", dict)())  # compile time / fallback, if the task compiles
         return out
 
 
