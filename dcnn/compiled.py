@@ -188,16 +188,17 @@ class EnergyForces:
 
 
 # Measured with `make bench` (benchmarks/bench_compile.py) on the shared 2-core CPU VM, one thread, batch 20
-# ethanol, `small` preset, original activations, under heavy contention (load 5-14 on 2 cores; repeated runs
-# differed by up to 1.5x): (fraction of an eager training step the compiled step saves, seconds of tracing +
-# compiling with inductor's on-disk cache cold).  Savings: SchNet 1.01-1.50x faster (the issue's own
-# measurement with IReLU: 2x), CGCNN with BatchNorm 0.99-1.06x, ForceNet 0.43-1.61x (inconclusive: treated as
-# no saving), DimeNet++ 2.0-2.4x.  A warm cache cut compile to 8-21 s.  Unknown (model, preset): never compiled by auto.
+# ethanol, under heavy contention (load 5-14 on 2 cores): (fraction of an eager training step the compiled
+# step saves, seconds of tracing + compiling with inductor's on-disk cache cold).  Savings are the median of
+# three runs at `small` that disagreed widely (compiled/eager speed-up: SchNet 1.01/1.50/2.16x, CGCNN with
+# BatchNorm 0.99/1.06/3.14x, ForceNet 0.43/1.61/1.65x, DimeNet++ 2.03/2.23/2.40x); a warm cache cut the
+# compile to 5-21 s.  Re-measure on a quiet machine and update this one table.  Unknown (model, preset):
+# never compiled by `auto`.
 AUTO_ESTIMATES = {
-    ("schnet", "small"): (0.3, 48.0),
-    ("cgcnn", "small"): (0.0, 127.0),
-    ("forcenet", "small"): (0.0, 390.0),
-    ("dimenetpp", "small"): (0.5, 740.0),
+    ("schnet", "small"): (0.33, 48.0),
+    ("cgcnn", "small"): (0.06, 127.0),
+    ("forcenet", "small"): (0.38, 390.0),
+    ("dimenetpp", "small"): (0.55, 740.0),
     # paper preset (cold cache): SchNet's compiled step was slower than eager here (824 vs 543 ms)
     ("schnet", "paper"): (0.0, 111.0),
     ("dimenetpp", "paper"): (0.6, 181.0),  # 980 → 384 ms/step
