@@ -190,13 +190,13 @@ class EnergyForces:
 # Measured with `make bench` (benchmarks/bench_compile.py) on the shared 2-core CPU VM, one thread, batch 20
 # ethanol, under heavy contention (load 5-14 on 2 cores): (fraction of an eager training step the compiled
 # step saves, seconds of tracing + compiling with inductor's on-disk cache cold).  Savings are the median of
-# three runs at `small` that disagreed widely (compiled/eager speed-up: SchNet 1.01/1.50/2.16x, CGCNN with
-# BatchNorm 0.99/1.06/3.14x, ForceNet 0.43/1.61/1.65x, DimeNet++ 2.03/2.23/2.40x); a warm cache cut the
+# 3-4 runs at `small` that disagreed widely (compiled/eager speed-up: SchNet 1.01/1.40/1.50/2.16x, CGCNN with
+# BatchNorm 0.99/1.06/2.93/3.14x, ForceNet 0.43/1.61/1.65x, DimeNet++ 2.03/2.23/2.40x); a warm cache cut the
 # compile to 5-21 s.  Re-measure on a quiet machine and update this one table.  Unknown (model, preset):
 # never compiled by `auto`.
 AUTO_ESTIMATES = {
-    ("schnet", "small"): (0.33, 48.0),
-    ("cgcnn", "small"): (0.06, 127.0),
+    ("schnet", "small"): (0.31, 48.0),
+    ("cgcnn", "small"): (0.5, 127.0),
     ("forcenet", "small"): (0.38, 390.0),
     ("dimenetpp", "small"): (0.55, 740.0),
     # paper preset, two runs: SchNet compiled/eager 0.66x and 1.92x (cold compile 111 s, warm 8 s)
