@@ -118,6 +118,11 @@ def _ssp(x: torch.Tensor) -> torch.Tensor:
     return F.softplus(x) - _LOG2
 
 
+def _scaled_silu(x: torch.Tensor) -> torch.Tensor:
+    """GemNet's ScaledSiLU: SiLU / 0.6 (keeps activations' variance near 1 with He init)."""
+    return F.silu(x) * (1 / 0.6)
+
+
 class Activation(nn.Module):
     """An elementwise activation known by name (so models can be searched and rewritten by name)."""
 
@@ -153,6 +158,7 @@ BASE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "elu": _elu,
     "gelu": _gelu,
+    "scaled_silu": _scaled_silu,
 }
 
 # name -> (antiderivative, base activation name)

@@ -18,7 +18,9 @@ SIZE_FIELDS = ("hidden", "filters", "interactions", "gaussians", "cutoff",
                # ForceNet sizes
                "depth_mlp_edge", "depth_mlp_node",
                # DimeNet++ sizes
-               "blocks", "int_emb", "basis_emb", "out_emb", "spherical", "radial")
+               "blocks", "int_emb", "basis_emb", "out_emb", "spherical", "radial",
+               # GemNet-T sizes (and blocks, spherical, radial, cutoff above)
+               "emb_atom", "emb_edge", "emb_trip", "emb_rbf", "emb_cbf", "emb_bil_trip")
 
 
 @dataclass
@@ -75,6 +77,13 @@ class TrainConfig:
     out_emb: typing.Optional[int] = None
     spherical: typing.Optional[int] = None
     radial: typing.Optional[int] = None
+    # GemNet-T sizes
+    emb_atom: typing.Optional[int] = None
+    emb_edge: typing.Optional[int] = None
+    emb_trip: typing.Optional[int] = None
+    emb_rbf: typing.Optional[int] = None
+    emb_cbf: typing.Optional[int] = None
+    emb_bil_trip: typing.Optional[int] = None
     eval_batch_size: int = 100
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 1
