@@ -32,5 +32,5 @@ data:  ## regenerate the bundled data sets (bit-identical; see data/README.md; a
 	dcnn-ablate data generate --molecule aspirin --frames 2000 --temperature 500 --seed 0 --out data/aspirin-gfn2-500K.npz --force
 	sha256sum $(DATA) data/aspirin-gfn2-500K.npz
 
-bench:  ## our SchNet vs PyG's: ms per energy+force training step, small and paper presets
-	$(PYTHON) -m benchmarks.bench_schnet
+bench:  ## ms per energy+force training step of every model (small preset), PyG's SchNet and DimeNet++ alongside; flags via ARGS="--presets small paper --models schnet"
+	$(PYTHON) -m benchmarks.bench_models $(ARGS)
