@@ -98,11 +98,11 @@ class ModelSpec:
     def sizes(self, preset: str, overrides: Mapping[str, Any]) -> dict:
         """The preset's sizes with `overrides` (None values ignored); unknown preset or size → ValueError."""
         if preset not in self.presets:
-            raise ValueError(f"unknown preset {preset!r} for model {self.name}; known: {', '.join(self.presets)}")
+            raise ValueError(f"unknown preset {preset!r} for model {self.name!r}; known: {', '.join(self.presets)}")
         sizes = dict(self.presets[preset])
         unknown = set(overrides) - set(sizes)
         if unknown:
-            raise ValueError(f"unknown size(s) {sorted(unknown)} for {self.name}; known: {', '.join(sizes)}")
+            raise ValueError(f"unknown size(s) {sorted(unknown)} for model {self.name!r}; known: {', '.join(sizes)}")
         sizes.update({k: v for k, v in overrides.items() if v is not None})
         return sizes
 
@@ -113,7 +113,7 @@ class ModelSpec:
             kwargs.update({k: data[k] for k in self.data_args if k in data})
         model = self.build(**kwargs)
         if not isinstance(model, nn.Module):
-            raise ModelPluginError(f"model {self.name}: build() returned {type(model).__name__}, expected a "
+            raise ModelPluginError(f"model {self.name!r}: build() returned {type(model).__name__}, expected a "
                                    f"torch.nn.Module")
         model.paper_activation_scope = placement_paths(model, self.paper_placement, self.name)
         return model
@@ -126,7 +126,7 @@ def placement_paths(model: nn.Module, patterns, name: str = "") -> tuple[str, ..
     for pattern in patterns:
         hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
         if not hits:
-            raise ModelPluginError(f"model {name}: paper_placement {pattern!r} matches no submodule; submodules "
+            raise ModelPluginError(f"model {name!r}: paper_placement {pattern!r} matches no submodule; submodules "
                                    f"are e.g. {', '.join(repr(n) for n in names[:8])}")
         out += [h for h in hits if h not in out]
     return tuple(out)
@@ -174,7 +174,8 @@ def _as_spec(name: str, obj, how: str) -> ModelSpec:
                                    f"with no arguments returning one)") from None
         obj = made
     if not isinstance(obj, ModelSpec):
-        raise ModelPluginError(f"model {name!r} ({how}): is {type(obj).__name__}, not a dcnn.models.ModelSpec "
+        raise ModelPluginError(f"model {name!r} ({how}): is {type(obj).__name__} ({str(obj)[:60]!s}), not a "
+                               f"dcnn.models.ModelSpec "
                                f"(ModelSpec(build, presets, original_activation, paper_placement))")
     problems = obj.problems()
     if problems:
