@@ -110,10 +110,8 @@ class MACEPotential(nn.Module):
         # MACE divides messages by the mean neighbour count; 0 = estimate it as all other atoms (an upper
         # bound for a molecule within r_max; the bundled molecules are mostly within 5 Å)
         avg = float(avg_neighbors) if avg_neighbors else float(max(1, (n_atoms or 9) - 1))
-        with warnings.catch_warnings():  # e3nn's TorchScript codegen notes (we run eagerly)
-            warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
-            self.mace = self._build(elements, avg, cutoff, radial, max_ell, interactions, hidden, mlp,
-                                    correlation, radial_mlp, radial_layers)
+        self.mace = self._build(elements, avg, cutoff, radial, max_ell, interactions, hidden, mlp, correlation,
+                                radial_mlp, radial_layers)
         self.n_wrapped = _wrap_silu(self.mace)
         index = torch.full((max(elements) + 1,), -1, dtype=torch.long)
         index[list(elements)] = torch.arange(len(elements))
@@ -122,7 +120,16 @@ class MACEPotential(nn.Module):
         self._checked: tuple | None = None
 
     def _build(self, elements, avg, cutoff, radial, max_ell, interactions, hidden, mlp, correlation, radial_mlp,
-               radial_layers):
+               radial_layers) -> nn.Module:
+        """Upstream MACE with e3nn's own activations (the adapter wraps them afterwards)."""
+        with warnings.catch_warnings():  # e3nn's TorchScript codegen notes (we run eagerly)
+            warnings.filterwarnings("ignore", message=".*TorchScript type system.*")
+            return self._make(elements, avg, cutoff, radial, max_ell, interactions, hidden, mlp, correlation,
+                              radial_mlp, radial_layers)
+
+    @staticmethod
+    def _make(elements, avg, cutoff, radial, max_ell, interactions, hidden, mlp, correlation, radial_mlp,
+              radial_layers) -> nn.Module:
         return mace_modules.MACE(
             r_max=float(cutoff), num_bessel=int(radial), num_polynomial_cutoff=5, max_ell=int(max_ell),
             interaction_cls=mace_modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
@@ -147,6 +154,10 @@ class MACEPotential(nn.Module):
 
     def forward(self, positions: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         """positions [B, N, 3] (Å), numbers [N] → energies [B]."""
+        return self.mace(self.graph(positions, numbers), training=self.training, compute_force=False)["energy"]
+
+    def graph(self, positions: torch.Tensor, numbers: torch.Tensor) -> dict:
+        """MACE's input dict for B frames of one molecule; its positions are a view of `positions`."""
         b, n, _ = positions.shape
         with torch.no_grad():  # which pairs: not differentiated (MACE's cutoff is smooth at r_max)
             d = torch.cdist(positions, positions)
@@ -154,8 +165,11 @@ class MACEPotential(nn.Module):
             frame, i, j = (d < self.cutoff).nonzero(as_tuple=True)
         sender, receiver = frame * n + j, frame * n + i
         device, dtype = positions.device, positions.dtype
-        data = {
-            "positions": positions.reshape(b * n, 3),
+        flat = positions.reshape(b * n, 3)
+        if not flat.requires_grad:  # MACE calls requires_grad_() on it: give it a leaf (no gradient wanted)
+            flat = flat.detach()
+        return {
+            "positions": flat,
             "node_attrs": self._node_attrs(numbers, dtype).repeat(b, 1),
             "edge_index": torch.stack([sender, receiver]),
             "shifts": torch.zeros(sender.numel(), 3, dtype=dtype, device=device),
@@ -164,7 +178,6 @@ class MACEPotential(nn.Module):
             "batch": torch.arange(b, device=device).repeat_interleave(n),
             "ptr": torch.arange(b + 1, device=device) * n,
         }
-        return self.mace(data, training=self.training, compute_force=False)["energy"]
 
 
 spec = ModelSpec(
