@@ -3,12 +3,15 @@ a real study (Ray in-process, MLflow on sqlite) and its report; every contract v
 before Ray starts, naming the plug-in and what broke; entry-point discovery through importlib.metadata.
 """
 import itertools
+import os
+import subprocess
+import sys
 import textwrap
 
 import pandas as pd
 import pytest
 
-from conftest import write_study
+from conftest import ROOT, write_study
 
 _ids = itertools.count()
 
@@ -62,19 +65,42 @@ def plugin_dir(tmp_path_factory, monkeypatch):
     return folder
 
 
-def test_plugin_and_mace_join_a_real_study_from_the_cli(plugin_dir, ray_session, tracking_uri, tmp_path, capsys):
-    """`--models schnet,mace,pkg.mod:spec`: each trains in a Ray worker (the plug-in's folder is on no
-    worker's path: the study hands it over) and appears in the report under its own name."""
+def _have_mace() -> bool:
+    try:
+        import mace  # noqa: F401
+        return True
+    except ImportError:  # mace-torch is an optional extra; the plug-in path is tested without it
+        return False
+
+
+def test_cli_models_mix_builtin_optional_and_plugin_pass_every_check(plugin_dir, tmp_path, monkeypatch, capsys):
+    """`ablate --models schnet,mace,pkg.mod:spec` passes every check up to the start of Ray."""
+    import orchestrator.runner
+    from orchestrator.cli import main
+
+    class RayWouldStart(Exception):
+        pass
+
+    def ray_would_start(*a, **k):
+        raise RayWouldStart
+
+    monkeypatch.setattr(orchestrator.runner, "_init_ray", ray_would_start)
+    models = ["schnet", "mace", write_plugin(plugin_dir)] if _have_mace() else ["schnet", write_plugin(plugin_dir)]
+    study = write_study(tmp_path / "mix.yaml", [{"activation": ["irelu"], "denorm": [True], "rescale": [True]}])
+    with pytest.raises(RayWouldStart):
+        main(["ablate", "--study", study, "--models", ",".join(models), "--storage", str(tmp_path / "res")])
+    assert "error" not in capsys.readouterr().err
+
+
+def test_plugin_and_mace_join_a_real_study(plugin_dir, ray_session, tracking_uri, tmp_path, capsys):
+    """`--models mace,pkg.mod:spec`: each trains in a Ray worker (the plug-in's folder is on no worker's
+    path: the study hands it over) and appears in the report, MLflow and the twin note under its name."""
     from mlflow import MlflowClient
 
     from orchestrator.cli import main
 
     plugin = write_plugin(plugin_dir)
-    try:
-        import mace  # noqa: F401
-        models = ["schnet", "mace", plugin]
-    except ImportError:  # mace-torch is an optional extra; the plug-in path is tested without it
-        models = ["schnet", plugin]
+    models = ["mace", plugin] if _have_mace() else [plugin]
     # ES without LR: one optimizer step leaves errors near the baselines (not blown up), for every model
     arm = {"activation": "irelu", "denorm": True, "rescale": False, "shift": True}
     study = write_study(tmp_path / "plug.yaml", [{**{k: [v] for k, v in arm.items()}, "denorm": [True, False]}], arm,
@@ -180,6 +206,16 @@ def test_entry_point_discovery(tmp_path, monkeypatch):
     study_file = tmp_path / "ep.yaml"
     study_file.write_text("designs: [{activation: [irelu], denorm: [true], rescale: [true]}]\nmodels: [pairnet]\n")
     assert load_study(str(study_file)).models == ["pairnet"]
+
+
+def test_importing_the_package_imports_no_optional_model():
+    """mace (and e3nn) load only when the model is asked for by name."""
+    code = ("import sys, dcnn.models, dcnn.config, dcnn.train, orchestrator.runner, search_spaces; "
+            "from dcnn.config import TrainConfig; TrainConfig(model='schnet'); "
+            "print(sorted(m for m in ('mace', 'e3nn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
 
 def test_names_with_dots_and_colons_are_safe_folder_names():

@@ -29,6 +29,7 @@ the placement, so a broken plug-in fails in seconds with its name and the cause,
 """
 from __future__ import annotations
 
+import copy
 import fnmatch
 import hashlib
 import importlib
@@ -285,7 +286,11 @@ def check_model(name: str, spec_of: Callable[[str], ModelSpec], preset: str = "s
         sub = model.get_submodule(path) if path else model
         if not any(_is_activation(m) for m in sub.modules()):
             raise ModelPluginError(f"{where}: paper_placement {path!r} holds no activation module to swap")
-    n_paper = replace_activations(build(), "irelu", "paper").replaced_activations
+    try:  # a copy is much cheaper than a second build for some models (MACE generates code when built)
+        twin = copy.deepcopy(model)
+    except Exception:  # noqa: BLE001 - a model that cannot be copied is built again
+        twin = build()
+    n_paper = replace_activations(twin, "irelu", "paper").replaced_activations
 
     model = model.to(torch.float64)
     pos = positions.to(torch.float64).detach().clone().requires_grad_(True)
