@@ -34,6 +34,7 @@ import fnmatch
 import hashlib
 import importlib
 import importlib.metadata
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -147,6 +148,9 @@ def _import_target(name: str, target: str, how: str):
             or not re.fullmatch(r"[A-Za-z_][\w.]*", attr):
         raise ModelPluginError(f"model {name!r}: expected a dotted path package.module:attribute (no file paths; "
                                f"put the module's folder on PYTHONPATH or install it)")
+    cwd = os.getcwd()
+    if not any(p in ("", ".", cwd) for p in sys.path):  # as `python -m` (and uvicorn) do: the working
+        sys.path.append(cwd)                             # directory is searched too, after everything else
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 - any import failure is the plug-in's, report it with its cause
