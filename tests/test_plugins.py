@@ -201,6 +201,9 @@ def test_entry_point_discovery(tmp_path, monkeypatch):
         assert TrainConfig(model=name).model == name
         assert check_plugin(name)["paper_activations"] == 1
     assert build_model("pairnet").paper_activation_scope == ("filter",)
+    from dcnn.models.plugins import placement_paths  # wildcards keep the outermost match only
+    assert placement_paths(build_model("pairnet"), ("*", "filter")) == ("",)
+    assert placement_paths(build_model("pairnet"), ("filter*", "head.*")) == ("filter", "head.0", "head.1", "head.2")
     with pytest.raises(ValueError, match="'broken' .entry point .*cannot import it: ModuleNotFoundError"):
         get_spec("broken")
     study_file = tmp_path / "ep.yaml"

@@ -34,6 +34,7 @@ import fnmatch
 import hashlib
 import importlib
 import importlib.metadata
+import inspect
 import os
 import re
 import sys
@@ -95,6 +96,13 @@ class ModelSpec:
         bad = [a for a in self.data_args if a not in DATA_ARGS]
         if bad:
             out.append(f"data_args {bad} unknown; known: {', '.join(DATA_ARGS)}")
+        try:  # a model is also built without a data set (e.g. to see whether it has BatchNorm)
+            params = inspect.signature(self.build).parameters
+        except (TypeError, ValueError):
+            params = {}
+        no_default = [a for a in self.data_args if a in params and params[a].default is inspect.Parameter.empty]
+        if no_default:
+            out.append(f"build needs defaults for its data_args {no_default} (it is also built without data)")
         return out
 
     def sizes(self, preset: str, overrides: Mapping[str, Any]) -> dict:
@@ -131,7 +139,8 @@ def placement_paths(model: nn.Module, patterns, name: str = "") -> tuple[str, ..
             raise ModelPluginError(f"model {name!r}: paper_placement {pattern!r} matches no submodule; submodules "
                                    f"are e.g. {', '.join(repr(n) for n in names[:8])}")
         out += [h for h in hits if h not in out]
-    return tuple(out)
+    # a wildcard also matches the submodules of a match: keep the outermost, so nothing is swapped twice
+    return tuple(p for p in out if not any(q != p and (q == "" or p.startswith(q + ".")) for q in out))
 
 
 _cache: dict[str, ModelSpec] = {}
@@ -288,8 +297,9 @@ def check_model(name: str, spec_of: Callable[[str], ModelSpec], preset: str = "s
                                f"nn.SiLU; a functional call like F.silu(x) cannot be swapped)")
     for path in model.paper_activation_scope:
         sub = model.get_submodule(path) if path else model
-        if not any(_is_activation(m) for m in sub.modules()):
-            raise ModelPluginError(f"{where}: paper_placement {path!r} holds no activation module to swap")
+        if not any(_is_activation(m) for m in list(sub.modules())[1:]):
+            raise ModelPluginError(f"{where}: paper_placement {path!r} holds no activation module to swap (name "
+                                   f"the module that contains the activations, not an activation itself)")
     try:  # a copy is much cheaper than a second build for some models (MACE generates code when built)
         twin = copy.deepcopy(model)
     except Exception:  # noqa: BLE001 - a model that cannot be copied is built again
