@@ -3,15 +3,12 @@ a real study (Ray in-process, MLflow on sqlite) and its report; every contract v
 before Ray starts, naming the plug-in and what broke; entry-point discovery through importlib.metadata.
 """
 import itertools
-import os
-import subprocess
-import sys
 import textwrap
 
 import pandas as pd
 import pytest
 
-from conftest import ROOT, write_study
+from conftest import write_study
 
 _ids = itertools.count()
 
@@ -92,6 +89,7 @@ def test_cli_models_mix_builtin_optional_and_plugin_pass_every_check(plugin_dir,
     assert "error" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_plugin_and_mace_join_a_real_study(plugin_dir, ray_session, tracking_uri, tmp_path, capsys):
     """`--models mace,pkg.mod:spec`: each trains in a Ray worker (the plug-in's folder is on no worker's
     path: the study hands it over) and appears in the report, MLflow and the twin note under its name."""
@@ -209,16 +207,6 @@ def test_entry_point_discovery(tmp_path, monkeypatch):
     study_file = tmp_path / "ep.yaml"
     study_file.write_text("designs: [{activation: [irelu], denorm: [true], rescale: [true]}]\nmodels: [pairnet]\n")
     assert load_study(str(study_file)).models == ["pairnet"]
-
-
-def test_importing_the_package_imports_no_optional_model():
-    """mace (and e3nn) load only when the model is asked for by name."""
-    code = ("import sys, dcnn.models, dcnn.config, dcnn.train, orchestrator.runner, search_spaces; "
-            "from dcnn.config import TrainConfig; TrainConfig(model='schnet'); "
-            "print(sorted(m for m in ('mace', 'e3nn') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
-    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
 
 def test_names_with_dots_and_colons_are_safe_folder_names():
