@@ -49,9 +49,16 @@ MAX_Z = 100  # the models' element-embedding size: atomic numbers 1..MAX_Z-1 (Mo
 
 
 def has_normalization(name: str, preset: str = "small", **sizes) -> bool:
-    """Whether the built model has a BatchNorm layer for denormalization to remove (else DN is a no-op)."""
-    model = build_model(name, preset, **sizes)
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    """Whether the built model has a BatchNorm layer for denormalization to remove (else DN is a no-op).
+    Remembered per (model, preset, sizes): a study asks several times and some models take seconds to build."""
+    key = (name, preset, tuple(sorted(sizes.items())))
+    if key not in _HAS_NORMALIZATION:
+        model = build_model(name, preset, **sizes)
+        _HAS_NORMALIZATION[key] = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return _HAS_NORMALIZATION[key]
+
+
+_HAS_NORMALIZATION: dict = {}
 
 
 def build_model(name: str, preset: str = "small", data: dict | None = None, **overrides) -> nn.Module:
