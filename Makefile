@@ -8,9 +8,11 @@ export RAY_AUTH_MODE ?= disabled
 
 .PHONY: install test ablate report ui train data bench
 
-install:  ## torch first, pinned: the CPU wheel on disk (a bare `torch` pulls a multi-GB CUDA build)
+EXTRAS ?= dev
+
+install:  ## torch first, pinned: the CPU wheel on disk (a bare `torch` pulls a multi-GB CUDA build); EXTRAS=dev,mace adds MACE
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[$(EXTRAS)]"
 
 test:
 	$(PYTHON) -m pytest -q

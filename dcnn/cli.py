@@ -18,11 +18,10 @@ import yaml
 
 from dcnn.config import ACTIVATION_CHOICES, TrainConfig
 from dcnn.data import DatasetError, load_dataset
-from dcnn.models import MODEL_NAMES, PRESET_NAMES
 from dcnn.outputs import check_output, same_file
 
-_CHOICES = {"model": MODEL_NAMES, "preset": PRESET_NAMES, "activation": ACTIVATION_CHOICES,
-            "scope": ("paper", "all"), "dtype": ("float32", "float64")}
+# model and preset: TrainConfig checks them (plug-ins bring their own names and presets)
+_CHOICES = {"activation": ACTIVATION_CHOICES, "scope": ("paper", "all"), "dtype": ("float32", "float64")}
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dcnn.activations import ACTIVATION_NAMES
 from dcnn.data import DEFAULT_DATASET, resolve_dataset
-from dcnn.models import MODEL_NAMES, MODELS, PRESET_NAMES
+from dcnn.models import UnknownModelError, get_spec, model_names
 from dcnn.schedules import SCHEDULES
 
 ACTIVATION_CHOICES = ("original",) + ACTIVATION_NAMES
@@ -129,8 +129,12 @@ class TrainConfig:
             if not (math.isfinite(v) and (v >= 0 if allow_zero else v > 0)):
                 raise ValueError(f"{name}={v!r} must be {'non-negative' if allow_zero else 'positive'}")
 
-        choice("model", MODEL_NAMES)
-        choice("preset", PRESET_NAMES)
+        try:  # built-in, optional built-in, plug-in module:attr or entry point (dcnn/models/plugins.py)
+            spec = get_spec(self.model)
+        except UnknownModelError:
+            raise ValueError(f"model={self.model!r} is not allowed; choose one of: {', '.join(model_names())} "
+                             f"(or a plug-in package.module:attribute)") from None
+        choice("preset", tuple(spec.presets))
         choice("activation", ACTIVATION_CHOICES)
         choice("scope", ("paper", "all"))
         choice("dtype", ("float32", "float64"))
@@ -152,7 +156,7 @@ class TrainConfig:
         if self.warmup_epochs >= self.epochs and self.warmup_epochs:
             raise ValueError(f"warmup_epochs={self.warmup_epochs} must be fewer than epochs={self.epochs}")
         positive("n_test", allow_zero=True)
-        sizes = set(MODELS[self.model][1]["small"])
+        sizes = set(spec.presets[self.preset])
         foreign = [n for n in SIZE_FIELDS if getattr(self, n) is not None and n not in sizes]
         if foreign:
             raise ValueError(f"size field(s) {foreign} do not apply to model {self.model!r}; "

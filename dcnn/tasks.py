@@ -63,7 +63,8 @@ class MoleculeTask:
         self.numbers = torch.as_tensor(ds.numbers, device=device)
         self.n_train = len(idx[0])
 
-        model = build_model(config.model, config.preset, **config.model_sizes())
+        data = {"elements": tuple(sorted({int(z) for z in ds.numbers})), "n_atoms": int(ds.n_atoms)}
+        model = build_model(config.model, config.preset, data, **config.model_sizes())
         activation = default_activation(config.model) if config.activation == "original" else config.activation
         replaced = 0
         if config.activation != "original":

@@ -166,8 +166,10 @@ def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Path) -> d
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from dcnn.models.plugins import safe_name
+
     space = tuning_space(opts.tuning_space)
-    name = f"{model}-{arm.key}"
+    name = f"{safe_name(model)}-{arm.key}"  # a folder: a plug-in's 'pkg.mod:attr' is made safe
     storage = experiment_dir / "tuning"
     path = storage / name
     if tune.Tuner.can_restore(str(path)):
@@ -177,7 +179,7 @@ def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Path) -> d
         epochs = study.setting("epochs")
         param_space = {**study.fixed, **arm.as_config(), "model": model, "seed": study.seeds[0],
                        "dataset": study.datasets[0],
-                       "arm": arm.key, "study": study.name, "phase": "tune", **space}
+                       "arm": arm.key, "study": study.name, "phase": "tune", **plugin_path(study), **space}
         tuner = tune.Tuner(
             _trainable(opts), param_space=param_space,
             tune_config=tune.TuneConfig(
@@ -233,7 +235,7 @@ def run_ablation(opts: AblateOptions) -> dict:
             cbs.append(StudyProgress(total, label))
         return cbs
 
-    space = study.param_space(skip_identical=True)
+    space = {**study.param_space(skip_identical=True), **plugin_path(study)}
     best = {}
     if opts.tune_hparams:
         for model, arm in study.cells():
@@ -287,6 +289,16 @@ def run_ablation(opts: AblateOptions) -> dict:
           f"`mlflow ui --backend-store-uri {uri}`)", flush=True)
     report["errors"] = errors
     return report
+
+
+def plugin_path(study: Study) -> dict:
+    """{"plugin_path": folders} when a plug-in model was imported from a folder Ray's workers would not
+    search (not installed, not the working directory): each trial puts them on its sys.path. On a
+    multi-node cluster the folder must exist on every node (a shared file system), or install the plug-in."""
+    from dcnn.models.plugins import plugin_search_path
+
+    folders = list(dict.fromkeys(p for p in map(plugin_search_path, study.models) if p))
+    return {"plugin_path": folders} if folders else {}
 
 
 def _study_record(study: Study, identical: dict, uri: str, experiment: str, parent: str) -> dict:

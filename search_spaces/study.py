@@ -8,14 +8,15 @@ import yaml
 
 from dcnn.config import ACTIVATION_CHOICES, SIZE_FIELDS, TrainConfig
 from dcnn.data import BUNDLED_DATASETS, DEFAULT_DATASET, resolve_dataset
-from dcnn.models import MODEL_NAMES, has_normalization
+from dcnn.models import get_spec, has_normalization, model_names
 
 STUDY_DIR = Path(__file__).resolve().parent / "studies"
 FACTORS = ("activation", "denorm", "rescale", "shift")
 FACTOR_DEFAULTS = {"shift": False}  # a design that does not name the shift factor runs without it
 SPLIT_SEEDS = ("fixed", "vary")
-# Keys a study adds to a Tune config to label a trial (not TrainConfig settings).
-LABEL_KEYS = ("arm", "study", "phase", "cell", "data")
+# Keys a study adds to a Tune config to label a trial (not TrainConfig settings); plugin_path: folders
+# a trial puts on sys.path before it resolves a plug-in model (runner.plugin_path).
+LABEL_KEYS = ("arm", "study", "phase", "cell", "data", "plugin_path")
 _STUDY_KEYS = {"description", "reference", "designs", "models", "seeds", "fixed", "datasets", "split_seeds"}
 
 
@@ -100,10 +101,12 @@ class Study:
                 or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
             raise ValueError(f"{where}: seeds must be a non-empty list of distinct integers, got {self.seeds}")
         if not self.models:
-            raise ValueError(f"{where}: models must be a non-empty list; known: {', '.join(MODEL_NAMES)}")
+            raise ValueError(f"{where}: models must be a non-empty list; known: {', '.join(model_names())}")
         for model in self.models:
-            if model not in MODEL_NAMES:
-                raise ValueError(f"{where}: unknown model {model!r}; known: {', '.join(MODEL_NAMES)}")
+            try:  # a built-in, `package.module:attr` plug-in or entry point (dcnn/models/plugins.py)
+                get_spec(model)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
         if not self.datasets or len(set(self.datasets)) != len(self.datasets):
             raise ValueError(f"{where}: datasets must be a non-empty list of distinct data sets, got {self.datasets}")
         labels = list(self.dataset_labels().values())
@@ -230,7 +233,7 @@ class CellPart:
         self.part = part
 
     def __call__(self, config: dict) -> str:
-        return config["cell"].split("/", 1)[self.part]
+        return config["cell"].rsplit("/", 1)[self.part]  # arm keys hold no slash
 
     def __repr__(self) -> str:
         return f"CellPart({('model', 'arm')[self.part]})"

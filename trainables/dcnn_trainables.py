@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +44,9 @@ def train_config_from_tune(config: dict) -> TrainConfig:
     `threads` and `device` default to what Ray assigned the trial; a config may still set them.
     """
     values = {k: v for k, v in config.items() if k not in LABEL_KEYS}
+    for folder in config.get("plugin_path") or ():  # where the driver imported plug-in models from
+        if folder not in sys.path:
+            sys.path.append(folder)
     if isinstance(values.get("dataset"), (str, os.PathLike)):
         # trials run inside their own folder: a relative path means the driver's working directory
         values["dataset"] = str(resolve_dataset(values["dataset"], os.environ.get("TUNE_ORIG_WORKING_DIR")))
