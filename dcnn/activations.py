@@ -153,6 +153,7 @@ BASE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "elu": _elu,
     "gelu": _gelu,
+    "sin": torch.sin,  # SIREN-style periodic activation (ω0 = 1, Glorot init), for PINNs
 }
 
 # name -> (antiderivative, base activation name)

@@ -8,7 +8,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from dcnn.activations import ACTIVATION_NAMES
-from dcnn.data import DEFAULT_DATASET, resolve_dataset
+from dcnn.data import DEFAULT_DATASET
+from dcnn.families import family_of
 from dcnn.models import MODEL_NAMES, MODELS, PRESET_NAMES
 from dcnn.schedules import SCHEDULES
 
@@ -18,7 +19,9 @@ SIZE_FIELDS = ("hidden", "filters", "interactions", "gaussians", "cutoff",
                # ForceNet sizes
                "depth_mlp_edge", "depth_mlp_node",
                # DimeNet++ sizes
-               "blocks", "int_emb", "basis_emb", "out_emb", "spherical", "radial")
+               "blocks", "int_emb", "basis_emb", "out_emb", "spherical", "radial",
+               # PINN FCN sizes
+               "hidden_layers", "batchnorm")
 
 
 @dataclass
@@ -75,6 +78,17 @@ class TrainConfig:
     out_emb: typing.Optional[int] = None
     spherical: typing.Optional[int] = None
     radial: typing.Optional[int] = None
+    # PINN FCN sizes (width is `hidden`)
+    hidden_layers: typing.Optional[int] = None
+    batchnorm: typing.Optional[bool] = None  # BatchNorm after each hidden activation (what DN removes)
+    # PINN task (model fcn; `dataset` names the PDE problem, see dcnn/pinn/problems.py). An epoch is
+    # `steps_per_epoch` Adam steps; n_train/n_val/n_test and batch_size do not apply.
+    n_collocation: int = 2000  # interior points (scrambled Sobol, fixed per seed)
+    n_initial: int = 200
+    n_boundary: int = 200
+    collocation_batch: typing.Optional[int] = None  # None: full batch (DeepXDE's default)
+    steps_per_epoch: int = 100
+    resample: bool = False  # redraw the interior points every epoch
     eval_batch_size: int = 100
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 1
@@ -130,7 +144,8 @@ class TrainConfig:
                 (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ValueError(f"device={self.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
         for name in ("rescale_factor", "lr", "batch_size", "epochs", "eval_batch_size", "threads",
-                     *SIZE_FIELDS, "n_train", "n_val"):
+                     *(n for n in SIZE_FIELDS if n != "batchnorm"), "n_train", "n_val",
+                     "n_collocation", "n_initial", "n_boundary", "collocation_batch", "steps_per_epoch"):
             positive(name)
         positive("force_weight", allow_zero=True)
         positive("lr_min", allow_zero=True)
@@ -148,9 +163,13 @@ class TrainConfig:
         if foreign:
             raise ValueError(f"size field(s) {foreign} do not apply to model {self.model!r}; "
                              f"its sizes are: {', '.join(sizes)}")
+        family = family_of(self.model)
+        if family.name != "molecule" and self.dataset == str(DEFAULT_DATASET):
+            self.dataset = family.default_dataset()  # the family's own default (a PINN: a PDE problem)
         if not self.dataset:
             raise ValueError("dataset must name a data file or a bundled data set (ethanol, aspirin)")
-        self.dataset = str(resolve_dataset(self.dataset))  # absolute: trials change directory
+        # molecules: an absolute path (trials change directory); PINNs: a problem name
+        self.dataset = family.resolve_dataset(self.dataset)
 
     def model_sizes(self) -> dict:
         return {n: getattr(self, n) for n in SIZE_FIELDS if getattr(self, n) is not None}

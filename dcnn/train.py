@@ -51,7 +51,7 @@ class Trainer:
         self.model = self.task.model
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)  # one kernel, not a loop over parameters
         self.schedule = LRSchedule(config.lr_schedule, config.lr, config.epochs,
-                                   math.ceil(self.task.n_train / config.batch_size), lr_min=config.lr_min,
+                                   self.task.steps_per_epoch(config.batch_size), lr_min=config.lr_min,
                                    warmup_epochs=config.warmup_epochs, plateau_factor=config.plateau_factor,
                                    plateau_patience=config.plateau_patience)
         self.shuffle = torch.Generator().manual_seed(config.seed)  # CPU generator: same on any device
@@ -69,11 +69,9 @@ class Trainer:
         t0 = time.perf_counter()
         self.model.train()
         cfg = self.config
-        perm = torch.randperm(self.task.n_train, generator=self.shuffle).to(self.device)
         sums: dict[str, torch.Tensor] = {}
         steps = 0
-        for step, start in enumerate(range(0, self.task.n_train, cfg.batch_size)):
-            index = perm[start:start + cfg.batch_size]
+        for step, index in enumerate(self.task.batches(self.shuffle, cfg.batch_size)):
             lr = self.schedule.lr_at(self.epoch, step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -90,8 +88,7 @@ class Trainer:
         metrics.update(self.task.evaluate("val"))
         if not all(math.isfinite(v) for v in metrics.values()):
             self.diverged, self.diverged_epoch = True, self.epoch
-        # plateau watches the validation objective (physical units)
-        self.schedule.end_epoch(metrics["energy_loss"] + cfg.force_weight * metrics["force_loss"])
+        self.schedule.end_epoch(self.task.objective(metrics))  # plateau: the task's validation objective
         metrics.update(epoch=self.epoch, diverged=int(self.diverged), lr=lr, epoch_time_s=time.perf_counter() - t0)
         self.history.append(metrics)
         return metrics
@@ -104,14 +101,12 @@ class Trainer:
         return metrics
 
     def test(self) -> dict:
-        """Test metrics of the current (last-epoch) model; NaN after divergence."""
-        base = getattr(self.task, "baselines", {}).get("test", {})
-        out = {"test_energy_baseline": base.get("energy", math.nan), "test_force_baseline": base.get("force", math.nan),
-               "test_energy_scale": base.get("energy_scale", math.nan)}
+        """`test_<metric>` of the current (last-epoch) model (NaN after divergence) and the task's
+        reference constants (baselines)."""
+        out = self.task.test_references()
         if self.diverged:
-            return {"test_energy_loss": math.nan, "test_force_loss": math.nan, **out}
-        m = self.task.evaluate("test")
-        return {"test_energy_loss": m["energy_loss"], "test_force_loss": m["force_loss"], **out}
+            return {**{spec.test_key: math.nan for spec in self.task.family.metrics}, **out}
+        return {**{f"test_{k}": v for k, v in self.task.evaluate("test").items()}, **out}
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:

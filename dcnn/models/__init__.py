@@ -6,15 +6,18 @@ from torch import nn
 
 from dcnn.models.cgcnn import CGCNN, CGCNN_PRESETS
 from dcnn.models.dimenetpp import DIMENETPP_PRESETS, DimeNetPP
+from dcnn.models.fcn import FCN, FCN_PRESETS
 from dcnn.models.forcenet import FORCENET_PRESETS, ForceNet
 from dcnn.models.schnet import SCHNET_PRESETS, SchNet
 
 MODELS = {"schnet": (SchNet, SCHNET_PRESETS, "ssp"), "cgcnn": (CGCNN, CGCNN_PRESETS, "softplus"),
-          "forcenet": (ForceNet, FORCENET_PRESETS, "silu"), "dimenetpp": (DimeNetPP, DIMENETPP_PRESETS, "silu")}
+          "forcenet": (ForceNet, FORCENET_PRESETS, "silu"), "dimenetpp": (DimeNetPP, DIMENETPP_PRESETS, "silu"),
+          # the PINN network (task family "pinn", dcnn/pinn): inputs are PDE coordinates, not atoms
+          "fcn": (FCN, FCN_PRESETS, "tanh")}
 MODEL_NAMES = tuple(MODELS)
 PRESET_NAMES = ("small", "paper")
 
-__all__ = ["SchNet", "CGCNN", "ForceNet", "DimeNetPP", "MODELS", "MODEL_NAMES", "PRESET_NAMES", "build_model",
+__all__ = ["SchNet", "CGCNN", "ForceNet", "DimeNetPP", "FCN", "MODELS", "MODEL_NAMES", "PRESET_NAMES", "build_model",
            "default_activation", "denormalize", "energy_and_forces",
            "has_normalization", "MAX_Z"]
 
