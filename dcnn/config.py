@@ -45,6 +45,7 @@ class TrainConfig:
     shift: bool = False  # subtract per-element reference energies (fitted on the training split)
     seed: int = 0
     lr: float = 1e-3
+    optimizer: str = "adam"  # adam | lbfgs (full-batch L-BFGS with strong-Wolfe line search, for PINNs: lr 1, constant)
     lr_schedule: str = "cosine"  # cosine (per step, to lr_min) | constant (the paper's) | plateau
     lr_min: float = 1e-6  # cosine's final lr; plateau's floor
     warmup_epochs: int = 0  # linear warm-up before any schedule
@@ -140,6 +141,7 @@ class TrainConfig:
         choice("scope", ("paper", "all"))
         choice("dtype", ("float32", "float64"))
         choice("lr_schedule", SCHEDULES)
+        choice("optimizer", ("adam", "lbfgs"))
         if not (self.device in ("auto", "cpu", "cuda") or
                 (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ValueError(f"device={self.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")

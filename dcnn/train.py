@@ -49,7 +49,12 @@ class Trainer:
         torch.manual_seed(config.seed)  # parameter initialisation
         self.task = task if task is not None else make_task(config, self.device)
         self.model = self.task.model
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)  # one kernel, not a loop over parameters
+        if config.optimizer == "lbfgs":  # PINNs (Raissi's Burgers, DeepXDE's second stage): full-batch L-BFGS,
+            # one iteration per step; max_eval bounds its line search (torch's default, 5/4·max_iter, would be 1: none)
+            self.optimizer = torch.optim.LBFGS(self.model.parameters(), lr=config.lr, max_iter=1, max_eval=26, history_size=50,
+                                               line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
+        else:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)  # one kernel, not a loop over parameters
         self.schedule = LRSchedule(config.lr_schedule, config.lr, config.epochs,
                                    self.task.steps_per_epoch(config.batch_size), lr_min=config.lr_min,
                                    warmup_epochs=config.warmup_epochs, plateau_factor=config.plateau_factor,
@@ -75,10 +80,23 @@ class Trainer:
             lr = self.schedule.lr_at(self.epoch, step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss, terms = self.task.loss(index)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            if cfg.optimizer == "lbfgs":  # one iteration; the line search evaluates the loss again
+                last = {}
+
+                def closure():
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss, terms = self.task.loss(index)
+                    loss.backward()
+                    last.setdefault("at_start", (loss, terms))  # the iterate's own loss, not a trial point's
+                    return loss
+
+                self.optimizer.step(closure)
+                loss, terms = last["at_start"]
+            else:
+                loss, terms = self.task.loss(index)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
             for k, v in terms.items():  # stays on device: one host sync per epoch, not per step
                 sums[k] = sums.get(k, 0) + v
             sums["train_loss"] = sums.get("train_loss", 0) + loss.detach()  # objective, in rescaled units
