@@ -226,7 +226,7 @@ def test_pinn_study_runs_into_mlflow_and_the_report(ray_session, tracking_uri, t
                                         experiment="pinn-mini", quiet=True))
     assert not report["errors"]
     md = report["markdown"]
-    assert "relL2 mean ± std" in md and "nRMSE" in md and "| *baseline: zero u* | | | 1 | 1 |" in md
+    assert "relL2 mean ± std" in md and "nRMSE" in md and "| *baseline: zero u* | | | 1.00 | 1 | | | 1.00 | 1 | | | | | | | | | | |" in md
     assert "energy" not in md.split("## Findings")[0]
     trials = pd.read_csv(report["paths"]["trials"])
     assert len(trials) == 3 and trials.test_rel_l2.notna().all()
