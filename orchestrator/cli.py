@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     dcnn_cli.add_commands(sub)
     a = sub.add_parser("ablate", help="run a study on Ray Tune (local or a cluster) with MLflow tracking")
     a.add_argument("--study", default="seed-plan",
-                   help="built-in study (seed-plan, activation, stabilizers, preprocessing, factorial, "
+                   help="built-in study (seed-plan, pinn-seed-plan, activation, stabilizers, preprocessing, factorial, "
                         "paper) or a YAML file")
     a.add_argument("--models", type=_csv(str, "--models"), help="comma-separated, e.g. schnet,cgcnn (default: the study's)")
     a.add_argument("--datasets", "--dataset", dest="datasets", type=_csv(str, "--datasets"),

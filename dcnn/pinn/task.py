@@ -14,7 +14,6 @@ gets C² and k becomes k/C). All metrics use u = C·v, so they are in u's units 
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
