@@ -240,3 +240,20 @@ def test_pinn_study_runs_into_mlflow_and_the_report(ray_session, tracking_uri, t
     meta = json.loads((tmp_path / "res/pinn-mini/report/study.json").read_text())
     parent = c.get_run(meta["parent_run_id"])
     assert parent.data.metrics["baseline_test_rel_l2.advection"] == 1.0
+
+
+def test_lbfgs_checkpoint_resumes_bit_for_bit(tmp_path):
+    """2 epochs straight == 1 epoch, save, load into a fresh trainer, 1 more (L-BFGS history included)."""
+    from dcnn.train import Trainer
+
+    cfg = _cfg(denorm=True, optimizer="lbfgs", lr=1.0, lr_schedule="constant", epochs=2, steps_per_epoch=3)
+    a = Trainer(cfg)
+    a.step(), a.step()
+    b = Trainer(cfg)
+    b.step()
+    b.save(tmp_path / "ck.pt")
+    c = Trainer(cfg)
+    c.load(tmp_path / "ck.pt")
+    c.step()
+    for p, q in zip(a.model.parameters(), c.model.parameters()):
+        assert torch.equal(p, q)
