@@ -51,7 +51,7 @@ class Trainer:
         self.model = self.task.model
         if config.optimizer == "lbfgs":  # PINNs (Raissi's Burgers, DeepXDE's second stage): full-batch L-BFGS,
             # one iteration per step; max_eval bounds its line search (torch's default, 5/4·max_iter, would be 1: none)
-            self.optimizer = torch.optim.LBFGS(self.model.parameters(), lr=config.lr, max_iter=1, max_eval=11, history_size=50,
+            self.optimizer = torch.optim.LBFGS(self.model.parameters(), lr=config.lr, max_iter=1, max_eval=6, history_size=50,
                                                line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
         else:
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)  # one kernel, not a loop over parameters
