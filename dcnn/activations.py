@@ -159,6 +159,7 @@ BASE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "elu": _elu,
     "gelu": _gelu,
     "scaled_silu": _scaled_silu,
+    "sin": torch.sin,  # SIREN-style periodic activation (ω0 = 1, Glorot init), for PINNs
 }
 
 # name -> (antiderivative, base activation name)

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from dcnn.data import load_dataset, resolve_dataset
-from dcnn.models import MAX_Z
+from dcnn.families import family_of
 from search_spaces import Study, load_study, tuning_space
 
 log = logging.getLogger("dcnn.orchestrator")
@@ -89,12 +88,13 @@ class AblateOptions:
             fixed["epochs"] = self.epochs
         if self.preset is not None:
             fixed["preset"] = self.preset
-        datasets = None if self.datasets is None else [str(resolve_dataset(d)) for d in self.datasets]
-        study = load_study(self.study).with_overrides(models=self.models, seeds=self.seeds, fixed=fixed,
-                                                      datasets=datasets, split_seeds=self.split_seeds,
-                                                      shift=True if self.shift else None)
-        for path in study.datasets:  # DatasetError names the file and the problem
-            load_dataset(path, max_z=MAX_Z)
+        base = load_study(self.study)
+        family = family_of((self.models or base.models)[0])  # data sets are files or PDE problems
+        datasets = None if self.datasets is None else [family.resolve_dataset(d) for d in self.datasets]
+        study = base.with_overrides(models=self.models, seeds=self.seeds, fixed=fixed, datasets=datasets,
+                                    split_seeds=self.split_seeds, shift=True if self.shift else None)
+        for path in study.datasets:  # names the file (or problem) and what is wrong, before Ray starts
+            study.family.check_dataset(path, {})
         return study
 
     @property
@@ -305,9 +305,7 @@ def _study_record(study: Study, identical: dict, uri: str, experiment: str, pare
     """What the report needs to know about the study beyond its plan: data sets with units, twins."""
     datasets = {}
     for d in study.datasets:
-        ds = load_dataset(d)
-        datasets[d] = {"label": study.dataset_labels()[d], "name": ds.name, "theory": ds.theory,
-                       "units": [ds.energy_unit, ds.force_unit]}
+        datasets[d] = {"label": study.dataset_labels()[d], **study.family.dataset_info(d)}
     return {"identical": identical, "dataset_info": datasets, "units": next(iter(datasets.values()))["units"],
             "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent, "best_hyperparameters": {},
             "settings": {k: study.setting(k) for k in ("epochs", "lr", "lr_schedule", "lr_min", "rescale_factor",

@@ -262,8 +262,9 @@ def preflight(opts, study, experiment: str, experiment_dir: Path, tracking_uri: 
     """Everything left to check before Ray starts; returns the study's plan."""
     check_name("--experiment", experiment)
     check_storage(experiment_dir.parent)
-    for dataset in study.datasets:
-        check_split({"dataset": dataset, **{k: study.setting(k) for k in ("n_train", "n_val", "n_test")}})
+    if study.family.name == "molecule":  # PINN problems have no frames to split
+        for dataset in study.datasets:
+            check_split({"dataset": dataset, **{k: study.setting(k) for k in ("n_train", "n_val", "n_test")}})
     check_models(study)
     if opts.tracking_uri:
         check_tracking_store(opts.tracking_uri)

@@ -7,7 +7,8 @@ from pathlib import Path
 import yaml
 
 from dcnn.config import ACTIVATION_CHOICES, SIZE_FIELDS, TrainConfig
-from dcnn.data import BUNDLED_DATASETS, DEFAULT_DATASET, resolve_dataset
+from dcnn.data import DEFAULT_DATASET
+from dcnn.families import family_of
 from dcnn.models import get_spec, has_normalization, model_names
 
 STUDY_DIR = Path(__file__).resolve().parent / "studies"
@@ -107,6 +108,10 @@ class Study:
                 get_spec(model)
             except ValueError as e:
                 raise ValueError(f"{where}: {e}") from None
+        families = {m: family_of(m).name for m in self.models}
+        if len(set(families.values())) > 1:
+            raise ValueError(f"{where}: models {self.models} belong to different task families {families}; a study "
+                             f"compares one kind of task (its data sets and report columns): split it in two")
         if not self.datasets or len(set(self.datasets)) != len(self.datasets):
             raise ValueError(f"{where}: datasets must be a non-empty list of distinct data sets, got {self.datasets}")
         labels = list(self.dataset_labels().values())
@@ -169,8 +174,13 @@ class Study:
 
     def dataset_labels(self) -> dict[str, str]:
         """Short names of the data sets (bundled name, else file stem), for run names and report headings."""
-        bundled = {str(p): name for name, p in BUNDLED_DATASETS.items()}
-        return {d: bundled.get(d, Path(d).stem) for d in self.datasets}
+        family = self.family
+        return {d: family.dataset_label(d) for d in self.datasets}
+
+    @property
+    def family(self):
+        """The task family of the study's models (dcnn/families.py): its data sets and metrics."""
+        return family_of(self.models[0])
 
     def trial_configs(self) -> list[dict]:
         """Every trial that runs, as a flat config, in a stable order (arm, model, dataset, seed)."""
@@ -328,11 +338,12 @@ def load_study(name_or_path: str) -> Study:
     fixed = data.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise ValueError(f"{where}: fixed must map TrainConfig keys to values, got {fixed!r}")
-    datasets = _list(data, "datasets", where, str, ["ethanol"])
-    study = Study(name=path.stem, arms=arms, reference=reference,
-                  models=_list(data, "models", where, str, ["schnet", "cgcnn"]),
+    models = _list(data, "models", where, str, ["schnet", "cgcnn"])
+    family = family_of(models[0]) if models else family_of("")
+    datasets = _list(data, "datasets", where, str, [family.default_dataset()])
+    study = Study(name=path.stem, arms=arms, reference=reference, models=models,
                   seeds=_list(data, "seeds", where, int, [0, 1, 2]),
-                  datasets=[str(resolve_dataset(d, path.parent)) for d in datasets],
+                  datasets=[family.resolve_dataset(d, path.parent) for d in datasets],
                   split_seeds=str(data.get("split_seeds", "fixed")), fixed=dict(fixed),
                   description=str(data.get("description", "")).strip(), source=where)
     study.validate()

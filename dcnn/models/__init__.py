@@ -6,6 +6,7 @@ from torch import nn
 
 from dcnn.models.cgcnn import CGCNN, CGCNN_PRESETS
 from dcnn.models.dimenetpp import DIMENETPP_PRESETS, DimeNetPP
+from dcnn.models.fcn import FCN, FCN_PRESETS
 from dcnn.models.forcenet import FORCENET_PRESETS, ForceNet
 from dcnn.models.gemnet_t import GEMNET_T_PRESETS, GemNetT
 from dcnn.models.plugins import ModelSpec, UnknownModelError, check_model, known_names, resolve
@@ -13,7 +14,9 @@ from dcnn.models.schnet import SCHNET_PRESETS, SchNet
 
 MODELS = {"schnet": (SchNet, SCHNET_PRESETS, "ssp"), "cgcnn": (CGCNN, CGCNN_PRESETS, "softplus"),
           "forcenet": (ForceNet, FORCENET_PRESETS, "silu"), "dimenetpp": (DimeNetPP, DIMENETPP_PRESETS, "silu"),
-          "gemnet_t": (GemNetT, GEMNET_T_PRESETS, "scaled_silu")}
+          "gemnet_t": (GemNetT, GEMNET_T_PRESETS, "scaled_silu"),
+          # the PINN network (task family "pinn", dcnn/pinn): inputs are PDE coordinates, not atoms
+          "fcn": (FCN, FCN_PRESETS, "tanh")}
 MODEL_NAMES = tuple(MODELS)
 PRESET_NAMES = ("small", "paper")
 # one registry path: built-ins are ModelSpecs like plug-ins (dcnn/models/plugins.py), placed by their class's
@@ -21,7 +24,7 @@ PRESET_NAMES = ("small", "paper")
 BUILTIN_SPECS = {name: ModelSpec(cls, presets, act, cls.paper_activation_scope, name=name)
                  for name, (cls, presets, act) in MODELS.items()}
 
-__all__ = ["SchNet", "CGCNN", "ForceNet", "DimeNetPP", "GemNetT", "MODELS", "MODEL_NAMES", "PRESET_NAMES", "build_model",
+__all__ = ["SchNet", "CGCNN", "ForceNet", "DimeNetPP", "GemNetT", "FCN", "MODELS", "MODEL_NAMES", "PRESET_NAMES", "build_model",
            "default_activation", "denormalize", "energy_and_forces",
            "has_normalization", "MAX_Z", "ModelSpec", "get_spec", "model_names", "check_plugin",
            "UnknownModelError"]
