@@ -123,6 +123,11 @@ def _ssp(x: torch.Tensor) -> torch.Tensor:
     return F.softplus(x) - _LOG2
 
 
+def _scaled_silu(x: torch.Tensor) -> torch.Tensor:
+    """GemNet's ScaledSiLU: SiLU / 0.6 (keeps activations' variance near 1 with He init)."""
+    return F.silu(x) * (1 / 0.6)
+
+
 class Activation(nn.Module):
     """An elementwise activation known by name (so models can be searched and rewritten by name)."""
 
@@ -158,6 +163,8 @@ BASE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "elu": _elu,
     "gelu": _gelu,
+    "scaled_silu": _scaled_silu,
+    "sin": torch.sin,  # SIREN-style periodic activation (ω0 = 1, Glorot init), for PINNs
 }
 
 # name -> (antiderivative, base activation name)

@@ -1,13 +1,13 @@
 """Tasks: what the generic training loop trains on (data, model, loss terms, metrics).
 
-The loop in `dcnn.train` only needs `model`, `n_train`, `loss(index)` and `evaluate(split)`; a
-physics-informed (PDE-residual) task can plug in beside `MoleculeTask` without touching the loop,
-the trainables or the orchestrator.
+The loop in `dcnn.train` only needs the `Task` protocol below; what a task measures (metric names, units,
+baselines, the validation objective) is declared by its family (dcnn/families.py), so the loop, the
+trainables and the report read it from there. `PINNTask` (dcnn/pinn/task.py) sits beside `MoleculeTask`.
 """
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from torch import nn
 
 from dcnn.activations import replace_activations
 from dcnn.config import TrainConfig
+from dcnn.families import MOLECULE, TaskFamily, family_of
 from dcnn.data import MoleculeDataset, load_dataset, split_indices
 from dcnn.labels import LabelTransform, baselines
 from dcnn.compiled import make_energy_forces
@@ -25,6 +26,19 @@ class Task(Protocol):
     model: nn.Module
     n_train: int
     info: dict
+    family: TaskFamily  # metric names (evaluate()'s keys), units, baselines, val_loss weights
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Optimizer steps in one epoch (the learning-rate schedule needs it up front)."""
+
+    def batches(self, generator: torch.Generator, batch_size: int) -> Iterator:
+        """The epoch's batches: whatever `loss()` takes as its index; random draws only from `generator`."""
+
+    def objective(self, metrics: dict) -> float:
+        """What the plateau schedule watches, from the validation metrics."""
+
+    def test_references(self) -> dict:
+        """Constants reported with the test metrics (baselines, scales), by result key."""
 
     def loss(self, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training loss on the train frames `index` and its terms in physical units (detached)."""
@@ -39,8 +53,11 @@ class MoleculeTask:
     predictions, so every reported number is in the data set's physical units.
     """
 
+    family = MOLECULE
+
     def __init__(self, config: TrainConfig, device: torch.device, dataset: MoleculeDataset | None = None):
         self.config = config
+        self.device = device
         ds = dataset if dataset is not None else load_dataset(config.dataset)
         ds.check_numbers(MAX_Z)
         split_seed = config.split_seed if config.split_seed is not None else 0
@@ -64,7 +81,8 @@ class MoleculeTask:
         self.numbers = torch.as_tensor(ds.numbers, device=device)
         self.n_train = len(idx[0])
 
-        model = build_model(config.model, config.preset, **config.model_sizes())
+        data = {"elements": tuple(sorted({int(z) for z in ds.numbers})), "n_atoms": int(ds.n_atoms)}
+        model = build_model(config.model, config.preset, data, **config.model_sizes())
         activation = default_activation(config.model) if config.activation == "original" else config.activation
         replaced = 0
         if config.activation != "original":
@@ -84,6 +102,24 @@ class MoleculeTask:
             "n_parameters": sum(p.numel() for p in model.parameters()),
             "energy_shift": self.labels.offset,
         }
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return math.ceil(self.n_train / batch_size)
+
+    def batches(self, generator: torch.Generator, batch_size: int):
+        """A random permutation of the training frames in batches (drawn on the CPU: same on any device)."""
+        perm = torch.randperm(self.n_train, generator=generator).to(self.device)
+        for start in range(0, self.n_train, batch_size):
+            yield perm[start:start + batch_size]
+
+    def objective(self, metrics: dict) -> float:
+        """The validation objective with the run's own force weight (physical units)."""
+        return metrics["energy_loss"] + self.force_weight * metrics["force_loss"]
+
+    def test_references(self) -> dict:
+        base = self.baselines.get("test", {})
+        return {"test_energy_baseline": base.get("energy", math.nan), "test_force_baseline": base.get("force", math.nan),
+                "test_energy_scale": base.get("energy_scale", math.nan)}
 
     def compile_stats(self) -> dict:
         """Compile time so far (s), whether training steps run compiled (1/0), and why not if it fell back."""
@@ -123,4 +159,8 @@ class MoleculeTask:
 
 
 def make_task(config: TrainConfig, device: torch.device) -> Task:
+    if family_of(config.model).name == "pinn":
+        from dcnn.pinn.task import PINNTask
+
+        return PINNTask(config, device)
     return MoleculeTask(config, device)

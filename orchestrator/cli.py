@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("ablate", help="run a study on Ray Tune (local or a cluster) with MLflow tracking")
     a.add_argument("--study", default="seed-plan",
                    help="built-in study (seed-plan, activation, stabilizers, preprocessing, factorial, "
-                        "paper) or a YAML file")
-    a.add_argument("--models", type=_csv(str, "--models"), help="comma-separated, e.g. schnet,cgcnn (default: the study's)")
+                        "paper, paper-models, pinn-seed-plan) or a YAML file")
+    a.add_argument("--models", type=_csv(str, "--models"), help="comma-separated, e.g. schnet,cgcnn; known: schnet, cgcnn, forcenet, "
+                        "dimenetpp, gemnet_t, mace, fcn (PINN), or package.module:spec (default: the study's)")
     a.add_argument("--datasets", "--dataset", dest="datasets", type=_csv(str, "--datasets"),
                    help="comma-separated bundled names (ethanol, aspirin) or data files; a study runs on each "
                         "(default: the study's, else ethanol)")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -10,14 +11,11 @@ import ray
 from ray import tune
 
 from dcnn.config import TrainConfig
-from dcnn.data import resolve_dataset
+from dcnn.families import family_of_config
 from dcnn.train import Trainer
 from search_spaces import LABEL_KEYS  # keys a study adds to label a trial; not training settings
 
 CHECKPOINT_FILE = "trainer.pt"
-# validation objective with a fixed weight (the paper's β = 30), in physical units: comparable across
-# trials even when force_weight itself is being tuned
-OBJECTIVE_FORCE_WEIGHT = 30.0
 
 
 def quiet_worker_logs() -> None:
@@ -57,9 +55,13 @@ def train_config_from_tune(config: dict) -> TrainConfig:
     `threads` and `device` default to what Ray assigned the trial; a config may still set them.
     """
     values = {k: v for k, v in config.items() if k not in LABEL_KEYS}
+    for folder in config.get("plugin_path") or ():  # where the driver imported plug-in models from
+        if folder not in sys.path:
+            sys.path.append(folder)
     if isinstance(values.get("dataset"), (str, os.PathLike)):
         # trials run inside their own folder: a relative path means the driver's working directory
-        values["dataset"] = str(resolve_dataset(values["dataset"], os.environ.get("TUNE_ORIG_WORKING_DIR")))
+        values["dataset"] = family_of_config(values).resolve_dataset(values["dataset"],
+                                                                     os.environ.get("TUNE_ORIG_WORKING_DIR"))
     placement = _placement() if ray.is_initialized() else {}
     values.setdefault("threads", placement.get("threads", 1))
     if values.get("device", "auto") == "auto" and placement:
@@ -95,7 +97,9 @@ def _epoch_metrics(metrics: dict, placement: dict, trainer: Trainer) -> dict:
     """The trainer's metrics plus where the trial ran (node, GPU ids, device), when (wall clock) and
     what it cost (setup time, compile time, peak memory)."""
     out = dict(metrics)
-    out["val_loss"] = metrics["energy_loss"] + OBJECTIVE_FORCE_WEIGHT * metrics["force_loss"]
+    # the task family's fixed-weight validation objective (molecules: E + 30·F, physical units): comparable
+    # across trials even when force_weight itself is being tuned
+    out["val_loss"] = trainer.task.family.val_loss(metrics)
     out.update(node_id=placement.get("node_id", ""), hostname=socket.gethostname(),
                gpu_ids=placement.get("gpu_ids", ""), device=str(trainer.device),
                cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
