@@ -8,9 +8,11 @@ export RAY_AUTH_MODE ?= disabled
 
 .PHONY: install test ablate report ui train data bench
 
-install:  ## torch first, pinned: the CPU wheel on disk (a bare `torch` pulls a multi-GB CUDA build)
+EXTRAS ?= dev
+
+install:  ## torch first, pinned: the CPU wheel on disk (a bare `torch` pulls a multi-GB CUDA build); EXTRAS=dev,mace adds MACE
 	$(PIP) install torch==2.13.0
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[$(EXTRAS)]"
 
 test:
 	$(PYTHON) -m pytest -q
@@ -32,5 +34,6 @@ data:  ## regenerate the bundled data sets (bit-identical; see data/README.md; a
 	dcnn-ablate data generate --molecule aspirin --frames 2000 --temperature 500 --seed 0 --out data/aspirin-gfn2-500K.npz --force
 	sha256sum $(DATA) data/aspirin-gfn2-500K.npz
 
-bench:  ## our SchNet vs PyG's: ms per energy+force training step, small and paper presets
-	$(PYTHON) -m benchmarks.bench_schnet
+bench:  ## ms per energy+force training step of every model (small preset), PyG's SchNet and DimeNet++ alongside, then eager vs compiled; flags via ARGS="--presets small paper --models schnet"
+	$(PYTHON) -m benchmarks.bench_models $(ARGS)
+	$(PYTHON) -m benchmarks.bench_compile

@@ -91,14 +91,19 @@ class _Antiderivative(torch.autograd.Function):
     """F(x) whose backward is exactly the base activation, written in differentiable torch ops.
 
     Because the backward is itself built from differentiable ops, double backward (needed by
-    force training) is the base activation's own derivative, exact and cheap.
+    force training) is the base activation's own derivative, exact and cheap.  Written in the
+    `setup_context` style, which `torch.func` transforms (vjp in `dcnn.compiled`) require.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, forward_fn: Callable, base_fn: Callable) -> torch.Tensor:
+    def forward(x: torch.Tensor, forward_fn: Callable, base_fn: Callable) -> torch.Tensor:
+        return forward_fn(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, _, base_fn = inputs
         ctx.save_for_backward(x)
         ctx.base_fn = base_fn
-        return forward_fn(x)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -116,6 +121,11 @@ def _gelu(x: torch.Tensor) -> torch.Tensor:
 
 def _ssp(x: torch.Tensor) -> torch.Tensor:
     return F.softplus(x) - _LOG2
+
+
+def _scaled_silu(x: torch.Tensor) -> torch.Tensor:
+    """GemNet's ScaledSiLU: SiLU / 0.6 (keeps activations' variance near 1 with He init)."""
+    return F.silu(x) * (1 / 0.6)
 
 
 class Activation(nn.Module):
@@ -153,6 +163,8 @@ BASE_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "relu": F.relu,
     "elu": _elu,
     "gelu": _gelu,
+    "scaled_silu": _scaled_silu,
+    "sin": torch.sin,  # SIREN-style periodic activation (ω0 = 1, Glorot init), for PINNs
 }
 
 # name -> (antiderivative, base activation name)

@@ -8,7 +8,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import typing
 from dataclasses import fields
@@ -18,11 +17,11 @@ import yaml
 
 from dcnn.config import ACTIVATION_CHOICES, TrainConfig
 from dcnn.data import DatasetError, load_dataset
-from dcnn.models import MODEL_NAMES, PRESET_NAMES
 from dcnn.outputs import check_output, same_file
 
-_CHOICES = {"model": MODEL_NAMES, "preset": PRESET_NAMES, "activation": ACTIVATION_CHOICES,
-            "scope": ("paper", "all"), "dtype": ("float32", "float64")}
+# model and preset: TrainConfig checks them (plug-ins bring their own names and presets)
+_CHOICES = {"activation": ACTIVATION_CHOICES, "scope": ("paper", "all"), "dtype": ("float32", "float64"),
+            "compile": ("off", "on", "auto")}
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -69,7 +68,8 @@ def _fmt(v) -> str:
 
 CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "config")
 # a checkpoint resumes only the run it was written by; these may change when it is resumed
-_RESUMABLE_CHANGES = ("epochs", "lr", "device", "threads", "eval_batch_size", "force_weight", "batch_size")
+_RESUMABLE_CHANGES = ("epochs", "lr", "device", "threads", "eval_batch_size", "force_weight", "batch_size",
+                      "compile")
 
 
 def load_checkpoint_file(path, flag: str = "--resume") -> dict:
@@ -104,8 +104,38 @@ def check_resume_config(state: dict, cfg: TrainConfig, path) -> None:
                          f"{cfg.epochs}: nothing to train (raise --epochs)")
 
 
+def _train_other_family(args: argparse.Namespace, cfg, family) -> int:
+    """`train` for a task family other than molecules (PINN): its data set is a problem, its metrics
+    are the family's."""
+    family.check_dataset(cfg.dataset, {})
+    if args.resume:
+        check_resume_config(load_checkpoint_file(args.resume), cfg, args.resume)
+    if args.checkpoint:
+        resumed = args.resume if args.resume and same_file(args.resume, args.checkpoint) else None
+        check_output("--checkpoint", args.checkpoint, {"--config": args.config}, args.force or bool(resumed))
+    print(f"training {cfg.model} ({cfg.preset}) activation={cfg.activation} denorm={cfg.denorm} "
+          f"rescale={cfg.rescale} (C={cfg.rescale_factor:g}) on {cfg.dataset}", file=sys.stderr, flush=True)
+
+    def on_epoch(m, trainer):
+        print(f"epoch {m['epoch']:3d}/{cfg.epochs}  " + "  ".join(
+            f"val {spec.short} {_fmt(m[spec.key])}" for spec in family.metrics)
+              + f"  ({m['epoch_time_s']:.1f} s)" + ("  DIVERGED" if m["diverged"] else ""), file=sys.stderr, flush=True)
+        if args.checkpoint:
+            trainer.save(args.checkpoint)
+
+    from dcnn.train import train
+
+    summary = train(cfg, on_epoch=on_epoch, resume_from=args.resume)
+    print(json.dumps(summary, indent=2, default=str, ensure_ascii=False))
+    return 1 if summary.get("diverged") else 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    from dcnn.families import family_of
+
+    if family_of(cfg.model).name != "molecule":
+        return _train_other_family(args, cfg, family_of(cfg.model))
     ds = load_dataset(cfg.dataset)  # bad data fails here, before any model is built
     if args.resume:
         check_resume_config(load_checkpoint_file(args.resume), cfg, args.resume)

@@ -8,8 +8,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from dcnn.activations import ACTIVATION_NAMES
-from dcnn.data import DEFAULT_DATASET, resolve_dataset
-from dcnn.models import MODEL_NAMES, MODELS, PRESET_NAMES
+from dcnn.data import DEFAULT_DATASET
+from dcnn.families import family_of
+from dcnn.models import UnknownModelError, get_spec, model_names
 from dcnn.schedules import SCHEDULES
 
 ACTIVATION_CHOICES = ("original",) + ACTIVATION_NAMES
@@ -18,7 +19,11 @@ SIZE_FIELDS = ("hidden", "filters", "interactions", "gaussians", "cutoff",
                # ForceNet sizes
                "depth_mlp_edge", "depth_mlp_node",
                # DimeNet++ sizes
-               "blocks", "int_emb", "basis_emb", "out_emb", "spherical", "radial")
+               "blocks", "int_emb", "basis_emb", "out_emb", "spherical", "radial",
+               # GemNet-T sizes (and blocks, spherical, radial, cutoff above)
+               "emb_atom", "emb_edge", "emb_trip", "emb_rbf", "emb_cbf", "emb_bil_trip",
+               # PINN FCN sizes
+               "hidden_layers", "batchnorm")
 
 
 @dataclass
@@ -42,6 +47,7 @@ class TrainConfig:
     shift: bool = False  # subtract per-element reference energies (fitted on the training split)
     seed: int = 0
     lr: float = 1e-3
+    optimizer: str = "adam"  # adam | lbfgs (full-batch L-BFGS with strong-Wolfe line search, for PINNs: lr 1, constant)
     lr_schedule: str = "cosine"  # cosine (per step, to lr_min) | constant (the paper's) | plateau
     lr_min: float = 1e-6  # cosine's final lr; plateau's floor
     warmup_epochs: int = 0  # linear warm-up before any schedule
@@ -75,10 +81,31 @@ class TrainConfig:
     out_emb: typing.Optional[int] = None
     spherical: typing.Optional[int] = None
     radial: typing.Optional[int] = None
+    # GemNet-T sizes
+    emb_atom: typing.Optional[int] = None
+    emb_edge: typing.Optional[int] = None
+    emb_trip: typing.Optional[int] = None
+    emb_rbf: typing.Optional[int] = None
+    emb_cbf: typing.Optional[int] = None
+    emb_bil_trip: typing.Optional[int] = None
+    # PINN FCN sizes (width is `hidden`)
+    hidden_layers: typing.Optional[int] = None
+    batchnorm: typing.Optional[bool] = None  # BatchNorm after each hidden activation (what DN removes)
+    # PINN task (model fcn; `dataset` names the PDE problem, see dcnn/pinn/problems.py). An epoch is
+    # `steps_per_epoch` Adam steps; n_train/n_val/n_test and batch_size do not apply.
+    n_collocation: int = 2000  # interior points (scrambled Sobol, fixed per seed)
+    n_initial: int = 200
+    n_boundary: int = 200
+    collocation_batch: typing.Optional[int] = None  # None: full batch (DeepXDE's default)
+    steps_per_epoch: int = 100
+    resample: bool = False  # redraw the interior points every epoch
     eval_batch_size: int = 100
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 1
     dtype: str = "float32"
+    # energy+force step: "off" eager autograd, "on" traced + torch.compile'd (dcnn/compiled.py), "auto"
+    # compile only when the timed eager steps say the compile time will be paid back (AutoDecision)
+    compile: str = "auto"
 
     def __post_init__(self):
         self._coerce()
@@ -120,17 +147,24 @@ class TrainConfig:
             if not (math.isfinite(v) and (v >= 0 if allow_zero else v > 0)):
                 raise ValueError(f"{name}={v!r} must be {'non-negative' if allow_zero else 'positive'}")
 
-        choice("model", MODEL_NAMES)
-        choice("preset", PRESET_NAMES)
+        try:  # built-in, optional built-in, plug-in module:attr or entry point (dcnn/models/plugins.py)
+            spec = get_spec(self.model)
+        except UnknownModelError:
+            raise ValueError(f"model={self.model!r} is not allowed; choose one of: {', '.join(model_names())} "
+                             f"(or a plug-in package.module:attribute)") from None
+        choice("preset", tuple(spec.presets))
         choice("activation", ACTIVATION_CHOICES)
         choice("scope", ("paper", "all"))
         choice("dtype", ("float32", "float64"))
+        choice("compile", ("off", "on", "auto"))
         choice("lr_schedule", SCHEDULES)
+        choice("optimizer", ("adam", "lbfgs"))
         if not (self.device in ("auto", "cpu", "cuda") or
                 (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ValueError(f"device={self.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
         for name in ("rescale_factor", "lr", "batch_size", "epochs", "eval_batch_size", "threads",
-                     *SIZE_FIELDS, "n_train", "n_val"):
+                     *(n for n in SIZE_FIELDS if n != "batchnorm"), "n_train", "n_val",
+                     "n_collocation", "n_initial", "n_boundary", "collocation_batch", "steps_per_epoch"):
             positive(name)
         positive("force_weight", allow_zero=True)
         positive("lr_min", allow_zero=True)
@@ -143,14 +177,18 @@ class TrainConfig:
         if self.warmup_epochs >= self.epochs and self.warmup_epochs:
             raise ValueError(f"warmup_epochs={self.warmup_epochs} must be fewer than epochs={self.epochs}")
         positive("n_test", allow_zero=True)
-        sizes = set(MODELS[self.model][1]["small"])
+        sizes = set(spec.presets[self.preset])
         foreign = [n for n in SIZE_FIELDS if getattr(self, n) is not None and n not in sizes]
         if foreign:
             raise ValueError(f"size field(s) {foreign} do not apply to model {self.model!r}; "
                              f"its sizes are: {', '.join(sizes)}")
+        family = family_of(self.model)
+        if family.name != "molecule" and self.dataset == str(DEFAULT_DATASET):
+            self.dataset = family.default_dataset()  # the family's own default (a PINN: a PDE problem)
         if not self.dataset:
             raise ValueError("dataset must name a data file or a bundled data set (ethanol, aspirin)")
-        self.dataset = str(resolve_dataset(self.dataset))  # absolute: trials change directory
+        # molecules: an absolute path (trials change directory); PINNs: a problem name
+        self.dataset = family.resolve_dataset(self.dataset)
 
     def model_sizes(self) -> dict:
         return {n: getattr(self, n) for n in SIZE_FIELDS if getattr(self, n) is not None}

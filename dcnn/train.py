@@ -49,9 +49,14 @@ class Trainer:
         torch.manual_seed(config.seed)  # parameter initialisation
         self.task = task if task is not None else make_task(config, self.device)
         self.model = self.task.model
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)  # one kernel, not a loop over parameters
+        if config.optimizer == "lbfgs":  # PINNs (Raissi's Burgers, DeepXDE's second stage): full-batch L-BFGS,
+            # one iteration per step; max_eval bounds its line search (torch's default, 5/4·max_iter, would be 1: none)
+            self.optimizer = torch.optim.LBFGS(self.model.parameters(), lr=config.lr, max_iter=1, max_eval=6, history_size=50,
+                                               line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
+        else:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)  # one kernel, not a loop over parameters
         self.schedule = LRSchedule(config.lr_schedule, config.lr, config.epochs,
-                                   math.ceil(self.task.n_train / config.batch_size), lr_min=config.lr_min,
+                                   self.task.steps_per_epoch(config.batch_size), lr_min=config.lr_min,
                                    warmup_epochs=config.warmup_epochs, plateau_factor=config.plateau_factor,
                                    plateau_patience=config.plateau_patience)
         self.shuffle = torch.Generator().manual_seed(config.seed)  # CPU generator: same on any device
@@ -69,18 +74,29 @@ class Trainer:
         t0 = time.perf_counter()
         self.model.train()
         cfg = self.config
-        perm = torch.randperm(self.task.n_train, generator=self.shuffle).to(self.device)
         sums: dict[str, torch.Tensor] = {}
         steps = 0
-        for step, start in enumerate(range(0, self.task.n_train, cfg.batch_size)):
-            index = perm[start:start + cfg.batch_size]
+        for step, index in enumerate(self.task.batches(self.shuffle, cfg.batch_size)):
             lr = self.schedule.lr_at(self.epoch, step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss, terms = self.task.loss(index)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            if cfg.optimizer == "lbfgs":  # one iteration; the line search evaluates the loss again
+                last = {}
+
+                def closure():
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss, terms = self.task.loss(index)
+                    loss.backward()
+                    last.setdefault("at_start", (loss, terms))  # the iterate's own loss, not a trial point's
+                    return loss
+
+                self.optimizer.step(closure)
+                loss, terms = last["at_start"]
+            else:
+                loss, terms = self.task.loss(index)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
             for k, v in terms.items():  # stays on device: one host sync per epoch, not per step
                 sums[k] = sums.get(k, 0) + v
             sums["train_loss"] = sums.get("train_loss", 0) + loss.detach()  # objective, in rescaled units
@@ -90,8 +106,7 @@ class Trainer:
         metrics.update(self.task.evaluate("val"))
         if not all(math.isfinite(v) for v in metrics.values()):
             self.diverged, self.diverged_epoch = True, self.epoch
-        # plateau watches the validation objective (physical units)
-        self.schedule.end_epoch(metrics["energy_loss"] + cfg.force_weight * metrics["force_loss"])
+        self.schedule.end_epoch(self.task.objective(metrics))  # plateau: the task's validation objective
         metrics.update(epoch=self.epoch, diverged=int(self.diverged), lr=lr, epoch_time_s=time.perf_counter() - t0)
         self.history.append(metrics)
         return metrics
@@ -104,14 +119,12 @@ class Trainer:
         return metrics
 
     def test(self) -> dict:
-        """Test metrics of the current (last-epoch) model; NaN after divergence."""
-        base = getattr(self.task, "baselines", {}).get("test", {})
-        out = {"test_energy_baseline": base.get("energy", math.nan), "test_force_baseline": base.get("force", math.nan),
-               "test_energy_scale": base.get("energy_scale", math.nan)}
+        """`test_<metric>` of the current (last-epoch) model (NaN after divergence) and the task's
+        reference constants (baselines)."""
+        out = self.task.test_references()
         if self.diverged:
-            return {"test_energy_loss": math.nan, "test_force_loss": math.nan, **out}
-        m = self.task.evaluate("test")
-        return {"test_energy_loss": m["energy_loss"], "test_force_loss": m["force_loss"], **out}
+            return {**{spec.test_key: math.nan for spec in self.task.family.metrics}, **out}
+        return {**{f"test_{k}": v for k, v in self.task.evaluate("test").items()}, **out}
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -159,6 +172,7 @@ class Trainer:
         out.update(self.test())
         out.update(diverged=int(self.diverged), diverged_epoch=self.diverged_epoch,
                    epochs_completed=self.epoch, device=str(self.device), **self.task.info)
+        out.update(getattr(self.task, "compile_stats", dict)())  # compile time / fallback, if the task compiles
         return out
 
 

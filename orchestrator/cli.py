@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 import yaml
 
@@ -58,7 +57,7 @@ def cmd_ablate(args) -> int:
         max_concurrent=args.max_concurrent, address=args.address, storage=args.storage,
         tracking_uri=args.tracking_uri, experiment=args.experiment, resume=args.resume,
         tune_hparams=args.tune_hparams, tuning_space=args.tuning_space, scheduler=args.scheduler,
-        set=dict(args.set or []))
+        set={**dict(args.set or []), **({"compile": args.compile} if args.compile else {})})
     report = run_ablation(opts)
     return 1 if report.get("errors") else 0
 
@@ -82,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("ablate", help="run a study on Ray Tune (local or a cluster) with MLflow tracking")
     a.add_argument("--study", default="seed-plan",
                    help="built-in study (seed-plan, activation, stabilizers, preprocessing, factorial, "
-                        "paper) or a YAML file")
-    a.add_argument("--models", type=_csv(str, "--models"), help="comma-separated, e.g. schnet,cgcnn (default: the study's)")
+                        "paper, paper-models, pinn-seed-plan) or a YAML file")
+    a.add_argument("--models", type=_csv(str, "--models"), help="comma-separated, e.g. schnet,cgcnn; known: schnet, cgcnn, forcenet, "
+                        "dimenetpp, gemnet_t, mace, fcn (PINN), or package.module:spec (default: the study's)")
     a.add_argument("--datasets", "--dataset", dest="datasets", type=_csv(str, "--datasets"),
                    help="comma-separated bundled names (ethanol, aspirin) or data files; a study runs on each "
                         "(default: the study's, else ethanol)")
@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per arm, N Optuna trials (with ASHA) first, then the seeds at the best values")
     a.add_argument("--tuning-space", default="default", help="default (lr, force_weight, C) or lr")
     a.add_argument("--scheduler", choices=SCHEDULERS, default="fifo")
+    a.add_argument("--compile", choices=("off", "on", "auto"),
+                   help="energy+force step: eager (off), traced + torch.compile'd (on), or compiled only when "
+                        "timed eager steps say the compile time pays back (auto, TrainConfig's default)")
     a.add_argument("--set", type=_keyvalue, action="append", metavar="KEY=VALUE",
                    help="any TrainConfig key for every trial, e.g. --set lr=3e-4")
     a.set_defaults(func=cmd_ablate)

@@ -9,6 +9,8 @@ import time
 
 from ray import tune
 
+from dcnn.families import family_of_config
+
 from orchestrator.tracking import trial_run_name
 
 
@@ -19,8 +21,8 @@ class StudyProgress(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
         r = trial.last_result or {}
-        status = "DIVERGED" if r.get("diverged") else (
-            f"test E {r.get('test_energy_loss', float('nan')):.4g}, F {r.get('test_force_loss', float('nan')):.4g}")
+        status = "DIVERGED" if r.get("diverged") else "test " + ", ".join(
+            f"{m.short} {r.get(m.test_key, float('nan')):.4g}" for m in family_of_config(trial.config).metrics)
         print(f"[{self.label}{self.done}/{self.total} · {time.time() - self.t0:.0f} s] "
               f"{trial_run_name(trial.config)}: {status} (epoch {r.get('epoch')})", flush=True)
 

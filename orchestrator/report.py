@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dcnn.families import family_of, family_of_config
+
 FACTOR_COLUMNS = ["model", "arm", "activation", "denorm", "rescale", "shift"]
 GROUP = ["data", "model"]
 REPORT_DIR = "report"
@@ -23,7 +25,14 @@ REPORT_DIR = "report"
 # averaged.  Against zero, not the mean: an energy offset not yet learned is a (bad) result, not a blow-up.
 BLOWUP_FACTOR = 10.0
 ALPHA = 0.05  # family-wise level of the Holm-adjusted tests
-METRICS = (("test_energy_loss", "E", "energy"), ("test_force_loss", "F", "force"))
+# The columns come from the task family of the study's models (dcnn/families.py: molecules report energy
+# and force MAE, PINNs relative L2, nRMSE, final-time RMSE and PDE residual), never from a list here.
+
+
+def metric_specs(trials: pd.DataFrame) -> tuple:
+    """The metrics of the study's task family (one family per study: Study.validate checks it)."""
+    models = list(trials.model.dropna().unique()) if "model" in trials else []
+    return family_of(str(models[0]) if models else "").metrics
 
 
 def _read_results(trial_dir: Path) -> list[dict]:
@@ -89,24 +98,25 @@ def collect(experiment_dir: Path, dataset_labels: dict | None = None) -> tuple[p
             continue
         last = results[-1] if results else {}
         trial_id = last.get("trial_id", "")
-        finished = bool(last.get("done")) or "test_force_loss" in last
+        specs = family_of_config(config).metrics
+        finished = bool(last.get("done")) or any(m.test_key in last for m in specs)
         row = {"data": _label(config, labels), **{k: config.get(k, False if k == "shift" else None)
                                                   for k in FACTOR_COLUMNS + ["seed"]},
                "trial_id": trial_id, "mlflow_run_id": run_ids.get(trial_id, ""), "finished": finished,
                "epochs": last.get("epoch", 0), "diverged": int(last.get("diverged", 0)),
                "error": "" if finished else error,
                "identical_to": ""}
-        for key in ("test_energy_loss", "test_force_loss", "test_energy_baseline", "test_force_baseline",
-                    "test_energy_scale", "energy_loss", "force_loss"):
-            row[key] = last.get(key, math.nan)
+        for m in specs:  # test value, baseline, blow-up scale, last validation value
+            for key in (m.test_key, m.baseline, m.blowup_scale, m.key):
+                if key:
+                    row[key] = last.get(key, math.nan)
         row.update({"node_id": last.get("node_id", ""), "hostname": last.get("hostname", ""),
                     "device": last.get("device", ""), "gpu_ids": last.get("gpu_ids", ""),
                     "started_at": last.get("started_at", math.nan), "finished_at": last.get("reported_at", math.nan)})
         trials.append(row)
         for r in results:
             curves.append({"trial_id": trial_id, "data": row["data"], **{k: row[k] for k in FACTOR_COLUMNS + ["seed"]},
-                           "epoch": r.get("epoch"), "energy_loss": r.get("energy_loss"),
-                           "force_loss": r.get("force_loss")})
+                           "epoch": r.get("epoch"), **{m.key: r.get(m.key) for m in specs}})
     trials_df = pd.DataFrame(trials)
     curves_df = pd.DataFrame(curves)
     if not curves_df.empty:  # an epoch replayed after a worker was killed: its last record counts
@@ -136,9 +146,10 @@ def add_identical_arms(trials: pd.DataFrame, identical: dict) -> pd.DataFrame:
 def mark_divergence(trials: pd.DataFrame) -> pd.DataFrame:
     """`ok`: finished with finite errors below BLOWUP_FACTOR × baseline; `blew_up`: finite but above it."""
     t = trials.copy()
-    finite = np.isfinite(t.test_energy_loss.astype(float)) & np.isfinite(t.test_force_loss.astype(float))
-    huge = ((t.test_energy_loss.astype(float) > BLOWUP_FACTOR * t.test_energy_scale.astype(float))
-            | (t.test_force_loss.astype(float) > BLOWUP_FACTOR * t.test_force_baseline.astype(float)))
+    specs = metric_specs(t)
+    finite = np.logical_and.reduce([np.isfinite(t[m.test_key].astype(float)) for m in specs])
+    huge = np.logical_or.reduce([t[m.test_key].astype(float) > BLOWUP_FACTOR * t[m.blowup_scale].astype(float)
+                                 for m in specs if m.blowup_scale] or [np.zeros(len(t), bool)])
     t["blew_up"] = (t.finished & finite & huge).astype(int)
     t["diverged"] = ((t.diverged.astype(int) == 1) | (t.finished & ~finite) | (t.blew_up == 1)).astype(int)
     t["ok"] = t.finished & (t.diverged == 0)
@@ -197,6 +208,7 @@ def summarize(trials: pd.DataFrame, reference_arm: str) -> pd.DataFrame:
     """One row per (data set, model, arm): n, divergence, mean ± std, CI, ratio to the baselines, and the
     paired comparison with the reference arm, Holm-adjusted within each (data set, model, metric)."""
     rows = []
+    specs = metric_specs(trials)
     for (data, model, arm), g in trials.groupby(GROUP + ["arm"], sort=False):
         ok = g[g.ok]
         row = {"data": data, "model": model, "arm": arm, "activation": g.activation.iloc[0],
@@ -206,9 +218,10 @@ def summarize(trials: pd.DataFrame, reference_arm: str) -> pd.DataFrame:
                "errored": int((~g.finished).sum()), "reference": arm == reference_arm,
                "identical_to": g.identical_to.iloc[0]}
         ref = trials[(trials.data == data) & (trials.model == model) & (trials.arm == reference_arm)]
-        for metric, short, _ in METRICS:
+        for spec in specs:
+            metric, short = spec.test_key, spec.short
             v = ok[metric].to_numpy(float)
-            base = g[f"{metric.replace('_loss', '_baseline')}"].to_numpy(float)
+            base = g[spec.baseline].to_numpy(float) if spec.baseline else np.array([math.nan])
             row.update({f"{short}_mean": float(v.mean()) if len(v) else math.nan,
                         f"{short}_std": float(v.std(ddof=1)) if len(v) > 1 else math.nan,
                         f"{short}_ci95": _ci95(v),
@@ -224,7 +237,7 @@ def summarize(trials: pd.DataFrame, reference_arm: str) -> pd.DataFrame:
             row.update({f"{short}_{k}": v for k, v in cmp.items()})
         rows.append(row)
     summary = pd.DataFrame(rows)
-    for short in ("E", "F"):
+    for short in (spec.short for spec in specs):
         # each distinct comparison counts once in its family; a twin then shows its original's result
         summary[f"{short}_p_holm"] = math.nan
         for _, idx in summary.groupby(GROUP, sort=False).groups.items():
@@ -237,10 +250,11 @@ def summarize(trials: pd.DataFrame, reference_arm: str) -> pd.DataFrame:
     return summary
 
 
-def baselines_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """Predict-mean energy MAE and predict-zero force MAE per data set (test split)."""
-    return summary.groupby("data", sort=False).agg(energy_baseline=("E_baseline", "mean"),
-                                                   force_baseline=("F_baseline", "mean")).reset_index()
+def baselines_table(summary: pd.DataFrame, specs: tuple) -> pd.DataFrame:
+    """Each metric's baseline per data set (test split): molecules' predict-mean energy MAE and
+    predict-zero force MAE; PINNs' zero-prediction relative L2 and nRMSE (both 1)."""
+    return summary.groupby("data", sort=False).agg(
+        **{f"{m.slug}_baseline": (f"{m.short}_baseline", "mean") for m in specs if m.baseline}).reset_index()
 
 
 def fmt(x, sig: int = 3) -> str:
@@ -293,14 +307,13 @@ def _change(arm: dict, ref: dict) -> str:
     return "; ".join(words) or "same factors"
 
 
-def findings(summary: pd.DataFrame, reference_arm: str, units: dict) -> str:
+def findings(summary: pd.DataFrame, reference_arm: str, units: dict, specs: tuple) -> str:
     """One plain sentence per (data set, model, question), only what the numbers support."""
     lines = ["## Findings", "",
              f"Each arm against the reference **{reference_arm}** on the same data set and model: ratio of "
              f"geometric means of the test error over paired seeds with its 95 % CI, Holm-adjusted p over "
              f"the arms of that data set, model and metric (significant: p < {ALPHA}).", ""]
     for (data, model), g in summary.groupby(GROUP, sort=False):
-        eu, fu = units.get(data, ("", ""))
         ref_rows = g[g.reference]
         lines.append(f"**{data} · {model}**")
         lines.append("")
@@ -312,12 +325,21 @@ def findings(summary: pd.DataFrame, reference_arm: str, units: dict) -> str:
             continue
         if not ref_rows.empty:
             ref = ref_rows.iloc[0]
-            lines.append(f"- Reference {reference_arm}: energy {fmt(ref.E_mean)} {eu} "
-                         f"(×{fmt(ref.E_vs_baseline, 2)} the predict-mean baseline {fmt(ref.E_baseline)}), "
-                         f"force {fmt(ref.F_mean)} {fu} (×{fmt(ref.F_vs_baseline, 2)} the predict-zero baseline "
-                         f"{fmt(ref.F_baseline)}), n = {ref.n}" + (f", {ref.diverged} diverged" if ref.diverged else "")
-                         + ("." if ref.E_vs_baseline < 1 else "; its energy error is not below the predict-mean "
-                            "baseline, so energy comparisons on this model say little."))
+            said, unbeaten = [], []
+            for m in specs:
+                unit = m.unit_for(units.get(data))
+                text = f"{m.name} {fmt(ref[f'{m.short}_mean'])}{' ' + unit if unit else ''}"
+                if m.baseline:
+                    ratio = ref[f"{m.short}_vs_baseline"]
+                    text += f" (×{fmt(ratio, 2)} the {m.baseline_label} baseline {fmt(ref[f'{m.short}_baseline'])})"
+                    if not ratio < 1:
+                        unbeaten.append(m)
+                said.append(text)
+            lines.append(f"- Reference {reference_arm}: {', '.join(said)}, n = {ref.n}"
+                         + (f", {ref.diverged} diverged" if ref.diverged else "")
+                         + ("." if not unbeaten else "".join(
+                             f"; its {m.error_phrase} is not below the {m.baseline_label} baseline, so {m.name} "
+                             f"comparisons on this model say little" for m in unbeaten) + "."))
         else:
             lines.append(f"- The reference arm did not run on {model}: nothing to compare.")
             lines.append("")
@@ -330,7 +352,8 @@ def findings(summary: pd.DataFrame, reference_arm: str, units: dict) -> str:
                              f"it is the same computation as {r['identical_to']} (run once, reported twice).")
                 continue
             parts = []
-            for short, name in (("E", "energy"), ("F", "force")):
+            for spec in specs:
+                short, name = spec.short, spec.name
                 n = r[f"{short}_n_pairs"]
                 if not (isinstance(n, (int, float)) and np.isfinite(n)) or n < 2:
                     parts.append(f"{name}: not resolved (n = {0 if not np.isfinite(n) else int(n)} paired seeds)")
@@ -338,7 +361,8 @@ def findings(summary: pd.DataFrame, reference_arm: str, units: dict) -> str:
                     parts.append(f"{name}: the same on every one of {int(n)} seeds")
                 elif r[f"{short}_significant"]:
                     direction = "higher" if r[f"{short}_ratio"] > 1 else "lower"
-                    parts.append(f"{name} error {direction}, {_ratio(r, short)} (p_adj = {fmt_p(r[f'{short}_p_holm'])})")
+                    parts.append(f"{spec.error_phrase} {direction}, {_ratio(r, short)} "
+                                 f"(p_adj = {fmt_p(r[f'{short}_p_holm'])})")
                 else:
                     parts.append(f"{name}: not resolved with n = {int(n)} ({_ratio(r, short)}, "
                                  f"p_adj = {fmt_p(r[f'{short}_p_holm'])})")
@@ -349,37 +373,52 @@ def findings(summary: pd.DataFrame, reference_arm: str, units: dict) -> str:
     return "\n".join(lines)
 
 
-def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: dict) -> str:
+def _intro(specs: tuple) -> str:
+    """What the numbers are and which baselines they are set against, from the family's metrics."""
+    names = {m.short: m for m in specs}
+    if set(names) == {"E", "F"}:  # molecules
+        return ("Test MAE in the data set's units, mean ± std over the seeds that finished without diverging "
+                "(n). **×base**: the mean over the baseline — predicting the training-set mean energy (E) or "
+                "zero force (F); below 1 the model beats it.")
+    what = "; ".join(f"**{m.short}**: {m.name}" + (f" {m.stat}" if m.stat else "") for m in specs)
+    based = ", ".join(m.short for m in specs if m.baseline)
+    return (f"Test metrics ({what}), mean ± std over the seeds that finished without diverging (n). "
+            f"**×base**: the mean over the baseline of {based}, the {specs[0].baseline_label} model; below 1 "
+            f"the model beats it.")
+
+
+def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: dict, specs: tuple) -> str:
     lines = [f"# {title}", "",
-             "Test MAE in the data set's units, mean ± std over the seeds that finished without diverging "
-             f"(n). **×base**: the mean over the baseline — predicting the training-set mean energy (E) or "
-             f"zero force (F); below 1 the model beats it. **vs ref**: ratio of geometric means to the "
+             _intro(specs) + " **vs ref**: ratio of geometric means to the "
              f"reference arm **{reference_arm}** over paired seeds, [95 % CI]; **p**: paired t-test on log "
              f"errors, Holm-adjusted within each data set × model × metric (**bold\\*** = p < {ALPHA}). "
              f"Diverged = non-finite, or an error above {BLOWUP_FACTOR:,.0f}× that of a model that outputs "
-             "zero (mean |E|, mean |F|): counted, never averaged. ≡: identical by construction (run once).", ""]
+             "zero" + (" (mean |E|, mean |F|)" if {m.short for m in specs} == {"E", "F"} else "")
+             + ": counted, never averaged. ≡: identical by construction (run once).", ""]
     for (data, model), g in summary.groupby(GROUP, sort=False):
-        eu, fu = units.get(data, ("", ""))
-        lines += [f"## {data} · {model}", "", f"Energy in {eu}, force in {fu}.", "",
-                  "| arm | n | diverged | E mean ± std | ×base | E vs ref | p(E) | F mean ± std | ×base | F vs ref | p(F) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        unit_words = [f"{m.name} in {m.unit_for(units.get(data))}" for m in specs if m.unit_for(units.get(data))]
+        lines += [f"## {data} · {model}", ""] + ([f"{'; '.join(unit_words).capitalize()}.", ""] if unit_words else [])
+        lines += ["| arm | n | diverged | " + " | ".join(f"{m.short} mean ± std | ×base | {m.short} vs ref | p({m.short})"
+                                                     for m in specs) + " |",
+                  "|---|---|---|" + "---|---|---|---|" * len(specs)]
         base = g.iloc[0]
-        lines.append(f"| *baseline: mean E, zero F* | | | {fmt(base.E_baseline)} | 1 | | | {fmt(base.F_baseline)} | 1 | | |")
+        label = ", ".join(dict.fromkeys(m.baseline_row for m in specs if m.baseline))
+        lines.append(f"| *baseline: {label}* | | |" + "".join(
+            f" {fmt(base[f'{m.short}_baseline'])} | 1 | | |" if m.baseline else " | | | |" for m in specs))
         for _, r in g.iterrows():
             name = f"**{r.arm}** (ref)" if r.reference else r.arm
             if r.identical_to:
                 name += f" ≡ {r.identical_to}"
-            lines.append(
-                f"| {name} | {r.n}/{r.seeds} | {r.diverged} | {fmt(r.E_mean)} ± {fmt(r.E_std, 2)} | "
-                f"{fmt(r.E_vs_baseline, 2)} | {'' if r.reference else _ratio(r, 'E')} | "
-                f"{'' if r.reference else _p(r, 'E')} | {fmt(r.F_mean)} ± {fmt(r.F_std, 2)} | "
-                f"{fmt(r.F_vs_baseline, 2)} | {'' if r.reference else _ratio(r, 'F')} | "
-                f"{'' if r.reference else _p(r, 'F')} |")
+            lines.append(f"| {name} | {r.n}/{r.seeds} | {r.diverged} |" + "".join(
+                f" {fmt(r[f'{m.short}_mean'])} ± {fmt(r[f'{m.short}_std'], 2)} | "
+                f"{fmt(r[f'{m.short}_vs_baseline'], 2) if m.baseline else ''} | "
+                f"{'' if r.reference else _ratio(r, m.short)} | {'' if r.reference else _p(r, m.short)} |"
+                for m in specs))
         lines.append("")
     return "\n".join(lines)
 
 
-def plot_bars(summary: pd.DataFrame, path: Path, units: dict) -> None:
+def plot_bars(summary: pd.DataFrame, path: Path, units: dict, specs: tuple) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -388,12 +427,13 @@ def plot_bars(summary: pd.DataFrame, path: Path, units: dict) -> None:
     arms = list(dict.fromkeys(summary.arm))
     models = list(dict.fromkeys(summary.model))
     datas = list(dict.fromkeys(summary.data))
-    fig, axes = plt.subplots(len(datas), 2, figsize=(max(8, 1.3 * len(arms) * 2), 4.5 * len(datas)), squeeze=False)
+    fig, axes = plt.subplots(len(datas), len(specs), figsize=(max(8, 1.3 * len(arms) * len(specs)), 4.5 * len(datas)),
+                             squeeze=False)
     width = 0.8 / max(1, len(models))
     for row, data in enumerate(datas):
         sd = summary[summary.data == data]
-        eu, fu = units.get(data, ("", ""))
-        for ax, (short, label, unit) in zip(axes[row], (("E", "energy", eu), ("F", "force", fu))):
+        for ax, spec in zip(axes[row], specs):
+            short, label, unit = spec.short, spec.name, spec.unit_for(units.get(data))
             for k, model in enumerate(models):
                 g = sd[sd.model == model].set_index("arm").reindex(arms)
                 x = np.arange(len(arms)) + (k - (len(models) - 1) / 2) * width
@@ -413,13 +453,12 @@ def plot_bars(summary: pd.DataFrame, path: Path, units: dict) -> None:
                                     ha="center", va="bottom", color="red", fontsize=8)
             base = float(sd[f"{short}_baseline"].mean())
             if np.isfinite(base):
-                ax.axhline(base, color="k", ls="--", lw=1,
-                           label=f"baseline ({'mean E' if short == 'E' else 'zero F'}) {fmt(base)}")
+                ax.axhline(base, color="k", ls="--", lw=1, label=f"baseline ({spec.baseline_row}) {fmt(base)}")
             values = sd[f"{short}_mean"].to_numpy(float)
             if np.any(np.isfinite(values) & (values > 0)):  # all diverged: nothing to log-scale
                 ax.set_yscale("log")
             ax.set_xticks(np.arange(len(arms)), arms, rotation=35, ha="right")
-            ax.set_ylabel(f"test {label} MAE [{unit}]")
+            ax.set_ylabel(f"test {label}{' ' + spec.stat if spec.stat else ''}" + (f" [{unit}]" if unit else ""))
             ax.set_title(f"{data}: {label} (mean ± std over seeds; ✕ = diverged; hatched ≡ identical twin)")
             ax.grid(axis="y", which="both", alpha=0.3)
             ax.legend(fontsize=8)
@@ -428,18 +467,18 @@ def plot_bars(summary: pd.DataFrame, path: Path, units: dict) -> None:
     plt.close(fig)
 
 
-def plot_curves(curves: pd.DataFrame, path: Path, units: dict) -> None:
+def plot_curves(curves: pd.DataFrame, path: Path, units: dict, specs: tuple) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = list(dict.fromkeys(zip(curves.data, curves.model)))
-    fig, axes = plt.subplots(2, len(panels), figsize=(6 * len(panels), 8), squeeze=False)
+    fig, axes = plt.subplots(len(specs), len(panels), figsize=(6 * len(panels), 4 * len(specs)), squeeze=False)
     for j, (data, model) in enumerate(panels):
         sub = curves[(curves.data == data) & (curves.model == model)]
-        for i, (metric, label, unit) in enumerate((("energy_loss", "energy", units.get(data, ("", ""))[0]),
-                                                   ("force_loss", "force", units.get(data, ("", ""))[1]))):
+        for i, spec in enumerate(specs):
+            metric, label, unit = spec.key, spec.name, spec.unit_for(units.get(data))
             ax = axes[i, j]
             for arm, g in sub.groupby("arm", sort=False):
                 stats = g.groupby("epoch")[metric].agg(["mean", "min", "max"])
@@ -449,7 +488,7 @@ def plot_curves(curves: pd.DataFrame, path: Path, units: dict) -> None:
             if np.any(np.isfinite(values) & (values > 0)):
                 ax.set_yscale("log")
             ax.set_xlabel("epoch")
-            ax.set_ylabel(f"validation {label} MAE [{unit}]")
+            ax.set_ylabel(f"validation {label}{' ' + spec.stat if spec.stat else ''}" + (f" [{unit}]" if unit else ""))
             ax.set_title(f"{data} · {model}: {label} (mean over seeds, band = min–max)")
             ax.grid(which="both", alpha=0.3)
         axes[0, j].legend(fontsize=8)
@@ -475,14 +514,15 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
     units = {d["label"]: tuple(d["units"]) for d in datasets.values()}
     for data in trials.data.unique():
         units.setdefault(data, tuple(meta.get("units", ("kcal/mol", "kcal/mol/Å"))))
+    specs = metric_specs(trials)
     trials = mark_divergence(add_identical_arms(trials, meta.get("identical", {})))
     order = {a: k for k, a in enumerate(meta.get("arms", []))}  # the study's own arm order
     trials = trials.assign(_o=trials.arm.map(lambda a: order.get(a, len(order)))) \
         .sort_values(GROUP + ["_o", "arm", "seed"], kind="stable").drop(columns="_o").reset_index(drop=True)
     title = title or f"Ablation report: {meta.get('study', experiment_dir.name)}"
     summary = summarize(trials, reference_arm)
-    base = baselines_table(summary)
-    found = findings(summary, reference_arm, units)
+    base = baselines_table(summary, specs)
+    found = findings(summary, reference_arm, units, specs)
     paths = {"trials": out / "trials.csv", "curves": out / "curves.csv", "summary": out / "summary.csv",
              "baselines": out / "baselines.csv", "findings": out / "findings.md",
              "markdown": out / "report.md", "bars": out / "bars.png", "learning_curves": out / "curves.png"}
@@ -491,12 +531,12 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
     summary.to_csv(paths["summary"], index=False)
     base.to_csv(paths["baselines"], index=False)
     paths["findings"].write_text(found + "\n")
-    md = to_markdown(summary, reference_arm, title, units) + "\n" + failed_section(trials) + found
+    md = to_markdown(summary, reference_arm, title, units, specs) + "\n" + failed_section(trials) + found
     md += ("\n![test errors per arm](bars.png)\n\n![learning curves](curves.png)\n\n"
            "Every number comes from `trials.csv`, whose `mlflow_run_id` column names the MLflow run of each trial.\n")
     paths["markdown"].write_text(md)
-    plot_bars(summary, paths["bars"], units)
+    plot_bars(summary, paths["bars"], units, specs)
     plot_curves(curves[curves.trial_id.isin(trials.trial_id)] if not curves.empty else curves,
-                paths["learning_curves"], units)
+                paths["learning_curves"], units, specs)
     return {"paths": paths, "summary": summary, "trials": trials, "markdown": md, "baselines": base,
-            "findings": found}
+            "findings": found, "metric_specs": specs}

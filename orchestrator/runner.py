@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from dcnn.data import load_dataset, resolve_dataset
-from dcnn.models import MAX_Z
 from orchestrator.storage import Storage
+from dcnn.families import family_of
 from search_spaces import Study, load_study, tuning_space
 
 log = logging.getLogger("dcnn.orchestrator")
@@ -89,12 +88,13 @@ class AblateOptions:
             fixed["epochs"] = self.epochs
         if self.preset is not None:
             fixed["preset"] = self.preset
-        datasets = None if self.datasets is None else [str(resolve_dataset(d)) for d in self.datasets]
-        study = load_study(self.study).with_overrides(models=self.models, seeds=self.seeds, fixed=fixed,
-                                                      datasets=datasets, split_seeds=self.split_seeds,
-                                                      shift=True if self.shift else None)
-        for path in study.datasets:  # DatasetError names the file and the problem
-            load_dataset(path, max_z=MAX_Z)
+        base = load_study(self.study)
+        family = family_of((self.models or base.models)[0])  # data sets are files or PDE problems
+        datasets = None if self.datasets is None else [family.resolve_dataset(d) for d in self.datasets]
+        study = base.with_overrides(models=self.models, seeds=self.seeds, fixed=fixed, datasets=datasets,
+                                    split_seeds=self.split_seeds, shift=True if self.shift else None)
+        for path in study.datasets:  # names the file (or problem) and what is wrong, before Ray starts
+            study.family.check_dataset(path, {})
         return study
 
     @property
@@ -170,8 +170,10 @@ def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Storage) -
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    from dcnn.models.plugins import safe_name
+
     space = tuning_space(opts.tuning_space)
-    name = f"{model}-{arm.key}"
+    name = f"{safe_name(model)}-{arm.key}"  # a folder: a plug-in's 'pkg.mod:attr' is made safe
     storage = experiment_dir / "tuning"
     path, fs = (storage / name).tune_location()
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
@@ -181,7 +183,7 @@ def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Storage) -
         epochs = study.setting("epochs")
         param_space = {**study.fixed, **arm.as_config(), "model": model, "seed": study.seeds[0],
                        "dataset": study.datasets[0],
-                       "arm": arm.key, "study": study.name, "phase": "tune", **space}
+                       "arm": arm.key, "study": study.name, "phase": "tune", **plugin_path(study), **space}
         tuner = tune.Tuner(
             _trainable(opts), param_space=param_space,
             tune_config=tune.TuneConfig(
@@ -238,7 +240,7 @@ def run_ablation(opts: AblateOptions) -> dict:
             cbs.append(StudyProgress(total, label))
         return cbs
 
-    space = study.param_space(skip_identical=True)
+    space = {**study.param_space(skip_identical=True), **plugin_path(study)}
     best = {}
     if opts.tune_hparams:
         for model, arm in study.cells():
@@ -275,8 +277,9 @@ def run_ablation(opts: AblateOptions) -> dict:
                                                         checkpoint_at_end=True)))
     t0 = time.time()
     grid = tuner.fit()
+    wall = time.time() - t0
     errors = [r.error for r in grid if r.error is not None]
-    print(f"study finished in {time.time() - t0:.0f} s; {len(errors)} trial(s) errored", flush=True)
+    print(f"study finished in {wall:.0f} s; {len(errors)} trial(s) errored", flush=True)
 
     run_ids = {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in tracking.client(uri).search_runs(
         [exp_id], filter_string="tags.`dcnn.role` = 'trial'", max_results=10000)}
@@ -291,6 +294,7 @@ def run_ablation(opts: AblateOptions) -> dict:
     c.set_terminated(parent, "FINISHED" if not errors else "FAILED")
     print(report["markdown"], flush=True)
     print(f"report: {report['paths']['markdown']}", flush=True)
+    print(_throughput(opts, ray, grid, wall, n_trials, experiment_dir), flush=True)
     from orchestrator.ui import experiment_url
 
     print(f"MLflow runs: {experiment_url('http://127.0.0.1:5000', exp_id)} (serve it with `make ui`, or "
@@ -318,15 +322,32 @@ def report_study(study, publish=None) -> dict:
     if not study.is_local:  # the local copy is gone: point at the stored files
         report["paths"] = {k: f"{study}/{REPORT_DIR}/{Path(p).name}" for k, p in report["paths"].items()}
     return report
+def _throughput(opts: AblateOptions, ray, grid, wall: float, n_trials: int, study_dir: Storage) -> str:
+    """The study's throughput summary (orchestrator/throughput.py), written to report/throughput.{md,json}."""
+    from orchestrator.report import REPORT_DIR
+
+    from orchestrator.throughput import concurrent_slots, summarize, write_summary
+
+    resources = ray.cluster_resources()
+    slots = concurrent_slots(resources, opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent, n_trials)
+    return write_summary(study_dir, REPORT_DIR, summarize(list(grid), wall, slots, resources))
+
+
+def plugin_path(study: Study) -> dict:
+    """{"plugin_path": folders} when a plug-in model was imported from a folder Ray's workers would not
+    search (not installed, not the working directory): each trial puts them on its sys.path. On a
+    multi-node cluster the folder must exist on every node (a shared file system), or install the plug-in."""
+    from dcnn.models.plugins import plugin_search_path
+
+    folders = list(dict.fromkeys(p for p in map(plugin_search_path, study.models) if p))
+    return {"plugin_path": folders} if folders else {}
 
 
 def _study_record(study: Study, identical: dict, uri: str, experiment: str, parent: str) -> dict:
     """What the report needs to know about the study beyond its plan: data sets with units, twins."""
     datasets = {}
     for d in study.datasets:
-        ds = load_dataset(d)
-        datasets[d] = {"label": study.dataset_labels()[d], "name": ds.name, "theory": ds.theory,
-                       "units": [ds.energy_unit, ds.force_unit]}
+        datasets[d] = {"label": study.dataset_labels()[d], **study.family.dataset_info(d)}
     return {"identical": identical, "dataset_info": datasets, "units": next(iter(datasets.values()))["units"],
             "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent, "best_hyperparameters": {},
             "settings": {k: study.setting(k) for k in ("epochs", "lr", "lr_schedule", "lr_min", "rescale_factor",

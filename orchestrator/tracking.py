@@ -14,6 +14,7 @@ from pathlib import Path
 from ray import tune
 
 from dcnn.config import TrainConfig
+from dcnn.families import family_of_config
 from search_spaces import LABEL_KEYS, trial_name
 
 log = logging.getLogger("dcnn.orchestrator")
@@ -21,7 +22,9 @@ warnings.filterwarnings("ignore", message=".*noload.*")
 
 METRIC_KEYS = ("energy_loss", "force_loss", "train_energy_loss", "train_force_loss", "train_loss",
                "val_loss", "lr", "epoch_time_s", "diverged", "test_energy_loss", "test_force_loss",
-               "test_energy_baseline", "test_force_baseline")
+               "test_energy_baseline", "test_force_baseline",
+               # cost (issue 11): data load + model build, compile, peak memory
+               "setup_s", "compile_s", "compiled", "peak_rss_mib", "peak_cuda_mib")
 _PLACEMENT_TAGS = ("node_id", "hostname", "node_ip", "gpu_ids", "cuda_visible_devices", "device")
 TRIAL_TAG = "dcnn.trial_id"
 
@@ -94,10 +97,10 @@ def log_study_results(tracking_uri: str, parent_run_id: str, report: dict) -> No
     metrics = []
     baselines = report.get("baselines")
     for row in ([] if baselines is None else baselines.to_dict("records")):
-        for key in ("energy", "force"):
-            value = row.get(f"{key}_baseline")
-            if value is not None and value == value:
-                metrics.append(Metric(f"baseline_test_{key}_mae.{row['data']}", float(value), 0, 0))
+        for spec in report.get("metric_specs", ()):  # the task family's metrics that have a baseline
+            value = row.get(f"{spec.slug}_baseline")
+            if spec.baseline and value is not None and value == value:
+                metrics.append(Metric(f"{spec.baseline_metric}.{row['data']}", float(value), 0, 0))
     if metrics:
         c.log_batch(parent_run_id, metrics=metrics)
     if report.get("findings"):
@@ -170,7 +173,7 @@ class MLflowStudyLogger(tune.Callback):
             run_id = found.info.run_id
             if found.info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
-            history = self.client.get_metric_history(run_id, "energy_loss")
+            history = self.client.get_metric_history(run_id, "val_loss")  # every family logs it
             if history:  # a new driver: epochs this run already holds are not logged again
                 self._last_step[run_id] = max(m.step for m in history)
         else:
@@ -227,7 +230,8 @@ class MLflowStudyLogger(tune.Callback):
         if step <= self._last_step.get(run_id, 0):
             return  # a replayed epoch (retried from an older checkpoint): already logged once
         ts = int(1000 * result.get("timestamp", 0)) or None
-        metrics = [Metric(k, float(result[k]), ts or 0, step) for k in METRIC_KEYS
+        keys = METRIC_KEYS + family_of_config(trial.config).metric_keys()  # what the task family reports
+        metrics = [Metric(k, float(result[k]), ts or 0, step) for k in dict.fromkeys(keys)
                    if k in result and isinstance(result[k], (int, float))]
         tags = []
         if trial.trial_id not in self._placed:

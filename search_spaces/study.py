@@ -4,18 +4,19 @@ import itertools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import yaml
 
 from dcnn.config import ACTIVATION_CHOICES, SIZE_FIELDS, TrainConfig
-from dcnn.data import BUNDLED_DATASETS, DEFAULT_DATASET, resolve_dataset
-from dcnn.models import MODEL_NAMES, has_normalization
+from dcnn.data import DEFAULT_DATASET
+from dcnn.families import family_of
+from dcnn.models import get_spec, has_normalization, model_names
 
 STUDY_DIR = Path(__file__).resolve().parent / "studies"
 FACTORS = ("activation", "denorm", "rescale", "shift")
 FACTOR_DEFAULTS = {"shift": False}  # a design that does not name the shift factor runs without it
 SPLIT_SEEDS = ("fixed", "vary")
-# Keys a study adds to a Tune config to label a trial (not TrainConfig settings).
-LABEL_KEYS = ("arm", "study", "phase", "cell", "data")
+# Keys a study adds to a Tune config to label a trial (not TrainConfig settings); plugin_path: folders
+# a trial puts on sys.path before it resolves a plug-in model (runner.plugin_path).
+LABEL_KEYS = ("arm", "study", "phase", "cell", "data", "plugin_path")
 _STUDY_KEYS = {"description", "reference", "designs", "models", "seeds", "fixed", "datasets", "split_seeds"}
 
 
@@ -100,10 +101,16 @@ class Study:
                 or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
             raise ValueError(f"{where}: seeds must be a non-empty list of distinct integers, got {self.seeds}")
         if not self.models:
-            raise ValueError(f"{where}: models must be a non-empty list; known: {', '.join(MODEL_NAMES)}")
+            raise ValueError(f"{where}: models must be a non-empty list; known: {', '.join(model_names())}")
         for model in self.models:
-            if model not in MODEL_NAMES:
-                raise ValueError(f"{where}: unknown model {model!r}; known: {', '.join(MODEL_NAMES)}")
+            try:  # a built-in, `package.module:attr` plug-in or entry point (dcnn/models/plugins.py)
+                get_spec(model)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+        families = {m: family_of(m).name for m in self.models}
+        if len(set(families.values())) > 1:
+            raise ValueError(f"{where}: models {self.models} belong to different task families {families}; a study "
+                             f"compares one kind of task (its data sets and report columns): split it in two")
         if not self.datasets or len(set(self.datasets)) != len(self.datasets):
             raise ValueError(f"{where}: datasets must be a non-empty list of distinct data sets, got {self.datasets}")
         labels = list(self.dataset_labels().values())
@@ -166,8 +173,13 @@ class Study:
 
     def dataset_labels(self) -> dict[str, str]:
         """Short names of the data sets (bundled name, else file stem), for run names and report headings."""
-        bundled = {str(p): name for name, p in BUNDLED_DATASETS.items()}
-        return {d: bundled.get(d, Path(d).stem) for d in self.datasets}
+        family = self.family
+        return {d: family.dataset_label(d) for d in self.datasets}
+
+    @property
+    def family(self):
+        """The task family of the study's models (dcnn/families.py): its data sets and metrics."""
+        return family_of(self.models[0])
 
     def trial_configs(self) -> list[dict]:
         """Every trial that runs, as a flat config, in a stable order (arm, model, dataset, seed)."""
@@ -230,7 +242,7 @@ class CellPart:
         self.part = part
 
     def __call__(self, config: dict) -> str:
-        return config["cell"].split("/", 1)[self.part]
+        return config["cell"].rsplit("/", 1)[self.part]  # arm keys hold no slash
 
     def __repr__(self) -> str:
         return f"CellPart({('model', 'arm')[self.part]})"
@@ -325,11 +337,12 @@ def load_study(name_or_path: str) -> Study:
     fixed = data.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise ValueError(f"{where}: fixed must map TrainConfig keys to values, got {fixed!r}")
-    datasets = _list(data, "datasets", where, str, ["ethanol"])
-    study = Study(name=path.stem, arms=arms, reference=reference,
-                  models=_list(data, "models", where, str, ["schnet", "cgcnn"]),
+    models = _list(data, "models", where, str, ["schnet", "cgcnn"])
+    family = family_of(models[0]) if models else family_of("")
+    datasets = _list(data, "datasets", where, str, [family.default_dataset()])
+    study = Study(name=path.stem, arms=arms, reference=reference, models=models,
                   seeds=_list(data, "seeds", where, int, [0, 1, 2]),
-                  datasets=[str(resolve_dataset(d, path.parent)) for d in datasets],
+                  datasets=[family.resolve_dataset(d, path.parent) for d in datasets],
                   split_seeds=str(data.get("split_seeds", "fixed")), fixed=dict(fixed),
                   description=str(data.get("description", "")).strip(), source=where)
     study.validate()

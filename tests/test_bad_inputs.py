@@ -239,7 +239,7 @@ CASES = [
     ("train-cutoff-inf", ["train", "--cutoff", "inf"], "cutoff=inf must be positive"),
     ("train-epochs-zero", ["train", "--epochs", "0"], "epochs=0 must be positive"),
     ("train-batch-float", ["train", "--batch-size", "2.5"], "argument --batch-size: invalid int value"),
-    ("train-model", ["train", "--model", "painn"], "argument --model: invalid choice: 'painn'"),
+    ("train-model", ["train", "--model", "painn"], "model='painn' is not allowed; choose one of: schnet, cgcnn"),
     ("train-device", ["train", "--device", "cuda:x"], "device='cuda:x' is not allowed"),
     ("train-size-foreign", ["train", "--model", "schnet", "--embedding", "8"], "size field(s) ['embedding'] do not apply"),
     ("train-split", ["train", "--dataset", "{d}/small.npz", "--n-train", "100"], "{d}/small.npz: too small"),

@@ -236,10 +236,12 @@ def test_library_commands_do_not_import_ray():
     code = ("import sys\nfrom orchestrator.cli import main\n"
             "assert main(['data', 'info', 'ethanol']) == 0\n"
             "assert main(['train', '--epochs', '1', '--n-train', '20', '--n-val', '10', '--n-test', '10']) == 0\n"
-            "print('ray loaded:', 'ray' in sys.modules)\n")
+            "print('ray loaded:', 'ray' in sys.modules)\n"
+            "print('optional models loaded:', [m for m in ('mace', 'e3nn') if m in sys.modules])\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "ray loaded: False" in proc.stdout
+    assert "optional models loaded: []" in proc.stdout  # mace/e3nn load only when `mace` is asked for
 
 
 def test_atomic_reference_energies_by_least_squares():

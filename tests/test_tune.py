@@ -96,7 +96,7 @@ def test_bad_study_files_named_errors(content, message, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--storage", "relative/dir"], "--storage must be an absolute path"),
     (["--storage", "s3://bucket/x"], "--tracking-uri: an MLflow server"),  # object storage: no default sqlite store
-    (["--study", "nope"], "unknown study 'nope'; built-in: activation, factorial, paper, preprocessing, seed-plan, stabilizers"),
+    (["--study", "nope"], "unknown study 'nope'; built-in: activation, factorial, paper, paper-models, pinn-seed-plan, preprocessing, seed-plan, stabilizers"),
     (["--models", "schnet,painn"], "unknown model 'painn'"),
     (["--cpus-per-trial", "0"], "--cpus-per-trial must be positive"),
     (["--gpus-per-trial", "1.5"], "above 1 must be a whole number"),
@@ -167,6 +167,14 @@ def test_study_through_tuner_with_report(ray_session, tracking_uri, tmp_path):
     assert s.loc["irelu+LR", "F_mean"] == s.loc["irelu+DN+LR", "F_mean"]
     md = Path(paths["markdown"]).read_text()
     assert all(a in md for a in ("irelu+DN+LR", "irelu+DN", "irelu+LR", "| irelu |")) and "kcal/mol/Å" in md
+    # throughput summary (issue 11): every trial that ran, its costs, efficiency within what Ray had
+    tp = json.loads((tmp_path / "res/mini-tuner/report/throughput.json").read_text())
+    assert tp["trials"] == 12 and tp["slots"] == 2 and 0 < tp["efficiency"] <= 1.05
+    assert tp["sum_trial_s"] <= tp["wall_s"] * tp["slots"] * 1.05
+    for t in tp["per_trial"]:
+        assert t["setup_s"] > 0 and t["actor_start_s"] >= 0 and t["train_s"] > 0 and t["peak_rss_mib"] > 100
+        assert t["compiled"] == 0  # compile=auto: a 4-step trial never pays back a compile
+    assert "## Throughput" in (tmp_path / "res/mini-tuner/report/throughput.md").read_text()
     trials = pd.read_csv(paths["trials"])
     runs = {r.info.run_id: r for r in trial_runs(tracking_uri, "mini-tuner")}
     # SchNet's two DN-removed arms ran once (as their DN twins): 12 runs for 16 reported trials

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -10,14 +11,11 @@ import ray
 from ray import tune
 
 from dcnn.config import TrainConfig
-from dcnn.data import resolve_dataset
+from dcnn.families import family_of_config
 from dcnn.train import Trainer
 from search_spaces import LABEL_KEYS  # keys a study adds to label a trial; not training settings
 
 CHECKPOINT_FILE = "trainer.pt"
-# validation objective with a fixed weight (the paper's β = 30), in physical units: comparable across
-# trials even when force_weight itself is being tuned
-OBJECTIVE_FORCE_WEIGHT = 30.0
 
 
 def quiet_worker_logs() -> None:
@@ -27,6 +25,20 @@ def quiet_worker_logs() -> None:
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
 
 
+_fresh_process = True  # the first trial of a worker process paid for starting it (Ray actor start)
+
+
+def _actor_start_s() -> float:
+    """Seconds from this worker process's start to its first trial's setup; 0 for a reused actor."""
+    global _fresh_process
+    if not _fresh_process:
+        return 0.0
+    _fresh_process = False
+    import psutil
+
+    return max(0.0, time.time() - psutil.Process().create_time())
+
+
 def _placement() -> dict:
     """Threads and device from what Ray assigned this trial (not what the machine has)."""
     ctx = ray.get_runtime_context()
@@ -34,7 +46,7 @@ def _placement() -> dict:
     gpu_ids = ray.get_gpu_ids()
     return {"threads": max(1, int(cpus)), "device": "cuda" if gpu_ids else "cpu",
             "gpu_ids": ",".join(str(g) for g in gpu_ids), "node_id": ctx.get_node_id(),
-            "started_at": time.time()}
+            "started_at": time.time(), "actor_start_s": _actor_start_s()}
 
 
 def train_config_from_tune(config: dict) -> TrainConfig:
@@ -43,9 +55,13 @@ def train_config_from_tune(config: dict) -> TrainConfig:
     `threads` and `device` default to what Ray assigned the trial; a config may still set them.
     """
     values = {k: v for k, v in config.items() if k not in LABEL_KEYS}
+    for folder in config.get("plugin_path") or ():  # where the driver imported plug-in models from
+        if folder not in sys.path:
+            sys.path.append(folder)
     if isinstance(values.get("dataset"), (str, os.PathLike)):
         # trials run inside their own folder: a relative path means the driver's working directory
-        values["dataset"] = str(resolve_dataset(values["dataset"], os.environ.get("TUNE_ORIG_WORKING_DIR")))
+        values["dataset"] = family_of_config(values).resolve_dataset(values["dataset"],
+                                                                     os.environ.get("TUNE_ORIG_WORKING_DIR"))
     placement = _placement() if ray.is_initialized() else {}
     values.setdefault("threads", placement.get("threads", 1))
     if values.get("device", "auto") == "auto" and placement:
@@ -53,14 +69,43 @@ def train_config_from_tune(config: dict) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
+def _build_trainer(cfg: TrainConfig, placement: dict) -> Trainer:
+    """Trainer(cfg), timed: the data load + model build share of the trial's overhead (throughput)."""
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg)
+    placement["setup_s"] = time.perf_counter() - t0
+    return trainer
+
+
+def _resources(trainer: Trainer) -> dict:
+    """Peak memory and compile cost so far, for the study's throughput summary.  peak_rss_mib is the
+    worker process's max RSS (with reused actors: over every trial the process ran so far)."""
+    import resource
+
+    import torch
+
+    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if trainer.device.type == "cuda":
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated(trainer.device) / 2**20
+    stats = getattr(trainer.task, "compile_stats", None)
+    if stats is not None:
+        out.update(stats())
+    return out
+
+
 def _epoch_metrics(metrics: dict, placement: dict, trainer: Trainer) -> dict:
-    """The trainer's metrics plus where the trial ran (node, GPU ids, device) and when (wall clock)."""
+    """The trainer's metrics plus where the trial ran (node, GPU ids, device), when (wall clock) and
+    what it cost (setup time, compile time, peak memory)."""
     out = dict(metrics)
-    out["val_loss"] = metrics["energy_loss"] + OBJECTIVE_FORCE_WEIGHT * metrics["force_loss"]
+    # the task family's fixed-weight validation objective (molecules: E + 30·F, physical units): comparable
+    # across trials even when force_weight itself is being tuned
+    out["val_loss"] = trainer.task.family.val_loss(metrics)
     out.update(node_id=placement.get("node_id", ""), hostname=socket.gethostname(),
                gpu_ids=placement.get("gpu_ids", ""), device=str(trainer.device),
                cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-               started_at=placement.get("started_at", 0.0), reported_at=time.time())
+               started_at=placement.get("started_at", 0.0), reported_at=time.time(),
+               setup_s=placement.get("setup_s", float("nan")),
+               actor_start_s=placement.get("actor_start_s", float("nan")), **_resources(trainer))
     return out
 
 
@@ -68,7 +113,7 @@ def dcnn_trainable(config: dict) -> None:
     """Function trainable: train with `dcnn.train`, report + checkpoint every epoch, resume if asked."""
     cfg = train_config_from_tune(config)
     placement = _placement()
-    trainer = Trainer(cfg)
+    trainer = _build_trainer(cfg, placement)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -138,7 +183,7 @@ class DCNNTrainable(tune.Trainable):
 
     def setup(self, config: dict) -> None:
         self._placement = _placement()
-        self.trainer = Trainer(train_config_from_tune(config))
+        self.trainer = _build_trainer(train_config_from_tune(config), self._placement)
 
     def step(self) -> dict:
         if _faults(self.config, "raise", self.trainer.epoch + 1):
@@ -177,6 +222,6 @@ class DCNNTrainable(tune.Trainable):
 
     def reset_config(self, new_config: dict) -> bool:
         self._placement = _placement()
-        self.trainer = Trainer(train_config_from_tune(new_config))
+        self.trainer = _build_trainer(train_config_from_tune(new_config), self._placement)
         self.config = new_config
         return True

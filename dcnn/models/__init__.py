@@ -6,46 +6,70 @@ from torch import nn
 
 from dcnn.models.cgcnn import CGCNN, CGCNN_PRESETS
 from dcnn.models.dimenetpp import DIMENETPP_PRESETS, DimeNetPP
+from dcnn.models.fcn import FCN, FCN_PRESETS
 from dcnn.models.forcenet import FORCENET_PRESETS, ForceNet
+from dcnn.models.gemnet_t import GEMNET_T_PRESETS, GemNetT
+from dcnn.models.plugins import ModelSpec, UnknownModelError, check_model, known_names, resolve
 from dcnn.models.schnet import SCHNET_PRESETS, SchNet
 
 MODELS = {"schnet": (SchNet, SCHNET_PRESETS, "ssp"), "cgcnn": (CGCNN, CGCNN_PRESETS, "softplus"),
-          "forcenet": (ForceNet, FORCENET_PRESETS, "silu"), "dimenetpp": (DimeNetPP, DIMENETPP_PRESETS, "silu")}
+          "forcenet": (ForceNet, FORCENET_PRESETS, "silu"), "dimenetpp": (DimeNetPP, DIMENETPP_PRESETS, "silu"),
+          "gemnet_t": (GemNetT, GEMNET_T_PRESETS, "scaled_silu"),
+          # the PINN network (task family "pinn", dcnn/pinn): inputs are PDE coordinates, not atoms
+          "fcn": (FCN, FCN_PRESETS, "tanh")}
 MODEL_NAMES = tuple(MODELS)
 PRESET_NAMES = ("small", "paper")
+# one registry path: built-ins are ModelSpecs like plug-ins (dcnn/models/plugins.py), placed by their class's
+# paper_activation_scope
+BUILTIN_SPECS = {name: ModelSpec(cls, presets, act, cls.paper_activation_scope, name=name)
+                 for name, (cls, presets, act) in MODELS.items()}
 
-__all__ = ["SchNet", "CGCNN", "ForceNet", "DimeNetPP", "MODELS", "MODEL_NAMES", "PRESET_NAMES", "build_model",
+__all__ = ["SchNet", "CGCNN", "ForceNet", "DimeNetPP", "GemNetT", "FCN", "MODELS", "MODEL_NAMES", "PRESET_NAMES", "build_model",
            "default_activation", "denormalize", "energy_and_forces",
-           "has_normalization", "MAX_Z"]
+           "has_normalization", "MAX_Z", "ModelSpec", "get_spec", "model_names", "check_plugin",
+           "UnknownModelError"]
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The ModelSpec of a model name: built-in, optional built-in (mace), `module:attr` or entry point."""
+    return resolve(name, BUILTIN_SPECS)
+
+
+def model_names() -> list[str]:
+    """Every plain model name (built-ins, optional built-ins, installed entry points) for messages."""
+    return known_names(BUILTIN_SPECS)
+
+
+def check_plugin(name: str, preset: str = "small", sizes: dict | None = None, positions=None, numbers=None) -> dict:
+    """The plug-in contract of one model (dcnn.models.plugins.check_model), before any training starts."""
+    return check_model(name, get_spec, preset, sizes, positions, numbers)
 
 
 def default_activation(model: str) -> str:
     """The architecture's own activation (what `activation="original"` means)."""
-    return MODELS[model][2]
+    return get_spec(model).original_activation
 
 
 MAX_Z = 100  # the models' element-embedding size: atomic numbers 1..MAX_Z-1 (MoleculeDataset.check_numbers)
 
 
 def has_normalization(name: str, preset: str = "small", **sizes) -> bool:
-    """Whether the built model has a BatchNorm layer for denormalization to remove (else DN is a no-op)."""
-    model = build_model(name, preset, **sizes)
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    """Whether the built model has a BatchNorm layer for denormalization to remove (else DN is a no-op).
+    Remembered per (model, preset, sizes): a study asks several times and some models take seconds to build."""
+    key = (name, preset, tuple(sorted(sizes.items())))
+    if key not in _HAS_NORMALIZATION:
+        model = build_model(name, preset, **sizes)
+        _HAS_NORMALIZATION[key] = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return _HAS_NORMALIZATION[key]
 
 
-def build_model(name: str, preset: str = "small", **overrides) -> nn.Module:
-    """A model by name from a size preset; `overrides` replace preset sizes (None values ignored)."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    cls, presets, _ = MODELS[name]
-    if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(presets)}")
-    sizes = dict(presets[preset])
-    unknown = set(overrides) - set(sizes)
-    if unknown:
-        raise ValueError(f"unknown size(s) {sorted(unknown)} for {name}; known: {', '.join(sizes)}")
-    sizes.update({k: v for k, v in overrides.items() if v is not None})
-    return cls(**sizes)
+_HAS_NORMALIZATION: dict = {}
+
+
+def build_model(name: str, preset: str = "small", data: dict | None = None, **overrides) -> nn.Module:
+    """A model by name from a size preset; `overrides` replace preset sizes (None values ignored);
+    `data` ({"elements", "n_atoms"} of the data set) reaches models whose spec asks for it."""
+    return get_spec(name).instantiate(preset, data, **overrides)
 
 
 def denormalize(model: nn.Module) -> int:

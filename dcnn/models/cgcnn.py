@@ -24,13 +24,20 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     the pairs beyond the cutoff, whose messages are switched off but whose pre-activations would otherwise
     shift the batch mean and variance (the energy would then depend on atoms beyond the cutoff)."""
 
-    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        if weight is None or not self.training:
-            return super().forward(x)
+    @staticmethod
+    def batch_statistics(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean, biased variance, count) over the rows `weight` marks; shared with `dcnn.compiled`,
+        which updates the running statistics outside its traced step."""
         w = weight.reshape(-1, 1).to(x.dtype)
         count = w.sum().clamp(min=1.0)
         mean = (x * w).sum(0) / count
         var = ((x - mean) ** 2 * w).sum(0) / count
+        return mean, var, count
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        if weight is None or not self.training:
+            return super().forward(x)
+        mean, var, count = self.batch_statistics(x, weight)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1

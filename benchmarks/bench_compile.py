@@ -1,0 +1,159 @@
+"""Eager vs compiled (`dcnn.compiled`) energy+force training steps for every model, vs PyG where it exists.
+
+Batch 20 of the bundled ethanol, one thread, Adam step included, the same batches for every row; each
+row runs in a fresh subprocess (own peak RSS, own compile).  "compile s" is the first step's extra time
+(make_fx trace + inductor compile of forward and backward + warm-up), shown separately from ms/step
+(median after warm-up).  PyG references: SchNet (`torch_geometric.nn.SchNet`) and DimeNet++, with the
+same sizes and weights as ours.
+
+    python -m benchmarks.bench_compile --models schnet,cgcnn --presets small,paper
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+PYG = ("schnet", "dimenetpp")  # models with a PyG implementation to compare with
+TARGETS = {"small": 3.0, "paper": 1.5}  # compiled vs PyG, CPU one thread (issue 11)
+
+
+def _model(name: str, preset: str, which: str, activation: str):
+    from dcnn.activations import replace_activations
+    from dcnn.models import MODELS, build_model
+
+    torch.manual_seed(0)
+    sizes = MODELS[name][1][preset]
+    ours = build_model(name, preset)
+    pyg = None
+    if name in PYG and which in ("pyg", "eager", "compiled"):
+        from dcnn.models import pyg_reference
+
+        pyg = getattr(pyg_reference, f"build_pyg_{name}")(**sizes)
+        ours.load_pyg_(pyg)  # same weights in every row
+    if activation != "original":
+        replace_activations(ours, activation, "paper")
+    return pyg if which == "pyg" else ours
+
+
+def time_row(name: str, preset: str, which: str, steps: int, warmup: int, device: str,
+             activation: str = "original") -> dict:
+    from dcnn.compiled import EnergyForces
+    from dcnn.data import DEFAULT_DATASET, load_dataset
+    from dcnn.models import energy_and_forces
+
+    torch.set_num_threads(1)
+    dev = torch.device(device)
+    model = _model(name, preset, which, activation).to(dev).train()
+    ds = load_dataset(DEFAULT_DATASET)
+    rng = np.random.default_rng(0)
+    idx = [rng.choice(len(ds), 20, replace=False) for _ in range(steps + warmup)]
+    R = torch.as_tensor(ds.positions, dtype=torch.float32, device=dev)
+    E = torch.as_tensor(ds.energies / 1e4, dtype=torch.float32, device=dev)
+    F = torch.as_tensor(ds.forces / 1e4, dtype=torch.float32, device=dev)
+    z = torch.as_tensor(ds.numbers, device=dev)
+    n = ds.n_atoms
+    zb, batch_vec = z.repeat(20), torch.arange(20, device=dev).repeat_interleave(n)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
+    ef = EnergyForces(model) if which == "compiled" else None
+
+    def step(i):
+        sel = torch.as_tensor(idx[i], device=dev)
+        if which == "pyg":
+            pos = R[sel].reshape(-1, 3).requires_grad_(True)
+            e = model(zb, pos, batch_vec).view(-1)
+            (g,) = torch.autograd.grad(e.sum(), pos, create_graph=True)
+            f = -g.view(20, n, 3)
+        elif which == "compiled":
+            e, f = ef(R[sel], z)
+        else:
+            e, f = energy_and_forces(model, R[sel], z, create_graph=True)
+        loss = (e - E[sel]).abs().mean() + 30 * (f - F[sel]).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    times = []
+    for i in range(steps + warmup):
+        sync()
+        t = time.perf_counter()
+        step(i)
+        sync()
+        times.append(time.perf_counter() - t)
+    ms = 1e3 * statistics.median(times[warmup:])
+    peak = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
+            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
+    out = {"model": name, "preset": preset, "which": which, "activation": activation, "ms_per_step": ms,
+           "first_step_s": times[0], "peak_mib": peak, "device": str(dev)}
+    if ef is not None:
+        out.update(compile_s=ef.compile_time_s, fell_back=ef.failed)
+    return out
+
+
+def run_row(name, preset, which, device, steps=None, activation="original") -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.bench_compile", "--one", name, preset, which, "--device", device,
+           "--activation", activation]
+    if steps:
+        cmd += ["--steps", str(steps)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"model": name, "preset": preset, "which": which, "error": proc.stderr.strip().splitlines()[-1:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="schnet,cgcnn,forcenet,dimenetpp")
+    p.add_argument("--presets", default="small,paper")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 30 small, 5 paper)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--activation", default="original")
+    p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--one", nargs=3, metavar=("MODEL", "PRESET", "WHICH"), help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.one:
+        name, preset, which = a.one
+        steps = a.steps or (30 if preset == "small" else 5)
+        print(json.dumps(time_row(name, preset, which, steps, 3, a.device, a.activation)))
+        return 0
+    rows = []
+    print(f"{'model':10s} {'preset':6s} {'PyG ms':>8s} {'eager ms':>9s} {'compiled ms':>11s} {'compile s':>9s} "
+          f"{'vs eager':>8s} {'vs PyG':>7s}  device", flush=True)
+    for preset in a.presets.split(","):
+        for name in a.models.split(","):
+            res = {w: run_row(name, preset, w, a.device, a.steps, a.activation)
+                   for w in (("pyg",) if name in PYG else ()) + ("eager", "compiled")}
+            rows.extend(res.values())
+            bad = [f"{w}: {r['error']}" for w, r in res.items() if "error" in r]
+            if bad:
+                print(f"{name:10s} {preset:6s} failed: {bad}", flush=True)
+                continue
+            c, e = res["compiled"], res["eager"]
+            pyg = res.get("pyg", {}).get("ms_per_step")
+            note = f"  (fell back to eager: {c['fell_back']})" if c.get("fell_back") else ""
+            print(f"{name:10s} {preset:6s} {pyg if pyg else float('nan'):8.2f} {e['ms_per_step']:9.2f} "
+                  f"{c['ms_per_step']:11.2f} {c['compile_s']:9.1f} {e['ms_per_step'] / c['ms_per_step']:7.2f}x "
+                  f"{(pyg / c['ms_per_step']) if pyg else float('nan'):6.2f}x  {c['device']}{note}", flush=True)
+            if pyg and preset in TARGETS and pyg / c["ms_per_step"] < TARGETS[preset]:
+                print(f"  target missed: {name} {preset} compiled {pyg / c['ms_per_step']:.2f}x PyG "
+                      f"< {TARGETS[preset]}x", flush=True)
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""Bring your own model: the `ModelSpec` contract, how model names resolve, and the checks run before Ray.
+
+A model joins a study by name. A name is one of
+
+* a built-in (`schnet`, `cgcnn`, ... and the optional `mace`), registered here through the same spec;
+* a dotted path `package.module:attr` to a `ModelSpec` (or to a function with no arguments that returns
+  one), e.g. `--models schnet,mypkg.potentials:spec` or `models: [mypkg.potentials:spec]` in a study YAML;
+* an entry point in the group `dcnn_ablate.models` of an installed distribution, e.g. in its
+  pyproject.toml: `[project.entry-points."dcnn_ablate.models"] mynet = "mypkg.potentials:spec"`.
+
+The spec says what the trainer must know about a model it did not write:
+
+* `build(**sizes) -> nn.Module`: a module whose `forward(positions [B, N, 3], numbers [N])` returns the
+  energy [B], differentiable w.r.t. positions (forces are −∂E/∂positions by autograd, done by us);
+* `presets`: size sets by name, at least `small`; a TrainConfig size field (`hidden`, `cutoff`, ...)
+  overrides the preset value of the same name, and a size the presets do not list is refused;
+* `original_activation`: the name of the activation the model uses (what `activation: original` means,
+  one of `dcnn.activations.BASE_ACTIVATIONS`);
+* `paper_placement`: where `scope: paper` swaps activations, as submodule paths with `*` wildcards
+  (`("",)` = the whole model, `("interactions.*.mlp",)`); `scope: all` swaps every activation module.
+  Swappable activations are `dcnn.activations.Activation` modules (`get_activation(name)`) and torch's
+  activation modules (`nn.SiLU`, `nn.ReLU`, ...); a functional call (`F.silu(x)`) cannot be swapped.
+* `data_args`: names among `DATA_ARGS` that `build` also receives from the data set (e.g. `elements`,
+  the sorted atomic numbers, for a model with per-element weights); without data they are not passed.
+
+`check_model` (run by `dcnn-ablate ablate` before Ray starts, for every model that is not built in)
+imports the plug-in, builds it, runs one forward and backward on two frames of the data set and checks
+the placement, so a broken plug-in fails in seconds with its name and the cause, not in every worker.
+"""
+from __future__ import annotations
+
+import copy
+import fnmatch
+import hashlib
+import importlib
+import importlib.metadata
+import inspect
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+from torch import nn
+
+ENTRY_POINT_GROUP = "dcnn_ablate.models"
+DATA_ARGS = ("elements", "n_atoms")
+# optional built-ins: resolved like plug-ins, so `import dcnn` never imports their (extra) dependencies
+OPTIONAL_MODELS = {"mace": ("dcnn.models.mace:spec", "mace")}
+
+__all__ = ["ModelSpec", "ENTRY_POINT_GROUP", "DATA_ARGS", "OPTIONAL_MODELS", "resolve", "is_plugin",
+           "check_model", "plugin_search_path", "safe_name", "ModelPluginError", "UnknownModelError",
+           "known_names"]
+
+
+class ModelPluginError(ValueError):
+    """A model name that cannot be resolved, or a plug-in that breaks the contract (names both)."""
+
+
+class UnknownModelError(ModelPluginError):
+    """A plain name that is neither built in nor an installed entry point."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the trainer needs to know about an energy model E(positions, numbers) -> [B]."""
+
+    build: Callable[..., nn.Module]
+    presets: Mapping[str, Mapping[str, Any]]
+    original_activation: str
+    paper_placement: tuple = ("",)
+    data_args: tuple = ()
+    description: str = ""
+    name: str = field(default="", compare=False)  # filled in by `resolve`
+
+    def problems(self) -> list[str]:
+        """What is wrong with the spec itself (empty when nothing)."""
+        from dcnn.activations import BASE_ACTIVATIONS
+
+        out = []
+        if not callable(self.build):
+            out.append(f"build {self.build!r} is not callable")
+        if not isinstance(self.presets, Mapping) or "small" not in self.presets:
+            out.append(f"presets must map names to size dicts and include 'small', got {self.presets!r}")
+        else:
+            for k, v in self.presets.items():
+                if not isinstance(v, Mapping):
+                    out.append(f"preset {k!r} must be a mapping of sizes, got {v!r}")
+        if self.original_activation not in BASE_ACTIVATIONS:
+            out.append(f"original_activation {self.original_activation!r} is not one of "
+                       f"{', '.join(BASE_ACTIVATIONS)}")
+        if isinstance(self.paper_placement, str) or not all(isinstance(p, str) for p in self.paper_placement):
+            out.append(f"paper_placement must be a tuple of submodule paths, got {self.paper_placement!r}")
+        bad = [a for a in self.data_args if a not in DATA_ARGS]
+        if bad:
+            out.append(f"data_args {bad} unknown; known: {', '.join(DATA_ARGS)}")
+        try:  # a model is also built without a data set (e.g. to see whether it has BatchNorm)
+            params = inspect.signature(self.build).parameters
+        except (TypeError, ValueError):
+            params = {}
+        no_default = [a for a in self.data_args if a in params and params[a].default is inspect.Parameter.empty]
+        if no_default:
+            out.append(f"build needs defaults for its data_args {no_default} (it is also built without data)")
+        return out
+
+    def sizes(self, preset: str, overrides: Mapping[str, Any]) -> dict:
+        """The preset's sizes with `overrides` (None values ignored); unknown preset or size → ValueError."""
+        if preset not in self.presets:
+            raise ValueError(f"unknown preset {preset!r} for model {self.name!r}; known: {', '.join(self.presets)}")
+        sizes = dict(self.presets[preset])
+        unknown = set(overrides) - set(sizes)
+        if unknown:
+            raise ValueError(f"unknown size(s) {sorted(unknown)} for model {self.name!r}; known: {', '.join(sizes)}")
+        sizes.update({k: v for k, v in overrides.items() if v is not None})
+        return sizes
+
+    def instantiate(self, preset: str = "small", data: Optional[Mapping[str, Any]] = None, **overrides) -> nn.Module:
+        """Build the model and resolve its paper placement onto it (`paper_activation_scope`)."""
+        kwargs = self.sizes(preset, overrides)
+        if data:
+            kwargs.update({k: data[k] for k in self.data_args if k in data})
+        model = self.build(**kwargs)
+        if not isinstance(model, nn.Module):
+            raise ModelPluginError(f"model {self.name!r}: build() returned {type(model).__name__}, expected a "
+                                   f"torch.nn.Module")
+        model.paper_activation_scope = placement_paths(model, self.paper_placement, self.name)
+        return model
+
+
+def placement_paths(model: nn.Module, patterns, name: str = "") -> tuple[str, ...]:
+    """Submodule paths matching the placement patterns; a pattern matching nothing is an error."""
+    names = [n for n, _ in model.named_modules()]
+    out: list[str] = []
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise ModelPluginError(f"model {name!r}: paper_placement {pattern!r} matches no submodule; submodules "
+                                   f"are e.g. {', '.join(repr(n) for n in names[:8])}")
+        out += [h for h in hits if h not in out]
+    # a wildcard also matches the submodules of a match: keep the outermost, so nothing is swapped twice
+    return tuple(p for p in out if not any(q != p and (q == "" or p.startswith(q + ".")) for q in out))
+
+
+_cache: dict[str, ModelSpec] = {}
+
+
+def is_plugin(name: str) -> bool:
+    """Whether `name` is a dotted path `module:attr` (not a built-in or entry-point name)."""
+    return ":" in name
+
+
+def _import_target(name: str, target: str, how: str):
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr or not re.fullmatch(r"[A-Za-z_][\w.]*", module_name) \
+            or not re.fullmatch(r"[A-Za-z_][\w.]*", attr):
+        raise ModelPluginError(f"model {name!r}: expected a dotted path package.module:attribute (no file paths; "
+                               f"put the module's folder on PYTHONPATH or install it)")
+    cwd = os.getcwd()
+    if not any(p in ("", ".", cwd) for p in sys.path):  # as `python -m` (and uvicorn) do: the working
+        sys.path.append(cwd)                             # directory is searched too, after everything else
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # noqa: BLE001 - any import failure is the plug-in's, report it with its cause
+        hint = ""
+        if isinstance(e, ModuleNotFoundError) and name in OPTIONAL_MODELS:
+            hint = f"; install the optional extra: pip install 'dcnn-ablate[{OPTIONAL_MODELS[name][1]}]'"
+        elif isinstance(e, ModuleNotFoundError):
+            hint = "; is its folder on PYTHONPATH (or the package installed)?"
+        raise ModelPluginError(f"model {name!r} ({how}): cannot import module {module_name!r}: "
+                               f"{type(e).__name__}: {e}{hint}") from e
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelPluginError(f"model {name!r} ({how}): module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _as_spec(name: str, obj, how: str) -> ModelSpec:
+    if not isinstance(obj, ModelSpec) and callable(obj) and not isinstance(obj, type):
+        try:
+            made = obj()
+        except TypeError as e:
+            raise ModelPluginError(f"model {name!r} ({how}): {obj!r} is not a dcnn.models.ModelSpec, and calling "
+                                   f"it with no arguments failed ({e}); point at a ModelSpec (or a function "
+                                   f"with no arguments returning one)") from None
+        obj = made
+    if not isinstance(obj, ModelSpec):
+        raise ModelPluginError(f"model {name!r} ({how}): is {type(obj).__name__} ({str(obj)[:60]!s}), not a "
+                               f"dcnn.models.ModelSpec "
+                               f"(ModelSpec(build, presets, original_activation, paper_placement))")
+    problems = obj.problems()
+    if problems:
+        raise ModelPluginError(f"model {name!r} ({how}): bad ModelSpec: " + "; ".join(problems))
+    return ModelSpec(obj.build, obj.presets, obj.original_activation, tuple(obj.paper_placement),
+                     tuple(obj.data_args), obj.description, name)
+
+
+def entry_points() -> dict:
+    """{name: EntryPoint} of installed distributions in the `dcnn_ablate.models` group."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def resolve(name: str, builtins: Mapping[str, ModelSpec]) -> ModelSpec:
+    """The spec of a model name (built-in, optional built-in, dotted path, or entry point)."""
+    if not isinstance(name, str) or not name:
+        raise ModelPluginError(f"model {name!r}: expected a model name")
+    if name in builtins:
+        return builtins[name]
+    if name in _cache:
+        return _cache[name]
+    if name in OPTIONAL_MODELS:
+        spec = _as_spec(name, _import_target(name, OPTIONAL_MODELS[name][0], "optional built-in"), "optional built-in")
+    elif is_plugin(name):
+        spec = _as_spec(name, _import_target(name, name, "plug-in"), "plug-in")
+    else:
+        eps = entry_points()
+        if name not in eps:
+            known = known_names(builtins)
+            raise UnknownModelError(f"unknown model {name!r}; known: {', '.join(known)} (or a plug-in "
+                                   f"package.module:attribute, or an entry point in {ENTRY_POINT_GROUP!r})")
+        try:
+            obj = eps[name].load()
+        except Exception as e:  # noqa: BLE001
+            raise ModelPluginError(f"model {name!r} (entry point {eps[name].value!r} in {ENTRY_POINT_GROUP!r}): "
+                                   f"cannot import it: {type(e).__name__}: {e}") from e
+        spec = _as_spec(name, obj, f"entry point {eps[name].value}")
+    _cache[name] = spec
+    return spec
+
+
+def known_names(builtins: Mapping[str, ModelSpec]) -> list[str]:
+    """Every plain model name: built-ins, optional built-ins, installed entry points."""
+    return list(builtins) + [n for n in OPTIONAL_MODELS if n not in builtins] + \
+        sorted(n for n in entry_points() if n not in builtins and n not in OPTIONAL_MODELS)
+
+
+def plugin_search_path(name: str) -> Optional[str]:
+    """The sys.path folder a dotted-path plug-in was imported from, when Ray workers would not find it
+    by themselves (not installed, not under the driver's working directory); else None."""
+    if not is_plugin(name):
+        return None
+    top = name.partition(":")[0].split(".")[0]
+    module = sys.modules.get(top)
+    file = getattr(module, "__file__", None)
+    if not file:
+        return None
+    path = Path(file).resolve().parent
+    if Path(file).name == "__init__.py":
+        path = path.parent
+    text = str(path)
+    if "site-packages" in path.parts or "dist-packages" in path.parts:
+        return None
+    return text
+
+
+def safe_name(name: str) -> str:
+    """A model name fit for a folder name: unchanged when it is one, else sanitised plus a short hash
+    (so `a.b:c` and `a.b_c` stay apart)."""
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
+        return name
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_") + "-" + hashlib.sha1(name.encode()).hexdigest()[:6]
+
+
+def check_model(name: str, spec_of: Callable[[str], ModelSpec], preset: str = "small",
+                sizes: Optional[Mapping[str, Any]] = None, positions: Optional[torch.Tensor] = None,
+                numbers: Optional[torch.Tensor] = None) -> dict:
+    """The contract of one model, checked on CPU in float64: builds, placement finds activations, E is
+    one finite number per frame and differentiable w.r.t. positions. Returns what it found; raises
+    ModelPluginError naming the model and what broke."""
+    from dcnn.activations import _is_activation, replace_activations
+
+    spec = spec_of(name)
+    where = f"model {name!r}"
+    if positions is None or numbers is None:  # a small bent molecule: H2O-like plus a carbon
+        positions = torch.tensor([[[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0], [0.3, -0.5, 1.2]]])
+        positions = torch.cat([positions, positions + 0.05 * torch.randn(1, 4, 3, generator=torch.Generator().manual_seed(0))])
+        numbers = torch.tensor([8, 1, 1, 6])
+    numbers = torch.as_tensor(numbers)
+    data = {"elements": tuple(sorted({int(z) for z in numbers.tolist()})), "n_atoms": int(numbers.numel())}
+
+    def build():
+        try:
+            return spec.instantiate(preset, data, **dict(sizes or {}))
+        except ModelPluginError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise ModelPluginError(f"{where}: building preset {preset!r} failed: {type(e).__name__}: {e}") from e
+
+    model = build()
+    n_all = sum(1 for m in model.modules() if _is_activation(m))
+    if n_all == 0:
+        raise ModelPluginError(f"{where}: has no activation module the ablation can swap (swappable: "
+                               f"dcnn.activations.get_activation(...) modules and torch.nn activations such as "
+                               f"nn.SiLU; a functional call like F.silu(x) cannot be swapped)")
+    for path in model.paper_activation_scope:
+        sub = model.get_submodule(path) if path else model
+        if not any(_is_activation(m) for m in list(sub.modules())[1:]):
+            raise ModelPluginError(f"{where}: paper_placement {path!r} holds no activation module to swap (name "
+                                   f"the module that contains the activations, not an activation itself)")
+    try:  # a copy is much cheaper than a second build for some models (MACE generates code when built)
+        twin = copy.deepcopy(model)
+    except Exception:  # noqa: BLE001 - a model that cannot be copied is built again
+        twin = build()
+    n_paper = replace_activations(twin, "irelu", "paper").replaced_activations
+
+    model = model.to(torch.float64)
+    pos = positions.to(torch.float64).detach().clone().requires_grad_(True)
+    try:
+        energy = model(pos, numbers)
+    except Exception as e:  # noqa: BLE001
+        raise ModelPluginError(f"{where}: forward(positions [B, N, 3], numbers [N]) failed on a batch of "
+                               f"{pos.shape[0]} frames: {type(e).__name__}: {e}") from e
+    if not isinstance(energy, torch.Tensor):
+        raise ModelPluginError(f"{where}: forward returned {type(energy).__name__}, expected the energy tensor [B]")
+    if tuple(energy.shape) != (pos.shape[0],):
+        raise ModelPluginError(f"{where}: forward returned shape {tuple(energy.shape)} for {pos.shape[0]} frames; "
+                               f"expected one energy per frame, shape ({pos.shape[0]},)")
+    if not torch.isfinite(energy).all():
+        raise ModelPluginError(f"{where}: forward returned non-finite energies {energy.tolist()}")
+    grad = None
+    if energy.requires_grad:
+        (grad,) = torch.autograd.grad(energy.sum(), pos, allow_unused=True)
+    if grad is None or not torch.any(grad != 0):
+        raise ModelPluginError(f"{where}: the energy is not differentiable w.r.t. positions (gradient "
+                               f"{'None' if grad is None else 'zero'}); forces are −∂E/∂positions, so the "
+                               f"forward must use the positions it is given (no .detach(), .numpy(), "
+                               f"torch.no_grad() or positions copied into a new tensor)")
+    if not torch.isfinite(grad).all():
+        raise ModelPluginError(f"{where}: non-finite forces (gradient of the energy w.r.t. positions)")
+    return {"activations": n_all, "paper_activations": n_paper,
+            "n_parameters": sum(p.numel() for p in model.parameters())}

@@ -1,0 +1,1 @@
+"""Physics-informed networks: PDE problems with reference solutions (problems.py) and the PINN task."""

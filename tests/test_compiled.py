@@ -1,0 +1,156 @@
+"""The traced (make_fx + torch.func.vjp) energy+force step against eager autograd, and one real compile.
+
+Correctness risk sits in the tracing (detached saved outputs, BatchNorm statistics, padding), so every
+model × activation × BatchNorm on/off is checked on the traced aten graph in float64 (cheap); inductor
+itself runs in one small training test (float32, loss curve + resume).
+"""
+import copy
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import positions
+from dcnn.activations import INTEGRATED_ACTIVATIONS, replace_activations
+from dcnn.compiled import AutoDecision, EnergyForces
+from dcnn.families import family_of
+from dcnn.models import MODEL_NAMES, build_model, denormalize, energy_and_forces, has_normalization
+
+# small graphs trace fast; a model added later without an entry here is tested at its `small` preset
+TINY = {"schnet": dict(hidden=8, filters=8, interactions=1, gaussians=6),
+        "cgcnn": dict(embedding=8, convs=1, fc=8, fc_layers=2, gaussians=6),
+        "forcenet": dict(hidden=8, interactions=1, gaussians=4),
+        "dimenetpp": dict(hidden=8, blocks=1, int_emb=4, basis_emb=4, out_emb=8, spherical=3, radial=3)}
+
+
+def _variants(name):
+    """(activation, denorm, batch sizes): the original and every integrated activation (the paper's
+    placement) with BatchNorm if the model has any, and one denormalized arm; a smaller second batch
+    (padded, or its own graph under BatchNorm) where the code path differs."""
+    acts = ["original", *INTEGRATED_ACTIVATIONS]
+    out = [(a, False, (4, 3) if a == "original" else (4,)) for a in acts]
+    if has_normalization(name, "small"):
+        out.append(("irelu", True, (4, 3)))
+    return out
+
+
+def _rel(a, b):
+    return float((a - b).detach().abs().max() / b.detach().abs().max().clamp(min=1e-300))
+
+
+def _grads(model, e, f, we, wf):
+    loss = (we * e).sum() + (wf * f).sum()  # random weights: every output entry matters
+    return torch.autograd.grad(loss, [p for p in model.parameters()], allow_unused=True)
+
+
+# every interatomic potential we ship (the PINN network has no E+F step)
+MOLECULE_MODELS = [m for m in MODEL_NAMES if family_of(m).name == "molecule"]
+
+
+@pytest.mark.parametrize("name", MOLECULE_MODELS)
+def test_traced_step_equals_eager_every_activation_and_batchnorm(name, ethanol):
+    Z = torch.as_tensor(ethanol.numbers)
+    gen = torch.Generator().manual_seed(1)
+    pos = positions(ethanol, 4) + 0.05 * torch.randn(4, len(Z), 3, generator=gen, dtype=torch.float64)
+    for activation, denorm, batches in _variants(name):
+        torch.manual_seed(0)
+        model = build_model(name, "small", **TINY.get(name, {}))
+        if activation != "original":
+            replace_activations(model, activation, "paper")
+        if denorm:
+            denormalize(model)
+        model = model.double().train()
+        with torch.no_grad():  # off the initialisation (DimeNet++'s zero output layers): every gradient non-zero
+            for p in model.parameters():
+                p.add_(0.02 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+        eager = copy.deepcopy(model)
+        traced = EnergyForces(model, backend="trace")
+        for b in batches:
+            e, f = traced(pos[:b], Z)
+            e0, f0 = energy_and_forces(eager, pos[:b], Z, create_graph=True)
+            we, wf = torch.randn(e0.shape, generator=gen, dtype=e0.dtype), torch.randn(f0.shape, generator=gen,
+                                                                                       dtype=f0.dtype)
+            g, g0 = _grads(model, e, f, we, wf), _grads(eager, e0, f0, we, wf)
+            label = f"{name} {activation} denorm={denorm} batch {b}"
+            assert traced.failed is None, label
+            assert torch.isfinite(e0).all() and torch.isfinite(f0).all(), label
+            assert _rel(e, e0) < 1e-10 and _rel(f, f0) < 1e-10, label
+            scale = max(float(x.abs().max()) for x in g0 if x is not None)
+            assert scale > 0, label
+            for (pname, _), x, x0 in zip(model.named_parameters(), g, g0):
+                assert (x is None) == (x0 is None), f"{label}: {pname}"
+                if x0 is not None:  # relative to the largest gradient (BatchNorm'd biases have ~0 gradient)
+                    assert float((x - x0).abs().max()) <= 1e-10 * scale, f"{label}: {pname}"
+            for (bname, buf), buf0 in zip(model.named_buffers(), eager.buffers()):  # BatchNorm running stats
+                torch.testing.assert_close(buf, buf0, rtol=1e-12, atol=1e-14, msg=f"{label}: {bname}")
+        # BatchNorm in train mode: the smaller batch needed its own graph; otherwise it was padded
+        bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        assert len(traced.graphs) == (len(batches) if bn else 1), label
+
+
+class _Counter(nn.Module):
+    """A user model the tracer cannot take: it bumps a buffer in place during forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 1)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, pos, numbers):
+        self.calls.add_(1)
+        return torch.tanh(self.lin(pos)).sum((1, 2))
+
+
+def test_untraceable_model_falls_back_to_eager_once(caplog, ethanol):
+    Z = torch.as_tensor(ethanol.numbers)
+    model = _Counter().double()
+    ef = EnergyForces(model, backend="trace")
+    with caplog.at_level(logging.WARNING, logger="dcnn"):
+        e, f = ef(positions(ethanol, 3), Z)
+        e2, f2 = ef(positions(ethanol, 3), Z)
+    e0, f0 = energy_and_forces(model, positions(ethanol, 3), Z, create_graph=True)
+    assert ef.failed and torch.equal(e, e0) and torch.equal(f2, f0)
+    warnings = [r for r in caplog.records if "training eagerly" in r.getMessage()]
+    assert len(warnings) == 1 and ef.failed in warnings[0].getMessage()
+
+
+def test_auto_compiles_only_when_the_time_pays_back():
+    few = AutoDecision("schnet", total_steps=40, probe=3)
+    many = AutoDecision("schnet", total_steps=10**9, probe=3)
+    never = AutoDecision("no-such-model", total_steps=10**9, probe=3)
+    for _ in range(3):  # probing: eager
+        assert not few.decide() and not many.decide() and not never.decide()
+    assert few.decide() is False and "≤ compile" in few.reason
+    assert many.decide() is True and "> compile" in many.reason
+    assert never.decide() is False
+
+
+def test_compiled_training_matches_eager_and_resumes(tmp_path):
+    """Real inductor: a short float32 run (40 + 10 frames: a padded tail batch) follows eager's loss curve,
+    and the run resumed from its epoch-1 checkpoint with compile on repeats epoch 2 exactly.  Cost: one cold
+    inductor compile (~55 s CPU, mostly g++) the first time on a machine, ~8 s once inductor's on-disk
+    cache holds it."""
+    from dcnn.config import TrainConfig
+    from dcnn.train import Trainer
+
+    base = dict(model="schnet", activation="isilu", rescale=True, epochs=2, n_train=50, n_val=20, n_test=20,
+                lr=1e-3, **TINY["schnet"])
+    eager = Trainer(TrainConfig(**base, compile="off"))
+    compiled = Trainer(TrainConfig(**base, compile="on"))
+    for epoch in (1, 2):
+        m0, m1 = eager.step(), compiled.step()
+        for k in ("train_loss", "energy_loss", "force_loss"):
+            assert m1[k] == pytest.approx(m0[k], rel=1e-4), k
+        if epoch == 1:
+            compiled.save(tmp_path / "ckpt.pt")
+    stats = compiled.task.compile_stats()
+    assert stats["compiled"] == 1 and stats["compile_s"] > 0 and "compile_fallback" not in stats
+    assert len(compiled.task.energy_and_forces.graphs) == 1  # the tail batch of 10 was padded, not recompiled
+
+    resumed = Trainer(TrainConfig(**base, compile="on"))
+    resumed.load(tmp_path / "ckpt.pt")
+    m2 = resumed.step()
+    assert resumed.task.compile_stats()["compiled"] == 1
+    for k in ("train_loss", "energy_loss", "force_loss", "test_energy_loss", "test_force_loss"):
+        assert m2[k] == pytest.approx(m1[k], rel=1e-6), k

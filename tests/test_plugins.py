@@ -1,0 +1,232 @@
+"""Bring your own model (dcnn/models/plugins.py): a plug-in in a folder that is on no default path joins
+a real study (Ray in-process, MLflow on sqlite) and its report; every contract violation is refused
+before Ray starts, naming the plug-in and what broke; entry-point discovery through importlib.metadata.
+"""
+import itertools
+import textwrap
+
+import pandas as pd
+import pytest
+
+from conftest import write_study
+
+_ids = itertools.count()
+
+# A small distance-MLP energy model. Placeholders let each case break one part of the contract.
+PLUGIN = '''
+import torch
+from torch import nn
+from dcnn.models import ModelSpec
+
+class PairNet(nn.Module):
+    def __init__(self, hidden=16, cutoff=5.0):
+        super().__init__()
+        self.filter = nn.Sequential(nn.Linear(8, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.embed = nn.Embedding(10, hidden)
+        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        self.register_buffer("mu", torch.linspace(0.5, cutoff, 8))
+
+    def forward(self, positions, numbers):
+        POSITIONS
+        d = (positions[:, :, None] - positions[:, None]).pow(2).sum(-1).add(1e-9).sqrt()
+        w = self.filter(torch.exp(-(d[..., None] - self.mu) ** 2))
+        h = self.embed(numbers % 10)
+        mask = (~torch.eye(positions.shape[1], dtype=torch.bool, device=positions.device))[..., None]
+        h = h + (w * mask * h[None, None]).sum(2)
+        return RETURN
+
+spec = ModelSpec(build=PairNet, presets=PRESETS, original_activation=ACTIVATION, paper_placement=PLACEMENT)
+EXTRA
+'''
+GOOD = {"EXTRA": "", "POSITIONS": "", "RETURN": "self.head(h).sum((1, 2))", "PRESETS": '{"small": {"hidden": 16, "cutoff": 5.0}}',
+        "ACTIVATION": '"silu"', "PLACEMENT": '("filter",)'}
+
+
+def write_plugin(folder, **changes) -> str:
+    """A plug-in package in `folder` (a new name each time, never imported before); returns its model name."""
+    name = f"myplug{next(_ids)}"
+    pkg = folder / name
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    source = PLUGIN
+    for key, value in {**GOOD, **changes}.items():
+        source = source.replace(key, value)
+    (pkg / "potentials.py").write_text(source)
+    return f"{name}.potentials:spec"
+
+
+@pytest.fixture
+def plugin_dir(tmp_path_factory, monkeypatch):
+    folder = tmp_path_factory.mktemp("plugins")
+    monkeypatch.syspath_prepend(str(folder))  # the driver finds it; Ray's workers do not by themselves
+    return folder
+
+
+def _have_mace() -> bool:
+    try:
+        import mace  # noqa: F401
+        return True
+    except ImportError:  # mace-torch is an optional extra; the plug-in path is tested without it
+        return False
+
+
+def test_cli_models_mix_builtin_optional_and_plugin_pass_every_check(plugin_dir, tmp_path, monkeypatch, capsys):
+    """`ablate --models schnet,mace,pkg.mod:spec` passes every check up to the start of Ray."""
+    import orchestrator.runner
+    from orchestrator.cli import main
+
+    class RayWouldStart(Exception):
+        pass
+
+    def ray_would_start(*a, **k):
+        raise RayWouldStart
+
+    monkeypatch.setattr(orchestrator.runner, "_init_ray", ray_would_start)
+    models = ["schnet", "mace", write_plugin(plugin_dir)] if _have_mace() else ["schnet", write_plugin(plugin_dir)]
+    study = write_study(tmp_path / "mix.yaml", [{"activation": ["irelu"], "denorm": [True], "rescale": [True]}])
+    with pytest.raises(RayWouldStart):
+        main(["ablate", "--study", study, "--models", ",".join(models), "--storage", str(tmp_path / "res")])
+    assert "error" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_plugin_and_mace_join_a_real_study(plugin_dir, ray_session, tracking_uri, tmp_path, capsys):
+    """`--models mace,pkg.mod:spec`: each trains in a Ray worker (the plug-in's folder is on no worker's
+    path: the study hands it over) and appears in the report, MLflow and the twin note under its name."""
+    from mlflow import MlflowClient
+
+    from orchestrator.cli import main
+
+    plugin = write_plugin(plugin_dir)
+    models = ["mace", plugin] if _have_mace() else [plugin]
+    # ES without LR: one optimizer step leaves errors near the baselines (not blown up), for every model
+    arm = {"activation": "irelu", "denorm": True, "rescale": False, "shift": True}
+    study = write_study(tmp_path / "plug.yaml", [{**{k: [v] for k, v in arm.items()}, "denorm": [True, False]}], arm,
+                        fixed={"n_train": 20, "n_val": 10, "n_test": 10, "epochs": 1})
+    rc = main(["ablate", "--study", study, "--models", ",".join(models), "--storage", str(tmp_path / "res"),
+               "--tracking-uri", tracking_uri, "--experiment", "plugin-study"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    summary = pd.read_csv(tmp_path / "res/plugin-study/report/summary.csv")
+    assert set(summary.model) == set(models)
+    ran = summary[summary.arm == "irelu+DN+ES"].set_index("model")
+    assert ran.F_mean.notna().all() and (ran.n == 1).all(), ran
+    assert f"## ethanol · {plugin}" in (tmp_path / "res/plugin-study/report/report.md").read_text()
+    # none of them has BatchNorm: the DN-free arm is the DN arm's twin, for the plug-in too
+    assert all(f"{m}: has no BatchNorm" in out for m in models)
+    trials = pd.read_csv(tmp_path / "res/plugin-study/report/trials.csv")
+    c = MlflowClient(tracking_uri)
+    names = {c.get_run(r).info.run_name for r in trials.mlflow_run_id.dropna().unique()}
+    assert f"{plugin} · irelu · DN+ES · seed 0" in names
+
+
+BROKEN = [
+    ("cannot-import", None, "cannot import module 'nosuchpkg_zz.potentials': ModuleNotFoundError"),
+    ("import-raises", {"POSITIONS": "", "PRESETS": "1/0"}, "cannot import module"),
+    ("not-a-spec", {"EXTRA": "spec = PairNet"}, "is type (<class"),
+    ("returns-a-module", {"EXTRA": "spec = lambda: PairNet()"}, "is PairNet (PairNet("),
+    ("no-small-preset", {"PRESETS": '{"tiny": {"hidden": 8}}'}, "include 'small'"),
+    ("unknown-activation", {"ACTIVATION": '"swish"'}, "original_activation 'swish' is not one of"),
+    ("wrong-shape", {"RETURN": "self.head(h).sum(1)"}, "shape (2, 1) for 2 frames; expected one energy per frame"),
+    ("detached", {"POSITIONS": "positions = positions.detach()"}, "not differentiable w.r.t. positions (gradient None)"),
+    ("zero-gradient", {"RETURN": "self.head(h).sum((1, 2)) * 0 + positions.sum((1, 2)) * 0"},
+     "not differentiable w.r.t. positions (gradient zero)"),
+    ("forward-raises", {"POSITIONS": "raise RuntimeError('kaput')"}, "forward(positions [B, N, 3], numbers [N]) failed"),
+    ("placement-no-module", {"PLACEMENT": '("filters",)'}, "paper_placement 'filters' matches no submodule"),
+    ("placement-no-activation", {"PLACEMENT": '("embed",)'}, "paper_placement 'embed' holds no activation module"),
+    ("no-swappable-activation", {"PLACEMENT": '("",)', "RETURN": "torch.nn.functional.silu(h).sum((1, 2))",
+                                 "nn.SiLU()": "nn.Identity()"}, "no activation module the ablation can swap"),
+]
+
+
+@pytest.mark.parametrize("case,changes,message", BROKEN, ids=[b[0] for b in BROKEN])
+def test_broken_plugin_is_refused_before_ray(case, changes, message, plugin_dir, tmp_path, monkeypatch):
+    import orchestrator.runner
+    from orchestrator.runner import AblateOptions, run_ablation
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray started although the plug-in is broken")
+
+    monkeypatch.setattr(orchestrator.runner, "_init_ray", no_ray)
+    name = "nosuchpkg_zz.potentials:spec" if changes is None else write_plugin(plugin_dir, **changes)
+    study = write_study(tmp_path / "s.yaml", [{"activation": ["irelu"], "denorm": [True], "rescale": [True]}],
+                        models=(name,), fixed={"n_train": 20, "n_val": 10, "n_test": 10, "epochs": 1})
+    with pytest.raises(ValueError) as err:
+        run_ablation(AblateOptions(study=study, storage=str(tmp_path / "res")))
+    assert message in str(err.value)
+    assert repr(name) in str(err.value)  # the message names the plug-in
+    assert not (tmp_path / "res").exists()
+
+
+def test_presets_and_sizes_of_a_plugin(plugin_dir):
+    """Sizes the presets declare pass through TrainConfig; others, and unknown presets, are refused."""
+    from dcnn.config import TrainConfig
+    from dcnn.models import build_model, default_activation
+
+    name = write_plugin(plugin_dir, PRESETS='{"small": {"hidden": 16, "cutoff": 5.0}, "wide": {"hidden": 64, "cutoff": 5.0}}')
+    cfg = TrainConfig(model=name, hidden=8)
+    assert build_model(name, cfg.preset, **cfg.model_sizes()).filter[0].out_features == 8
+    assert build_model(name, "wide").filter[0].out_features == 64
+    assert default_activation(name) == "silu"
+    with pytest.raises(ValueError, match=r"size field\(s\) \['filters'\] do not apply"):
+        TrainConfig(model=name, filters=8)
+    with pytest.raises(ValueError, match="preset='paper' is not allowed; choose one of: small, wide"):
+        TrainConfig(model=name, preset="paper")
+    from orchestrator.validate import check_set  # --set preset=wide: left to the study's models to judge
+    check_set({"preset": "wide"})
+
+
+def test_entry_point_discovery(tmp_path, monkeypatch):
+    """A distribution's `dcnn_ablate.models` entry points name models, found by importlib.metadata on
+    sys.path (a real dist-info folder, as pip writes it), also when the target is a function."""
+    from dcnn.config import TrainConfig
+    from dcnn.models import build_model, check_plugin, get_spec, model_names
+    from search_spaces.study import load_study
+
+    pkg = write_plugin(tmp_path).split(".")[0]
+    (tmp_path / pkg / "factory.py").write_text(f"def make():\n    from {pkg}.potentials import spec\n    return spec\n")
+    dist = tmp_path / "my_potentials-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-potentials\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(textwrap.dedent(f"""\
+        [dcnn_ablate.models]
+        pairnet = {pkg}.potentials:spec
+        pairnet-fn = {pkg}.factory:make
+        broken = nosuchpkg_ep.mod:spec
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert {"pairnet", "pairnet-fn", "broken"} <= set(model_names())
+    for name in ("pairnet", "pairnet-fn"):
+        assert get_spec(name).name == name and get_spec(name).paper_placement == ("filter",)
+        assert TrainConfig(model=name).model == name
+        assert check_plugin(name)["paper_activations"] == 1
+    assert build_model("pairnet").paper_activation_scope == ("filter",)
+    from dcnn.models.plugins import placement_paths  # wildcards keep the outermost match only
+    assert placement_paths(build_model("pairnet"), ("*", "filter")) == ("",)
+    assert placement_paths(build_model("pairnet"), ("filter*", "head.*")) == ("filter", "head.0", "head.1", "head.2")
+    with pytest.raises(ValueError, match="'broken' .entry point .*cannot import it: ModuleNotFoundError"):
+        get_spec("broken")
+    study_file = tmp_path / "ep.yaml"
+    study_file.write_text("designs: [{activation: [irelu], denorm: [true], rescale: [true]}]\nmodels: [pairnet]\n")
+    assert load_study(str(study_file)).models == ["pairnet"]
+
+
+def test_names_with_dots_and_colons_are_safe_folder_names():
+    from dcnn.models.plugins import safe_name
+    from search_spaces.study import CellPart, trial_name
+
+    assert safe_name("schnet") == "schnet"
+    a, b = safe_name("my.pkg:build"), safe_name("my.pkg_build")
+    assert a != b and ":" not in a and a.startswith("my.pkg_build-")
+    assert CellPart(0)({"cell": "my.pkg:build/irelu+DN+LR"}) == "my.pkg:build"
+    assert trial_name({"model": "my.pkg:build", "activation": "irelu", "denorm": True, "rescale": True,
+                       "seed": 0}) == "my.pkg:build · irelu · DN+LR · seed 0"
+
+
+def test_builtins_go_through_the_same_spec():
+    from dcnn.models import BUILTIN_SPECS, MODELS, build_model, get_spec
+
+    for name, (cls, presets, act) in MODELS.items():
+        spec = get_spec(name)
+        assert spec is BUILTIN_SPECS[name] and spec.original_activation == act and spec.presets is presets
+        assert build_model(name).paper_activation_scope == tuple(cls.paper_activation_scope)
