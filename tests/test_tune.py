@@ -109,13 +109,22 @@ def test_bad_study_files_named_errors(content, message, tmp_path):
     (["--datasets", "benzene"], "data set 'benzene' is neither a bundled data set (ethanol, aspirin)"),
     (["--models", "cgcnn", "--set", "n_train=1900"], "need 2500 frames but the data set has 2000"),
 ])
-def test_bad_flags_fail_before_ray_starts(args, message, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "ablate", "--storage", str(tmp_path), *args],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr
-    assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+def test_bad_flags_fail_before_ray_starts(args, message, tmp_path, monkeypatch, capsys):
+    """In-process (a real process's exit status is tests/test_bad_inputs.py::test_exit_code_end_to_end)."""
+    from orchestrator.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    started = _ray_started()
+    rc = main(["ablate", "--storage", str(tmp_path), *args])
+    out, err = capsys.readouterr()
+    assert rc == 2, err
+    assert message in err
+    assert "Started a local Ray instance" not in err + out and _ray_started() == started
     assert not list(tmp_path.glob("*/")), "nothing may be written"
+
+
+def _ray_started() -> bool:
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 def test_function_trainable_under_tune_run(ray_session, tracking_uri, tmp_path):
