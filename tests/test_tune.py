@@ -1,11 +1,8 @@
 """The Ray Tune layer against real Ray (in-process) and real MLflow (sqlite)."""
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -262,46 +259,3 @@ def test_optuna_path_tunes_each_arm_then_reruns_seeds(ray_session, tracking_uri,
     runs = trial_runs(tracking_uri, "optuna")
     assert sum(r.data.tags.get("phase") == "tune" for r in runs) == 4  # 2 Optuna trials per arm
     assert len(runs) == 4 + 4
-
-
-def _finished_trials(folder: Path) -> int:
-    n = 0
-    for f in folder.glob("*/result.json"):
-        if '"done": true' in f.read_text():
-            n += 1
-    return n
-
-
-def test_kill_then_resume_completes_with_one_run_per_trial(ray_session, tracking_uri, tmp_path):
-    study = write_study(tmp_path / "kill.yaml", [{"activation": ["irelu", "isilu"], "denorm": [True],
-                                                  "rescale": [True, False]}], REF, seeds=(0, 1),
-                        fixed={"epochs": 30, "n_train": 100})  # ≈ 2 s a trial: time to kill mid-study
-    storage = tmp_path / "res"
-    cmd = [sys.executable, "-m", "orchestrator.cli", "ablate", "--study", study, "--storage", str(storage),
-           "--tracking-uri", tracking_uri, "--experiment", "killed", "--address", "local",
-           "--max-concurrent", "1"]
-    log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"})
-    deadline = time.time() + 240
-    while _finished_trials(storage / "killed") < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-    time.sleep(0.5)  # let Tune write its experiment state once more
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    finished_before = _finished_trials(storage / "killed")
-    assert 3 <= finished_before < 8, (tmp_path / "first.log").read_text()[-3000:]
-    results_before = {f.parent.name: f.read_text() for f in (storage / "killed").glob("*/result.json")
-                      if '"done": true' in f.read_text()}
-
-    report = run_ablation(AblateOptions(study=study, storage=str(storage), tracking_uri=tracking_uri,
-                                        experiment="killed", resume=True, quiet=True))
-    assert not report["errors"]
-    trials = pd.read_csv(report["paths"]["trials"])
-    assert len(trials) == 8 and trials.finished.all()
-    for name, text in results_before.items():  # finished trials were not run again
-        assert (storage / "killed" / name / "result.json").read_text() == text
-    runs = trial_runs(tracking_uri, "killed")
-    assert len(runs) == 8, sorted(r.info.run_name for r in runs)
-    assert len({r.data.tags["dcnn.trial_id"] for r in runs}) == 8
-    assert all(r.info.status == "FINISHED" for r in runs)
