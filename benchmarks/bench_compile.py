@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -115,7 +114,7 @@ def run_row(name, preset, which, device, steps=None, activation="original") -> d
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="schnet,cgcnn,forcenet,dimenetpp")
+    p.add_argument("--models", default="schnet,cgcnn,forcenet,dimenetpp,gemnet_t")
     p.add_argument("--presets", default="small,paper")
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 30 small, 5 paper)")
     p.add_argument("--device", default="cpu")
