@@ -17,17 +17,29 @@ from pathlib import Path
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+# ports handed out in this process: a node's worker range is bound only when its workers start, so a
+# later draw must not overlap an earlier one even though the OS still calls those ports free
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free port")
 
 
 def free_port_range(width: int = 40) -> int:
-    """Start of `width` consecutive free ports (worker ports of one node)."""
+    """Start of `width` consecutive free ports, none handed out before."""
     for _ in range(50):
-        base = free_port()
-        if base + width > 65000:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + width > 65000 or _HANDED_OUT.intersection(range(base, base + width)):
             continue
         ok = True
         for p in range(base, base + width):
@@ -38,16 +50,20 @@ def free_port_range(width: int = 40) -> int:
                     ok = False
                     break
         if ok:
+            _HANDED_OUT.update(range(base, base + width))
             return base
     raise RuntimeError("no free port range")
 
 
 def _node_ports() -> list[str]:
-    base = free_port_range()
-    return ["--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
+    """One block of free ports: 40 worker ports, then the node's six service ports.  (Drawing the service
+    ports separately could land one inside the worker range, which `ray start` refuses.)"""
+    base = free_port_range(46)
+    service = [str(base + 40 + k) for k in range(6)]
+    return ["--node-manager-port", service[0], "--object-manager-port", service[1],
             "--min-worker-port", str(base), "--max-worker-port", str(base + 39),
-            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-            "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port())]
+            "--dashboard-agent-listen-port", service[2], "--dashboard-agent-grpc-port", service[3],
+            "--metrics-export-port", service[4], "--runtime-env-agent-port", service[5]]
 
 
 def _stop_group(proc: subprocess.Popen, timeout: float) -> None:
