@@ -122,3 +122,31 @@ def central_difference_forces(model, pos, Z, h=1e-5):
     with torch.no_grad():
         fd = -(model((pos + steps).view(n, -1, 3), Z) - model((pos - steps).view(n, -1, 3), Z)) / (2 * h)
     return fd.view_as(pos)
+
+
+def assert_batch_of_one(model, pos, Z):
+    """Frame 3 alone gives the same E and F as inside its batch (no cross-frame leakage)."""
+    from dcnn.models import energy_and_forces
+
+    e_all, f_all = energy_and_forces(model, pos, Z, False)
+    e_one, f_one = energy_and_forces(model, pos[3:4], Z, False)
+    torch.testing.assert_close(e_one, e_all[3:4], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(f_one, f_all[3:4], rtol=1e-12, atol=1e-12)
+
+
+def assert_smooth_at_cutoff(model, far_atol=1e-14):
+    """Atom 2 moves away along −x from atom 0 (atom 1 sits at +1 Å): its last pair leaves at d = 6, the
+    cutoff. E is continuous there and constant beyond, F → 0 (C²); `far_atol`: E at 7 Å vs 20 Å (other
+    rounding: its row sits elsewhere in the matmuls)."""
+    from dcnn.models import energy_and_forces
+
+    z = torch.tensor([6, 8, 1])
+    d = torch.tensor([5.999, 6.0, 6.001, 7.0, 20.0], dtype=torch.float64)
+    pos = torch.zeros(5, 3, 3, dtype=torch.float64)
+    pos[:, 1, 0] = 1.0
+    pos[:, 2] = d[:, None] * torch.tensor([-0.96, 0.28, 0.0], dtype=torch.float64)  # |x_2 − x_0| = d
+    e, f = energy_and_forces(model, pos, z, False)
+    assert abs(e[0] - e[1]) < 1e-9 and e[1] == e[2] == e[3]  # no term with atom 2 from the cutoff on
+    assert abs(e[3] - e[4]) < far_atol
+    assert (f[1:, 2] == 0).all() and f[0, 2].abs().max() < 1e-6  # C²: F → 0 as d → cutoff
+    assert e[0] != e[4]  # atom 2 did interact inside
