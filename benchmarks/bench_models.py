@@ -25,6 +25,7 @@ import torch
 from dcnn.data import DEFAULT_DATASET, load_dataset
 from dcnn.families import family_of
 from dcnn.models import MODEL_NAMES, MODELS, build_model
+from dcnn.numerics import configure_cpu
 
 # the interatomic potentials (the PINN network has no atoms to step over)
 POTENTIALS = [m for m in MODEL_NAMES if family_of(m).name == "molecule"]
@@ -91,10 +92,12 @@ class _Stepper:
         self.opt.step()
 
 
-def time_models(model_name: str, impls: list[str], preset: str, steps: int, warmup: int, device: str) -> dict:
+def time_models(model_name: str, impls: list[str], preset: str, steps: int, warmup: int, device: str,
+                flush: bool = True) -> dict:
     """ms/step of each implementation, their steps interleaved (ours, PyG, ours, ...) so that load from
-    other processes on a shared machine hits both alike; median over the timed steps."""
-    torch.set_num_threads(1)
+    other processes on a shared machine hits both alike; median over the timed steps.  Denormals are
+    flushed (or not) for both alike, in one process (dcnn/numerics.py)."""
+    configure_cpu(1, flush)
     dev = torch.device(device)
     torch.manual_seed(0)
     steppers = {w: _Stepper(model_name, w, preset, steps + warmup, dev) for w in impls}
@@ -114,7 +117,7 @@ def time_models(model_name: str, impls: list[str], preset: str, steps: int, warm
 
 def peak_memory(model_name: str, which: str, preset: str, device: str) -> float:
     """MiB: peak-RSS growth over 3 steps (CPU; run alone in a fresh process) or CUDA's max_memory_allocated."""
-    torch.set_num_threads(1)
+    configure_cpu(1, True)
     dev = torch.device(device)
     torch.manual_seed(0)
     step = _Stepper(model_name, which, preset, 3, dev)
@@ -141,26 +144,30 @@ def main(argv=None):
     p.add_argument("--presets", nargs="+", default=["small"], choices=["small", "paper"])
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 30 small, 5 paper)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--flush-denormals", choices=("on", "off"), default="on",
+                   help="flush denormal floats to zero as the trainer does (default), or not")
     p.add_argument("--time", nargs=2, metavar=("MODEL", "PRESET"), help=argparse.SUPPRESS)
     p.add_argument("--memory", nargs=3, metavar=("MODEL", "IMPL", "PRESET"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.time:  # child processes: a fresh interpreter per measurement
         steps = a.steps or (30 if a.time[1] == "small" else 5)
         impls = ["ours", "pyg"] if a.time[0] in PYG_PEERS else ["ours"]
-        print(json.dumps(time_models(a.time[0], impls, a.time[1], steps, 3, a.device)))
+        print(json.dumps(time_models(a.time[0], impls, a.time[1], steps, 3, a.device, a.flush_denormals == "on")))
         return
     if a.memory:
         print(json.dumps(peak_memory(*a.memory, a.device)))
         return
 
     def child(*args):
-        cmd = [sys.executable, "-m", "benchmarks.bench_models", *args, "--device", a.device]
+        cmd = [sys.executable, "-m", "benchmarks.bench_models", *args, "--device", a.device,
+               "--flush-denormals", a.flush_denormals]
         if a.steps:
             cmd += ["--steps", str(a.steps)]
         return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
     print(f"{'model':10s} {'preset':6s} {'ours ms/step':>12s} {'PyG ms/step':>12s} {'PyG/ours':>9s} "
-          f"{'RSS ours':>9s} {'RSS PyG':>8s}  device: {a.device}", flush=True)
+          f"{'RSS ours':>9s} {'RSS PyG':>8s}  device: {a.device}, denormals "
+          f"{'flushed' if a.flush_denormals == 'on' else 'kept'}", flush=True)
     slower = []
     for preset in a.presets:
         for model in a.models:

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import yaml
 
+from dcnn.compiled import COMPILE_MODES
 from dcnn.config import ACTIVATION_CHOICES, TrainConfig
+from dcnn.init import INIT_MODES
 from dcnn.data import DatasetError, load_dataset
 from dcnn.outputs import check_output, same_file
 
 # model and preset: TrainConfig checks them (plug-ins bring their own names and presets)
 _CHOICES = {"activation": ACTIVATION_CHOICES, "scope": ("paper", "all"), "dtype": ("float32", "float64"),
-            "compile": ("off", "on", "auto")}
+            "compile": COMPILE_MODES, "init": INIT_MODES}
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -68,7 +70,7 @@ def _fmt(v) -> str:
 
 CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "config")
 # a checkpoint resumes only the run it was written by; these may change when it is resumed
-_RESUMABLE_CHANGES = ("epochs", "lr", "device", "threads", "eval_batch_size", "force_weight", "batch_size",
+_RESUMABLE_CHANGES = ("epochs", "lr", "device", "threads", "flush_denormals", "eval_batch_size", "force_weight", "batch_size",
                       "compile")
 
 

@@ -27,9 +27,13 @@ Why each piece (each of these silently gives wrong gradients or refuses to trace
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import os
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -37,11 +41,67 @@ from torch import nn
 
 from dcnn.models import energy_and_forces
 
-__all__ = ["EnergyForces", "make_energy_forces", "COMPILE_MODES"]
+__all__ = ["EnergyForces", "make_energy_forces", "COMPILE_MODES", "compile_cache_dir", "GraphRecords"]
 
 log = logging.getLogger("dcnn")
 
 COMPILE_MODES = ("off", "on", "auto")
+
+
+def compile_cache_dir() -> Path:
+    """The on-disk compile cache every trial of this user on this machine shares: inductor's own
+    (`TORCHINDUCTOR_CACHE_DIR`) when the user set it, else `$XDG_CACHE_HOME/dcnn-ablate/inductor` (default
+    ~/.cache/...), which, unlike torch's default under /tmp, survives a reboot.  Set in the environment here,
+    so inductor, Ray's workers started later by this process and our graph records all use it."""
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not chosen:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        chosen = os.path.join(base, "dcnn-ablate", "inductor")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = chosen
+    return Path(chosen)
+
+
+class GraphRecords:
+    """What compiling each distinct energy+force graph cost and saved on this machine, beside inductor's
+    cache (`compile_cache_dir()/dcnn-graphs/<key>.json`, one file per graph, written atomically, so the
+    workers of a study share it without locks).  `auto` reads it: a graph compiled before compiles from the
+    warm cache (seconds, not minutes), and its measured saving replaces the table's estimate.
+
+    The key is everything that fixes the traced graph: the module tree (`repr`: layer types and sizes,
+    activation names, BatchNorm or Identity), train mode, the batch's shape, dtype and device, the torch
+    version and the backend."""
+
+    def __init__(self, folder: Path | None = None):
+        self.folder = (folder or compile_cache_dir()) / "dcnn-graphs"
+
+    @staticmethod
+    def key(model: nn.Module, positions: torch.Tensor, numbers: torch.Tensor, backend: str) -> str:
+        text = "\n".join([repr(model), str(model.training), str(tuple(positions.shape)), str(positions.dtype),
+                          positions.device.type, str(tuple(numbers.shape)), torch.__version__, backend])
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def get(self, key: str) -> dict:
+        try:
+            return json.loads((self.folder / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def update(self, key: str, **values) -> dict:
+        """Merge measurements into the graph's record: `compile_s` appends to `compiles` (the first is the
+        cold one, later ones hit the warm cache), anything else replaces."""
+        record = self.get(key)
+        compile_s = values.pop("compile_s", None)
+        if compile_s is not None:
+            record.setdefault("compiles", []).append(round(float(compile_s), 3))
+        record.update(values)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = self.folder / f".{key}.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(record, indent=1))
+            os.replace(tmp, self.folder / f"{key}.json")
+        except OSError as e:  # a read-only or full home: compiling still works, `auto` just knows less
+            log.warning("cannot record compile measurements in %s (%s)", self.folder, e)
+        return record
 
 
 def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -72,16 +132,19 @@ class EnergyForces:
     `dcnn.models.energy_and_forces` eagerly.
     """
 
-    def __init__(self, model: nn.Module, backend: str = "inductor", auto: Optional["AutoDecision"] = None):
+    def __init__(self, model: nn.Module, backend: str = "inductor", auto: Optional["AutoDecision"] = None,
+                 records: Optional[GraphRecords] = None):
         if backend not in ("inductor", "trace"):
             raise ValueError(f"backend={backend!r}; choose inductor or trace")
         self.model = model
         self.backend = backend
         self.auto = auto  # None: always compile; else decide after timing a few eager steps
+        self.records = records if records is not None else (GraphRecords() if backend == "inductor" else None)
         self.graphs: dict[tuple, Callable] = {}
         self.failed: Optional[str] = None
         self.compile_time_s = 0.0  # tracing + compiling + warm-up, summed over graphs
         self.compiles = 0
+        self.warm_cache: Optional[bool] = None  # whether the first graph had been compiled here before
 
     # -- tracing --------------------------------------------------------------------------------
     def _trace(self, positions: torch.Tensor, numbers: torch.Tensor):
@@ -133,18 +196,26 @@ class EnergyForces:
         key = (tuple(positions.shape), positions.dtype, positions.device, tuple(numbers.shape))
         entry = self.graphs.get(key)
         if entry is None:
+            record_key = None
+            if self.records is not None:
+                compile_cache_dir()  # inductor writes its cache where our records are
+                record_key = GraphRecords.key(self.model, positions, numbers, self.backend)
+                warm = bool(self.records.get(record_key).get("compiles"))
+                self.warm_cache = warm if self.warm_cache is None else self.warm_cache
             t0 = time.perf_counter()
             entry = self._trace(positions, numbers)
             # warm-up: inductor compiles the forward now and the backward at the first backward
             e, f, _, _ = self._run(entry, positions, numbers)
             params = [p for p in self.model.parameters() if p.requires_grad]
             torch.autograd.grad(e.sum() + f.sum(), params, allow_unused=True)
-            self.compile_time_s += time.perf_counter() - t0
+            spent = time.perf_counter() - t0
+            self.compile_time_s += spent
             self.compiles += 1
             self.graphs[key] = entry
+            if record_key is not None:
+                self.records.update(record_key, compile_s=spent)
             log.info("traced%s the energy+force step for batch %s in %.1f s",
-                     " and compiled" if self.backend == "inductor" else "", tuple(positions.shape),
-                     time.perf_counter() - t0)
+                     " and compiled" if self.backend == "inductor" else "", tuple(positions.shape), spent)
         return entry
 
     def _padded_batch(self, positions: torch.Tensor) -> Optional[int]:
@@ -156,13 +227,20 @@ class EnergyForces:
                  and k[1] == positions.dtype and k[2] == positions.device and k[0][0] > b]
         return min(sizes) if sizes else None
 
+    def _record_of(self, positions, numbers) -> tuple[Optional[str], dict]:
+        """(key, record) of the graph this batch would trace (for `auto`), or (None, {}) without records."""
+        if self.records is None or self.auto is None or self.auto.decision is not None:
+            return None, {}
+        key = GraphRecords.key(self.model, positions, numbers, self.backend)
+        return key, self.records.get(key)
+
     # -- the call -------------------------------------------------------------------------------
     def __call__(self, positions: torch.Tensor, numbers: torch.Tensor,
                  create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """As `dcnn.models.energy_and_forces`; traced only for training steps (create_graph, train mode)."""
         if self.failed is not None or not (create_graph and self.model.training and torch.is_grad_enabled()):
             return energy_and_forces(self.model, positions, numbers, create_graph=create_graph)
-        if self.auto is not None and not self.auto.decide():
+        if self.auto is not None and not self.auto.decide(self._record_of(positions, numbers)):
             return energy_and_forces(self.model, positions, numbers, create_graph=True)
         b = positions.shape[0]
         pad_to = self._padded_batch(positions)
@@ -185,57 +263,92 @@ class EnergyForces:
                 m.running_var.mul_(1 - mom).add_(mom * var)
         if pad_to is not None:
             e, f = e[:b], f[:b]
+        if self.auto is not None:
+            self.auto.compiled_call(self.records)
         return e, f
 
 
 # Measured with `make bench` (benchmarks/bench_compile.py) on the shared 2-core CPU VM, one thread, batch 20
 # ethanol, under heavy contention (load 5-14 on 2 cores): (fraction of an eager training step the compiled
-# step saves, seconds of tracing + compiling with inductor's on-disk cache cold).  Savings are the median of
-# 3-4 runs at `small` that disagreed widely (compiled/eager speed-up: SchNet 1.01/1.40/1.50/2.16x, CGCNN with
-# BatchNorm 0.99/1.06/2.93/3.14x, ForceNet 0.43/1.61/1.65x, DimeNet++ 2.03/2.23/2.40x); a warm cache cut the
-# compile to 5-21 s.  Re-measure on a quiet machine and update this one table.  Unknown (model, preset):
-# never compiled by `auto`.
+# step saves, seconds of tracing + compiling with inductor's on-disk cache cold, and warm).  Savings are the
+# median of 3-4 runs at `small` that disagreed widely (compiled/eager speed-up: SchNet 1.01/1.40/1.50/2.16x,
+# CGCNN with BatchNorm 0.99/1.06/2.93/3.14x, ForceNet 0.43/1.61/1.65x, DimeNet++ 2.03/2.23/2.40x); a warm
+# cache cut the compile to 5-21 s.  They are only the prior: once a graph has been compiled on a machine,
+# `auto` uses what was measured there (GraphRecords).  Unknown (model, preset): never compiled by `auto`
+# unless a record exists.
 AUTO_ESTIMATES = {
-    ("schnet", "small"): (0.31, 48.0),
-    ("cgcnn", "small"): (0.5, 127.0),
-    ("forcenet", "small"): (0.38, 390.0),
-    ("dimenetpp", "small"): (0.55, 740.0),
+    ("schnet", "small"): (0.31, 48.0, 9.0),
+    ("cgcnn", "small"): (0.5, 127.0, 15.0),
+    ("forcenet", "small"): (0.38, 390.0, 21.0),
+    ("dimenetpp", "small"): (0.55, 740.0, 19.0),
     # paper preset, two runs: SchNet compiled/eager 0.66x and 1.92x (cold compile 111 s, warm 8 s)
-    ("schnet", "paper"): (0.1, 111.0),
-    ("dimenetpp", "paper"): (0.6, 181.0),  # 980 → 384 ms/step
+    ("schnet", "paper"): (0.1, 111.0, 8.0),
+    ("dimenetpp", "paper"): (0.6, 181.0, 19.0),  # 980 → 384 ms/step
 }
 
 
 class AutoDecision:
     """`compile=auto`: time `probe` eager training steps (call-to-call, so backward and optimizer count),
-    then compile iff  remaining steps × step time × saved fraction  >  compile time  (AUTO_ESTIMATES).
+    then compile iff  remaining steps × step time × saved fraction  >  expected compile time.
 
-    The compile time used is the cold-cache one: later trials of a study usually hit inductor's on-disk
-    cache and pay less (measured: 48 s → 7 s for SchNet small), so `auto` errs towards eager."""
+    Saving and compile time come from this machine's record of the graph when there is one (GraphRecords:
+    a graph compiled before hits inductor's warm cache, and its saving was measured here), else from
+    AUTO_ESTIMATES with the cold compile time: a study's first trial of a kind errs towards eager.  After
+    compiling, `probe` compiled steps are timed the same way and the measured saving is recorded for the
+    trials that follow."""
 
     def __init__(self, model_name: str, total_steps: int, probe: int = 5, preset: str = "small"):
-        self.saving, self.compile_s = AUTO_ESTIMATES.get((model_name, preset), (0.0, math.inf))
+        self.saving, self.compile_s, self.warm_s = AUTO_ESTIMATES.get((model_name, preset), (0.0, math.inf, math.inf))
         self.total_steps, self.probe = total_steps, probe
         self.calls = 0
         self.stamps: list[float] = []
+        self.compiled_stamps: list[float] = []
+        self.step_s = math.nan
+        self.key: Optional[str] = None
         self.decision: Optional[bool] = None
         self.reason = "undecided"
 
-    def decide(self) -> bool:
+    def _expected(self, record: dict) -> tuple[float, float, str]:
+        """(saving, compile seconds, where they come from) for a graph with this record."""
+        compiles = record.get("compiles") or []
+        if not compiles:
+            return self.saving, self.compile_s, "estimate, cold cache"
+        saving = float(record.get("saving", self.saving))
+        warm = compiles[1:]  # the first compile of a graph here was the cold one
+        compile_s = sorted(warm)[len(warm) // 2] if warm else min(self.warm_s, compiles[0])
+        return saving, compile_s, ("measured here" if "saving" in record else "estimated saving") + ", warm cache"
+
+    def decide(self, graph: tuple[Optional[str], dict] = (None, {})) -> bool:
         if self.decision is not None:
             return self.decision
         self.calls += 1
         self.stamps.append(time.perf_counter())
         if len(self.stamps) <= self.probe:
             return False
-        step_s = (self.stamps[-1] - self.stamps[1]) / (len(self.stamps) - 2)  # skip the first (warm-up)
+        key, record = graph
+        self.key = key
+        self.step_s = (self.stamps[-1] - self.stamps[1]) / (len(self.stamps) - 2)  # skip the first (warm-up)
         remaining = max(self.total_steps - self.calls + 1, 0)
-        gain = remaining * step_s * self.saving
-        self.decision = gain > self.compile_s
-        self.reason = (f"eager step {1e3 * step_s:.1f} ms × {remaining} steps left × saving {self.saving:.0%} "
-                       f"= {gain:.1f} s {'>' if self.decision else '≤'} compile {self.compile_s:.0f} s")
+        saving, compile_s, source = self._expected(record)
+        gain = remaining * self.step_s * saving
+        self.decision = gain > compile_s
+        self.reason = (f"eager step {1e3 * self.step_s:.1f} ms × {remaining} steps left × saving {saving:.0%} "
+                       f"= {gain:.1f} s {'>' if self.decision else '≤'} compile {compile_s:.0f} s ({source})")
         log.info("compile=auto: %s → %s", self.reason, "compile" if self.decision else "stay eager")
         return self.decision
+
+    def compiled_call(self, records: Optional[GraphRecords]) -> None:
+        """After each compiled step: time `probe` of them (the first, which compiled, not counted) and
+        record the measured saving against the eager steps timed before."""
+        if records is None or self.key is None or len(self.compiled_stamps) > self.probe + 1:
+            return
+        self.compiled_stamps.append(time.perf_counter())
+        if len(self.compiled_stamps) == self.probe + 2:
+            st = self.compiled_stamps
+            compiled_s = (st[-1] - st[1]) / (len(st) - 2)
+            if math.isfinite(self.step_s) and self.step_s > 0:
+                records.update(self.key, eager_step_s=self.step_s, compiled_step_s=compiled_s,
+                               saving=max(0.0, 1.0 - compiled_s / self.step_s))
 
 
 def make_energy_forces(model: nn.Module, mode: str, model_name: str = "", total_steps: int = 0,

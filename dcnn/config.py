@@ -8,8 +8,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from dcnn.activations import ACTIVATION_NAMES
+from dcnn.compiled import COMPILE_MODES
 from dcnn.data import DEFAULT_DATASET
 from dcnn.families import family_of
+from dcnn.init import INIT_MODES
 from dcnn.models import UnknownModelError, get_spec, model_names
 from dcnn.schedules import SCHEDULES
 
@@ -45,6 +47,9 @@ class TrainConfig:
     rescale: bool = False  # divide E and F labels by rescale_factor for training
     rescale_factor: float = 1e4  # C; the paper used 1e6 for MD17
     shift: bool = False  # subtract per-element reference energies (fitted on the training split)
+    # initialisation: the architecture's own ("default"; GemNet-T's includes its scale factors fitted on the
+    # training data) or LSUV on top of it (unit output variance per Linear on a batch, dcnn/init.py)
+    init: str = "default"
     seed: int = 0
     lr: float = 1e-3
     optimizer: str = "adam"  # adam | lbfgs (full-batch L-BFGS with strong-Wolfe line search, for PINNs: lr 1, constant)
@@ -102,6 +107,9 @@ class TrainConfig:
     eval_batch_size: int = 100
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 1
+    # flush denormal floats to zero on CPU (dcnn/numerics.py: the RBF features underflow into them and some
+    # CPUs process them up to ~100x slower; results change at float32 rounding level only)
+    flush_denormals: bool = True
     dtype: str = "float32"
     # energy+force step: "off" eager autograd, "on" traced + torch.compile'd (dcnn/compiled.py), "auto"
     # compile only when the timed eager steps say the compile time will be paid back (AutoDecision)
@@ -155,8 +163,9 @@ class TrainConfig:
         choice("preset", tuple(spec.presets))
         choice("activation", ACTIVATION_CHOICES)
         choice("scope", ("paper", "all"))
+        choice("init", INIT_MODES)
         choice("dtype", ("float32", "float64"))
-        choice("compile", ("off", "on", "auto"))
+        choice("compile", COMPILE_MODES)
         choice("lr_schedule", SCHEDULES)
         choice("optimizer", ("adam", "lbfgs"))
         if not (self.device in ("auto", "cpu", "cuda") or

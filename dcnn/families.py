@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-__all__ = ["MetricSpec", "TaskFamily", "FAMILIES", "family_of", "family_of_config"]
+__all__ = ["MetricSpec", "TaskFamily", "FAMILIES", "family_of", "family_of_config", "BLOWUP_FACTOR"]
+
+# The one divergence rule (trainer, `dcnn-ablate train`, MLflow's `diverged`, the report): a run diverged when
+# a loss or test metric is not finite, or when a test error is above BLOWUP_FACTOR × the error of a model
+# that outputs zero (molecules: mean |E| and mean |F| of the test split; PINNs: the zero prediction, 1).
+# Against zero, not the mean: an energy offset not yet learned is a (bad) result, not a blow-up.
+BLOWUP_FACTOR = 10.0
 
 
 @dataclass(frozen=True)
@@ -71,11 +77,37 @@ class TaskFamily:
     def val_loss(self, metrics: dict) -> float:
         return float(sum(w * metrics[k] for k, w in self.objective.items()))
 
+    def blown_up(self, result) -> bool:
+        """Whether a finite test error of `result` (a mapping of result keys: a trainer's test metrics, a
+        result.json line, a report row) is above BLOWUP_FACTOR × its zero-output scale."""
+        for m in self.metrics:
+            if not m.blowup_scale:
+                continue
+            value, scale = _number(result.get(m.test_key)), _number(result.get(m.blowup_scale))
+            if math.isfinite(value) and math.isfinite(scale) and value > BLOWUP_FACTOR * scale:
+                return True
+        return False
+
+    def diverged(self, result, nonfinite_in_training: bool = False) -> bool:
+        """The divergence rule: non-finite during training, a non-finite test metric, or a blow-up."""
+        if nonfinite_in_training:
+            return True
+        if any(not math.isfinite(_number(result.get(m.test_key))) for m in self.metrics):
+            return True
+        return self.blown_up(result)
+
     def metric_keys(self) -> tuple:
         """Every per-epoch or final result key of this family worth logging (MLflow)."""
         keys = [m.key for m in self.metrics] + [m.test_key for m in self.metrics]
         keys += [m.baseline for m in self.metrics if m.baseline] + list(self.train_terms)
         return tuple(dict.fromkeys(keys))
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 # -- molecules ---------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from dcnn.families import MOLECULE, TaskFamily, family_of
 from dcnn.data import MoleculeDataset, load_dataset, split_indices
 from dcnn.labels import LabelTransform, baselines
 from dcnn.compiled import make_energy_forces
+from dcnn.init import INIT_BATCHES, initialise_
 from dcnn.models import MAX_Z, build_model, default_activation, denormalize
 
 
@@ -89,6 +90,7 @@ class MoleculeTask:
             replaced = replace_activations(model, config.activation, config.scope).replaced_activations
         removed = denormalize(model) if config.denorm else 0
         self.model = model.to(device=device, dtype=dtype)
+        self.init_info = initialise_(self.model, config.init, self._init_forwards(config.seed, config.batch_size))
         # the E+F function is chosen once: eager autograd, or traced + compiled (dcnn/compiled.py)
         self.energy_and_forces = make_energy_forces(
             self.model, config.compile, config.model,
@@ -101,7 +103,18 @@ class MoleculeTask:
             "batchnorm_removed": removed,
             "n_parameters": sum(p.numel() for p in model.parameters()),
             "energy_shift": self.labels.offset,
+            "init_layers_scaled": self.init_info.get("lsuv_layers", 0),
+            "init_scale_factors_fitted": len(self.init_info.get("fitted_scale_factors", {})),
         }
+
+    def _init_forwards(self, seed: int, batch_size: int) -> list:
+        """Forward passes on training batches for the initialisation (dcnn/init.py): a permutation drawn
+        from a generator of its own (seeded by the trial seed), so the training order and the global RNG
+        are the same whatever `init` is."""
+        positions = self.splits["train"][0]
+        order = torch.randperm(self.n_train, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        batches = [order[k:k + batch_size] for k in range(0, self.n_train, batch_size)][:INIT_BATCHES]
+        return [lambda index=index: self.model(positions[index], self.numbers) for index in batches]
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return math.ceil(self.n_train / batch_size)
@@ -127,6 +140,8 @@ class MoleculeTask:
         auto = getattr(ef, "auto", None)
         compiled = hasattr(ef, "graphs") and ef.failed is None and (auto is None or auto.decision is True)
         out = {"compile_s": float(getattr(ef, "compile_time_s", 0.0)), "compiled": int(compiled)}
+        if getattr(ef, "warm_cache", None) is not None:  # compiled a graph this machine had compiled before
+            out["compile_warm_cache"] = int(ef.warm_cache)
         if getattr(ef, "failed", None):
             out["compile_fallback"] = ef.failed
         return out

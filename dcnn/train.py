@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from dcnn.config import TrainConfig
+from dcnn.numerics import configure_cpu
 from dcnn.schedules import LRSchedule
 from dcnn.tasks import Task, make_task
 
@@ -44,7 +45,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, task: Optional[Task] = None):
         self.config = config
-        torch.set_num_threads(config.threads)
+        self._configure_cpu()  # before any compute: data, model build, initialisation
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)  # parameter initialisation
         self.task = task if task is not None else make_task(config, self.device)
@@ -65,6 +66,12 @@ class Trainer:
         self.diverged_epoch: Optional[int] = None
         self.history: list[dict] = []
 
+    def _configure_cpu(self) -> None:
+        """Threads and denormal flushing (dcnn/numerics.py) on the calling thread.  Called again by every
+        epoch and test: the flags are per thread, and a caller (a Ray actor, a user's thread pool) may
+        build the trainer on one thread and step it on another."""
+        self.denormals_flushed = configure_cpu(self.config.threads, self.config.flush_denormals)
+
     @property
     def done(self) -> bool:
         return self.diverged or self.epoch >= self.config.epochs
@@ -72,6 +79,7 @@ class Trainer:
     def run_epoch(self) -> dict:
         """Train one epoch; return the epoch's metrics (validation and running train MAE)."""
         t0 = time.perf_counter()
+        self._configure_cpu()
         self.model.train()
         cfg = self.config
         sums: dict[str, torch.Tensor] = {}
@@ -107,7 +115,8 @@ class Trainer:
         if not all(math.isfinite(v) for v in metrics.values()):
             self.diverged, self.diverged_epoch = True, self.epoch
         self.schedule.end_epoch(self.task.objective(metrics))  # plateau: the task's validation objective
-        metrics.update(epoch=self.epoch, diverged=int(self.diverged), lr=lr, epoch_time_s=time.perf_counter() - t0)
+        metrics.update(epoch=self.epoch, diverged=int(self.diverged), lr=lr, epoch_time_s=time.perf_counter() - t0,
+                       denormals_flushed=int(self.denormals_flushed))
         self.history.append(metrics)
         return metrics
 
@@ -119,12 +128,19 @@ class Trainer:
         return metrics
 
     def test(self) -> dict:
-        """`test_<metric>` of the current (last-epoch) model (NaN after divergence) and the task's
-        reference constants (baselines)."""
+        """`test_<metric>` of the current (last-epoch) model (NaN after a non-finite loss), the task's
+        reference constants (baselines, blow-up scales) and `diverged` by the family's one rule
+        (dcnn.families.TaskFamily.diverged: non-finite, or above BLOWUP_FACTOR × the zero-output error)."""
+        self._configure_cpu()
         out = self.task.test_references()
+        family = self.task.family
         if self.diverged:
-            return {**{spec.test_key: math.nan for spec in self.task.family.metrics}, **out}
-        return {**{f"test_{k}": v for k, v in self.task.evaluate("test").items()}, **out}
+            out.update({spec.test_key: math.nan for spec in family.metrics})
+        else:
+            out.update({f"test_{k}": v for k, v in self.task.evaluate("test").items()})
+        out.update(diverged=int(family.diverged(out, nonfinite_in_training=self.diverged)),
+                   blew_up=int(family.blown_up(out)))
+        return out
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -133,7 +149,9 @@ class Trainer:
                  "diverged_epoch": -1 if self.diverged_epoch is None else self.diverged_epoch,
                  "shuffle_rng": self.shuffle.get_state(), "torch_rng": torch.get_rng_state(),
                  "history": self.history, "config": self.config.to_dict(),
-                 "schedule": self.schedule.state_dict()}
+                 "schedule": self.schedule.state_dict(),
+                 # what the initialisation did (the weights themselves are in "model"): for the record
+                 "init": _plain(getattr(self.task, "init_info", {}))}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -169,11 +187,21 @@ class Trainer:
     def summary(self) -> dict:
         """Final result: last epoch's metrics, test metrics, divergence and what was built."""
         out = dict(self.history[-1]) if self.history else {}
-        out.update(self.test())
-        out.update(diverged=int(self.diverged), diverged_epoch=self.diverged_epoch,
-                   epochs_completed=self.epoch, device=str(self.device), **self.task.info)
+        out.update(self.test())  # `diverged` by the family's rule
+        out.update(diverged_epoch=self.diverged_epoch,
+                   epochs_completed=self.epoch, device=str(self.device),
+                   denormals_flushed=int(self.denormals_flushed), **self.task.info)
         out.update(getattr(self.task, "compile_stats", dict)())  # compile time / fallback, if the task compiles
         return out
+
+
+def _plain(value):
+    """A JSON-like copy (dicts, lists, str, float, int) that `torch.load(weights_only=True)` accepts."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
 
 
 def train(config: TrainConfig, on_epoch: Optional[Callable[[dict, Trainer], None]] = None,

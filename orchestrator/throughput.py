@@ -29,30 +29,41 @@ def _mean(values):
     return sum(v) / len(v) if v else math.nan
 
 
-def summarize(results, wall_s: float, slots: int, resources: dict) -> dict:
+def summarize(results, wall_s: float, slots: int, resources: dict, study_start: float | None = None) -> dict:
     """`results`: Tune Results (last metrics + metrics dataframe) of the trials this run saw; each trial's
-    time runs from its worker's start (actor start) to its last report."""
+    time runs from its worker's start (actor start) to its last report, counted from `study_start` (the
+    wall clock's own start) at the earliest: Ray may start a worker process before the study does (a
+    prestarted worker), and time before the wall clock started is not the study's, or efficiency could
+    exceed 1.  Trials whose last report came before `study_start` (finished by an earlier driver, then
+    resumed) did not run in this wall time and are left out."""
     trials = []
     for r in results:
         m = r.metrics or {}
         if not m or "reported_at" not in m:
             continue
+        reported, started = float(m["reported_at"]), float(m["started_at"])
+        if study_start is not None and reported < study_start:
+            continue
         df = r.metrics_dataframe
         epochs = float(df["epoch_time_s"].sum()) if df is not None and "epoch_time_s" in df else math.nan
         actor = float(m.get("actor_start_s", 0.0))
-        total = float(m["reported_at"]) - float(m["started_at"]) + actor
+        if study_start is not None:
+            actor = max(0.0, min(actor, started - study_start))
+        total = reported - started + actor
         compile_s = float(m.get("compile_s", 0.0) or 0.0)
         setup_s = float(m.get("setup_s", math.nan))
         trials.append({"trial_id": m.get("trial_id"), "time_s": total, "actor_start_s": actor, "setup_s": setup_s,
                        "compile_s": compile_s, "train_s": epochs - compile_s,
                        "other_s": total - epochs - actor - setup_s,
-                       "compiled": m.get("compiled"), "peak_rss_mib": m.get("peak_rss_mib", math.nan),
+                       "compiled": m.get("compiled"), "compile_warm_cache": m.get("compile_warm_cache"),
+                       "peak_rss_mib": m.get("peak_rss_mib", math.nan),
                        "peak_cuda_mib": m.get("peak_cuda_mib", math.nan)})
     sum_trial = sum(t["time_s"] for t in trials)
     out = {"wall_s": wall_s, "trials": len(trials), "sum_trial_s": sum_trial, "slots": slots,
            "cpus": resources.get("CPU", 0), "gpus": resources.get("GPU", 0),
            "efficiency": sum_trial / (wall_s * slots) if wall_s > 0 else math.nan,
            "compiled_trials": sum(1 for t in trials if t["compiled"]),
+           "warm_cache_trials": sum(1 for t in trials if t["compiled"] and t["compile_warm_cache"]),
            "per_trial_mean": {k: _mean(t[k] for t in trials) for k in
                                 ("time_s", "actor_start_s", "setup_s", "compile_s", "train_s", "other_s")},
            "peak_rss_mib_max": max((t["peak_rss_mib"] for t in trials), default=math.nan),
@@ -73,7 +84,8 @@ def format_summary(s: dict) -> str:
         f"- per trial (mean): {med['time_s']:.1f} s = actor start {med['actor_start_s']:.2f} s + setup "
         f"(data + model) {med['setup_s']:.2f} s + compile {med['compile_s']:.1f} s + training "
         f"{med['train_s']:.1f} s + other (checkpoints, reports, test) {med['other_s']:.2f} s; "
-        f"{s['compiled_trials']}/{s['trials']} trials ran compiled",
+        f"{s['compiled_trials']}/{s['trials']} trials ran compiled"
+        + (f" ({s.get('warm_cache_trials', 0)} of them from a warm compile cache)" if s["compiled_trials"] else ""),
         f"- peak memory per trial: RSS {s['peak_rss_mib_max']:.0f} MiB (max over trials){gpu}",
         ""])
 

@@ -8,11 +8,14 @@ from pathlib import Path
 from dcnn.config import ACTIVATION_CHOICES, SIZE_FIELDS, TrainConfig
 from dcnn.data import DEFAULT_DATASET
 from dcnn.families import family_of
+from dcnn.init import INIT_MODES
 from dcnn.models import get_spec, has_normalization, model_names
 
 STUDY_DIR = Path(__file__).resolve().parent / "studies"
-FACTORS = ("activation", "denorm", "rescale", "shift")
-FACTOR_DEFAULTS = {"shift": False}  # a design that does not name the shift factor runs without it
+FACTORS = ("activation", "denorm", "rescale", "shift", "init")
+# a design that does not name the shift or init factor runs without ES, from the architecture's own init
+FACTOR_DEFAULTS = {"shift": False, "init": "default"}
+INIT_LABELS = {"default": "", "lsuv": "LSUV"}  # how an arm's key and label name its init (one per INIT_MODES)
 SPLIT_SEEDS = ("fixed", "vary")
 # Keys a study adds to a Tune config to label a trial (not TrainConfig settings); plugin_path: folders
 # a trial puts on sys.path before it resolves a plug-in model (runner.plugin_path).
@@ -23,24 +26,26 @@ _STUDY_KEYS = {"description", "reference", "designs", "models", "seeds", "fixed"
 @dataclass(frozen=True)
 class Arm:
     """One combination of the factors.  DN = denormalization, LR = label rescaling, ES = per-species
-    energy shift."""
+    energy shift, LSUV = data-dependent initialisation (init="lsuv", dcnn/init.py)."""
 
     activation: str
     denorm: bool
     rescale: bool
     shift: bool = False
+    init: str = "default"
 
     @classmethod
     def from_config(cls, config: dict) -> "Arm":
         return cls(str(config.get("activation")), bool(config.get("denorm")), bool(config.get("rescale")),
-                   bool(config.get("shift", False)))
+                   bool(config.get("shift", False)), str(config.get("init") or FACTOR_DEFAULTS["init"]))
 
     def _stabilizers(self) -> list[str]:
-        return ["DN"] * self.denorm + ["LR"] * self.rescale + ["ES"] * self.shift
+        return (["DN"] * self.denorm + ["LR"] * self.rescale + ["ES"] * self.shift
+                + [INIT_LABELS[self.init]] * bool(INIT_LABELS[self.init]))
 
     @property
     def key(self) -> str:
-        """Stable machine name, e.g. 'irelu+DN+LR', 'isilu+LR', 'irelu', 'irelu+LR+ES'."""
+        """Stable machine name, e.g. 'irelu+DN+LR', 'isilu+LR', 'irelu', 'irelu+LR+ES', 'irelu+DN+LR+LSUV'."""
         return "+".join([self.activation] + self._stabilizers())
 
     @property
@@ -51,7 +56,7 @@ class Arm:
 
     def as_config(self) -> dict:
         return {"activation": self.activation, "denorm": self.denorm, "rescale": self.rescale,
-                "shift": self.shift}
+                "shift": self.shift, "init": self.init}
 
 
 def trial_name(config: dict) -> str:
@@ -278,7 +283,9 @@ def _arm(values, where: str) -> Arm:
     for f in ("denorm", "rescale", "shift"):
         if not isinstance(values[f], bool):
             raise ValueError(f"{where}: {f} must be true or false, got {values[f]!r}")
-    return Arm(values["activation"], values["denorm"], values["rescale"], values["shift"])
+    if values["init"] not in INIT_MODES:
+        raise ValueError(f"{where}: init {values['init']!r} is not one of {', '.join(INIT_MODES)}")
+    return Arm(values["activation"], values["denorm"], values["rescale"], values["shift"], values["init"])
 
 
 def _list(data: dict, key: str, where: str, kind: type, default: list) -> list:

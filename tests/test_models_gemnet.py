@@ -57,6 +57,66 @@ def test_equals_fairchem_gemnet_t_with_same_weights(sizes, act, ethanol):
     torch.testing.assert_close(f, f_fc.detach(), rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow  # importing fairchem.core takes ≈ 8 s
+def test_scale_factor_fit_equals_fairchem(ethanol):
+    """`data_init_` fits the same scale factors as fairchem's own fitting procedure (its ScaleFactor
+    modules' fit_context_/fit_ in computation order, fairchem/core/modules/scaling/fit.py) on the same
+    batches, with the same weights, in float64 — on stretched geometries, so that edges beyond the cutoff
+    (absent from fairchem's radius graph) must be left out of the statistics."""
+    from fairchem_gemnet import build_fairchem_gemnet_t, import_fairchem_gemnet, load_into_ours
+
+    if import_fairchem_gemnet() is None:
+        pytest.skip("fairchem-core not installed (pip install fairchem-core==1.10.0 --no-deps)")
+    from fairchem.core.modules.scaling import ScaleFactor as FairchemScaleFactor
+
+    sizes = GEMNET_T_PRESETS["small"]
+    torch.manual_seed(0)
+    theirs, run = build_fairchem_gemnet_t(**sizes)
+    theirs.double().eval()
+    ours = GemNetT(**sizes).double().eval()
+    load_into_ours(ours, theirs)
+    pos = positions(ethanol, 12) * 2.0
+    assert (torch.cdist(pos, pos) > sizes["cutoff"]).any()
+    batches = [pos[k:k + 4] for k in range(0, 12, 4)]
+    fitted = ours.data_init_([lambda b=b: ours(b, Z) for b in batches])
+
+    factors = {n: m for n, m in theirs.named_modules() if isinstance(m, FairchemScaleFactor)}
+    order: list = []
+    for name, m in factors.items():
+        m.initialize_(index_fn=lambda name=name: order.append(name) if name not in order else None)
+    run(batches[0], Z)
+    for name in order:
+        with factors[name].fit_context_():
+            for b in batches:
+                run(b, Z)
+            factors[name].fit_()
+    expected = {n: float(factors[n].scale_factor) for n in order}
+    assert set(fitted) == set(expected) and len(fitted) == 3 * sizes["blocks"] + sizes["blocks"] + 1
+    assert all(abs(v - 1.0) > 1e-3 for v in fitted.values())  # fitting changed every one of them
+    for name, value in expected.items():
+        assert fitted[name] == pytest.approx(value, rel=1e-10), name
+
+
+def test_scale_factor_fit_makes_outputs_unit_scale(ethanol):
+    """After `data_init_` each factor's output has the variance of its reference input on the fit batches
+    (what fairchem's fit is for), and the fitted model's energy differs from the unfitted one's."""
+    m = make()
+    pos = positions(ethanol, 8)
+    e_before = m(pos, Z)
+    fitted = m.data_init_([lambda: m(pos[:4], Z), lambda: m(pos[4:], Z)])
+    assert len(fitted) == 3 * GEMNET_T_PRESETS["small"]["blocks"] + GEMNET_T_PRESETS["small"]["blocks"] + 1
+    for module in (mod for mod in m.modules() if type(mod).__name__ == "ScaleFactor"):
+        module.stats = [0.0, 0.0, 0]
+    m(pos[:4], Z), m(pos[4:], Z)
+    for name, module in m.named_modules():
+        if type(module).__name__ == "ScaleFactor":
+            var_out, var_in, _ = module.stats
+            module.stats = None
+            # fitted in computation order: each factor's input is what it was fitted on, so exactly 1
+            assert var_out / var_in == pytest.approx(1.0, rel=1e-9), name
+    assert not torch.allclose(m(pos, Z), e_before)
+
+
 # integrated activations where the paper puts them (output blocks); isilu everywhere overflows to NaN at
 # initialization through ~40 stacked layers (the paper: "full replacement was unstable")
 ACTS = [("original", "all"), ("irelu", "paper"), ("softplus", "all")]

@@ -108,6 +108,61 @@ def test_divergence_ends_cleanly():
     assert math.isnan(out["test_energy_loss"]) and math.isnan(out["test_force_loss"])
 
 
+def test_a_finite_blow_up_is_diverged_by_the_one_rule(tmp_path):
+    """Finite but absurd errors (C = 1e9 makes every prediction ≈ 1e9 × the net's O(1) output, and lr 1e-12
+    keeps it there) count as diverged in the trainer's summary, in `dcnn-ablate train`'s JSON and exit
+    status, and by the same family rule the report applies to a result row."""
+    from dcnn.families import BLOWUP_FACTOR, MOLECULE
+
+    cfg = dict(model="schnet", rescale=True, rescale_factor=1e9, lr=1e-12, lr_schedule="constant", epochs=1, **FAST)
+    out = train(TrainConfig(**cfg))
+    assert math.isfinite(out["test_energy_loss"]) and math.isfinite(out["test_force_loss"])
+    assert out["test_energy_loss"] > BLOWUP_FACTOR * out["test_energy_scale"]
+    assert out["diverged"] == 1 and out["blew_up"] == 1 and out["diverged_epoch"] is None
+    assert MOLECULE.diverged(out) and MOLECULE.blown_up(out)
+    # a sane run is not: the same rule, no false alarm
+    sane = train(TrainConfig(model="schnet", rescale=True, epochs=1, **FAST))
+    assert sane["diverged"] == 0 and not MOLECULE.diverged(sane)
+    proc = subprocess.run([sys.executable, "-m", "dcnn.cli", "train", "--model", "schnet", "--rescale",
+                           "--rescale-factor", "1e9", "--lr", "1e-12", "--lr-schedule", "constant", "--epochs", "1",
+                           "--n-train", "40",
+                           "--n-val", "20", "--n-test", "20"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "DIVERGED" in proc.stderr
+    assert json.loads(proc.stdout)["diverged"] == 1
+
+
+def test_training_flushes_denormals_on_the_thread_that_trains(ethanol):
+    """The trainer sets FTZ/DAZ (dcnn/numerics.py) on the thread that runs each epoch, also when the
+    trainer was built on another thread (a Ray actor, a user's pool); `flush_denormals=False` leaves
+    denormals alone; results differ only at float32 rounding level."""
+    import threading
+
+    from dcnn.numerics import denormals_flushed
+
+    torch.set_flush_denormal(False)
+    trainer = Trainer(TrainConfig(model="cgcnn", epochs=1, **FAST))
+    assert denormals_flushed() and trainer.denormals_flushed
+    torch.set_flush_denormal(False)
+    seen = {}
+
+    def epoch():
+        seen["before"] = denormals_flushed()
+        seen["metrics"] = trainer.run_epoch()
+        seen["after"] = denormals_flushed()
+
+    worker = threading.Thread(target=epoch)
+    worker.start(), worker.join()
+    assert seen["before"] is False and seen["after"] is True and seen["metrics"]["denormals_flushed"] == 1
+    kept = Trainer(TrainConfig(model="cgcnn", epochs=1, flush_denormals=False, **FAST))
+    assert not denormals_flushed() and not kept.denormals_flushed
+    m_kept = kept.run_epoch()
+    assert m_kept["denormals_flushed"] == 0
+    # same seed, same batches: only values below 1.2e-38 were flushed, so the metrics agree closely
+    for key in ("energy_loss", "force_loss"):
+        assert seen["metrics"][key] == pytest.approx(m_kept[key], rel=1e-3), key
+    torch.set_flush_denormal(True)
+
+
 def test_denorm_and_activation_reported():
     out = train(TrainConfig(model="cgcnn", activation="isilu", denorm=True, epochs=1, **FAST))
     assert out["batchnorm_removed"] == 3 and out["activations_replaced"] == 3

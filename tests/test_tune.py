@@ -173,10 +173,13 @@ def test_study_through_tuner_with_report(ray_session, tracking_uri, tmp_path):
     assert s.loc["irelu+LR", "F_mean"] == s.loc["irelu+DN+LR", "F_mean"]
     md = Path(paths["markdown"]).read_text()
     assert all(a in md for a in ("irelu+DN+LR", "irelu+DN", "irelu+LR", "| irelu |")) and "kcal/mol/Å" in md
-    # throughput summary (issue 11): every trial that ran, its costs, efficiency within what Ray had
+    # throughput summary (issue 11): every trial that ran, its costs, efficiency within what Ray had.  Each
+    # trial's time lies inside the study's wall clock (a worker Ray started before the study counts from
+    # the study's start) and the two reused actors run one trial at a time, so the trials' times cannot
+    # add up to more than wall × slots: the 1e-3 is float rounding and one host clock read by processes
     tp = json.loads((tmp_path / "res/mini-tuner/report/throughput.json").read_text())
-    assert tp["trials"] == 12 and tp["slots"] == 2 and 0 < tp["efficiency"] <= 1.05
-    assert tp["sum_trial_s"] <= tp["wall_s"] * tp["slots"] * 1.05
+    assert tp["trials"] == 12 and tp["slots"] == 2 and 0 < tp["efficiency"] <= 1 + 1e-3
+    assert tp["sum_trial_s"] <= tp["wall_s"] * tp["slots"] * (1 + 1e-3)
     for t in tp["per_trial"]:
         assert t["setup_s"] > 0 and t["actor_start_s"] >= 0 and t["train_s"] > 0 and t["peak_rss_mib"] > 100
         assert t["compiled"] == 0  # compile=auto: a 4-step trial never pays back a compile

@@ -22,9 +22,13 @@ sizes with `direct_forces=False`, i.e. forces by autograd; that is GemNet-T in t
 * **Forces** = −∂E/∂x by autograd through the distances *and* the triplet angles (cos φ from unit vectors
   of the non-detached positions; clamped to [−1, 1] as fairchem's `inner_product_normalized`).
 * **Scale factors**: fairchem multiplies five places per block by constants fitted on data (the paper's
-  code loaded OC20's `gemnet-dT.json`, e.g. 18.9 for TripInteraction_1_had_rbf); unfitted, fairchem uses 1.
-  We use 1 everywhere (no OC20 file, and fitting on the training set would make the function depend on the
-  split).  `ScaleFactor` modules hold them as buffers, so fitted values can be loaded.
+  code loaded OC20's `gemnet-dT.json`, e.g. 18.9 for TripInteraction_1_had_rbf); unfitted, fairchem uses 1,
+  which is what a built model holds.  Unfitted, GemNet is not at the scale it was designed for (initial
+  rescaled forces ≈ 1.3 against labels ≈ 1e-3 on ethanol), so training fits them on the training data
+  before the first step, as fairchem's `fit_scaling_factors` does (`data_init_`, called by the task for
+  every `init`; each factor in computation order makes its output's variance that of its reference
+  input, or 1, over 16 batches), after the activations are swapped: the factors match the network that
+  is trained.  `ScaleFactor` modules hold them as buffers, so they are in every checkpoint.
 * **Activations**: `Dense` keeps its activation as a separate `Activation` module ("scaled_silu" =
   SiLU/0.6, fairchem's ScaledSiLU) so `replace_activations` can swap it; a Dense without activation holds
   none.  The paper's placement swaps the output blocks' activations only (its IAF_replace: every
@@ -97,15 +101,34 @@ class ResidualLayer(nn.Module):
         return (x + self.dense_mlp(x)) * INV_SQRT_2
 
 
+def _rows_variance(x: torch.Tensor, rows: torch.Tensor | None) -> tuple[float, int]:
+    """fairchem's statistic: the mean over features of the (unbiased) variance over samples, here over the
+    rows `rows` marks (edges inside the cutoff: the edges of fairchem's radius graph), and the row count."""
+    flat = x.reshape(-1, x.shape[-1])
+    if rows is not None:
+        flat = flat[rows.expand(*x.shape[:-1], 1).reshape(-1) > 0]
+    return float(flat.to(torch.float64).var(dim=0).mean()), int(flat.shape[0])
+
+
 class ScaleFactor(nn.Module):
-    """x · s with a fixed s (fairchem fits s on data; 1 here, see the module docstring)."""
+    """x · s with s fitted on data (`GemNetT.data_init_`, as fairchem's `ScaleFactor`): 1 until fitted.
+
+    `ref` (and the row masks) are only read while fitting: s makes Var(x·s) = Var(ref), or 1 without ref."""
 
     def __init__(self):
         super().__init__()
         self.register_buffer("scale_factor", torch.tensor(1.0))
+        self.stats: list | None = None  # while fitting: [Σ n·Var(out), Σ n·Var(ref), Σ n]
 
-    def forward(self, x):
-        return x * self.scale_factor
+    def forward(self, x, ref=None, rows=None, ref_rows=None):
+        x = x * self.scale_factor
+        if self.stats is not None:
+            var_out, n = _rows_variance(x.detach(), rows)
+            var_in = 1.0 if ref is None else _rows_variance(ref.detach(), ref_rows)[0]
+            self.stats[0] += var_out * n
+            self.stats[1] += var_in * n
+            self.stats[2] += n
+        return x
 
 
 # ----------------------------------------------------------------------------- bases
@@ -234,8 +257,8 @@ class AtomUpdateBlock(nn.Module):
         self.layers = nn.ModuleList([Dense(emb_edge, emb_atom, activation),
                                      *(ResidualLayer(emb_atom, activation) for _ in range(n_hidden))])
 
-    def forward(self, m, rbf, n_atoms):
-        x = self.scale_sum(sum_into_targets(m * self.dense_rbf(rbf), n_atoms))
+    def forward(self, m, rbf, n_atoms, inside=None):
+        x = self.scale_sum(sum_into_targets(m * self.dense_rbf(rbf), n_atoms), ref=m, ref_rows=inside)
         for layer in self.layers:
             x = layer(x)
         return x
@@ -252,8 +275,8 @@ class OutputBlock(AtomUpdateBlock):
         elif output_init.lower() != "heorthogonal":
             raise ValueError(f"unknown output_init {output_init!r}; known: HeOrthogonal, zeros")
 
-    def forward(self, m, rbf, n_atoms):
-        return self.out_energy(super().forward(m, rbf, n_atoms))
+    def forward(self, m, rbf, n_atoms, inside=None):
+        return self.out_energy(super().forward(m, rbf, n_atoms, inside))
 
 
 class EfficientInteractionDownProjection(nn.Module):
@@ -298,11 +321,15 @@ class TripletInteraction(nn.Module):
         self.up_projection_ac = Dense(emb_bilinear, emb_edge, activation)
 
     def forward(self, m, rbf3, rbf_w1, sph, id3_ba, swap, inside):
-        x_ba = self.scale_rbf(self.dense_ba(m) * self.mlp_rbf(rbf3))
+        x_ba = self.dense_ba(m)
+        x_ba = self.scale_rbf(x_ba * self.mlp_rbf(rbf3), ref=x_ba, rows=inside, ref_rows=inside)
         x_ba = self.down_projection(x_ba) * inside  # edges beyond the cutoff are not in the graph
         b, e, t = x_ba.shape
         x_ba = x_ba.index_select(1, id3_ba.reshape(-1)).view(b, e, id3_ba.shape[1], t)
-        x = self.scale_cbf_sum(self.mlp_cbf(rbf_w1, sph, x_ba))
+        triplets = None
+        if self.scale_cbf_sum.stats is not None:  # fitting: the triplets of fairchem's graph (both edges inside)
+            triplets = inside.unsqueeze(2) * inside.index_select(1, id3_ba.reshape(-1)).view(b, e, -1, 1)
+        x = self.scale_cbf_sum(self.mlp_cbf(rbf_w1, sph, x_ba), ref=x_ba, rows=inside, ref_rows=triplets)
         x_ca = self.up_projection_ca(x)
         x_ac = self.up_projection_ac(x).index_select(1, swap)  # message of a → c added to c → a
         return (x_ca + x_ac) * INV_SQRT_2
@@ -331,7 +358,7 @@ class InteractionBlockTripletsOnly(nn.Module):
         m = (m + x) * INV_SQRT_2
         for layer in self.layers_after_skip:
             m = layer(m)
-        h = (h + self.atom_update(m, rbf_h, n)) * INV_SQRT_2
+        h = (h + self.atom_update(m, rbf_h, n, inside)) * INV_SQRT_2
         m2 = self.concat_layer(h, m, src, tgt)
         for layer in self.residual_m:
             m2 = layer(m2)
@@ -393,8 +420,45 @@ class GemNetT(nn.Module):
         rbf_h = self.mlp_rbf_h(rbf)
         rbf_out = self.mlp_rbf_out(rbf)
 
-        energy = self.out_blocks[0](m, rbf_out, n)
+        energy = self.out_blocks[0](m, rbf_out, n, inside)
         for block, out in zip(self.int_blocks, self.out_blocks[1:]):
             h, m = block(h, m, rbf3, rbf_w1, sph, id3_ba, swap, inside, rbf_h, src, tgt)
-            energy = energy + out(m, rbf_out, n)
+            energy = energy + out(m, rbf_out, n, inside)
         return energy.sum(dim=(1, 2))  # extensive: sum over atoms
+
+    @torch.no_grad()
+    def data_init_(self, forwards) -> dict:
+        """Fit every ScaleFactor on data as fairchem's `fit_scaling_factors` does: all reset to 1, then one
+        at a time in computation order, s = √(Var(ref) / Var(out)) accumulated over the batches that the
+        callables `forwards` run (each one forward pass of this model on a training batch).  Returns
+        {module path: s}."""
+        factors = {m: name for name, m in self.named_modules() if isinstance(m, ScaleFactor)}
+        order: list[ScaleFactor] = []
+
+        def record(module, args, output):
+            if module not in order:
+                order.append(module)
+
+        for m in factors:
+            m.scale_factor.fill_(1.0)
+        handles = [m.register_forward_hook(record) for m in factors]
+        try:
+            forwards[0]()
+        finally:
+            for h in handles:
+                h.remove()
+        fitted = {}
+        for m in order:
+            m.stats = [0.0, 0.0, 0]
+            try:
+                for forward in forwards:
+                    forward()
+                var_out, var_in, n = m.stats
+            finally:
+                m.stats = None
+            if not (n > 0 and var_out > 0 and var_in > 0 and math.isfinite(var_out) and math.isfinite(var_in)):
+                raise ValueError(f"GemNet-T scale factor {factors[m]}: cannot fit it on this data "
+                                 f"(Var(out) = {var_out:.3g}, Var(ref) = {var_in:.3g} over {n} rows)")
+            m.scale_factor.fill_(math.sqrt(var_in / var_out))
+            fitted[factors[m]] = float(m.scale_factor)
+        return fitted

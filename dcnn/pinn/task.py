@@ -21,6 +21,7 @@ import torch
 from dcnn.activations import replace_activations
 from dcnn.config import TrainConfig
 from dcnn.families import PINN
+from dcnn.init import initialise_
 from dcnn.models import denormalize
 from dcnn.models.fcn import FCN, FCN_PRESETS
 from dcnn.pinn.problems import Problem, get_problem, grad
@@ -87,11 +88,15 @@ class PINNTask:
             replaced = replace_activations(model, config.activation, config.scope).replaced_activations
         removed = denormalize(model) if config.denorm else 0
         self.model = model.to(device=device, dtype=self.dtype)
+        # LSUV (init=lsuv) on the training points: interior, initial and boundary, as one step sees them
+        points = torch.cat([self.interior, self.initial_points, self.bc_lo, self.bc_hi])
+        self.init_info = initialise_(self.model, config.init, [lambda: self.model(points)])
         self.info = {"dataset_name": p.name, "theory": p.title, "reference": ref.kind,
                      "n_collocation": config.n_collocation, "n_initial": len(x0), "n_boundary": 2 * len(self.face_dim),
                      "activation_used": "tanh" if config.activation == "original" else config.activation,
                      "activations_replaced": replaced, "batchnorm_removed": removed,
-                     "n_parameters": sum(q.numel() for q in model.parameters()), "label_scale": self.scale}
+                     "n_parameters": sum(q.numel() for q in model.parameters()), "label_scale": self.scale,
+                     "init_layers_scaled": self.init_info.get("lsuv_layers", 0)}
 
     # -- the trainer's protocol -------------------------------------------------------------------
     def steps_per_epoch(self, batch_size: int) -> int:
