@@ -70,7 +70,39 @@ def cmd_report(args) -> int:
     report = report_study(study)  # an object-store study is read from a local copy, its report stored back
     print(report["markdown"])
     print(f"report: {report['paths']['markdown']}")
+    if args.close_unfinished:
+        print(_close_unfinished(study, report))
     return 0
+
+
+def _close_unfinished(study, report: dict) -> str:
+    """--close-unfinished: the MLflow runs of the report's unfinished trials, and the study's parent run,
+    marked KILLED where they are RUNNING (found through report/study.json's tracking URI and parent run);
+    what was closed, in words."""
+    from orchestrator import tracking
+
+    unfinished = report["unfinished"]
+    meta = report.get("study") or {}
+    if unfinished.empty:
+        return f"{study}: nothing unfinished; no MLflow run closed"
+    uri, parent = meta.get("tracking_uri"), meta.get("parent_run_id")
+    if not uri or not parent:
+        raise ValueError(f"--close-unfinished: {study}/report/study.json records no "
+                         f"{'tracking_uri' if not uri else 'parent_run_id'}, so its MLflow runs cannot be found; "
+                         f"nothing was closed")
+    names = {r.trial_id: f"{r.data} · {r.model} · {r.arm} · seed {r.seed}" for r in unfinished.itertuples()
+             if r.trial_id}
+    done = tracking.close_unfinished(uri, parent, list(names))
+    lines = [f"closed (KILLED) {len(done['closed'])} MLflow run(s) of unfinished trials"
+             + (":" if done["closed"] else "")]
+    lines += [f"  {names[tid]} (run {run_id})" for tid, run_id in done["closed"]]
+    lines += [f"  {names[tid]}: left as it is ({status})" for tid, status in done["not_running"].items()]
+    never = int((unfinished.trial_id.fillna("") == "").sum())
+    if never:
+        lines.append(f"  {never} trial(s) never started: no MLflow run")
+    lines.append(f"the study's run {done['parent_name']!r}: "
+                 + ("was RUNNING, closed (KILLED)" if done["parent_closed"] else f"left as it is ({done['parent_status']})"))
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_ablate)
     r = sub.add_parser("report", help="rebuild a study's report from its folder")
     r.add_argument("path", help="the study folder (STORAGE/EXPERIMENT), a folder or s3://bucket/prefix/EXPERIMENT")
+    r.add_argument("--close-unfinished", action="store_true",
+                   help="for a study whose driver is gone and will not be resumed: mark the MLflow runs of its "
+                        "unfinished trials, and the study's run, KILLED where they are still RUNNING")
     r.set_defaults(func=cmd_report)
     return p
 

@@ -1,6 +1,8 @@
 """The ablation report: per data set × model × arm, the test errors over seeds next to the baselines a
 model must beat, paired comparisons with the reference arm (ratio of geometric means with a CI, Holm-
-adjusted p), divergence counts, and Findings written from those numbers; CSV + markdown + PNG.
+adjusted p), divergence counts, and Findings written from those numbers; where the arms hold a full
+factorial design, each component's contribution (orchestrator/contributions.py); the trials whose
+result.json was cut mid-write or that never finished, with how to resume; CSV + markdown + PNG.
 
 Built from the Tune experiment folder alone (params.json and result.json of each trial, and the
 study.json written when the study started), so `dcnn-ablate report PATH` can rebuild it anywhere; each
@@ -10,44 +12,76 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shlex
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dcnn.families import family_of, family_of_config
+from dcnn.families import BLOWUP_FACTOR, family_of, family_of_config
+from orchestrator import contributions
+from orchestrator.contributions import FACTOR_DEFAULTS
 
-FACTOR_COLUMNS = ["model", "arm", "activation", "denorm", "rescale", "shift"]
+FACTOR_COLUMNS = ["model", "arm", "activation", "denorm", "rescale", "shift", "init"]
 GROUP = ["data", "model"]
 REPORT_DIR = "report"
-# A trial "blew up" when its test error is this many times the error of a model that outputs zero
-# (mean |E|, mean |F| of the test split): counted with the non-finite ones as diverged, listed, never
-# averaged.  Against zero, not the mean: an energy offset not yet learned is a (bad) result, not a blow-up.
-BLOWUP_FACTOR = 10.0
+# Divergence is the family's one rule (dcnn/families.py: non-finite, or a test error above BLOWUP_FACTOR ×
+# that of a model that outputs zero), so the report, the trainer and MLflow's `diverged` agree.
 ALPHA = 0.05  # family-wise level of the Holm-adjusted tests
 # The columns come from the task family of the study's models (dcnn/families.py: molecules report energy
 # and force MAE, PINNs relative L2, nRMSE, final-time RMSE and PDE residual), never from a list here.
 
 
-def metric_specs(trials: pd.DataFrame) -> tuple:
-    """The metrics of the study's task family (one family per study: Study.validate checks it)."""
+def task_family(trials: pd.DataFrame):
+    """The study's task family (one family per study: Study.validate checks it)."""
     models = list(trials.model.dropna().unique()) if "model" in trials else []
-    return family_of(str(models[0]) if models else "").metrics
+    return family_of(str(models[0]) if models else "")
 
 
-def _read_results(trial_dir: Path) -> list[dict]:
+def metric_specs(trials: pd.DataFrame) -> tuple:
+    """The metrics of the study's task family."""
+    return task_family(trials).metrics
+
+
+def parse_results(text: str) -> tuple[list[dict], list[int], int]:
+    """(records, numbers of the lines that are not JSON, number of non-empty lines) of a result.json:
+    a line cut off by a kill during the write is not JSON; the lines around it are still data."""
+    rows, bad, total = [], [], 0
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        total += 1
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            bad.append(number)
+            continue
+        if isinstance(record, dict):
+            rows.append(record)
+        else:
+            bad.append(number)
+    return rows, bad, total
+
+
+def _read_results(trial_dir: Path) -> tuple[list[dict], str]:
+    """The trial's result records and, when some line was cut off or unreadable, what was kept (for the
+    report's "Damaged or unfinished trials" note; never an exception: the rest is valid data)."""
     path = trial_dir / "result.json"
     if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut off by a kill
-    return rows
+        return [], ""
+    try:
+        rows, bad, total = parse_results(path.read_text(errors="replace"))
+    except OSError as e:
+        return [], f"unreadable ({e.strerror or e}); nothing kept"
+    if not bad:
+        return rows, ""
+    where = ", ".join(map(str, bad))
+    epochs = [r.get("epoch") for r in rows if isinstance(r.get("epoch"), (int, float))]
+    kept = (f"kept the {len(rows)} complete line(s), last complete epoch {int(max(epochs))}" if epochs else
+            f"kept {len(rows)} line(s), no complete epoch" if rows else "nothing kept")
+    return rows, f"line {where} of {total} cut off or not JSON (a kill during the write?); {kept}"
 
 
 def _label(config: dict, labels: dict) -> str:
@@ -79,33 +113,178 @@ def failed_section(trials: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n\n"
 
 
+UNFINISHED_COLUMNS = ["data", "model", "arm", "seed", "epochs", "trial_id", "trial_dir", "state"]
+
+
+def unfinished_trials(trials: pd.DataFrame, unreported_trials: pd.DataFrame, meta: dict) -> pd.DataFrame:
+    """The study's trials that neither finished (no `done`, no test metrics) nor failed: the driver stopped
+    (killed, the machine went down) and the study was not resumed. Stopped ones ran some epochs; others
+    started without reporting one; with the study's record (report/study.json) also those that never
+    started, from its arms × models × data sets × seeds less the identical-by-construction twins."""
+    stopped = trials[~trials.finished.astype(bool) & ~trials.error.fillna("").astype(bool)
+                     & ~trials.identical_to.fillna("").astype(bool)]
+    parts = [stopped.assign(state=[f"stopped after epoch {int(e)}" for e in stopped.epochs]),
+             unreported_trials.assign(state="started, no epoch reported")]
+    labels = [d.get("label") for d in meta.get("dataset_info", {}).values()]
+    if labels and meta.get("arms") and meta.get("models") and meta.get("seeds"):
+        seen = {(r.data, r.model, r.arm, r.seed) for r in pd.concat(
+            [trials[~trials.identical_to.fillna("").astype(bool)], unreported_trials]).itertuples()}
+        twins = meta.get("identical", {})
+        never = [{"data": d, "model": m, "arm": a, "seed": s, "epochs": 0, "trial_id": "", "trial_dir": "",
+                  "state": "never started"}
+                 for d in labels for m in meta["models"] for a in meta["arms"] for s in meta["seeds"]
+                 if a not in twins.get(m, {}) and (d, m, a, s) not in seen]
+        parts.append(pd.DataFrame(never))
+    parts = [x.reindex(columns=UNFINISHED_COLUMNS) for x in parts if not x.empty]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=UNFINISHED_COLUMNS)
+
+
+# how a resumed study gets a setting the study file does not give it: its own flag, else --set KEY=VALUE
+_SETTING_FLAGS = {"epochs": "--epochs", "preset": "--preset", "compile": "--compile"}
+
+
+def _flag_value(value) -> str:
+    """A value as `--set` reads it back (YAML): true/false, and floats with a mantissa dot (1.0e-06; PyYAML
+    reads 1e-06 as a string)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        text = repr(value)
+        return text.replace("e", ".0e") if "e" in text and "." not in text else text
+    return str(value)
+
+
+def _study_flags(meta: dict) -> list[str]:
+    """The flags that make `ablate --resume` the same study as the record (check_resume compares them):
+    the study, and where the record differs from the study file, models, seeds, data sets, splits, ES,
+    settings and tuning."""
+    from dataclasses import replace
+
+    from search_spaces import STUDY_DIR, load_study
+
+    name, source = meta.get("study"), meta.get("study_source") or meta.get("study")
+    builtin = bool(source) and Path(source).resolve().parent == STUDY_DIR.resolve()
+    flags = [] if builtin and name == "seed-plan" else ["--study", name if builtin else str(source)]
+    try:
+        base = load_study(str(source))
+    except (ValueError, OSError):
+        return flags  # the study file moved: check_resume will name what differs
+    for key, flag, default in (("models", "--models", base.models), ("seeds", "--seeds", base.seeds),
+                               ("datasets", "--datasets", base.datasets)):
+        if key in meta and list(meta[key]) != list(default):
+            flags += [flag, ",".join(map(str, meta[key]))]
+    if meta.get("split_seeds", base.split_seeds) != base.split_seeds:
+        flags += ["--split-seeds", meta["split_seeds"]]
+    shifted = list(dict.fromkeys(replace(a, shift=True).key for a in base.arms))
+    if meta.get("arms") == shifted and shifted != [a.key for a in base.arms]:
+        flags.append("--shift")
+    defaults = json.loads(json.dumps(base.resolved_settings(), default=str))
+    for key, value in sorted((meta.get("fixed") or {}).items()):
+        if value != defaults.get(key) and value is not None:
+            flags += ([_SETTING_FLAGS[key], _flag_value(value)] if key in _SETTING_FLAGS
+                      else ["--set", f"{key}={_flag_value(value)}"])
+    if meta.get("tune_hparams"):
+        flags += ["--tune-hparams", str(meta["tune_hparams"])]
+        if meta.get("tuning_space") not in (None, "default"):
+            flags += ["--tuning-space", meta["tuning_space"]]
+    if meta.get("scheduler") not in (None, "fifo"):
+        flags += ["--scheduler", meta["scheduler"]]
+    return flags
+
+
+def resume_command(meta: dict, location) -> str:
+    """How to continue the study at `location` (its folder, or the object-store URI it lives at), in words
+    with the command(s), from what its record (report/study.json, written when it started) knows."""
+    from orchestrator.tracking import default_tracking_uri
+
+    text = str(location).rstrip("/")
+    if "://" in text:  # an object store: the study is STORAGE/EXPERIMENT there
+        storage, folder_name = text.rsplit("/", 1)
+    else:
+        folder = Path(text).resolve()
+        storage, folder_name = folder.parent, folder.name
+    experiment = meta.get("experiment") or folder_name
+    where = ["--storage", str(storage), "--experiment", experiment]
+    if not meta:
+        return (f"Resume with the flags the study was started with plus `--resume {shlex.join(where)}` "
+                f"(its record report/study.json is missing, so they are not known here).")
+    flags = _study_flags(meta)
+    uri = meta.get("tracking_uri")
+    if uri and ("://" in str(storage) or uri != default_tracking_uri(storage)):
+        flags += ["--tracking-uri", uri]
+    text = f"Resume with `{shlex.join(['dcnn-ablate', 'ablate', '--resume', *flags, *where])}`"
+    repo = Path(__file__).resolve().parent.parent
+    if not flags and experiment == "seed-plan" and str(storage) == str(repo / "results"):  # the Makefile's default study
+        text += f', or from {repo}: `make ablate ARGS="--resume"`'
+    return text + ": finished trials are not re-run, stopped ones continue from their last epoch checkpoint."
+
+
+def damaged_or_unfinished_section(trials: pd.DataFrame, unreported_trials: pd.DataFrame,
+                                  unfinished: pd.DataFrame, meta: dict, location) -> str:
+    """Markdown: the result files cut off mid-write (and what was kept), the trials that did not finish
+    (data · model · arm · seed, last epoch) and how to resume; '' when there are none."""
+    notes = pd.concat([x.reindex(columns=["trial_dir", "damaged"]) for x in (trials, unreported_trials)])
+    damaged = dict(r for r in zip(notes.trial_dir, notes.damaged.fillna("")) if r[1])  # twins share their dir
+    if not damaged and unfinished.empty:
+        return ""
+    lines = ["## Damaged or unfinished trials", ""]
+    if damaged:
+        lines += [f"- `{folder}/result.json`: {note}." for folder, note in damaged.items()] + [""]
+    if not unfinished.empty:
+        lines += [f"{len(unfinished)} trial(s) neither finished nor failed: the study was stopped and not resumed. "
+                  "They are in no mean; their MLflow runs stay RUNNING until the study is resumed, or "
+                  f"`{shlex.join(['dcnn-ablate', 'report', str(location), '--close-unfinished'])}` marks them "
+                  "KILLED.", ""]
+        lines += [f"- {r.data} · {r.model} · {r.arm} · seed {r.seed}: {r.state}" for r in unfinished.itertuples()]
+        lines += ["", resume_command(meta, location)]
+    return "\n".join(lines) + "\n\n"
+
+
+UNREPORTED_COLUMNS = ["data", "model", "arm", "seed", "epochs", "trial_id", "trial_dir", "damaged"]
+
+
 def collect(experiment_dir: Path, dataset_labels: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, curves): one row per trial with its last result; one row per trial-epoch."""
+    return scan(experiment_dir, dataset_labels)[:2]
+
+
+def _unreported_row(config: dict, trial_dir: Path, labels: dict, damaged: str) -> dict:
+    """A trial that started (params.json) but never reported an epoch nor failed: killed before its first
+    result. Its trial id (for its MLflow run) comes from Tune's folder name."""
+    found = _TRIAL_ID.search(trial_dir.name)
+    return {"data": _label(config, labels), "model": config.get("model"), "arm": config.get("arm"),
+            "seed": config.get("seed"), "epochs": 0, "trial_id": found.group(1) if found else "",
+            "trial_dir": trial_dir.name, "damaged": damaged}
+
+
+def scan(experiment_dir: Path, dataset_labels: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(trials, curves, unreported): `collect`'s two tables, and the trials that started without reporting
+    an epoch (no number of theirs exists: not in the trials table; the report lists them as unfinished)."""
     experiment_dir = Path(experiment_dir)
     labels = dataset_labels or {}
     run_ids = {}
     ids_file = experiment_dir / REPORT_DIR / "mlflow_runs.json"
     if ids_file.exists():
         run_ids = json.loads(ids_file.read_text())
-    trials, curves = [], []
+    trials, curves, silent = [], [], []
     for params_file in sorted(experiment_dir.glob("*/params.json")):
         config = json.loads(params_file.read_text())
         if config.get("phase") == "tune":
             continue
-        results = _read_results(params_file.parent)
+        results, damaged = _read_results(params_file.parent)
         error = _trial_error(params_file.parent)
         if not results and not error:
+            silent.append(_unreported_row(config, params_file.parent, labels, damaged))
             continue
         last = results[-1] if results else {}
         trial_id = last.get("trial_id", "")
         specs = family_of_config(config).metrics
         finished = bool(last.get("done")) or any(m.test_key in last for m in specs)
-        row = {"data": _label(config, labels), **{k: config.get(k, False if k == "shift" else None)
-                                                  for k in FACTOR_COLUMNS + ["seed"]},
+        row = {"data": _label(config, labels), **{k: _factor(config, k) for k in FACTOR_COLUMNS + ["seed"]},
                "trial_id": trial_id, "mlflow_run_id": run_ids.get(trial_id, ""), "finished": finished,
                "epochs": last.get("epoch", 0), "diverged": int(last.get("diverged", 0)),
                "error": "" if finished else error,
-               "identical_to": ""}
+               "identical_to": "", "trial_dir": params_file.parent.name, "damaged": damaged}
         for m in specs:  # test value, baseline, blow-up scale, last validation value
             for key in (m.test_key, m.baseline, m.blowup_scale, m.key):
                 if key:
@@ -124,7 +303,18 @@ def collect(experiment_dir: Path, dataset_labels: dict | None = None) -> tuple[p
     if not trials_df.empty:  # a retried trial can leave two dirs: keep its latest
         trials_df = trials_df.sort_values("epochs").drop_duplicates(GROUP + ["arm", "seed"], keep="last")
         trials_df = trials_df.sort_values(GROUP + ["arm", "seed"]).reset_index(drop=True)
-    return trials_df, curves_df
+    return trials_df, curves_df, pd.DataFrame(silent, columns=UNREPORTED_COLUMNS)
+
+
+def _factor(config: dict, key: str):
+    """A factor of the trial's config; one a study does not carry reads as its default level (a trial of
+    a study made before ES or LSUV existed ran without them)."""
+    value = config.get(key)
+    return FACTOR_DEFAULTS.get(key) if value is None else value
+
+
+# Tune names a trial's folder TRAINABLE_TRIALID_TAG, trial ids as 5 hex digits _ 5 digits ("3c9a1_00004")
+_TRIAL_ID = re.compile(r"(?:^|_)([0-9a-f]{5}_\d{5})(?:_|$)")
 
 
 def add_identical_arms(trials: pd.DataFrame, identical: dict) -> pd.DataFrame:
@@ -144,28 +334,31 @@ def add_identical_arms(trials: pd.DataFrame, identical: dict) -> pd.DataFrame:
 
 
 def mark_divergence(trials: pd.DataFrame) -> pd.DataFrame:
-    """`ok`: finished with finite errors below BLOWUP_FACTOR × baseline; `blew_up`: finite but above it."""
+    """`blew_up`: finished, finite, but above the family's blow-up scale; `diverged`: the trial said so, or
+    it finished and the family's rule says so (TaskFamily.diverged: non-finite or blown up); `ok`: finished
+    and not diverged."""
     t = trials.copy()
-    specs = metric_specs(t)
-    finite = np.logical_and.reduce([np.isfinite(t[m.test_key].astype(float)) for m in specs])
-    huge = np.logical_or.reduce([t[m.test_key].astype(float) > BLOWUP_FACTOR * t[m.blowup_scale].astype(float)
-                                 for m in specs if m.blowup_scale] or [np.zeros(len(t), bool)])
-    t["blew_up"] = (t.finished & finite & huge).astype(int)
-    t["diverged"] = ((t.diverged.astype(int) == 1) | (t.finished & ~finite) | (t.blew_up == 1)).astype(int)
-    t["ok"] = t.finished & (t.diverged == 0)
+    family = task_family(t)
+    finished = t.finished.astype(bool)
+    rows = t.to_dict("records")
+    blown = np.array([family.blown_up(r) for r in rows], dtype=bool)
+    ruled = np.array([family.diverged(r) for r in rows], dtype=bool)
+    t["blew_up"] = (finished & blown).astype(int)
+    t["diverged"] = ((t.diverged.astype(int) == 1) | (finished & ruled)).astype(int)
+    t["ok"] = finished & (t.diverged == 0)
     return t
 
 
 def holm(pvalues: list[float]) -> list[float]:
-    """Holm–Bonferroni adjusted p-values (NaNs stay NaN and do not count towards the family size)."""
+    """Holm–Bonferroni adjusted p-values (statsmodels); NaNs stay NaN and do not count towards the family
+    size."""
+    from statsmodels.stats.multitest import multipletests
+
     p = np.asarray(pvalues, dtype=float)
     out = np.full_like(p, np.nan)
-    idx = np.where(np.isfinite(p))[0]
-    m = len(idx)
-    running = 0.0
-    for rank, i in enumerate(idx[np.argsort(p[idx], kind="stable")]):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
+    finite = np.isfinite(p)
+    if finite.any():
+        out[finite] = multipletests(p[finite], method="holm")[1]
     return out.tolist()
 
 
@@ -213,7 +406,8 @@ def summarize(trials: pd.DataFrame, reference_arm: str) -> pd.DataFrame:
         ok = g[g.ok]
         row = {"data": data, "model": model, "arm": arm, "activation": g.activation.iloc[0],
                "denorm": bool(g.denorm.iloc[0]), "rescale": bool(g.rescale.iloc[0]),
-               "shift": bool(g["shift"].iloc[0]), "seeds": len(g), "n": len(ok),
+               "shift": bool(g["shift"].iloc[0]), "init": g["init"].iloc[0] if "init" in g else FACTOR_DEFAULTS["init"],
+               "seeds": len(g), "n": len(ok),
                "diverged": int(g.diverged.sum()), "blew_up": int(g.blew_up.sum()),
                "errored": int((~g.finished).sum()), "reference": arm == reference_arm,
                "identical_to": g.identical_to.iloc[0]}
@@ -302,6 +496,9 @@ def _change(arm: dict, ref: dict) -> str:
     for factor, short in (("denorm", "DN"), ("rescale", "LR"), ("shift", "ES")):
         if bool(arm[factor]) != bool(ref[factor]):
             words.append(f"{short} {'added' if arm[factor] else 'removed'}")
+    init, ref_init = (r.get("init") or FACTOR_DEFAULTS["init"] for r in (arm, ref))
+    if init != ref_init:
+        words.append(f"init {ref_init} → {init}")
     if {"DN removed", "LR removed"} <= set(words):
         words = [w for w in words if w not in ("DN removed", "LR removed")] + ["DN and LR both removed"]
     return "; ".join(words) or "same factors"
@@ -387,6 +584,11 @@ def _intro(specs: tuple) -> str:
             f"the model beats it.")
 
 
+def _sentence(text: str) -> str:
+    """The first character upper-cased, nothing else touched (str.capitalize() lowercases the rest: Å → å)."""
+    return text[:1].upper() + text[1:]
+
+
 def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: dict, specs: tuple) -> str:
     lines = [f"# {title}", "",
              _intro(specs) + " **vs ref**: ratio of geometric means to the "
@@ -397,7 +599,7 @@ def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: di
              + ": counted, never averaged. ≡: identical by construction (run once).", ""]
     for (data, model), g in summary.groupby(GROUP, sort=False):
         unit_words = [f"{m.name} in {m.unit_for(units.get(data))}" for m in specs if m.unit_for(units.get(data))]
-        lines += [f"## {data} · {model}", ""] + ([f"{'; '.join(unit_words).capitalize()}.", ""] if unit_words else [])
+        lines += [f"## {data} · {model}", ""] + ([f"{_sentence('; '.join(unit_words))}.", ""] if unit_words else [])
         lines += ["| arm | n | diverged | " + " | ".join(f"{m.short} mean ± std | ×base | {m.short} vs ref | p({m.short})"
                                                      for m in specs) + " |",
                   "|---|---|---|" + "---|---|---|---|" * len(specs)]
@@ -497,18 +699,25 @@ def plot_curves(curves: pd.DataFrame, path: Path, units: dict, specs: tuple) -> 
     plt.close(fig)
 
 
-def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title: str | None = None) -> dict:
-    """Write trials.csv, curves.csv, summary.csv, baselines.csv, report.md, bars.png, curves.png."""
+def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title: str | None = None,
+                 location: str | None = None) -> dict:
+    """Write trials.csv, curves.csv, summary.csv, baselines.csv, report.md, bars.png, curves.png, and where
+    the arms hold a full factorial design contributions.csv and contributions.png. `location`: where the
+    study lives when `experiment_dir` is a local copy of it (an object-store URI), for the commands the
+    report suggests."""
     experiment_dir = Path(experiment_dir)
+    location = location or str(experiment_dir)
     out = experiment_dir / REPORT_DIR
     meta_file = out / "study.json"
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     datasets = meta.get("dataset_info", {})
     labels = {path: d["label"] for path, d in datasets.items()}
-    trials, curves = collect(experiment_dir, labels)
+    trials, curves, silent = scan(experiment_dir, labels)
     if trials.empty:
+        started = (f"; {len(silent)} trial(s) started but reported no epoch ({', '.join(silent.trial_dir)}): "
+                   f"{resume_command(meta, location)}" if not silent.empty else "")
         raise ValueError(f"{experiment_dir}: no finished trials to report (expected Tune trial folders "
-                         f"with params.json and result.json)")
+                         f"with params.json and result.json){started}")
     out.mkdir(exist_ok=True)
     reference_arm = meta.get("reference", reference_arm)
     units = {d["label"]: tuple(d["units"]) for d in datasets.values()}
@@ -523,6 +732,8 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
     summary = summarize(trials, reference_arm)
     base = baselines_table(summary, specs)
     found = findings(summary, reference_arm, units, specs)
+    unfinished = unfinished_trials(trials, silent, meta)
+    analyses = contributions.analyse(trials, reference_arm, specs)
     paths = {"trials": out / "trials.csv", "curves": out / "curves.csv", "summary": out / "summary.csv",
              "baselines": out / "baselines.csv", "findings": out / "findings.md",
              "markdown": out / "report.md", "bars": out / "bars.png", "learning_curves": out / "curves.png"}
@@ -531,7 +742,16 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
     summary.to_csv(paths["summary"], index=False)
     base.to_csv(paths["baselines"], index=False)
     paths["findings"].write_text(found + "\n")
-    md = to_markdown(summary, reference_arm, title, units, specs) + "\n" + failed_section(trials) + found
+    contrib = contributions.to_frame(analyses)
+    if analyses:
+        paths["contributions"] = out / "contributions.csv"
+        contrib.to_csv(paths["contributions"], index=False)
+        if contributions.plot_waterfall(analyses, out / "contributions.png", units):
+            paths["contributions_plot"] = out / "contributions.png"
+    md = (to_markdown(summary, reference_arm, title, units, specs) + "\n" + failed_section(trials)
+          + damaged_or_unfinished_section(trials, silent, unfinished, meta, location) + found)
+    section = contributions.to_markdown(analyses, units)
+    md += ("\n" + section if section else "")
     md += ("\n![test errors per arm](bars.png)\n\n![learning curves](curves.png)\n\n"
            "Every number comes from `trials.csv`, whose `mlflow_run_id` column names the MLflow run of each trial.\n")
     paths["markdown"].write_text(md)
@@ -539,4 +759,5 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
     plot_curves(curves[curves.trial_id.isin(trials.trial_id)] if not curves.empty else curves,
                 paths["learning_curves"], units, specs)
     return {"paths": paths, "summary": summary, "trials": trials, "markdown": md, "baselines": base,
-            "findings": found, "metric_specs": specs}
+            "findings": found, "metric_specs": specs, "contributions": contrib, "unfinished": unfinished,
+            "study": meta}

@@ -221,7 +221,8 @@ def run_ablation(opts: AblateOptions) -> dict:
     _check_cluster_fits(ray, opts)
 
     storage.mkdir()
-    exp_id = tracking.ensure_experiment(uri, experiment, (storage / "mlartifacts" / experiment).artifact_uri())
+    exp_id = tracking.ensure_experiment(uri, experiment, (storage / "mlartifacts" / experiment).artifact_uri(),
+                                        study.description)
     parent = tracking.ensure_parent_run(uri, exp_id, study.name, {"dcnn.storage": str(experiment_dir)})
     identical = study.identical_arms()
     n_trials = len(study.trial_configs())
@@ -294,7 +295,7 @@ def run_ablation(opts: AblateOptions) -> dict:
     c.set_terminated(parent, "FINISHED" if not errors else "FAILED")
     print(report["markdown"], flush=True)
     print(f"report: {report['paths']['markdown']}", flush=True)
-    print(_throughput(opts, ray, grid, wall, n_trials, experiment_dir), flush=True)
+    print(_throughput(opts, ray, grid, wall, n_trials, experiment_dir, t0), flush=True)
     from orchestrator.ui import experiment_url
 
     print(f"MLflow runs: {experiment_url('http://127.0.0.1:5000', exp_id)} (serve it with `make ui`, or "
@@ -315,14 +316,17 @@ def report_study(study, publish=None) -> dict:
 
     study = Storage.resolve(study, absolute=False)
     with study.local_copy(REPORT_INPUTS) as folder:
-        report = build_report(folder)
+        report = build_report(folder, location=str(study))
         study.upload(folder / REPORT_DIR, REPORT_DIR)
         if publish is not None:
             publish(report, folder / REPORT_DIR)
     if not study.is_local:  # the local copy is gone: point at the stored files
         report["paths"] = {k: f"{study}/{REPORT_DIR}/{Path(p).name}" for k, p in report["paths"].items()}
     return report
-def _throughput(opts: AblateOptions, ray, grid, wall: float, n_trials: int, study_dir: Storage) -> str:
+
+
+def _throughput(opts: AblateOptions, ray, grid, wall: float, n_trials: int, study_dir: Storage,
+                study_start: float) -> str:
     """The study's throughput summary (orchestrator/throughput.py), written to report/throughput.{md,json}."""
     from orchestrator.report import REPORT_DIR
 
@@ -330,7 +334,7 @@ def _throughput(opts: AblateOptions, ray, grid, wall: float, n_trials: int, stud
 
     resources = ray.cluster_resources()
     slots = concurrent_slots(resources, opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent, n_trials)
-    return write_summary(study_dir, REPORT_DIR, summarize(list(grid), wall, slots, resources))
+    return write_summary(study_dir, REPORT_DIR, summarize(list(grid), wall, slots, resources, study_start))
 
 
 def plugin_path(study: Study) -> dict:

@@ -15,7 +15,7 @@ from ray import tune
 
 from dcnn.config import TrainConfig
 from dcnn.families import family_of_config
-from search_spaces import LABEL_KEYS, trial_name
+from search_spaces import FACTORS, LABEL_KEYS, trial_name
 
 log = logging.getLogger("dcnn.orchestrator")
 warnings.filterwarnings("ignore", message=".*noload.*")
@@ -24,7 +24,9 @@ METRIC_KEYS = ("energy_loss", "force_loss", "train_energy_loss", "train_force_lo
                "val_loss", "lr", "epoch_time_s", "diverged", "test_energy_loss", "test_force_loss",
                "test_energy_baseline", "test_force_baseline",
                # cost (issue 11): data load + model build, compile, peak memory
-               "setup_s", "compile_s", "compiled", "peak_rss_mib", "peak_cuda_mib")
+               "setup_s", "compile_s", "compiled", "peak_rss_mib", "peak_cuda_mib",
+               # whether the trial's CPU flushed denormals (dcnn/numerics.py); compiled from a warm cache
+               "denormals_flushed", "compile_warm_cache")
 _PLACEMENT_TAGS = ("node_id", "hostname", "node_ip", "gpu_ids", "cuda_visible_devices", "device")
 TRIAL_TAG = "dcnn.trial_id"
 
@@ -46,26 +48,34 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
 
-def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | Path | None) -> str:
+NOTE_TAG = "mlflow.note.content"  # the description the UI shows for an experiment (and a run)
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | Path | None,
+                      description: str = "") -> str:
     """Experiment id; sqlite stores get `artifact_location` (a folder, made absolute, or a URI such as
     the study's object store), as MLflow's default is CWD-relative; a tracking server keeps its own
     (`--artifacts-destination`, proxied: the client needs no store credentials).
 
-    Marks the experiment as model training (`EXPERIMENT_KIND_TAG`), new or found again."""
+    Marks the experiment as model training (`EXPERIMENT_KIND_TAG`) and, when given, sets the study's
+    description as its note (`NOTE_TAG`), new or found again, so the experiments list says what each
+    study is."""
     c = client(tracking_uri)
     exp = c.get_experiment_by_name(name)
+    wanted = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, **({NOTE_TAG: description} if description else {})}
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             raise ValueError(f"MLflow experiment {name!r} is deleted in {tracking_uri}; restore it or "
                              f"choose another --experiment")
-        if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-            c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        for key, value in wanted.items():
+            if exp.tags.get(key) != value:
+                c.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     location = None
     if tracking_uri.startswith("sqlite:") and artifact_location is not None:
         location = str(artifact_location) if "://" in str(artifact_location) else \
             Path(artifact_location).resolve().as_uri()
-    return c.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    return c.create_experiment(name, artifact_location=location, tags=wanted)
 
 
 def find_run(tracking_uri: str, experiment_id: str, tag: str, value: str):
@@ -84,6 +94,40 @@ def ensure_parent_run(tracking_uri: str, experiment_id: str, study_name: str, ta
     run = c.create_run(experiment_id, run_name=f"study · {study_name}",
                        tags={"dcnn.role": "study", "dcnn.study": study_name, **tags})
     return run.info.run_id
+
+
+def close_unfinished(tracking_uri: str, parent_run_id: str, trial_ids: list[str]) -> dict:
+    """Mark KILLED the RUNNING runs of these trials (by TRIAL_TAG, under the study's parent run) and the
+    parent run itself when RUNNING: a driver that was killed and will not be resumed leaves them RUNNING
+    forever (a resume reopens them: `MLflowStudyLogger.run_for`, `ensure_parent_run`). Nothing else is
+    changed. Returns {"closed": [(trial id, run id)], "not_running": {trial id: status or 'no MLflow run'},
+    "parent_name", "parent_status" (before), "parent_closed"}."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(tracking_uri)
+    try:
+        parent = c.get_run(parent_run_id)
+    except MlflowException as e:
+        raise ValueError(f"the study's parent run {parent_run_id} is not in {tracking_uri} "
+                         f"({str(e).splitlines()[0][:200]}); nothing was closed") from None
+    runs = c.search_runs([parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                         max_results=50000)
+    by_trial = {r.data.tags.get(TRIAL_TAG): r for r in runs}
+    closed, not_running = [], {}
+    for tid in trial_ids:
+        run = by_trial.get(tid)
+        if run is None:
+            not_running[tid] = "no MLflow run"
+        elif run.info.status == "RUNNING":
+            c.set_terminated(run.info.run_id, "KILLED")
+            closed.append((tid, run.info.run_id))
+        else:
+            not_running[tid] = run.info.status
+    parent_closed = parent.info.status == "RUNNING"
+    if parent_closed:
+        c.set_terminated(parent_run_id, "KILLED")
+    return {"closed": closed, "not_running": not_running, "parent_name": parent.info.run_name,
+            "parent_status": parent.info.status, "parent_closed": parent_closed}
 
 
 trial_run_name = trial_name  # one naming rule for runs, progress lines and the report
@@ -180,8 +224,7 @@ class MLflowStudyLogger(tune.Callback):
             cfg = trial.config
             tags = {TRIAL_TAG: tid, "mlflow.parentRunId": self.parent_run_id,
                     "dcnn.study": self.study_name, "dcnn.role": "trial", "trial_name": str(trial),
-                    **{k: str(cfg.get(k)) for k in ("model", "activation", "denorm", "rescale", "shift", "seed",
-                                                    "arm", "phase", "data") if k in cfg}}
+                    **{k: str(cfg.get(k)) for k in ("model", *FACTORS, "seed", "arm", "phase", "data") if k in cfg}}
             run = self.client.create_run(self.experiment_id, run_name=trial_run_name(cfg), tags=tags)
             run_id = run.info.run_id
             from mlflow.entities import Param

@@ -51,6 +51,7 @@ def check_set(values: dict, flags: dict | None = None) -> None:
 
     from dcnn.config import TrainConfig
     from dcnn.models import MODEL_NAMES
+    from search_spaces import FACTORS
 
     own_flag = {"dataset": "--datasets ethanol,FILE", "seed": "--seeds 0,1,2", "model": "--models schnet,cgcnn",
                 "split_seed": "--split-seeds fixed|vary"}
@@ -60,7 +61,7 @@ def check_set(values: dict, flags: dict | None = None) -> None:
             raise ValueError(f"--set {key}={value!r}: expected KEY=VALUE with a TrainConfig key")
         if key in own_flag:
             raise ValueError(f"--set {key}={value!r}: {key} has its own flag, use {own_flag[key]}")
-        if key in ("activation", "denorm", "rescale", "shift"):
+        if key in FACTORS:
             raise ValueError(f"--set {key}={value!r}: {key} is a factor of the study (its arms); write a "
                              f"study YAML file with the levels you want and pass it with --study")
         if key not in known:
@@ -254,7 +255,8 @@ def preflight(opts, study, experiment: str, experiment_dir: Storage, tracking_ur
 
 def check_study_folder(path) -> Storage:
     """`report PATH`: PATH (a folder or an object-store URI) must be a study folder whose trial folders are
-    readable; returns it resolved."""
+    readable; returns it resolved. A result.json with a line cut off (a kill during the write) is only
+    warned about: the rest of the file is valid data, and the report says what it kept."""
     study = Storage.resolve(path, flag="report", absolute=False)
     if not study.exists():
         raise ValueError(f"report {study}: no such folder (expected a study folder STORAGE/EXPERIMENT)")
@@ -277,4 +279,24 @@ def check_study_folder(path) -> Storage:
         if not isinstance(config, dict):
             raise ValueError(f"report {study}: {f} holds {type(config).__name__}, expected a trial's config "
                              f"mapping; remove that trial folder or resume the study")
+    _warn_cut_results(study, [f for f in files if f.count("/") == 1 and f.endswith("/result.json")])
     return study
+
+
+def _warn_cut_results(study: Storage, results: list[str]) -> None:
+    """One warning per result.json holding lines that are not JSON (cut off by a kill during the write)."""
+    import logging
+
+    from orchestrator.report import parse_results
+
+    log = logging.getLogger("dcnn.orchestrator")
+    for rel in results:
+        try:
+            _, bad, total = parse_results(study.read_text(rel))
+        except (OSError, UnicodeDecodeError) as e:
+            log.warning("report: %s/%s is unreadable (%s); the report leaves that trial's results out", study, rel, e)
+            continue
+        if bad:
+            log.warning("report: %s/%s: line %s of %s cut off or not JSON (a kill during the write?); the "
+                        "report keeps the complete lines and names the file", study, rel,
+                        ", ".join(map(str, bad)), total)

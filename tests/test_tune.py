@@ -93,7 +93,7 @@ def test_bad_study_files_named_errors(content, message, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--storage", "relative/dir"], "--storage must be an absolute path"),
     (["--storage", "s3://bucket/x"], "--tracking-uri: an MLflow server"),  # object storage: no default sqlite store
-    (["--study", "nope"], "unknown study 'nope'; built-in: activation, factorial, paper, paper-models, pinn-seed-plan, preprocessing, seed-plan, stabilizers"),
+    (["--study", "nope"], "unknown study 'nope'; built-in: activation, activation-init, factorial, paper, paper-models, pinn-seed-plan, preprocessing, seed-plan, stabilizers"),
     (["--models", "schnet,painn"], "unknown model 'painn'"),
     (["--cpus-per-trial", "0"], "--cpus-per-trial must be positive"),
     (["--gpus-per-trial", "1.5"], "above 1 must be a whole number"),
