@@ -92,8 +92,11 @@ class _Antiderivative(torch.autograd.Function):
 
     Because the backward is itself built from differentiable ops, double backward (needed by
     force training) is the base activation's own derivative, exact and cheap.  Written in the
-    `setup_context` style, which `torch.func` transforms (vjp in `dcnn.compiled`) require.
+    `setup_context` style, which `torch.func` transforms (vjp in `dcnn.compiled`) require; its forward
+    and backward are plain torch ops, so vmap's rule is generated (seed ensembles, `dcnn.ensemble`).
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(x: torch.Tensor, forward_fn: Callable, base_fn: Callable) -> torch.Tensor:

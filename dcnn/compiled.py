@@ -39,6 +39,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from dcnn.batchnorm import batch_statistics_as_outputs, batchnorms, fold_running_statistics
 from dcnn.models import energy_and_forces
 
 __all__ = ["EnergyForces", "make_energy_forces", "COMPILE_MODES", "compile_cache_dir", "GraphRecords"]
@@ -104,25 +105,6 @@ class GraphRecords:
         return record
 
 
-def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-def _batch_statistics(module: nn.Module, args: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, unbiased variance) a BatchNorm in train mode folds into its running statistics."""
-    x = args[0]
-    weight = args[1] if len(args) > 1 else None
-    if weight is not None and hasattr(module, "batch_statistics"):  # CGCNN's masked BatchNorm
-        mean, var, count = module.batch_statistics(x, weight)
-    else:
-        dims = [0] + list(range(2, x.dim()))
-        mean = x.mean(dims)
-        var = x.var(dims, unbiased=False)
-        count = torch.tensor(x.numel() // x.shape[1], dtype=x.dtype, device=x.device)
-    unbiased = var * (count / (count - 1).clamp(min=1.0))
-    return mean.detach(), unbiased.detach()
-
-
 class EnergyForces:
     """`(positions, numbers) -> (E, F)` for `model`, traced and (with backend="inductor") compiled.
 
@@ -152,11 +134,6 @@ class EnergyForces:
         from torch.func import functional_call, vjp
 
         model = self.model
-        bns = [m for m in _batchnorms(model) if m.training and m.track_running_stats]
-        sink: list = []
-
-        def hook(module, args):
-            sink.append(_batch_statistics(module, args))
 
         def energy_forces(params, buffers, pos, z):
             def energy(p):
@@ -168,18 +145,10 @@ class EnergyForces:
             (grad,) = pullback(torch.ones_like(e))
             return e, -grad, stats
 
-        handles = [m.register_forward_pre_hook(hook) for m in bns]
-        for m in bns:
-            m.track_running_stats = False  # normalize with batch statistics, leave buffers alone
-        try:
+        with batch_statistics_as_outputs(model) as (bns, sink):
             params = {k: v.detach() for k, v in model.named_parameters()}
             buffers = dict(model.named_buffers())
             graph = make_fx(energy_forces)(params, buffers, positions.detach(), numbers)
-        finally:
-            for m in bns:
-                m.track_running_stats = True
-            for h in handles:
-                h.remove()
         if self.backend == "inductor":
             graph = torch.compile(graph, backend="inductor", dynamic=False, fullgraph=True)
         return graph, bns
@@ -220,7 +189,7 @@ class EnergyForces:
 
     def _padded_batch(self, positions: torch.Tensor) -> Optional[int]:
         """A traced batch size to pad `positions` up to (None: trace this size)."""
-        if any(m.training for m in _batchnorms(self.model)):
+        if any(m.training for m in batchnorms(self.model)):
             return None
         b = positions.shape[0]
         sizes = [k[0][0] for k in self.graphs if k[0][1:] == tuple(positions.shape[1:])
@@ -255,12 +224,8 @@ class EnergyForces:
             if pad_to is not None:
                 positions = positions[:b]
             return energy_and_forces(self.model, positions, numbers, create_graph=True)
-        with torch.no_grad():  # the running statistics eager BatchNorm would have updated in place
-            for m, (mean, var) in zip(bns, stats):
-                m.num_batches_tracked += 1
-                mom = m.momentum if m.momentum is not None else 1.0 / float(m.num_batches_tracked)
-                m.running_mean.mul_(1 - mom).add_(mom * mean)
-                m.running_var.mul_(1 - mom).add_(mom * var)
+        for m, (mean, var) in zip(bns, stats):  # the running statistics eager BatchNorm would have updated
+            fold_running_statistics(m, mean, var, m.running_mean, m.running_var, m.num_batches_tracked)
         if pad_to is not None:
             e, f = e[:b], f[:b]
         if self.auto is not None:

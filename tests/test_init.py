@@ -53,27 +53,34 @@ def test_every_linear_layer_has_unit_output_variance_after_lsuv(model_name, act,
     for name in fitted:
         assert abs(after[name] - 1.0) < LSUV_TOLERANCE, (name, after[name])
     left = {n for n, m in model.named_modules() if isinstance(m, nn.Linear)} - fitted
-    # left alone: scalar readouts, zero-initialised layers (DimeNet++'s output layers) and layers whose
-    # weights the model uses without calling the module (DimeNet++'s embedding splits `emb.lin`)
-    for name in left:
-        layer = model.get_submodule(name)
-        assert layer.out_features == 1 or before.get(name, 0.0) == 0.0, name
+    # scalar readouts start at zero; left alone: zero-output hidden layers and layers whose weights the
+    # model uses without calling the module (DimeNet++'s embedding splits `emb.lin`)
+    assert done["readouts_zeroed"] and all(model.get_submodule(n).out_features == 1 for n in done["readouts_zeroed"])
+    for name in done["readouts_zeroed"]:
+        assert not model.get_submodule(name).weight.any(), name
+    for name in left - set(done["readouts_zeroed"]):
+        assert before.get(name, 0.0) == 0.0, name
+    with torch.no_grad():
+        assert float(model(pos, Z).abs().max()) == 0.0  # E = 0 (and F = 0) at the start
 
 
 def test_lsuv_revives_a_deep_irelu_network_that_collapses_at_default_init():
     """The PINN's 6×40 Glorot FCN with ½·relu²: q → (3σ_w²/8)·q² per layer, so its output is ≈ 0 at the
     default init; with LSUV its output has a usable scale (the mechanism of issue 16)."""
     torch.manual_seed(0)
-    net = FCN(hidden=40, hidden_layers=6, batchnorm=False, in_dim=2, out_dim=1, lower=(-1.0, 0.0),
+    net = FCN(hidden=40, hidden_layers=6, batchnorm=False, in_dim=2, out_dim=2, lower=(-1.0, 0.0),
               upper=(1.0, 1.0)).double()
     replace_activations(net, "irelu", "all")
     x = torch.rand(512, 2, dtype=torch.float64) * torch.tensor([2.0, 1.0]) - torch.tensor([1.0, 0.0])
+    features = lambda: net.net[:-1]((x - net.center) / net.half_width)  # noqa: E731 (what the readout sees)
     with torch.no_grad():
-        std_default = float(net(x).std())
-    lsuv_(net, lambda: net(x))
+        std_default, out_default = float(features().std()), float(net(x).std())
+    done = lsuv_(net, lambda: net(x))
     with torch.no_grad():
-        std_lsuv = float(net(x).std())
-    assert std_default < 1e-3 and std_lsuv > 0.05, (std_default, std_lsuv)
+        std_lsuv, out_lsuv = float(features().std()), float(net(x).abs().max())
+    assert std_default < 1e-3 and out_default < 1e-3 and std_lsuv > 0.05, (std_default, std_lsuv)
+    # the two-field readout is the model's output: zeroed, so u starts at 0 whatever the activation
+    assert done["readouts_zeroed"] == ["net.12"] and out_lsuv == 0.0
 
 
 def test_lsuv_works_on_a_model_it_has_never_seen():
@@ -98,7 +105,7 @@ def test_lsuv_works_on_a_model_it_has_never_seen():
     net = Net().double()
     x = torch.randn(64, 5, dtype=torch.float64)
     done = lsuv_(net, lambda: net(x))
-    assert set(done["scales"]) == {"a", "b", "head.1"} and done["skipped"] == 1
+    assert set(done["scales"]) == {"a", "b", "head.1"} and done["readouts_zeroed"] == ["head.2"]
     after = _output_variances(net, lambda: net(x))
     assert all(abs(after[n] - 1) < LSUV_TOLERANCE for n in ("a", "b", "head.1"))
 
