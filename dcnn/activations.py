@@ -24,6 +24,8 @@ __all__ = [
     "get_activation",
     "replace_activations",
     "count_activations",
+    "is_activation",
+    "TORCH_ACTIVATION_TYPES",
 ]
 
 _LOG2 = math.log(2.0)
@@ -180,8 +182,13 @@ INTEGRATED_ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], 
 
 ACTIVATION_NAMES: tuple[str, ...] = tuple(BASE_ACTIVATIONS) + tuple(INTEGRATED_ACTIVATIONS)
 
-# torch's own activation classes we recognise when rewriting a model we did not build
-_TORCH_ACTIVATIONS = (nn.ReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Softplus, nn.Sigmoid, nn.LeakyReLU)
+# torch's own activation classes, recognised when rewriting a model we did not build: every elementwise
+# module of torch.nn.modules.activation (nn.CELU, nn.Mish, nn.Hardtanh, nn.PReLU, ...); not those that mix
+# elements (softmax family, GLU) or attention
+_NOT_ELEMENTWISE = {"MultiheadAttention", "Softmax", "Softmin", "LogSoftmax", "Softmax2d", "GLU"}
+TORCH_ACTIVATION_TYPES: tuple[type, ...] = tuple(getattr(torch.nn.modules.activation, n)
+                                                  for n in torch.nn.modules.activation.__all__
+                                                  if n not in _NOT_ELEMENTWISE)
 
 
 def get_activation(name: str) -> nn.Module:
@@ -194,46 +201,70 @@ def get_activation(name: str) -> nn.Module:
     raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATION_NAMES)}")
 
 
-def _is_activation(module: nn.Module) -> bool:
-    return isinstance(module, (Activation, *_TORCH_ACTIVATIONS))
+def is_activation(module: nn.Module, extra_types: tuple = ()) -> bool:
+    """An activation the ablation can swap: ours (`Activation`), torch's elementwise ones, or one of a
+    model's own classes (`ModelSpec.activation_types`, e.g. PyG's or SchNetPack's ShiftedSoftplus)."""
+    return isinstance(module, (Activation, *TORCH_ACTIVATION_TYPES, *tuple(extra_types)))
 
 
-def _scoped_roots(model: nn.Module, scope: str) -> list[nn.Module]:
+def _model_types(model: nn.Module) -> tuple:
+    return tuple(getattr(model, "activation_types", ()) or ())
+
+
+def _targets(model: nn.Module, scope: str) -> list[tuple[nn.Module, str]]:
+    """(parent, attribute) of every activation module to swap.
+
+    scope "all": every activation in the model.  "paper": the model's `paper_activation_scope` paths
+    (built-ins declare them; plug-ins through `ModelSpec.paper_placement`): a path naming a module without
+    submodules (e.g. `interactions.0.mlp.1`) is swapped whatever its class, as the paper's own code did
+    (`interactions[i].mlp[1] = IReLU()`), unless it has parameters (a Linear named by mistake); a path
+    naming a container swaps the activations inside it."""
+    types = _model_types(model)
     if scope == "all":
-        return [model]
-    if scope == "paper":
+        roots = [model]
+        explicit: list[str] = []
+    elif scope == "paper":
         names = getattr(model, "paper_activation_scope", None)
         if names is None:
-            raise ValueError(
-                f"{type(model).__name__} declares no paper_activation_scope; use scope='all'"
-            )
-        return [model.get_submodule(n) if n else model for n in names]
-    raise ValueError(f"unknown scope {scope!r}; known: 'paper', 'all'")
+            raise ValueError(f"{type(model).__name__} declares no paper_activation_scope; use scope='all'")
+        explicit = [n for n in names if n and not list(model.get_submodule(n).children())]
+        roots = [model.get_submodule(n) if n else model for n in names if n not in explicit]
+    else:
+        raise ValueError(f"unknown scope {scope!r}; known: 'paper', 'all'")
+    out: list[tuple[nn.Module, str]] = []
+    for path in explicit:
+        leaf = model.get_submodule(path)
+        if not is_activation(leaf, types) and any(True for _ in leaf.parameters()):
+            raise ValueError(f"paper_placement {path!r} holds no activation module to swap: it names a module "
+                             f"with parameters ({type(leaf).__name__}); name an activation, or a container of them")
+        parent_path, _, attr = path.rpartition(".")
+        out.append((model.get_submodule(parent_path) if parent_path else model, attr))
+    for root in roots:
+        for parent in root.modules():
+            for child_name, child in parent.named_children():
+                if is_activation(child, types) and (parent, child_name) not in out:
+                    out.append((parent, child_name))
+    return out
 
 
 def replace_activations(model: nn.Module, name: str, scope: str = "paper") -> nn.Module:
     """Swap activations for `name` in place and return the model.
 
-    scope="paper" follows the paper's placement (each model class lists the submodules it applies
-    to in `paper_activation_scope`: SchNet everywhere, CGCNN only the dense head); "all" swaps every
-    activation.  The number swapped is stored as `model.replaced_activations`.
+    scope="paper" follows the paper's placement (each model lists the submodules it applies to in
+    `paper_activation_scope`: SchNet everywhere, CGCNN only the dense head; a path may also name one
+    activation module); "all" swaps every activation.  The number swapped is stored as
+    `model.replaced_activations`.
     """
     get_activation(name)  # validate before touching the model
-    count = 0
-    for root in _scoped_roots(model, scope):
-        for parent in root.modules():
-            for child_name, child in list(parent.named_children()):
-                if _is_activation(child):
-                    setattr(parent, child_name, get_activation(name))
-                    count += 1
-    model.replaced_activations = count
+    targets = _targets(model, scope)
+    for parent, attr in targets:
+        setattr(parent, attr, get_activation(name))
+    model.replaced_activations = len(targets)
     return model
 
 
 def count_activations(model: nn.Module, name: str | None = None) -> int:
     """Number of activation modules in `model` (optionally only those called `name`)."""
-    return sum(
-        1
-        for m in model.modules()
-        if _is_activation(m) and (name is None or getattr(m, "name", None) == name)
-    )
+    types = _model_types(model)
+    return sum(1 for m in model.modules()
+               if is_activation(m, types) and (name is None or getattr(m, "name", None) == name))

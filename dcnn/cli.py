@@ -16,31 +16,84 @@ from pathlib import Path
 import yaml
 
 from dcnn.compiled import COMPILE_MODES
-from dcnn.config import ACTIVATION_CHOICES, TrainConfig
+from dcnn.config import ACTIVATION_CHOICES, DTYPES, OPTIMIZERS, SCOPES, TrainConfig
 from dcnn.init import INIT_MODES
+from dcnn.schedules import SCHEDULES
 from dcnn.data import DatasetError, load_dataset
 from dcnn.outputs import check_output, same_file
 
 # model and preset: TrainConfig checks them (plug-ins bring their own names and presets)
-_CHOICES = {"activation": ACTIVATION_CHOICES, "scope": ("paper", "all"), "dtype": ("float32", "float64"),
-            "compile": COMPILE_MODES, "init": INIT_MODES}
+_CHOICES = {"activation": ACTIVATION_CHOICES, "scope": SCOPES, "dtype": DTYPES, "compile": COMPILE_MODES,
+            "init": INIT_MODES, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES}
+
+
+# the train command's flags in groups (`--help`), by TrainConfig field; size fields get a group per model
+_FLAG_GROUPS = {
+    "what to train": ("model", "preset", "activation", "scope", "denorm", "rescale", "rescale_factor", "shift",
+                      "init", "seed"),
+    "optimisation": ("lr", "optimizer", "lr_schedule", "lr_min", "warmup_epochs", "plateau_factor",
+                     "plateau_patience", "batch_size", "epochs", "force_weight"),
+    "data": ("dataset", "n_train", "n_val", "n_test", "split_seed", "eval_batch_size"),
+    "PINN task (model fcn; --dataset names the PDE problem)": (
+        "n_collocation", "n_initial", "n_boundary", "collocation_batch", "steps_per_epoch", "resample"),
+    "where and how it runs": ("device", "threads", "flush_denormals", "dtype", "compile"),
+}
+
+
+def _size_groups() -> list[tuple[str, str, list[str]]]:
+    """(title, description, flags) per built-in model: the sizes only it has, and one group for sizes several
+    models share (each flag once: argparse has no flag in two groups); descriptions list every size of a
+    model with its `small` preset value."""
+    from dcnn.config import SIZE_FIELDS
+    from dcnn.models import BUILTIN_SPECS
+
+    users = {f: [m for m, spec in BUILTIN_SPECS.items() if f in spec.presets["small"]] for f in SIZE_FIELDS}
+    groups = []
+    for model, spec in BUILTIN_SPECS.items():
+        sizes = spec.presets["small"]
+        own = [f for f in SIZE_FIELDS if users[f] == [model]]
+        shared = [f for f in sizes if f not in own]
+        text = ", ".join(f"--{f.replace('_', '-')} {v}" for f, v in sizes.items())
+        groups.append((f"{model} sizes", f"small preset: {text}" + (f" (shared flags: "
+                       f"{', '.join('--' + f.replace('_', '-') for f in shared)})" if shared else ""), own))
+    shared_all = [f for f in SIZE_FIELDS if len(users[f]) > 1]
+    groups.append(("sizes shared by several models", "a size applies to the models that have it (see the groups "
+                   "above); unset: the preset's value", shared_all))
+    return groups
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (default None = 'not given', so YAML values are not overridden)."""
+    """One flag per TrainConfig field (default None = 'not given', so YAML values are not overridden), in
+    groups: what to train, optimisation, data, the PINN task, runtime, then each model's sizes."""
+    from dcnn.config import SIZE_FIELDS
+
     hints = typing.get_type_hints(TrainConfig)
-    for f in fields(TrainConfig):
-        kind = hints[f.name]
-        if typing.get_origin(kind) is typing.Union:
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        flag = "--" + f.name.replace("_", "-")
-        if kind is bool:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"(default {f.default})")
-        else:
-            p.add_argument(flag, dest=f.name, type=kind, default=None, choices=_CHOICES.get(f.name),
-                           metavar=None if f.name in _CHOICES else f.name.upper(),
-                           help=f"(default {f.default})")
+    by_name = {f.name: f for f in fields(TrainConfig)}
+    users = {}
+    for title, description, names in _size_groups():
+        for n in names:
+            users[n] = (title, description)
+    placed = {n for names in _FLAG_GROUPS.values() for n in names} | set(SIZE_FIELDS)
+    missing = sorted(set(by_name) - placed)
+    if missing:  # a new TrainConfig field must be given a group (tested)
+        raise RuntimeError(f"TrainConfig fields without a --help group: {missing}")
+    groups = [(title, None, names) for title, names in _FLAG_GROUPS.items()] + _size_groups()
+    for title, description, names in groups:
+        group = p.add_argument_group(title, description)
+        for name in names:
+            f = by_name[name]
+            kind = hints[f.name]
+            if typing.get_origin(kind) is typing.Union:
+                kind = next(a for a in typing.get_args(kind) if a is not type(None))
+            flag = "--" + f.name.replace("_", "-")
+            default = "the preset's" if name in SIZE_FIELDS else f.default
+            if kind is bool:
+                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                   help=f"(default {default})")
+            else:
+                group.add_argument(flag, dest=f.name, type=kind, default=None, choices=_CHOICES.get(f.name),
+                                   metavar=None if f.name in _CHOICES else f.name.upper(),
+                                   help=f"(default {default})")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -87,8 +87,13 @@ def to_energy_unit(value: np.ndarray | float, from_unit: str, to_unit: str):
     return value * (_EV_PER[from_unit] / _EV_PER[to_unit])
 
 
-def _str(x) -> str:
-    return str(np.asarray(x).item()) if np.asarray(x).shape == () else str(np.asarray(x).ravel()[0])
+def _str(x, path: str = "", key: str = "") -> str:
+    """A text field of an npz (a 0-d array, or the first element of a 1-d one); an empty one is refused."""
+    a = np.asarray(x)
+    if a.size == 0:
+        raise DatasetError(f"{path}: field {key!r} is an empty array (expected a text such as "
+                           f"{'kcal/mol' if key == 'energy_unit' else 'a name'})")
+    return str(a.item()) if a.shape == () else str(a.ravel()[0])
 
 
 def _coincident_atoms(positions: np.ndarray, min_distance: float = MIN_DISTANCE):
@@ -171,6 +176,12 @@ def _validate(path: str, positions, numbers, energies, forces, energy_unit: str)
 
 
 def _load_npz(path: str) -> MoleculeDataset:
+    with open(path, "rb") as fh:
+        head = fh.read(6)
+    if head[:4] != b"PK\x03\x04":  # an npz is a zip archive; anything else (text, a lone .npy, a pickle) is not
+        what = "a single .npy array" if head == b"\x93NUMPY" else (
+            "a pickle" if head[:1] == b"\x80" else f"a file starting with {head!r}")
+        raise DatasetError(f"{path}: not an npz archive (an npz is a zip file of arrays: R, z, E, F); this is {what}")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -187,10 +198,10 @@ def _load_npz(path: str) -> MoleculeDataset:
         raise DatasetError(
             f"{path}: missing keys {missing_md17} (MD17 layout R, z, E, F) — or, for rMD17, "
             f"{[k for k in _RMD17_KEYS if k not in arrays]}; found {sorted(arrays)}")
-    unit = _str(arrays["energy_unit"]) if "energy_unit" in arrays else "kcal/mol"  # MD17's unit
+    unit = _str(arrays["energy_unit"], path, "energy_unit") if "energy_unit" in arrays else "kcal/mol"  # MD17's
     ds = _validate(path, *(arrays[k] for k in keys), energy_unit=unit)
-    ds.theory = _str(arrays["theory"]) if "theory" in arrays else "unknown"
-    ds.name = _str(arrays["name"]) if "name" in arrays else Path(path).stem
+    ds.theory = _str(arrays["theory"], path, "theory") if "theory" in arrays else "unknown"
+    ds.name = _str(arrays["name"], path, "name") if "name" in arrays else Path(path).stem
     ds.metadata = {k: _str(v) for k, v in arrays.items()
                    if k not in keys and k not in ("theory", "name") and np.asarray(v).size == 1}
     return ds

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 import yaml
 
 from dcnn import cli as dcnn_cli
+from dcnn.compiled import COMPILE_MODES
 from orchestrator.runner import SCHEDULERS, AblateOptions
 
 
@@ -41,10 +43,24 @@ def _keyvalue(text: str):
     if not k.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r} (no key)")
     try:
-        return k.strip(), yaml.safe_load(v)
+        value = yaml.safe_load(v)
+        if isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip()):
+            value = float(value)  # YAML 1.1 reads 3e-4 (no dot) as a string; a user means the number
+        return k.strip(), value
     except yaml.YAMLError:
         raise argparse.ArgumentTypeError(f"{text!r}: the value {v!r} is not a number, word or YAML value") \
             from None
+
+
+def _settings(pairs: list) -> dict:
+    """--set KEY=VALUE ... (one or more per flag, the flag repeated or not) as a dict; a key given twice is
+    refused rather than the later value silently winning."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out and out[key] != value:
+            raise ValueError(f"--set {key} given twice ({key}={out[key]!r} and {key}={value!r}): give it once")
+        out[key] = value
+    return out
 
 
 def cmd_ablate(args) -> int:
@@ -57,7 +73,7 @@ def cmd_ablate(args) -> int:
         max_concurrent=args.max_concurrent, address=args.address, storage=args.storage,
         tracking_uri=args.tracking_uri, experiment=args.experiment, resume=args.resume,
         tune_hparams=args.tune_hparams, tuning_space=args.tuning_space, scheduler=args.scheduler,
-        set={**dict(args.set or []), **({"compile": args.compile} if args.compile else {})})
+        set={**_settings(args.set or []), **({"compile": args.compile} if args.compile else {})})
     report = run_ablation(opts)
     return 1 if report.get("errors") else 0
 
@@ -145,11 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per arm, N Optuna trials (with ASHA) first, then the seeds at the best values")
     a.add_argument("--tuning-space", default="default", help="default (lr, force_weight, C) or lr")
     a.add_argument("--scheduler", choices=SCHEDULERS, default="fifo")
-    a.add_argument("--compile", choices=("off", "on", "auto"),
+    a.add_argument("--compile", choices=COMPILE_MODES,
                    help="energy+force step: eager (off), traced + torch.compile'd (on), or compiled only when "
                         "timed eager steps say the compile time pays back (auto, TrainConfig's default)")
-    a.add_argument("--set", type=_keyvalue, action="append", metavar="KEY=VALUE",
-                   help="any TrainConfig key for every trial, e.g. --set lr=3e-4")
+    a.add_argument("--set", type=_keyvalue, nargs="+", action="extend", metavar="KEY=VALUE",
+                   help="any TrainConfig key for every trial, one or more per flag: --set lr=3e-4 n_train=100 "
+                        "(repeating --set works too)")
     a.set_defaults(func=cmd_ablate)
     r = sub.add_parser("report", help="rebuild a study's report from its folder")
     r.add_argument("path", help="the study folder (STORAGE/EXPERIMENT), a folder or s3://bucket/prefix/EXPERIMENT")

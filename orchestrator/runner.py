@@ -141,6 +141,25 @@ def _init_ray(address: Optional[str], quiet: bool, env: Optional[dict] = None):
     return ray
 
 
+class _without_tune_default_loggers:
+    """While Tune runs a study: no default logger callbacks (the study passes the JSON and CSV ones itself,
+    `callbacks_for`), so Tune adds no TensorBoard logger and prints no TensorBoard hint.  Restored after, so a
+    user's own Tune runs in the same process keep Tune's defaults."""
+
+    KEY = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
+
+    def __enter__(self):
+        self.saved = os.environ.get(self.KEY)
+        os.environ[self.KEY] = "1"
+
+    def __exit__(self, *exc):
+        if self.saved is None:
+            os.environ.pop(self.KEY, None)
+        else:
+            os.environ[self.KEY] = self.saved
+        return False
+
+
 def _check_cluster_fits(ray, opts: AblateOptions) -> None:
     """A trial the cluster can never place would sit PENDING forever: refuse it up front."""
     total = ray.cluster_resources()
@@ -194,7 +213,8 @@ def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Storage) -
                                       storage_filesystem=storage.tune_location()[1], verbose=0,
                                       callbacks=callbacks_for(f"tune {name} "),
                                       failure_config=tune.FailureConfig(max_failures=opts.max_failures)))
-    best = tuner.fit().get_best_result(metric="val_loss", mode="min", scope="last")
+    with _without_tune_default_loggers():
+        best = tuner.fit().get_best_result(metric="val_loss", mode="min", scope="last")
     return {k: best.config[k] for k in space}
 
 
@@ -236,7 +256,11 @@ def run_ablation(opts: AblateOptions) -> dict:
     from orchestrator.progress import StudyProgress
 
     def callbacks_for(label, total=None):
-        cbs = [tracking.MLflowStudyLogger(uri, exp_id, parent, study.name)]
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+        # Tune's own result.json and progress.csv (the report reads result.json), but not its TensorBoard
+        # logger, whose "To visualize your results with TensorBoard" line points at a tool we do not use
+        cbs = [tracking.MLflowStudyLogger(uri, exp_id, parent, study.name), JsonLoggerCallback(), CSVLoggerCallback()]
         if total:
             cbs.append(StudyProgress(total, label))
         return cbs
@@ -277,7 +301,8 @@ def run_ablation(opts: AblateOptions) -> dict:
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_frequency=1,
                                                         checkpoint_at_end=True)))
     t0 = time.time()
-    grid = tuner.fit()
+    with _without_tune_default_loggers():
+        grid = tuner.fit()
     wall = time.time() - t0
     errors = [r.error for r in grid if r.error is not None]
     print(f"study finished in {wall:.0f} s; {len(errors)} trial(s) errored", flush=True)

@@ -55,6 +55,9 @@ def make_inputs(d: Path) -> None:
     (d / "coincident.xyz").write_text("2\n\nO 0 0 0\nH 0 0 0.01\n")
     (d / "mol.xyz").write_text("2\n\nH 0 0 0\nH 0 0 0.74\n")
     (d / "exists.npz").write_bytes(b"someone's file")
+    (d / "text.npz").write_text("R,z,E,F\n1,2,3,4\n")  # a text file given the npz name
+    np.savez(d / "empty_unit.npz", R=ds.positions, z=ds.numbers, E=ds.energies, F=ds.forces,
+             energy_unit=np.array([], dtype=str))
     (d / "cfg_list.yaml").write_text("- lr\n- 1e-3\n")
     (d / "cfg_unknown.yaml").write_text("learning_rate: 0.1\n")
     (d / "cfg_good.yaml").write_text(f"lr: 0.001\ndataset: {d / 'small.npz'}\n")
@@ -172,6 +175,9 @@ CASES = [
     ("dataset-empty", ["ablate", "--dataset", "{d}/empty.npz"], "{d}/empty.npz: empty file"),
     ("dataset-garbage", ["ablate", "--dataset", "{d}/garbage.dat"], "{d}/garbage.dat: unreadable by ASE"),
     ("dataset-keys", ["ablate", "--dataset", "{d}/missing_keys.npz"], "{d}/missing_keys.npz: missing keys"),
+    ("dataset-text-named-npz", ["ablate", "--dataset", "{d}/text.npz"],
+     "{d}/text.npz: not an npz archive (an npz is a zip file of arrays: R, z, E, F); this is a file starting with b'R,z,E,'"),
+    ("dataset-empty-unit", ["data", "info", "{d}/empty_unit.npz"], "{d}/empty_unit.npz: field 'energy_unit' is an empty array"),
     ("dataset-nan", ["ablate", "--dataset", "{d}/nan_labels.npz"], "{d}/nan_labels.npz: energies contain NaN"),
     ("dataset-too-small", ["ablate", "--dataset", "{d}/small.npz"], "{d}/small.npz: too small for the split"),
     ("storage-relative", ["ablate", "--storage", "relative/dir"], "--storage must be an absolute path"),

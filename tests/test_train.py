@@ -315,3 +315,23 @@ def test_atomic_reference_energies_by_least_squares():
     assert t.offset == pytest.approx(e.mean(), rel=1e-12)
     assert t.inverse_energies(t.energies(e)) == pytest.approx(e, rel=1e-12)
     assert LabelTransform.fit(one, e, shift=False, scale=10.0).energies(e) == pytest.approx(e / 10)
+
+
+def test_train_help_groups_flags_by_what_they_set_and_sizes_by_model():
+    """`dcnn-ablate train --help`: every TrainConfig key once, in a group; a model's own sizes under its
+    name (with its small preset's values), sizes several models share in one group."""
+    from dataclasses import fields
+
+    from dcnn.cli import build_parser
+
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    groups = {g.title: [a.dest for a in g._group_actions] for g in train._action_groups}
+    assert "filters" in groups["schnet sizes"] and "emb_trip" in groups["gemnet_t sizes"]
+    assert "int_emb" in groups["dimenetpp sizes"] and "cutoff" in groups["sizes shared by several models"]
+    assert "init" in groups["what to train"] and "flush_denormals" in groups["where and how it runs"]
+    placed = [d for title, dests in groups.items() if title not in ("options", "positional arguments")
+              for d in dests]
+    assert sorted(placed) == sorted(f.name for f in fields(TrainConfig))  # each key exactly once
+    text = train.format_help()
+    assert "small preset: --hidden 64, --filters 64, --interactions 3" in text

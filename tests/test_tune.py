@@ -90,6 +90,20 @@ def test_bad_study_files_named_errors(content, message, tmp_path):
     assert str(path) in str(err.value)
 
 
+def test_several_set_values_after_one_flag_reach_every_trial():
+    """Hydra habit: `--set n_train=100 n_val=40`, also mixed with a repeated --set."""
+    from orchestrator.cli import _settings, build_parser
+    from orchestrator.runner import AblateOptions
+
+    args = build_parser().parse_args(["ablate", "--set", "n_train=100", "n_val=40", "--epochs", "2",
+                                      "--set", "lr=3e-4"])
+    settings = _settings(args.set)
+    assert settings == {"n_train": 100, "n_val": 40, "lr": 3e-4} and args.epochs == 2
+    study = AblateOptions(set=settings, epochs=args.epochs).validate()
+    assert all(c["n_train"] == 100 and c["n_val"] == 40 and c["lr"] == 3e-4 and c["epochs"] == 2
+               for c in study.trial_configs())
+
+
 @pytest.mark.parametrize("args,message", [
     (["--storage", "relative/dir"], "--storage must be an absolute path"),
     (["--storage", "s3://bucket/x"], "--tracking-uri: an MLflow server"),  # object storage: no default sqlite store
@@ -105,6 +119,7 @@ def test_bad_study_files_named_errors(content, message, tmp_path):
     (["--scheduler", "asha"], "--scheduler asha stops trials early"),
     (["--datasets", "benzene"], "data set 'benzene' is neither a bundled data set (ethanol, aspirin)"),
     (["--models", "cgcnn", "--set", "n_train=1900"], "need 2500 frames but the data set has 2000"),
+    (["--set", "lr=1e-3", "n_val=40", "lr=3e-4"], "--set lr given twice"),
 ])
 def test_bad_flags_fail_before_ray_starts(args, message, tmp_path, monkeypatch, capsys):
     """In-process (a real process's exit status is tests/test_bad_inputs.py::test_exit_code_end_to_end)."""
@@ -153,12 +168,21 @@ def test_function_trainable_under_tune_run(ray_session, tracking_uri, tmp_path):
         assert "test_energy_loss" in r.data.metrics
 
 
-def test_study_through_tuner_with_report(ray_session, tracking_uri, tmp_path):
+def test_study_through_tuner_with_report(ray_session, tracking_uri, tmp_path, capsys):
+    import os
+
     study = write_study(tmp_path / "mini.yaml", [{"activation": ["irelu"], "denorm": [True, False],
                                                   "rescale": [True, False]}], REF,
                         models=("schnet", "cgcnn"), seeds=(0, 1))
     report = run_ablation(AblateOptions(study=study, storage=str(tmp_path / "res"), tracking_uri=tracking_uri,
                                         experiment="mini-tuner", quiet=True))
+    printed = capsys.readouterr().out
+    # our progress lines, Tune's result.json/progress.csv, and no pointer to TensorBoard (not used here)
+    assert "TensorBoard" not in printed and "[12/12 ·" in printed
+    assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ  # restored for the user's own Tune runs
+    trial_dirs = [d for d in (tmp_path / "res/mini-tuner").iterdir() if (d / "params.json").exists()]
+    assert len(trial_dirs) == 12 and all((d / "result.json").exists() and (d / "progress.csv").exists()
+                                         for d in trial_dirs)
     paths = report["paths"]
     for p in paths.values():
         assert Path(p).exists() and Path(p).stat().st_size > 0

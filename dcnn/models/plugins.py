@@ -14,12 +14,17 @@ The spec says what the trainer must know about a model it did not write:
   energy [B], differentiable w.r.t. positions (forces are −∂E/∂positions by autograd, done by us);
 * `presets`: size sets by name, at least `small`; a TrainConfig size field (`hidden`, `cutoff`, ...)
   overrides the preset value of the same name, and a size the presets do not list is refused;
-* `original_activation`: the name of the activation the model uses (what `activation: original` means,
-  one of `dcnn.activations.BASE_ACTIVATIONS`);
+* `original_activation`: the name of the activation the model uses (what `activation: original` means:
+  the model is left as it is), one of `dcnn.activations.BASE_ACTIVATIONS` or the class name of a torch
+  activation or of one of `activation_types` (e.g. "mish", "shiftedsoftplus");
 * `paper_placement`: where `scope: paper` swaps activations, as submodule paths with `*` wildcards
-  (`("",)` = the whole model, `("interactions.*.mlp",)`); `scope: all` swaps every activation module.
-  Swappable activations are `dcnn.activations.Activation` modules (`get_activation(name)`) and torch's
-  activation modules (`nn.SiLU`, `nn.ReLU`, ...); a functional call (`F.silu(x)`) cannot be swapped.
+  (`("",)` = the whole model, `("interactions.*.mlp",)`); a path may name the activation modules
+  themselves (`"interactions.*.mlp.1"`: whatever module sits there is swapped, as the paper's own code
+  did); `scope: all` swaps every activation module.  Swappable activations are
+  `dcnn.activations.Activation` modules (`get_activation(name)`), every elementwise torch activation
+  (`nn.SiLU`, `nn.Mish`, `nn.CELU`, `nn.Hardtanh`, ...) and the model's own classes listed in
+  `activation_types` (PyG's `ShiftedSoftplus`, fairchem's `ScaledSiLU`); a functional call (`F.silu(x)`)
+  cannot be swapped.
 * `data_args`: names among `DATA_ARGS` that `build` also receives from the data set (e.g. `elements`,
   the sorted atomic numbers, for a model with per-element weights); without data they are not passed.
 
@@ -74,6 +79,9 @@ class ModelSpec:
     data_args: tuple = ()
     description: str = ""
     name: str = field(default="", compare=False)  # filled in by `resolve`
+    # the model's own activation classes (PyG's/SchNetPack's ShiftedSoftplus, fairchem's ScaledSiLU), swapped
+    # like torch's wherever the placement reaches them
+    activation_types: tuple = ()
 
     def problems(self) -> list[str]:
         """What is wrong with the spec itself (empty when nothing)."""
@@ -88,9 +96,17 @@ class ModelSpec:
             for k, v in self.presets.items():
                 if not isinstance(v, Mapping):
                     out.append(f"preset {k!r} must be a mapping of sizes, got {v!r}")
-        if self.original_activation not in BASE_ACTIVATIONS:
+        bad_types = [t for t in self.activation_types if not (isinstance(t, type) and issubclass(t, nn.Module))]
+        if isinstance(self.activation_types, (str, type)) or bad_types:
+            out.append(f"activation_types must be a tuple of torch.nn.Module classes, got {self.activation_types!r}")
+        from dcnn.activations import TORCH_ACTIVATION_TYPES
+
+        own = {t.__name__.lower() for t in (*TORCH_ACTIVATION_TYPES, *(t for t in self.activation_types
+                                                                       if isinstance(t, type)))}
+        if self.original_activation not in BASE_ACTIVATIONS and str(self.original_activation).lower() not in own:
             out.append(f"original_activation {self.original_activation!r} is not one of "
-                       f"{', '.join(BASE_ACTIVATIONS)}")
+                       f"{', '.join(BASE_ACTIVATIONS)}, nor a torch activation class or one of activation_types "
+                       f"(by class name, e.g. 'mish', 'shiftedsoftplus')")
         if isinstance(self.paper_placement, str) or not all(isinstance(p, str) for p in self.paper_placement):
             out.append(f"paper_placement must be a tuple of submodule paths, got {self.paper_placement!r}")
         bad = [a for a in self.data_args if a not in DATA_ARGS]
@@ -126,6 +142,7 @@ class ModelSpec:
             raise ModelPluginError(f"model {self.name!r}: build() returned {type(model).__name__}, expected a "
                                    f"torch.nn.Module")
         model.paper_activation_scope = placement_paths(model, self.paper_placement, self.name)
+        model.activation_types = tuple(self.activation_types)
         return model
 
 
@@ -195,7 +212,7 @@ def _as_spec(name: str, obj, how: str) -> ModelSpec:
     if problems:
         raise ModelPluginError(f"model {name!r} ({how}): bad ModelSpec: " + "; ".join(problems))
     return ModelSpec(obj.build, obj.presets, obj.original_activation, tuple(obj.paper_placement),
-                     tuple(obj.data_args), obj.description, name)
+                     tuple(obj.data_args), obj.description, name=name, activation_types=tuple(obj.activation_types))
 
 
 def entry_points() -> dict:
@@ -270,7 +287,7 @@ def check_model(name: str, spec_of: Callable[[str], ModelSpec], preset: str = "s
     """The contract of one model, checked on CPU in float64: builds, placement finds activations, E is
     one finite number per frame and differentiable w.r.t. positions. Returns what it found; raises
     ModelPluginError naming the model and what broke."""
-    from dcnn.activations import _is_activation, replace_activations
+    from dcnn.activations import _targets, is_activation, replace_activations
 
     spec = spec_of(name)
     where = f"model {name!r}"
@@ -290,16 +307,25 @@ def check_model(name: str, spec_of: Callable[[str], ModelSpec], preset: str = "s
             raise ModelPluginError(f"{where}: building preset {preset!r} failed: {type(e).__name__}: {e}") from e
 
     model = build()
-    n_all = sum(1 for m in model.modules() if _is_activation(m))
-    if n_all == 0:
+    types = tuple(spec.activation_types)
+    try:
+        n_all, n_placed = len(_targets(model, "all")), len(_targets(model, "paper"))
+    except ValueError as e:  # a placement path naming a module with parameters
+        raise ModelPluginError(f"{where}: {e}") from None
+    if n_all == 0 and not n_placed:
         raise ModelPluginError(f"{where}: has no activation module the ablation can swap (swappable: "
-                               f"dcnn.activations.get_activation(...) modules and torch.nn activations such as "
-                               f"nn.SiLU; a functional call like F.silu(x) cannot be swapped)")
+                               f"dcnn.activations.get_activation(...) modules, torch.nn activations such as "
+                               f"nn.SiLU or nn.Mish, the model's own classes listed in ModelSpec(activation_types="
+                               f"(...)), and any module a paper_placement path names; a functional call like "
+                               f"F.silu(x) cannot be swapped)")
     for path in model.paper_activation_scope:
         sub = model.get_submodule(path) if path else model
-        if not any(_is_activation(m) for m in list(sub.modules())[1:]):
-            raise ModelPluginError(f"{where}: paper_placement {path!r} holds no activation module to swap (name "
-                                   f"the module that contains the activations, not an activation itself)")
+        if list(sub.children()):
+            if not any(is_activation(m, types) for m in list(sub.modules())[1:]):
+                raise ModelPluginError(f"{where}: paper_placement {path!r} holds no activation module to swap "
+                                       f"(found {', '.join(sorted({type(m).__name__ for m in sub.modules()})[:6])}; "
+                                       f"name the activation modules themselves, e.g. {path}.1, or list the "
+                                       f"model's own activation class in ModelSpec(activation_types=(...)))")
     try:  # a copy is much cheaper than a second build for some models (MACE generates code when built)
         twin = copy.deepcopy(model)
     except Exception:  # noqa: BLE001 - a model that cannot be copied is built again
