@@ -172,11 +172,28 @@ class Trainer:
         self.history = list(state["history"])
 
     def save(self, path: str | os.PathLike) -> Path:
+        """Write the checkpoint atomically: serialised in memory, written to a temporary file, flushed to disk,
+        then renamed over `path`, so `path` is always a whole checkpoint (the previous one or this one).  A
+        failed write (a full disk) removes the temporary file and raises OSError with its cause: torch.save
+        writing to the file itself would report a full disk as "enforce fail at inline_container.cc"."""
+        import errno
+        import io
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)  # never leave a half-written checkpoint
+        buffer = io.BytesIO()
+        torch.save(self.state_dict(), buffer)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(buffer.getbuffer())
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as e:
+            tmp.unlink(missing_ok=True)  # nothing half-written stays behind (and its space is freed)
+            cause = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            raise OSError(e.errno, f"cannot write the checkpoint {path} ({buffer.tell()} bytes): {cause}") from e
+        os.replace(tmp, path)
         return path
 
     def load(self, path: str | os.PathLike) -> None:

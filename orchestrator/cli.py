@@ -74,7 +74,13 @@ def cmd_ablate(args) -> int:
         tracking_uri=args.tracking_uri, experiment=args.experiment, resume=args.resume,
         tune_hparams=args.tune_hparams, tuning_space=args.tuning_space, scheduler=args.scheduler,
         set={**_settings(args.set or []), **({"compile": args.compile} if args.compile else {})})
-    report = run_ablation(opts)
+    from orchestrator.runner import StudyStopped
+
+    try:
+        report = run_ablation(opts)
+    except StudyStopped as e:  # it ran, then could not go on (a full disk): not a bad input, exit 1
+        print(f"dcnn-ablate: error: {e}", file=sys.stderr)
+        return 1
     return 1 if report.get("errors") else 0
 
 

@@ -223,7 +223,6 @@ def run_ablation(opts: AblateOptions) -> dict:
     from ray import tune
 
     from orchestrator import tracking, validate
-    from orchestrator.report import REPORT_DIR
 
     study = opts.validate()
     experiment = opts.experiment or study.name
@@ -301,6 +300,52 @@ def run_ablation(opts: AblateOptions) -> dict:
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_frequency=1,
                                                         checkpoint_at_end=True)))
     t0 = time.time()
+    try:
+        return _run_and_report(opts, ray, tuner, study, uri, exp_id, parent, experiment_dir, n_trials, t0)
+    except Exception as e:  # noqa: BLE001 — only a full disk is turned into a message; anything else re-raised
+        cause = _disk_full(storage, e)
+        if cause is None:
+            raise
+        try:
+            tracking.client(uri).set_terminated(parent, "FAILED")
+        except Exception:  # noqa: BLE001 — the tracking store may be on the same full disk
+            pass
+        raise StudyStopped(
+            f"the disk of --storage {storage} is full ({cause}): the study stopped. Trials that finished, and "
+            f"every complete checkpoint, are kept (an incomplete one is never resumed from); free space, then "
+            f"continue with the same command and --resume") from e
+
+
+class StudyStopped(RuntimeError):
+    """A study that could not go on for a reason outside it (a full disk); the message says what to do."""
+
+
+def _disk_full(storage: Storage, error: BaseException) -> str | None:
+    """Why `error` is a full disk (the errno in its chain, or a local --storage with under 1 MiB free), else None."""
+    import errno
+    import shutil
+
+    chain, seen = error, set()
+    while chain is not None and id(chain) not in seen:
+        seen.add(id(chain))
+        if getattr(chain, "errno", None) == errno.ENOSPC or "No space left on device" in str(chain):
+            return "no space left on device"
+        chain = chain.__cause__ or chain.__context__
+    if storage.is_local:
+        folder = storage.local_path
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        free = shutil.disk_usage(folder).free
+        if free < 2**20:
+            return f"{free} bytes free"
+    return None
+
+
+def _run_and_report(opts, ray, tuner, study, uri, exp_id, parent, experiment_dir, n_trials, t0) -> dict:
+    """The study's trials (Tune), then its report, MLflow's parent run and the throughput summary."""
+    from orchestrator import tracking
+    from orchestrator.report import REPORT_DIR
+
     with _without_tune_default_loggers():
         grid = tuner.fit()
     wall = time.time() - t0

@@ -245,3 +245,50 @@ echo LIST-RO; ls -A {ro}; echo LIST-FULL; ls -A {full}/results
     assert "Started a local Ray" not in out
     ro_list, full_list = proc.stdout.split("LIST-RO")[1].split("LIST-FULL")
     assert ro_list.split() == [] and full_list.split() == ["filler"]  # nothing written on either disk
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or
+                    subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0,
+                    reason="needs a private mount namespace (unshare -m) for a real disk that fills")
+def test_disk_fills_mid_study(tmp_path):
+    """Figure: --storage on an 80 MiB tmpfs that fills just before epoch 2's checkpoint (fault "fill").
+    Survives: checkpoint 1 and the trial's record; the trial fails with the cause as its MLflow error tag,
+    the driver says the disk is full and how to continue (exit 1, no traceback of ours); no truncated
+    checkpoint is ever resumed from.  After the disk is freed, --resume finishes the trial from its last
+    complete checkpoint, one MLflow point per epoch."""
+    disk, uri = tmp_path / "disk", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    disk.mkdir()
+    study = write_study(tmp_path / "one.yaml", ONE_ARM, REF, seeds=(0,), fixed={"epochs": 3})
+    faults = json.dumps([{"action": "fill", "epoch": 2, "where": {"seed": 0}, "path": str(disk / "filler")}])
+    ablate = (f"PYTHONPATH={ROOT} {sys.executable} -m orchestrator.cli ablate --address local --study {study} "
+              f"--storage {disk}/results --tracking-uri {uri} --experiment fill")
+    check = f"PYTHONPATH={ROOT} {sys.executable} {Path(__file__).parent / 'disk_check.py'} {uri} {disk}/results/fill"
+    script = f"""
+mount -t tmpfs -o size=80m tmpfs {disk} || exit 91
+DCNN_FAULT_INJECT='{faults}' {ablate} > {tmp_path}/first.log 2>&1; echo "first rc=$?"
+{check} after-fill
+rm -f {disk}/filler
+{ablate} --resume > {tmp_path}/resume.log 2>&1; echo "resume rc=$?"
+{check} after-resume
+"""
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=400)
+    out = proc.stdout + proc.stderr
+    if proc.returncode == 91:
+        pytest.skip(f"cannot mount tmpfs here: {out[-500:]}")
+    first, resume = (tmp_path / "first.log").read_text(), (tmp_path / "resume.log").read_text()
+    assert "first rc=1" in out, first[-3000:]
+    assert f"dcnn-ablate: error: the disk of --storage {disk}/results is full" in first, first[-3000:]
+    assert "continue with the same command and --resume" in first
+    assert "Traceback" not in first.split("dcnn-ablate: error:")[-1]  # our message is the last word
+    after_fill = json.loads(out.split("after-fill ")[1].splitlines()[0])
+    assert after_fill["status"] == "FAILED" and "No space left on device" in after_fill["error"], after_fill
+    # epoch 2 was reported before its checkpoint failed (and is logged once, though retried)
+    assert after_fill["epochs"] == [1, 2] and after_fill["complete_checkpoints"] >= 1
+    assert "resume rc=0" in out, resume[-3000:]
+    done = json.loads(out.split("after-resume ")[1].splitlines()[0])
+    assert done["status"] == "FINISHED" and done["epochs"] == [1, 2, 3], done
+    assert done["test_force_loss"] > 0 and done["newest_checkpoint_complete"]
+    # every restore (the retries, then --resume) used a complete checkpoint: epoch 1's, never the cut-off one
+    restored = [line.split("checkpoint_")[-1][:6] for line in (first + resume).splitlines()
+                if "Restored on" in line and "from checkpoint" in line]
+    assert restored and set(restored) == {"000000"}, restored

@@ -55,22 +55,33 @@ def test_storage_operations_on_a_folder_and_a_bucket(tmp_path, s3_env):
 
 def test_restore_passes_over_a_checkpoint_folder_left_without_its_file(tmp_path, s3_env):
     """A driver killed while Tune deleted an old checkpoint can leave its folder (on S3: the folder's
-    marker object) without the trainer file; a restore from it must use the newest complete one."""
+    marker object) without the trainer file, and a full disk can cut a checkpoint's upload short (a
+    truncated file); a restore from either must use the newest complete one, never the truncated one."""
+    import io
+
+    import torch
     from ray import tune
 
     from orchestrator.storage import Storage
     from trainables.dcnn_trainables import CHECKPOINT_FILE, _newest_checkpoint_instead_of
 
+    buffer = io.BytesIO()
+    torch.save({"epoch": 3, "weights": torch.randn(100)}, buffer)
+    whole_bytes = buffer.getvalue()
     for storage in (Storage.resolve(tmp_path / "res"), Storage.resolve(f"s3://{s3_env.bucket('ckpt')}/res")):
         trial = storage / "trial"
-        trial.write_text(f"checkpoint_000002/{CHECKPOINT_FILE}", "epoch 3")
-        trial.write_text(f"checkpoint_000003/{CHECKPOINT_FILE}", "epoch 4, cut off")
+        for name, data in (("checkpoint_000002", whole_bytes), ("checkpoint_000003", whole_bytes),
+                           ("checkpoint_000004", whole_bytes[: len(whole_bytes) // 2])):  # 000004: cut off
+            trial.fs.create_dir(f"{trial.path}/{name}")
+            with trial.fs.open_output_stream(f"{trial.path}/{name}/{CHECKPOINT_FILE}") as out:
+                out.write(data)
         trial.fs.delete_file(f"{trial.path}/checkpoint_000003/{CHECKPOINT_FILE}")
         trial.fs.create_dir(f"{trial.path}/checkpoint_000001")  # an emptied folder, as the kill left it
         assert trial.exists("checkpoint_000001") and trial.exists("checkpoint_000003")
-        stale = tune.Checkpoint(f"{trial.path}/checkpoint_000001", filesystem=trial.fs)
-        newer = _newest_checkpoint_instead_of(stale)
-        assert newer is not None and newer.path.endswith("checkpoint_000002")  # not the empty 000003
+        for stale in ("checkpoint_000001", "checkpoint_000004"):
+            newer = _newest_checkpoint_instead_of(tune.Checkpoint(f"{trial.path}/{stale}", filesystem=trial.fs))
+            # not the emptied 000003, not the truncated 000004
+            assert newer is not None and newer.path.endswith("checkpoint_000002"), stale
         whole = tune.Checkpoint(f"{trial.path}/checkpoint_000002", filesystem=trial.fs)
         assert _newest_checkpoint_instead_of(whole) is None
 

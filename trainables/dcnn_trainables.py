@@ -130,9 +130,11 @@ FAULT_ENV = "DCNN_FAULT_INJECT"
 
 def _faults(config: dict, action: str, epoch: int) -> list[dict]:
     """Fault injection for the fault tests (issue 8), off unless $DCNN_FAULT_INJECT is set in the driver
-    (Ray workers inherit it): a JSON list of {"action": "kill"|"raise", "epoch": k, "where": {config
-    key: value}, "once": marker file}.  "kill" SIGKILLs the trial's worker after epoch k was reported and
-    before its checkpoint is written; "raise" makes the model's forward raise in epoch k."""
+    (Ray workers inherit it): a JSON list of {"action": "kill"|"raise"|"fill", "epoch": k, "where": {config
+    key: value}, "once": marker file, "path": file}.  "kill" SIGKILLs the trial's worker after epoch k was
+    reported and before its checkpoint is written; "raise" makes the model's forward raise in epoch k;
+    "fill" fills the disk holding `path` (writing that file until the disk is full) just before epoch k's
+    checkpoint is written."""
     import json
 
     spec = os.environ.get(FAULT_ENV)
@@ -156,16 +158,34 @@ def _faults(config: dict, action: str, epoch: int) -> list[dict]:
     return out
 
 
+def _complete(fs, path: str) -> bool:
+    """Whether `path` holds a whole trainer checkpoint: torch.save writes a zip archive, whose end record
+    (the last bytes) is missing when the write or an upload was cut off (a full disk, a kill)."""
+    import zipfile
+
+    import pyarrow.fs as pafs
+
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File or not info.size:
+        return False
+    try:
+        with fs.open_input_file(path) as fh:
+            return zipfile.is_zipfile(fh)
+    except OSError:
+        return False
+
+
 def _newest_checkpoint_instead_of(checkpoint):
-    """The newest `checkpoint_*` folder (with a trainer checkpoint) beside a checkpoint that is gone;
-    None when the checkpoint exists or nothing can stand in for it.  Gone means its trainer file is: a
-    deletion cut off by a kill can leave the folder (on an object store, a marker object) without it."""
+    """The newest `checkpoint_*` folder with a complete trainer checkpoint beside a checkpoint that is gone
+    or incomplete; None when the checkpoint is whole or nothing can stand in for it.  Gone: a deletion cut
+    off by a kill can leave the folder (on an object store, a marker object) without its file; incomplete:
+    a write or upload cut off by a full disk leaves a truncated file, which must never be resumed from."""
     if checkpoint is None:
         return None
     import pyarrow.fs as pafs
 
     fs, path = checkpoint.filesystem, checkpoint.path
-    if fs.get_file_info(f"{path.rstrip('/')}/{CHECKPOINT_FILE}").type == pafs.FileType.File:
+    if _complete(fs, f"{path.rstrip('/')}/{CHECKPOINT_FILE}"):
         return None
     parent = path.rstrip("/").rsplit("/", 1)[0]
     try:
@@ -173,9 +193,22 @@ def _newest_checkpoint_instead_of(checkpoint):
     except OSError:
         return None
     candidates = sorted(e.path for e in entries if e.type == pafs.FileType.Directory
-                        and e.base_name.startswith("checkpoint_")
-                        and fs.get_file_info(f"{e.path}/{CHECKPOINT_FILE}").type == pafs.FileType.File)
+                        and e.base_name.startswith("checkpoint_") and e.path.rstrip("/") != path.rstrip("/")
+                        and _complete(fs, f"{e.path}/{CHECKPOINT_FILE}"))
     return tune.Checkpoint(candidates[-1], filesystem=fs) if candidates else None
+
+
+def _fill_disk(path: str) -> None:
+    """Fault injection: append zeros to `path` until its disk is full (the "fill" fault)."""
+    chunk = b"\0" * (1 << 20)
+    with open(path, "ab", buffering=0) as fh:
+        while True:
+            try:
+                fh.write(chunk)
+            except OSError:
+                chunk = chunk[: len(chunk) // 2]
+                if len(chunk) < 512:
+                    return
 
 
 class DCNNTrainable(tune.Trainable):
@@ -196,21 +229,24 @@ class DCNNTrainable(tune.Trainable):
         return out
 
     def restore(self, checkpoint_path):
-        """Tune's restore, surviving one race of a killed driver: its last experiment snapshot can name a
-        checkpoint that `num_to_keep` deleted after a newer one was written. Then the newest checkpoint
-        beside it is restored instead (the epochs in between are not trained twice, and MLflow keeps one
-        point per epoch), rather than failing the trial on every retry."""
+        """Tune's restore, surviving a killed driver and a full disk: its last experiment snapshot can name a
+        checkpoint that `num_to_keep` deleted after a newer one was written, or one whose file was cut off
+        (a full disk).  Then the newest whole checkpoint beside it is restored instead (MLflow keeps one
+        point per epoch: epochs trained again are not logged twice), rather than failing the trial on every
+        retry or loading a truncated file."""
         newer = _newest_checkpoint_instead_of(getattr(checkpoint_path, "checkpoint", None))
         if newer is None:
             return super().restore(checkpoint_path)
         import logging
 
-        logging.getLogger("dcnn").warning("checkpoint %s no longer exists; restoring the newer %s",
+        logging.getLogger("dcnn").warning("checkpoint %s is gone or incomplete; restoring %s instead",
                                           checkpoint_path.checkpoint.path, newer.path)
         super().restore(type(checkpoint_path)(checkpoint=newer, metrics={}))
         self._iteration = self.trainer.epoch  # Tune counts one iteration per epoch
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
+        for fault in _faults(self.config, "fill", self.trainer.epoch):
+            _fill_disk(fault["path"])
         if _faults(self.config, "kill", self.trainer.epoch):
             import signal
 
