@@ -120,11 +120,16 @@ class Trainer:
         self.history.append(metrics)
         return metrics
 
+    BUILD_KEYS = ("activations_replaced", "batchnorm_removed", "n_parameters", "init_layers_scaled")
+
     def step(self) -> dict:
-        """One epoch; after the last one (or a divergence) the test metrics are added."""
+        """One epoch; after the last one (or a divergence) the test metrics are added, and what was built
+        (`BUILD_KEYS`: activations swapped, BatchNorm layers removed, parameters, layers LSUV scaled), so a
+        trial's record says what the arm did to the model."""
         metrics = dict(self.run_epoch())  # a copy: history keeps the epoch's own metrics
         if self.done:
             metrics.update(self.test())
+            metrics.update({k: self.task.info[k] for k in self.BUILD_KEYS if k in self.task.info})
         return metrics
 
     def test(self) -> dict:

@@ -26,7 +26,9 @@ METRIC_KEYS = ("energy_loss", "force_loss", "train_energy_loss", "train_force_lo
                # cost (issue 11): data load + model build, compile, peak memory
                "setup_s", "compile_s", "compiled", "peak_rss_mib", "peak_cuda_mib",
                # whether the trial's CPU flushed denormals (dcnn/numerics.py); compiled from a warm cache
-               "denormals_flushed", "compile_warm_cache")
+               "denormals_flushed", "compile_warm_cache",
+               # what the arm did to the model (dcnn.train.Trainer.BUILD_KEYS), with the final metrics
+               "activations_replaced", "batchnorm_removed", "n_parameters", "init_layers_scaled")
 _PLACEMENT_TAGS = ("node_id", "hostname", "node_ip", "gpu_ids", "cuda_visible_devices", "device")
 TRIAL_TAG = "dcnn.trial_id"
 

@@ -3,6 +3,7 @@ a real study (Ray in-process, MLflow on sqlite) and its report; every contract v
 before Ray starts, naming the plug-in and what broke; entry-point discovery through importlib.metadata.
 """
 import itertools
+import json
 import textwrap
 
 import pandas as pd
@@ -230,3 +231,100 @@ def test_builtins_go_through_the_same_spec():
         spec = get_spec(name)
         assert spec is BUILTIN_SPECS[name] and spec.original_activation == act and spec.presets is presets
         assert build_model(name).paper_activation_scope == tuple(cls.paper_activation_scope)
+
+
+PYG_PLUGIN = '''"""PyG's SchNet as it is: its own ShiftedSoftplus class, its own graph; our contract around it."""
+import torch
+from torch import nn
+from torch_geometric.nn.models.schnet import SchNet, ShiftedSoftplus
+
+from dcnn.models import ModelSpec
+from dcnn.models.pyg_reference import AllPairsWithinCutoff
+
+
+class PyGSchNet(nn.Module):
+    def __init__(self, hidden=16, filters=16, interactions=INTERACTIONS, gaussians=10, cutoff=5.0):
+        super().__init__()
+        self.model = SchNet(hidden_channels=hidden, num_filters=filters, num_interactions=interactions,
+                            num_gaussians=gaussians, cutoff=cutoff, interaction_graph=AllPairsWithinCutoff(cutoff))
+
+    def forward(self, positions, numbers):
+        b, n, _ = positions.shape
+        batch = torch.arange(b, device=positions.device).repeat_interleave(n)
+        return self.model(numbers.repeat(b), positions.reshape(-1, 3), batch).view(-1)
+
+
+spec = ModelSpec(build=PyGSchNet, presets={"small": {}}, original_activation="ssp",
+                 paper_placement=PLACEMENT, ACTIVATION_TYPES)
+'''
+
+
+def _pyg_plugin(folder, placement, activation_types, interactions=2) -> str:
+    name = f"pygplug{next(_ids)}"
+    (folder / name).mkdir()
+    (folder / name / "__init__.py").write_text("")
+    source = (PYG_PLUGIN.replace("INTERACTIONS", str(interactions)).replace("PLACEMENT", placement)
+              .replace("ACTIVATION_TYPES", activation_types))
+    (folder / name / "potentials.py").write_text(source)
+    return f"{name}.potentials:spec"
+
+
+@pytest.mark.parametrize("placement,types", [
+    ('("model",)', "activation_types=(ShiftedSoftplus,)"),  # the class listed, a wildcard-free scope
+    ('("model.interactions.*.mlp.1", "model.interactions.*.act", "model.act")', "activation_types=()"),  # by path
+], ids=["activation-types", "paths-name-the-modules"])
+def test_third_party_model_with_its_own_activation_class_is_ablated(plugin_dir, placement, types):
+    """PyG's SchNet keeps its own ShiftedSoftplus (2 per interaction + 1 in the readout): named by class in
+    `activation_types`, or by the placement paths themselves, every one of them is swapped — and only
+    those; `original` leaves the model as it is."""
+    from torch_geometric.nn.models.schnet import ShiftedSoftplus
+
+    from dcnn.activations import count_activations, replace_activations
+    from dcnn.models import build_model, check_plugin
+
+    name = _pyg_plugin(plugin_dir, placement, types, interactions=3)
+    found = check_plugin(name)
+    expected = 2 * 3 + 1
+    assert found["paper_activations"] == expected
+    model = build_model(name)
+    assert sum(isinstance(m, ShiftedSoftplus) for m in model.modules()) == expected
+    replace_activations(model, "irelu", "paper")
+    assert model.replaced_activations == expected and count_activations(model, "irelu") == expected
+    assert not any(isinstance(m, ShiftedSoftplus) for m in model.modules())
+
+
+def test_torch_activations_beyond_the_common_ones_are_recognised():
+    """nn.CELU, nn.Mish, nn.Hardtanh, nn.PReLU... are swappable; softmax and attention are not activations."""
+    from torch import nn as tnn
+
+    from dcnn.activations import is_activation, replace_activations
+
+    model = tnn.Sequential(tnn.Linear(3, 4), tnn.CELU(), tnn.Linear(4, 4), tnn.Mish(), tnn.Hardtanh(),
+                           tnn.PReLU(), tnn.Softmax(dim=-1))
+    model.paper_activation_scope = ("",)
+    assert [is_activation(m) for m in model] == [False, True, False, True, True, True, False]
+    replace_activations(model, "isilu", "all")
+    assert model.replaced_activations == 4 and isinstance(model[6], tnn.Softmax)
+
+
+@pytest.mark.slow
+def test_third_party_model_joins_a_real_study(plugin_dir, ray_session, tracking_uri, tmp_path, capsys):
+    """PyG's SchNet through the plug-in contract in a Ray study: the IReLU arm swaps its 2n + 1
+    ShiftedSoftplus modules in the worker, `original` swaps none, both appear in the report."""
+    from orchestrator.cli import main
+
+    plugin = _pyg_plugin(plugin_dir, '("model",)', "activation_types=(ShiftedSoftplus,)", interactions=2)
+    study = write_study(tmp_path / "pyg.yaml", [{"activation": ["irelu", "original"], "denorm": [True],
+                                                 "rescale": [True]}], {"activation": "irelu", "denorm": True, "rescale": True},
+                        fixed={"n_train": 20, "n_val": 10, "n_test": 10, "epochs": 1})
+    rc = main(["ablate", "--study", study, "--models", plugin, "--storage", str(tmp_path / "res"),
+               "--tracking-uri", tracking_uri, "--experiment", "pyg-study"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    built = {}
+    for params in (tmp_path / "res/pyg-study").glob("*/params.json"):
+        last = [line for line in (params.parent / "result.json").read_text().splitlines() if line.strip()][-1]
+        built[json.loads(params.read_text())["activation"]] = json.loads(last)["activations_replaced"]
+    assert built == {"irelu": 5, "original": 0}
+    summary = pd.read_csv(tmp_path / "res/pyg-study/report/summary.csv")
+    assert set(summary.arm) == {"irelu+DN+LR", "original+DN+LR"} and (summary.seeds == 1).all()  # 1 epoch: no claim on errors
