@@ -1,0 +1,107 @@
+"""The one batch representation every model takes (`AtomicGraph`), how frames become one (`collate`), and
+the edge pairs angular models need (`triplets`).
+
+A batch is the disjoint union of its frames' graphs, as in PyG and fairchem: atoms concatenated, `batch`
+names each atom's structure, edges carry global atom indices and integer cell shifts.  Edge vectors are
+computed from positions and cells at use time, never stored, so forces (−∂E/∂positions) and, later, the
+stress (∂E/∂strain applied to positions and cells together) come from autograd through one function.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dcnn.atomistic.dataset import AtomsDataset, concat_ranges, offsets_from_counts
+from dcnn.atomistic.neighbors import DatasetNeighbors
+
+__all__ = ["AtomicGraph", "collate", "triplets"]
+
+
+@dataclass
+class AtomicGraph:
+    """B structures as one graph.  Edge e goes from source j = edge_index[0, e] to target i =
+    edge_index[1, e] (messages flow j → i, PyG's "source_to_target"), with r_ij = x_j − x_i + S_e·cell."""
+
+    positions: torch.Tensor  # [A, 3] a leaf: the trainer sets requires_grad for forces
+    numbers: torch.Tensor  # [A] long
+    batch: torch.Tensor  # [A] long, structure of each atom
+    n_structures: int
+    edge_index: torch.Tensor  # [2, E] long, row 0 = source j, row 1 = target i (global atom indices)
+    cell_shifts: torch.Tensor  # [E, 3] integer shifts S, stored in the float dtype (they multiply cells)
+    cells: torch.Tensor  # [B, 3, 3] rows = cell vectors (zeros for a molecule)
+    n_atoms: torch.Tensor  # [B] long
+    pbc: torch.Tensor | None = None  # [B, 3] bool
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.edge_index.shape[1])
+
+    def edge_vectors(self) -> torch.Tensor:
+        """r_ij = x_j − x_i + S_ij·cell[batch[i]], [E, 3]; differentiable w.r.t. positions and cells."""
+        source, target = self.edge_index
+        shift = torch.einsum("ek,ekl->el", self.cell_shifts, self.cells[self.batch[target]])
+        return self.positions[source] - self.positions[target] + shift
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "AtomicGraph":
+        """A copy on `device`; floating tensors (positions, cells, cell_shifts) in `dtype`."""
+        f = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+        i = lambda t: t.to(device=device)  # noqa: E731
+        return AtomicGraph(f(self.positions), i(self.numbers), i(self.batch), self.n_structures,
+                           i(self.edge_index), f(self.cell_shifts), f(self.cells), i(self.n_atoms),
+                           None if self.pbc is None else i(self.pbc))
+
+
+def collate(dataset: AtomsDataset, neighbors: DatasetNeighbors, index, device: torch.device | str = "cpu",
+            dtype: torch.dtype = torch.float32) -> tuple[AtomicGraph, torch.Tensor, torch.Tensor]:
+    """Frames `index` of `dataset` as one AtomicGraph, with their energies [B] and forces [A, 3] (labels as
+    stored: the label transform is the task's job).  Atom and edge gathers are `concat_ranges` index
+    arrays, edge indices are shifted by each frame's offset in the batch: no Python loop at all."""
+    if len(neighbors) != len(dataset):
+        raise ValueError(f"neighbour lists are for {len(neighbors)} frames but the data set has {len(dataset)}")
+    index = np.asarray(index, dtype=np.int64).reshape(-1)
+    sizes = dataset.n_atoms[index]
+    atoms = concat_ranges(dataset.offsets[:-1][index], sizes)
+    batch_offsets = offsets_from_counts(sizes)  # where each frame's atoms start in the batch
+    n_edges = neighbors.n_edges[index]
+    edges = concat_ranges(neighbors.offsets[:-1][index], n_edges)
+    edge_shift = np.repeat(batch_offsets[:-1], n_edges)
+    target = neighbors.i[edges].astype(np.int64) + edge_shift
+    source = neighbors.j[edges].astype(np.int64) + edge_shift
+
+    def t(a, dt):
+        return torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=dt)
+
+    graph = AtomicGraph(
+        positions=t(dataset.positions[atoms], dtype), numbers=t(dataset.numbers[atoms], torch.long),
+        batch=t(np.repeat(np.arange(len(index), dtype=np.int64), sizes), torch.long), n_structures=len(index),
+        edge_index=t(np.stack([source, target]), torch.long), cell_shifts=t(neighbors.shifts[edges], dtype),
+        cells=t(dataset.cells[index], dtype), n_atoms=t(sizes, torch.long), pbc=t(dataset.pbc[index], torch.bool))
+    return graph, t(dataset.energies[index], dtype), t(dataset.forces[atoms], dtype)
+
+
+def triplets(edge_index: torch.Tensor, n_atoms_total: int,
+             cell_shifts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(idx_kj, idx_ji): every pair of edges k → j and j → i (the edge into j, then the edge out of j),
+    with the back-track k = i excluded — DimeNet++'s and GemNet's angle triplets.
+
+    Without `cell_shifts`, k ≠ i by atom index (molecules; what PyG's DimeNet does).  With them (periodic
+    graphs) only the same physical atom is excluded: k = i and S_kj + S_ji = 0; k may be another image of
+    i.  Vectorised: incoming edges grouped by target (stable sort), each edge j → i repeated once per edge
+    into j (repeat_interleave), then the back-tracks masked."""
+    source, target = edge_index[0], edge_index[1]
+    n_edges = source.shape[0]
+    order = torch.argsort(target, stable=True)  # edges grouped by the atom they point into
+    into = torch.bincount(target, minlength=n_atoms_total)  # [A] edges into each atom
+    start = torch.cumsum(into, 0) - into  # first position in `order` of the edges into each atom
+    repeats = into[source]  # edge j → i pairs with every edge k → j: deg_in(j) times
+    idx_ji = torch.repeat_interleave(torch.arange(n_edges, device=source.device), repeats)
+    group_start = torch.cumsum(repeats, 0) - repeats
+    local = torch.arange(idx_ji.shape[0], device=source.device) - torch.repeat_interleave(group_start, repeats)
+    idx_kj = order[torch.repeat_interleave(start[source], repeats) + local]
+    back = source[idx_kj] == target[idx_ji]
+    if cell_shifts is not None:
+        back = back & torch.all(cell_shifts[idx_kj] + cell_shifts[idx_ji] == 0, dim=1)
+    keep = ~back
+    return idx_kj[keep], idx_ji[keep]

@@ -1,0 +1,316 @@
+"""Load any atomistic data set into an `AtomsDataset`, validated; write the variable-size npz layout.
+
+Sources, told apart by name, extension and content:
+- a bundled name (`ATOMS_DATASETS`: the molecules "ethanol", "aspirin" and the EMT slabs "catalysis");
+- MD17 / rMD17 npz (one molecule): read by `dcnn.data.load_dataset` (its checks and messages), converted;
+- the variable-size npz (`save_atoms_npz`): R [A,3], z [A], N [n] atoms per frame, E [n], F [A,3],
+  cell [n,3,3], pbc [n,3], energy_unit, theory, name (+ fixed [A], units, scalar settings);
+- an ASE database (`.db` sqlite, `.json`), optionally with a selection after `?` passed to `db.select`,
+  e.g. `slabs.db?natoms<60,pbc=TTF`: labels from `row.data` REF_energy/REF_forces, else the row's
+  calculator results;
+- anything else ASE reads (`ase.io.read(path, index=":")`, extxyz first of all): labels from
+  REF_energy (info) / REF_forces (arrays), else the calculator's energy/forces.
+ASE sources are in eV and Å (ASE's units).  Pickles are never unpickled (`np.load(allow_pickle=False)`).
+"""
+from __future__ import annotations
+
+import io
+import os
+import sqlite3
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from dcnn.data import BUNDLED_DATA_DIR, BUNDLED_DATASETS, DatasetError, load_dataset
+from dcnn.atomistic.dataset import AtomsDataset, offsets_from_counts
+from dcnn.atomistic.validate import validate_frames
+
+__all__ = ["ATOMS_DATASETS", "load_atoms", "save_atoms_npz", "resolve_atoms_source", "DB_SUFFIXES"]
+
+ATOMS_DATASETS = {**BUNDLED_DATASETS, "catalysis": BUNDLED_DATA_DIR / "catalysis-emt.npz"}
+DB_SUFFIXES = (".db", ".json")
+_ATOMS_KEYS = ("R", "z", "N", "E", "F")
+_LAYOUT = "R [A,3], z [A], N [n], E [n], F [A,3], cell [n,3,3], pbc [n,3], energy_unit"
+_TEXT_KEYS = ("energy_unit", "force_unit", "length_unit", "theory", "name")
+
+
+def resolve_atoms_source(value: str | os.PathLike, base: str | os.PathLike | None = None) -> tuple[Path, str | None]:
+    """(file, selection query or None) for a bundled name, a path, or `database?query`.
+
+    A relative path is taken relative to `base` (default: the current directory) and made absolute (Ray
+    trials change directory).  The text after the first `?` is a query only when the whole value is not an
+    existing file."""
+    text = os.fsdecode(os.fspath(value))
+    if text in ATOMS_DATASETS:
+        return ATOMS_DATASETS[text], None
+    if not text.strip():
+        raise DatasetError(f"data set {text!r}: no file named (bundled: {', '.join(ATOMS_DATASETS)})")
+    root = Path(base if base is not None else os.getcwd()).expanduser()
+    absolute = lambda t: Path(t).expanduser() if Path(t).expanduser().is_absolute() else root / Path(t).expanduser()  # noqa: E731
+    query = None
+    if "?" in text and not absolute(text).exists():
+        text, query = text.split("?", 1)
+    return absolute(text).absolute(), query
+
+
+def load_atoms(path_or_name: str | os.PathLike, max_z: int | None = None,
+               base: str | os.PathLike | None = None) -> AtomsDataset:
+    """Load and validate a data set of any size, composition and cell (see the module docstring for the
+    sources); raises DatasetError, one line naming the file and the problem.  With `max_z` (a model's
+    embedding size) also refuses atomic numbers the model cannot embed."""
+    path, query = resolve_atoms_source(path_or_name, base)
+    where = f"{path}?{query}" if query is not None else str(path)
+    if not path.exists():
+        raise DatasetError(f"{where}: no such file (bundled data sets: {', '.join(ATOMS_DATASETS)})")
+    if path.is_dir():
+        raise DatasetError(f"{where}: is a directory, expected a data file")
+    if path.stat().st_size == 0:
+        raise DatasetError(f"{where}: empty file")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if query is not None or path.suffix.lower() in DB_SUFFIXES or head.startswith(b"SQLite format 3\x00"):
+        ds = _load_db(path, query)
+    elif path.suffix.lower() == ".npz" or head[:4] == b"PK\x03\x04":
+        ds = _load_npz(path, head)
+    else:
+        ds = _load_ase(path)
+    if max_z is not None:
+        ds.check_numbers(max_z)
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------- npz
+
+
+def _text(arrays: dict, key: str, path: Path, default: str | None = None) -> str:
+    if key not in arrays:
+        if default is None:
+            raise DatasetError(f"{path}: missing field {key!r} (the variable-size layout needs it: {_LAYOUT})")
+        return default
+    a = np.asarray(arrays[key])
+    if a.size != 1:
+        raise DatasetError(f"{path}: field {key!r} must be one text, got an array of shape {list(a.shape)}")
+    return str(a.item() if a.shape == () else a.ravel()[0])
+
+
+def _load_npz(path: Path, head: bytes) -> AtomsDataset:
+    if head[:4] != b"PK\x03\x04":  # an npz is a zip archive; text, a lone .npy or a pickle is not
+        what = ("a single .npy array" if head[:6] == b"\x93NUMPY" else
+                "a pickle" if head[:1] == b"\x80" else f"a file starting with {head[:8]!r}")
+        raise DatasetError(f"{path}: not an npz archive (an npz is a zip file of arrays: {_ATOMS_KEYS} or "
+                           f"MD17's R, z, E, F); this is {what}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = set(npz.files)
+            if "N" not in keys:  # one molecule: MD17 / rMD17, read by the molecule loader, same checks
+                return AtomsDataset.from_molecule(load_dataset(path))
+            arrays = {k: npz[k] for k in npz.files}
+    except DatasetError:
+        raise
+    except ValueError as e:  # object arrays need pickle: refused
+        raise DatasetError(f"{path}: unreadable npz (pickled objects are not accepted): {e}") from e
+    except Exception as e:
+        raise DatasetError(f"{path}: unreadable npz: {type(e).__name__}: {e}") from e
+    missing = [k for k in _ATOMS_KEYS if k not in arrays]
+    if missing:
+        raise DatasetError(f"{path}: missing keys {missing} (variable-size layout {_LAYOUT}); found {sorted(arrays)}")
+    sizes = np.asarray(arrays["N"])
+    if sizes.ndim != 1 or not np.issubdtype(sizes.dtype, np.integer):
+        raise DatasetError(f"{path}: field 'N' (atoms per frame) must be integers [frames], got dtype "
+                           f"{sizes.dtype} shape {list(sizes.shape)}")
+    if np.any(sizes < 0):
+        raise DatasetError(f"{path}: field 'N' has a negative atom count at frame {int(np.argmax(sizes < 0))}")
+    n = len(sizes)
+    if ("cell" in arrays) != ("pbc" in arrays):
+        raise DatasetError(f"{path}: has {'cell' if 'cell' in arrays else 'pbc'} without "
+                           f"{'pbc' if 'cell' in arrays else 'cell'} (both or neither)")
+    cells = arrays.get("cell", np.zeros((n, 3, 3)))
+    pbc = arrays.get("pbc", np.zeros((n, 3), dtype=bool))
+    unit = _text(arrays, "energy_unit", path)
+    ds = validate_frames(str(path), arrays["R"], arrays["z"], offsets_from_counts(sizes), cells, pbc,
+                         arrays["E"], arrays["F"], unit, arrays.get("fixed"))
+    ds.theory = _text(arrays, "theory", path, "unknown")
+    ds.name = _text(arrays, "name", path, path.stem)
+    ds.metadata = {k: np.asarray(v).item() for k, v in arrays.items()
+                   if k not in (*_ATOMS_KEYS, "cell", "pbc", "fixed", *_TEXT_KEYS) and np.asarray(v).size == 1}
+    return ds
+
+
+def save_atoms_npz(path: str | os.PathLike, ds: AtomsDataset, extra: dict | None = None) -> None:
+    """Write the variable-size layout byte-for-byte reproducibly (as `dcnn.data.save_npz` does for
+    molecules): fixed zip timestamps and permissions, keys in sorted order, so the same data give the same
+    file and a checksum in data/README.md can be checked.  Written to a temp file and renamed."""
+    arrays = {"R": ds.positions, "z": ds.numbers, "N": ds.n_atoms, "E": ds.energies, "F": ds.forces,
+              "cell": ds.cells, "pbc": ds.pbc, "fixed": ds.fixed,
+              "energy_unit": np.array(ds.energy_unit), "force_unit": np.array(ds.force_unit),
+              "length_unit": np.array("Å"), "theory": np.array(ds.theory), "name": np.array(ds.name)}
+    for k, v in (extra or {}).items():
+        if k in arrays:
+            raise ValueError(f"extra field {k!r} would replace a field of the layout")
+        arrays[k] = np.asarray(v)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key in sorted(arrays):
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(arrays[key]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- ASE
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e)
+    return text.splitlines()[0][:200] if text.strip() else "malformed"
+
+
+def _fixed_mask(atoms) -> np.ndarray:
+    """Atoms held by FixAtoms constraints (other constraints do not change the labels)."""
+    from ase.constraints import FixAtoms
+
+    mask = np.zeros(len(atoms), dtype=bool)
+    for c in atoms.constraints:
+        if isinstance(c, FixAtoms):
+            mask[np.asarray(c.index, dtype=np.int64)] = True
+    return mask
+
+
+def _from_frames(where: str, frames: list, labels) -> AtomsDataset:
+    """Concatenate ASE frames; `labels(k, atoms)` → (energy, forces) of frame k (or raises DatasetError)."""
+    energies, forces = np.empty(len(frames)), []
+    for k, atoms in enumerate(frames):
+        e, f = labels(k, atoms)
+        energies[k] = e
+        forces.append(np.asarray(f, dtype=np.float64).reshape(-1, 3) if np.ndim(f) else np.full((len(atoms), 3), np.nan))
+        if len(forces[-1]) != len(atoms):
+            raise DatasetError(f"{where}: frame {k} has {len(atoms)} atoms but {len(forces[-1])} force rows")
+    cat = lambda arrays, shape: np.concatenate(arrays) if arrays else np.zeros(shape)  # noqa: E731
+    return validate_frames(
+        where, cat([a.positions for a in frames], (0, 3)), cat([a.numbers for a in frames], (0,)).astype(np.int64),
+        offsets_from_counts(np.array([len(a) for a in frames], dtype=np.int64)),
+        np.array([a.cell.array for a in frames]).reshape(-1, 3, 3), np.array([a.pbc for a in frames]).reshape(-1, 3),
+        energies, cat(forces, (0, 3)), "eV", cat([_fixed_mask(a) for a in frames], (0,)).astype(bool))
+
+
+def _scalar_energy(value, where: str, k: int) -> float:
+    a = np.asarray(value)
+    if np.iscomplexobj(a):
+        raise DatasetError(f"{where}: frame {k}: energy is a complex number ({value!r}); expected a real number")
+    if a.size != 1 or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise DatasetError(f"{where}: frame {k}: energy must be one number, got {value!r}")
+    return float(a.reshape(()))
+
+
+def _load_ase(path: Path) -> AtomsDataset:
+    from ase.io import read
+
+    try:
+        frames = read(path, index=":")
+    except Exception as e:  # ASE raises many kinds for an unknown or malformed file
+        raise DatasetError(f"{path}: unreadable by ASE: {type(e).__name__}: {_first_line(e)}") from e
+    if not frames:
+        raise DatasetError(f"{path}: no frames (empty data set)")
+
+    def labels(k, atoms):
+        results = atoms.calc.results if atoms.calc is not None else {}
+        if "REF_energy" in atoms.info:
+            e = atoms.info["REF_energy"]
+        elif "energy" in results:
+            e = results["energy"]
+        else:
+            raise DatasetError(f"{path}: frame {k} has no energy (expected REF_energy or a calculator energy)")
+        if "REF_forces" in atoms.arrays:
+            f = atoms.arrays["REF_forces"]
+        elif "forces" in results:
+            f = results["forces"]  # raw results: get_forces() would zero the forces of fixed atoms
+        else:
+            raise DatasetError(f"{path}: frame {k} has no forces (expected REF_forces or calculator forces)")
+        return _scalar_energy(e, str(path), k), f
+
+    ds = _from_frames(str(path), frames, labels)
+    ds.name = path.stem
+    ds.theory = str(frames[0].info.get("theory", "unknown"))
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------- ASE db
+
+
+def _check_sqlite_is_ase(path: Path) -> None:
+    """Refuse a file that is not an ASE sqlite database without touching it (ase.db.connect would create
+    its tables in any sqlite file, and in a missing one)."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head != b"SQLite format 3\x00":
+        raise DatasetError(f"{path}: not an ASE database (not an sqlite file: starts with {head[:8]!r})")
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise DatasetError(f"{path}: not an ASE database (sqlite: {e})") from e
+    if "systems" not in tables:
+        raise DatasetError(f"{path}: an sqlite file but not an ASE database (no 'systems' table; tables: "
+                           f"{sorted(tables) or 'none'})")
+
+
+def _load_db(path: Path, query: str | None) -> AtomsDataset:
+    import ase.db
+
+    where = f"{path}?{query}" if query is not None else str(path)
+    suffix = path.suffix.lower()
+    kind = "json" if suffix == ".json" else "db"
+    if suffix not in DB_SUFFIXES and not path.read_bytes()[:16].startswith(b"SQLite format 3"):
+        raise DatasetError(f"{where}: a selection query (after '?') applies to ASE databases ({', '.join(DB_SUFFIXES)}) "
+                           f"only")
+    if kind == "db":
+        _check_sqlite_is_ase(path)
+    try:  # use_lock_file=False: reading must not leave a .lock file beside the user's database
+        db = ase.db.connect(str(path), type=kind, create_indices=False, use_lock_file=False)
+        total = db.count()
+    except Exception as e:  # malformed JSON, a JSON file that is not a database
+        raise DatasetError(f"{where}: not an ASE database: {type(e).__name__}: {_first_line(e)}") from e
+    try:
+        rows = list(db.select(query) if query else db.select())
+    except Exception as e:
+        raise DatasetError(f"{where}: bad selection query {query!r}: {type(e).__name__}: {_first_line(e)}") from e
+    if not rows:
+        raise DatasetError(f"{where}: " + (f"the selection {query!r} matched no rows (the database has {total})"
+                                           if query else "no rows (empty database)"))
+    frames = [row.toatoms() for row in rows]
+    ids = [row.id for row in rows]
+
+    def labels(k, atoms):
+        row = rows[k]
+        data = row.data if hasattr(row, "data") else {}
+        if "REF_energy" in data:
+            e = data["REF_energy"]
+        elif row.get("energy") is not None:
+            e = row.energy
+        else:
+            raise DatasetError(f"{where}: frame {k} (row id {ids[k]}) has no energy (expected data REF_energy "
+                               f"or calculator energy)")
+        if "REF_forces" in data:
+            f = data["REF_forces"]
+        elif row.get("forces") is not None:
+            f = row.forces
+        else:
+            raise DatasetError(f"{where}: frame {k} (row id {ids[k]}) has no forces (expected data REF_forces "
+                               f"or calculator forces)")
+        return _scalar_energy(e, where, k), f
+
+    ds = _from_frames(where, frames, labels)
+    ds.name = path.stem
+    theory = rows[0].get("theory") or (db.metadata or {}).get("theory")
+    ds.theory = str(theory) if theory else "unknown"
+    if query:
+        ds.metadata["selection"] = query
+    return ds
