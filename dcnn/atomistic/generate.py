@@ -52,7 +52,9 @@ CATALYSIS_SYSTEMS: tuple[CatalysisSystem, ...] = tuple(
                       (_LARGE, ("N",)), (_LARGE, ("O", "H")), (_LARGE, ("N", "H"))))
 
 VACUUM = 7.5  # Å of vacuum on each side of the slab (the cell's z is not periodic: pbc = T, T, F)
-_HEIGHT = {"H": 1.0, "C": 1.3, "N": 1.3, "O": 1.3}  # Å above the top layer, before MD relaxes it
+# Å above the top layer: near EMT's relaxed fcc-hollow heights (H 1.7, C 1.35–1.5, N 1.35–1.5, O 1.55–1.7 on
+# Cu/Pt/Ni): H started at 1.0 Å was shot off the surface by the repulsion and desorbed
+_HEIGHT = {"H": 1.7, "C": 1.4, "N": 1.4, "O": 1.6}
 
 
 def build_system(system: CatalysisSystem):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import sqlite3
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -262,6 +263,24 @@ def _check_sqlite_is_ase(path: Path) -> None:
                            f"{sorted(tables) or 'none'})")
 
 
+def _select(db, query: str | None, kind: str) -> list:
+    """The rows of `db.select(query)`.  A JSON database is queried through a temporary sqlite copy: ASE's
+    JSON backend fails on `pbc=TTF` under numpy 2 (`'FT'[numpy.bool_]`), and one backend's query rules
+    then hold for both."""
+    import ase.db
+
+    if not query:
+        return list(db.select())
+    if kind != "json":
+        return list(db.select(query))
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = ase.db.connect(Path(tmp) / "copy.db", use_lock_file=False)
+        with copy:  # one transaction
+            for row in db.select():
+                copy.write(row)
+        return list(copy.select(query))
+
+
 def _load_db(path: Path, query: str | None) -> AtomsDataset:
     import ase.db
 
@@ -279,7 +298,7 @@ def _load_db(path: Path, query: str | None) -> AtomsDataset:
     except Exception as e:  # malformed JSON, a JSON file that is not a database
         raise DatasetError(f"{where}: not an ASE database: {type(e).__name__}: {_first_line(e)}") from e
     try:
-        rows = list(db.select(query) if query else db.select())
+        rows = _select(db, query, kind)
     except Exception as e:
         raise DatasetError(f"{where}: bad selection query {query!r}: {type(e).__name__}: {_first_line(e)}") from e
     if not rows:

@@ -7,12 +7,13 @@ cutoff gives an atom many images of the same neighbour, and even of itself (i = 
 self pair at zero shift.  Positions need not be wrapped into the cell.
 
 vesin (Luthaf & al., a C++ cell list made for this) is ≈ 20–100 µs a frame for tens of atoms here; it
-handles mixed periodicity (slabs: pbc = (T, T, F)) and non-periodic frames (no cell needed).  Lists are
+handles mixed periodicity (slabs: pbc = (T, T, F); vesin ≥ 0.4) and non-periodic frames (no cell needed).  Lists are
 sorted by (i, j), so the same input always gives the same order (one thread, deterministic).
 """
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from pathlib import Path
 
@@ -33,8 +34,9 @@ def _calculator(cutoff: float):
 
     nl = _CALCULATORS.get(cutoff)
     if nl is None:
-        # n_threads=1: a Ray trial owns one CPU thread (design §4), and one thread keeps the output order fixed
-        nl = _CALCULATORS[cutoff] = NeighborList(cutoff=cutoff, full_list=True, sorted=True, n_threads=1)
+        # n_threads=1 where this vesin takes it: a Ray trial owns one CPU thread (design §4)
+        threads = {"n_threads": 1} if "n_threads" in inspect.signature(NeighborList).parameters else {}
+        nl = _CALCULATORS[cutoff] = NeighborList(cutoff=cutoff, full_list=True, sorted=True, **threads)
     return nl
 
 
