@@ -88,6 +88,13 @@ def test_bundled_molecule_npz_is_the_molecule_loaders_data(ethanol):
     assert atoms.get_potential_energy() == pytest.approx(ethanol.energies[5] * 0.0433641, rel=1e-5)
 
 
+def test_every_bundled_molecule_loads():
+    mol = load_dataset("aspirin")
+    ds = load_atoms("aspirin")
+    assert ds.fixed_size and ds.n_atoms[0] == 21 and ds.formulas()[0] == "C9H8O4"
+    np.testing.assert_array_equal(ds.to_molecule().forces, mol.forces)
+
+
 def test_rmd17_frames_load_as_extxyz_and_as_rmd17_npz(tmp_path):
     """Real rMD17 DFT frames: the extxyz and the rMD17 npz layout give the molecule loader's numbers."""
     path = REAL_DATA / "aspirin-rmd17-5.extxyz"
@@ -287,6 +294,8 @@ def test_empty_database_selection_and_non_databases_are_refused(tmp_path, slabs)
     ({"energy_unit": None}, ["missing field 'energy_unit'"]),
     ({"energy_unit": np.array("hartree")}, ["energy unit 'hartree' is not one of"]),
     ({"E": "nan"}, [r"energies contain NaN/inf in 1 frame\(s\), first at frame 4"]),
+    ({"N": None}, [r"missing keys \['N'\]", "MD17 R, z, E, F"]),
+    ({"pbc": None}, ["has cell without pbc"]),
 ])
 def test_bad_npz_fields_each_give_one_line(tmp_path, slabs, override, fragments):
     ds = load_atoms_from(tmp_path, slabs)
@@ -299,6 +308,18 @@ def test_bad_npz_fields_each_give_one_line(tmp_path, slabs, override, fragments)
                  "nan": lambda: np.where(np.arange(6) == 4, np.nan, ds.energies)}[value]()
     path, _ = _npz_layout(tmp_path, slabs, **{key: value})
     _one_line_error(path, r"bad\.npz", *fragments)
+
+
+def test_extxyz_frame_without_labels_names_the_frame(tmp_path, slabs):
+    frames = [a.copy() for a in slabs[:3]]
+    for a, src in zip(frames, slabs):
+        a.calc = SinglePointCalculator(a, **src.calc.results)
+    frames[1].calc = SinglePointCalculator(frames[1], energy=1.0)  # no forces
+    write(tmp_path / "noforces.extxyz", frames)
+    _one_line_error(tmp_path / "noforces.extxyz", r"noforces\.extxyz", "frame 1 has no forces")
+    frames[1].calc = None
+    write(tmp_path / "nolabels.extxyz", frames)
+    _one_line_error(tmp_path / "nolabels.extxyz", "frame 1 has no energy")
 
 
 def test_unknown_bundled_name_and_max_z(tmp_path):
@@ -424,7 +445,11 @@ def test_bundled_catalysis_set(catalysis):
     assert set(ds.n_atoms.tolist()) == {13, 14, 28, 29}
     assert ds.fixed.sum() == np.where(ds.n_atoms < 20, 4, 9).sum()  # the bottom layer of 2×2 and 3×3 slabs
     z = ds.positions[:, 2]
-    assert (ds.cells[:, 2, 2] - np.maximum.reduceat(z, ds.offsets[:-1]) >= 5.0).all()  # vacuum kept
+    assert (ds.cells[:, 2, 2] - np.maximum.reduceat(z, ds.offsets[:-1]) >= 6.5).all()  # 7.5 Å vacuum at the start
+    metal = ds.numbers > 10
+    top = np.maximum.reduceat(np.where(metal, z, -np.inf), ds.offsets[:-1])
+    highest_adsorbate = np.maximum.reduceat(np.where(metal, -np.inf, z), ds.offsets[:-1])
+    assert (highest_adsorbate - top).max() < 3.0  # every adsorbate stays on the surface (none desorbed)
     with np.load(CATALYSIS, allow_pickle=False) as f:
         assert float(f["temperature_K"]) == 600 and int(f["seed"]) == 0
         assert abs(f["frame_temperature_K"].mean() - 600) < 0.15 * 600

@@ -51,7 +51,7 @@ CATALYSIS_SYSTEMS: tuple[CatalysisSystem, ...] = tuple(
     for size, ads in ((_SMALL, ("O",)), (_SMALL, ("H",)), (_SMALL, ("C", "O")),
                       (_LARGE, ("N",)), (_LARGE, ("O", "H")), (_LARGE, ("N", "H"))))
 
-VACUUM = 7.5  # Å of vacuum on each side of the slab (the cell's z is not periodic: pbc = T, T, F)
+VACUUM = 7.5  # Å of vacuum below the bottom layer and above the highest adsorbate (z is not periodic)
 # Å above the top layer: near EMT's relaxed fcc-hollow heights (H 1.7, C 1.35–1.5, N 1.35–1.5, O 1.55–1.7 on
 # Cu/Pt/Ni): H started at 1.0 Å was shot off the surface by the repulsion and desorbed
 _HEIGHT = {"H": 1.7, "C": 1.4, "N": 1.4, "O": 1.6}
@@ -67,6 +67,7 @@ def build_system(system: CatalysisSystem):
     bottom = slab.get_tags() == system.size[2]  # fcc111 tags layers 1 (top) .. layers (bottom)
     for n, element in enumerate(system.adsorbates):
         add_adsorbate(slab, element, _HEIGHT[element], "fcc", offset=(n, n))
+    slab.center(vacuum=VACUUM, axis=2)  # vacuum measured from the adsorbates, not from the top metal layer
     slab.set_constraint(FixAtoms(mask=np.concatenate([bottom, np.zeros(len(slab) - len(bottom), bool)])))
     slab.info.pop("adsorbate_info", None)
     return slab

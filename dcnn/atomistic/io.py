@@ -32,6 +32,7 @@ __all__ = ["ATOMS_DATASETS", "load_atoms", "save_atoms_npz", "resolve_atoms_sour
 ATOMS_DATASETS = {**BUNDLED_DATASETS, "catalysis": BUNDLED_DATA_DIR / "catalysis-emt.npz"}
 DB_SUFFIXES = (".db", ".json")
 _ATOMS_KEYS = ("R", "z", "N", "E", "F")
+_MOLECULE_LAYOUTS = (("R", "z", "E", "F"), ("coords", "nuclear_charges", "energies", "forces"))
 _LAYOUT = "R [A,3], z [A], N [n], E [n], F [A,3], cell [n,3,3], pbc [n,3], energy_unit"
 _TEXT_KEYS = ("energy_unit", "force_unit", "length_unit", "theory", "name")
 
@@ -104,18 +105,21 @@ def _load_npz(path: Path, head: bytes) -> AtomsDataset:
     try:
         with np.load(path, allow_pickle=False) as npz:
             keys = set(npz.files)
-            if "N" not in keys:  # one molecule: MD17 / rMD17, read by the molecule loader, same checks
+            flat = "R" in keys and npz["R"].ndim == 2  # [atoms, 3]: the variable-size layout, whatever else
+            if "N" not in keys and not flat and any(set(layout) <= keys for layout in _MOLECULE_LAYOUTS):
+                # one molecule: MD17 / rMD17, read by the molecule loader (its checks and messages)
                 return AtomsDataset.from_molecule(load_dataset(path))
             arrays = {k: npz[k] for k in npz.files}
     except DatasetError:
         raise
     except ValueError as e:  # object arrays need pickle: refused
-        raise DatasetError(f"{path}: unreadable npz (pickled objects are not accepted): {e}") from e
+        raise DatasetError(f"{path}: unreadable npz (pickled objects are not accepted): {_first_line(e)}") from e
     except Exception as e:
-        raise DatasetError(f"{path}: unreadable npz: {type(e).__name__}: {e}") from e
+        raise DatasetError(f"{path}: unreadable npz: {type(e).__name__}: {_first_line(e)}") from e
     missing = [k for k in _ATOMS_KEYS if k not in arrays]
     if missing:
-        raise DatasetError(f"{path}: missing keys {missing} (variable-size layout {_LAYOUT}); found {sorted(arrays)}")
+        raise DatasetError(f"{path}: missing keys {missing} (variable-size layout {_LAYOUT}; or one molecule: "
+                           f"MD17 R, z, E, F or rMD17 coords, nuclear_charges, energies, forces); found {sorted(arrays)}")
     sizes = np.asarray(arrays["N"])
     if sizes.ndim != 1 or not np.issubdtype(sizes.dtype, np.integer):
         raise DatasetError(f"{path}: field 'N' (atoms per frame) must be integers [frames], got dtype "
@@ -188,9 +192,13 @@ def _from_frames(where: str, frames: list, labels) -> AtomsDataset:
     for k, atoms in enumerate(frames):
         e, f = labels(k, atoms)
         energies[k] = e
-        forces.append(np.asarray(f, dtype=np.float64).reshape(-1, 3) if np.ndim(f) else np.full((len(atoms), 3), np.nan))
-        if len(forces[-1]) != len(atoms):
-            raise DatasetError(f"{where}: frame {k} has {len(atoms)} atoms but {len(forces[-1])} force rows")
+        f = np.asarray(f)
+        if np.iscomplexobj(f) or not np.issubdtype(f.dtype, np.number):
+            raise DatasetError(f"{where}: frame {k}: forces must be real numbers, got dtype {f.dtype}")
+        if f.shape != (len(atoms), 3):
+            raise DatasetError(f"{where}: frame {k}: forces have shape {list(f.shape)} for {len(atoms)} atoms "
+                               f"(expected [{len(atoms)}, 3])")
+        forces.append(f.astype(np.float64))
     cat = lambda arrays, shape: np.concatenate(arrays) if arrays else np.zeros(shape)  # noqa: E731
     return validate_frames(
         where, cat([a.positions for a in frames], (0, 3)), cat([a.numbers for a in frames], (0,)).astype(np.int64),
