@@ -4,7 +4,6 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import add_adsorbate, bulk, fcc111, molecule
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.geometry import find_mic
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
