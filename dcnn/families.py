@@ -40,6 +40,7 @@ class MetricSpec:
     error_words: str = ""  # how to say "its error" in a sentence (default: "<name> error")
     blowup_scale: Optional[str] = None  # result key; diverged when test value > BLOWUP_FACTOR × it
     lower_is_better: bool = True
+    main: bool = True  # in the report's main table, Findings and plots; else in its second table and the CSVs
 
     @property
     def test_key(self) -> str:
@@ -189,9 +190,9 @@ PINN = TaskFamily(
              MetricSpec("nrmse", "nrmse", "nRMSE", "nRMSE", unit="", baseline="test_nrmse_baseline",
                         baseline_label="predict-zero", baseline_row="zero u", error_words="nRMSE"),
              MetricSpec("rmse_last", "rmse_last", "RMSE_T", "final-time RMSE", unit_index=0,
-                        error_words="final-time RMSE"),
+                        error_words="final-time RMSE", main=False),
              MetricSpec("residual", "residual", "res", "PDE residual", "RMS", unit_index=1,
-                        error_words="PDE residual")),
+                        error_words="PDE residual", main=False)),
     objective={"rel_l2": 1.0},
     train_terms=("train_pde_loss", "train_ic_loss", "train_bc_loss"),
     default_dataset=lambda: "burgers", resolve_dataset=_pinn_resolve, dataset_info=_pinn_info,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["configure_cpu", "denormals_flushed"]
+__all__ = ["configure_cpu", "denormals_flushed", "fast_allocator", "allocator_in_use", "ALLOCATOR_LIBRARIES"]
 
 
 def configure_cpu(threads: int, flush_denormals: bool = True) -> bool:
@@ -36,3 +36,41 @@ def denormals_flushed() -> bool:
     """Whether the calling thread flushes denormals now: 1e-39 (denormal in float32) × 1 reads as 0."""
     tiny = torch.tensor([1e-39], dtype=torch.float32)
     return bool((tiny * 1.0).item() == 0.0)
+
+
+# Allocators a worker process can preload (Debian: libtcmalloc-minimal4, libjemalloc2), in order of preference.
+ALLOCATOR_LIBRARIES = {"tcmalloc": "libtcmalloc_minimal.so.4", "jemalloc": "libjemalloc.so.2"}
+_LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
+
+
+def fast_allocator() -> str | None:
+    """The path of a thread-caching malloc installed on this machine, for training processes to preload
+    (`LD_PRELOAD`), or None; `DCNN_ALLOCATOR=system` opts out.
+
+    Why: a force-training step allocates and frees hundreds of short-lived tensors of 0.1-1 MB; glibc's
+    malloc hands them back as memory that is cold in cache (or unmapped), tcmalloc reuses hot memory.  The
+    PyTorch CPU performance guide recommends it; measured here (one thread, batch 20 ethanol): CGCNN step
+    44.8 → 33.5 ms, SchNet 21.8 → 20.6 ms (README "Speed")."""
+    import os
+
+    if os.environ.get("DCNN_ALLOCATOR", "auto") == "system":
+        return None
+    for name in ALLOCATOR_LIBRARIES.values():
+        for folder in _LIBRARY_DIRS:
+            path = os.path.join(folder, name)
+            if os.path.exists(path):
+                return path
+    return None
+
+
+def allocator_in_use() -> str:
+    """Which malloc this process runs on: "tcmalloc", "jemalloc" or "glibc" (read from its memory map)."""
+    try:
+        with open("/proc/self/maps") as fh:
+            maps = fh.read()
+    except OSError:
+        return "unknown"
+    for name in ALLOCATOR_LIBRARIES:
+        if name in maps:
+            return name
+    return "glibc"

@@ -620,6 +620,30 @@ def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: di
     return "\n".join(lines)
 
 
+def secondary_table(summary: pd.DataFrame, units: dict, specs: tuple) -> str:
+    """The family's other metrics (`MetricSpec.main` False: a PINN's final-time RMSE and PDE residual) in a
+    second, smaller table per data set × model: mean ± std and the ratio to the reference; every column of
+    every metric is in summary.csv."""
+    others = [m for m in specs if not m.main]
+    if not others:
+        return ""
+    lines = ["## Other metrics", "",
+             "Mean ± std over the seeds that finished without diverging; vs ref as in the tables above "
+             "(all statistics of every metric are in summary.csv).", ""]
+    for (data, model), g in summary.groupby(GROUP, sort=False):
+        unit_words = [f"{m.name} in {m.unit_for(units.get(data))}" for m in others if m.unit_for(units.get(data))]
+        lines += [f"### {data} · {model}", ""] + ([f"{_sentence('; '.join(unit_words))}.", ""] if unit_words else [])
+        lines += ["| arm | " + " | ".join(f"{m.short} mean ± std | {m.short} vs ref" for m in others) + " |",
+                  "|---|" + "---|---|" * len(others)]
+        for _, r in g.iterrows():
+            name = f"**{r.arm}** (ref)" if r.reference else r.arm
+            lines.append(f"| {name} |" + "".join(
+                f" {fmt(r[f'{m.short}_mean'])} ± {fmt(r[f'{m.short}_std'], 2)} | "
+                f"{'' if r.reference else _ratio(r, m.short)} |" for m in others))
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
 def plot_bars(summary: pd.DataFrame, path: Path, units: dict, specs: tuple) -> None:
     import matplotlib
 
@@ -731,9 +755,10 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
     title = title or f"Ablation report: {meta.get('study', experiment_dir.name)}"
     summary = summarize(trials, reference_arm)
     base = baselines_table(summary, specs)
-    found = findings(summary, reference_arm, units, specs)
+    main = tuple(m for m in specs if m.main)  # the main table, Findings and plots; the rest: a second table
+    found = findings(summary, reference_arm, units, main)
     unfinished = unfinished_trials(trials, silent, meta)
-    analyses = contributions.analyse(trials, reference_arm, specs)
+    analyses = contributions.analyse(trials, reference_arm, main)
     paths = {"trials": out / "trials.csv", "curves": out / "curves.csv", "summary": out / "summary.csv",
              "baselines": out / "baselines.csv", "findings": out / "findings.md",
              "markdown": out / "report.md", "bars": out / "bars.png", "learning_curves": out / "curves.png"}
@@ -748,16 +773,17 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
         contrib.to_csv(paths["contributions"], index=False)
         if contributions.plot_waterfall(analyses, out / "contributions.png", units):
             paths["contributions_plot"] = out / "contributions.png"
-    md = (to_markdown(summary, reference_arm, title, units, specs) + "\n" + failed_section(trials)
+    md = (to_markdown(summary, reference_arm, title, units, main) + "\n" + secondary_table(summary, units, specs)
+          + failed_section(trials)
           + damaged_or_unfinished_section(trials, silent, unfinished, meta, location) + found)
     section = contributions.to_markdown(analyses, units)
     md += ("\n" + section if section else "")
     md += ("\n![test errors per arm](bars.png)\n\n![learning curves](curves.png)\n\n"
            "Every number comes from `trials.csv`, whose `mlflow_run_id` column names the MLflow run of each trial.\n")
     paths["markdown"].write_text(md)
-    plot_bars(summary, paths["bars"], units, specs)
+    plot_bars(summary, paths["bars"], units, main)
     plot_curves(curves[curves.trial_id.isin(trials.trial_id)] if not curves.empty else curves,
-                paths["learning_curves"], units, specs)
+                paths["learning_curves"], units, main)
     return {"paths": paths, "summary": summary, "trials": trials, "markdown": md, "baselines": base,
             "findings": found, "metric_specs": specs, "contributions": contrib, "unfinished": unfinished,
             "study": meta}

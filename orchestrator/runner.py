@@ -134,8 +134,16 @@ def _init_ray(address: Optional[str], quiet: bool, env: Optional[dict] = None):
     # no address: a fresh in-process Ray ("local"), never a cluster ray.init() might find by itself
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     runtime_env = {"worker_process_setup_hook": "trainables.dcnn_trainables.quiet_worker_logs"}
-    if env:  # the storage's non-secret SDK settings (endpoint, region): workers reach the same store
-        runtime_env["env_vars"] = dict(env)
+    env_vars = dict(env or {})  # the storage's non-secret SDK settings (endpoint, region): workers reach the same store
+    if address == "local" and "LD_PRELOAD" not in os.environ:
+        from dcnn.numerics import fast_allocator
+
+        allocator = fast_allocator()  # a local study's workers preload tcmalloc/jemalloc when installed
+        if allocator:
+            env_vars["LD_PRELOAD"] = allocator
+            log.info("Ray workers preload %s (DCNN_ALLOCATOR=system to use glibc's malloc)", allocator)
+    if env_vars:
+        runtime_env["env_vars"] = env_vars
     ray.init(address=address, include_dashboard=False, log_to_driver=not quiet, configure_logging=False,
              runtime_env=runtime_env)
     return ray

@@ -29,7 +29,7 @@ METRIC_KEYS = ("energy_loss", "force_loss", "train_energy_loss", "train_force_lo
                "denormals_flushed", "compile_warm_cache",
                # what the arm did to the model (dcnn.train.Trainer.BUILD_KEYS), with the final metrics
                "activations_replaced", "batchnorm_removed", "n_parameters", "init_layers_scaled")
-_PLACEMENT_TAGS = ("node_id", "hostname", "node_ip", "gpu_ids", "cuda_visible_devices", "device")
+_PLACEMENT_TAGS = ("node_id", "hostname", "node_ip", "gpu_ids", "cuda_visible_devices", "device", "malloc")
 TRIAL_TAG = "dcnn.trial_id"
 
 

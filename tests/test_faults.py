@@ -90,6 +90,12 @@ def test_killed_worker_and_raising_model(tmp_path, tracking_uri):
     assert steps_per_key(tracking_uri, runs[1].info.run_id)["energy_loss"] == [1]
     assert runs[2].info.status == "FINISHED"
     assert steps_per_key(tracking_uri, runs[2].info.run_id) == {k: [1, 2, 3] for k in KEYS}
+    # a local study's workers run on tcmalloc/jemalloc where one is installed (dcnn.numerics.fast_allocator)
+    from dcnn.numerics import ALLOCATOR_LIBRARIES, fast_allocator
+
+    found = fast_allocator()
+    expected = "glibc" if found is None else next(n for n, lib in ALLOCATOR_LIBRARIES.items() if found.endswith(lib))
+    assert runs[2].data.tags["malloc"] == expected, runs[2].data.tags
     report = (tmp_path / "res/faults/report/report.md").read_text()
     assert "## Failed trials" in report and "seed 1" in report and "injected fault" in report
     trials = pd.read_csv(tmp_path / "res/faults/report/trials.csv")

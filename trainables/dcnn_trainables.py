@@ -44,9 +44,11 @@ def _placement() -> dict:
     ctx = ray.get_runtime_context()
     cpus = ctx.get_assigned_resources().get("CPU", 1.0)
     gpu_ids = ray.get_gpu_ids()
+    from dcnn.numerics import allocator_in_use
+
     return {"threads": max(1, int(cpus)), "device": "cuda" if gpu_ids else "cpu",
             "gpu_ids": ",".join(str(g) for g in gpu_ids), "node_id": ctx.get_node_id(),
-            "started_at": time.time(), "actor_start_s": _actor_start_s()}
+            "started_at": time.time(), "actor_start_s": _actor_start_s(), "malloc": allocator_in_use()}
 
 
 def train_config_from_tune(config: dict) -> TrainConfig:
@@ -100,7 +102,7 @@ def _epoch_metrics(metrics: dict, placement: dict, trainer: Trainer) -> dict:
     # the task family's fixed-weight validation objective (molecules: E + 30·F, physical units): comparable
     # across trials even when force_weight itself is being tuned
     out["val_loss"] = trainer.task.family.val_loss(metrics)
-    out.update(node_id=placement.get("node_id", ""), hostname=socket.gethostname(),
+    out.update(node_id=placement.get("node_id", ""), hostname=socket.gethostname(), malloc=placement.get("malloc", ""),
                gpu_ids=placement.get("gpu_ids", ""), device=str(trainer.device),
                cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
                started_at=placement.get("started_at", 0.0), reported_at=time.time(),
