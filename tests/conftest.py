@@ -92,13 +92,29 @@ def random_rotation(seed):
 
 
 
+def dense_ef(model, pos, Z, create_graph=False, cutoff=None):
+    """E [B] and F [B, N, 3] of frames of one molecule given as dense arrays (pos [B, N, 3], Z [N]): the
+    frames as one AtomicGraph (complete, or pairs within `cutoff`), forces reshaped back."""
+    from dcnn.atomistic.graph import molecule_graph
+    from dcnn.models import energy_and_forces
+
+    e, f = energy_and_forces(model, molecule_graph(pos, Z, cutoff), create_graph)
+    return e, f.reshape(pos.shape)
+
+
+def dense_energy(model, pos, Z, cutoff=None):
+    """E [B] of dense frames (no forces)."""
+    from dcnn.atomistic.graph import molecule_graph
+
+    return model(molecule_graph(pos, Z, cutoff))
+
+
 def assert_symmetries(model, pos, Z, e_atol=1e-10, f_atol=1e-9):
     """E invariant and F equivariant under a rotation + translation and under swapping like atoms
     (the carbons, each carbon's hydrogens); swapping unlike atoms (C and O) must change E."""
     import torch
 
-    from dcnn.models import energy_and_forces
-
+    energy_and_forces = dense_ef
     e, f = energy_and_forces(model, pos, Z, False)
     rot = random_rotation(1)
     e_rt, f_rt = energy_and_forces(model, pos @ rot.T + torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), Z, False)
@@ -120,14 +136,14 @@ def central_difference_forces(model, pos, Z, h=1e-5):
     steps = torch.zeros(n, 1, pos.shape[1], 3, dtype=pos.dtype)
     steps.view(n, n)[range(n), range(n)] = h
     with torch.no_grad():
-        fd = -(model((pos + steps).view(n, -1, 3), Z) - model((pos - steps).view(n, -1, 3), Z)) / (2 * h)
+        fd = -(dense_energy(model, (pos + steps).view(n, -1, 3), Z)
+               - dense_energy(model, (pos - steps).view(n, -1, 3), Z)) / (2 * h)
     return fd.view_as(pos)
 
 
 def assert_batch_of_one(model, pos, Z):
     """Frame 3 alone gives the same E and F as inside its batch (no cross-frame leakage)."""
-    from dcnn.models import energy_and_forces
-
+    energy_and_forces = dense_ef
     e_all, f_all = energy_and_forces(model, pos, Z, False)
     e_one, f_one = energy_and_forces(model, pos[3:4], Z, False)
     torch.testing.assert_close(e_one, e_all[3:4], rtol=1e-12, atol=1e-12)
@@ -138,8 +154,7 @@ def assert_smooth_at_cutoff(model, far_atol=1e-14):
     """Atom 2 moves away along −x from atom 0 (atom 1 sits at +1 Å): its last pair leaves at d = 6, the
     cutoff. E is continuous there and constant beyond, F → 0 (C²); `far_atol`: E at 7 Å vs 20 Å (other
     rounding: its row sits elsewhere in the matmuls)."""
-    from dcnn.models import energy_and_forces
-
+    energy_and_forces = dense_ef
     z = torch.tensor([6, 8, 1])
     d = torch.tensor([5.999, 6.0, 6.001, 7.0, 20.0], dtype=torch.float64)
     pos = torch.zeros(5, 3, 3, dtype=torch.float64)
@@ -150,3 +165,100 @@ def assert_smooth_at_cutoff(model, far_atol=1e-14):
     assert abs(e[3] - e[4]) < far_atol
     assert (f[1:, 2] == 0).all() and f[0, 2].abs().max() < 1e-6  # C²: F → 0 as d → cutoff
     assert e[0] != e[4]  # atom 2 did interact inside
+
+
+def atoms_graph(frames, cutoff, dtype=None):
+    """ASE Atoms frames (periodic or not) as one AtomicGraph with the radius-`cutoff` neighbour lists of the
+    data layer (vesin, periodic images), float64 by default: for the periodic checks."""
+    import numpy as np
+    import torch
+
+    from dcnn.atomistic.dataset import AtomsDataset, offsets_from_counts
+    from dcnn.atomistic.graph import collate
+    from dcnn.atomistic.neighbors import DatasetNeighbors
+
+    counts = np.array([len(a) for a in frames])
+    ds = AtomsDataset(positions=np.concatenate([a.positions for a in frames]),
+                      numbers=np.concatenate([a.numbers for a in frames]).astype(np.int64),
+                      offsets=offsets_from_counts(counts), cells=np.stack([np.array(a.cell) for a in frames]),
+                      pbc=np.stack([a.pbc for a in frames]), energies=np.zeros(len(frames)),
+                      forces=np.zeros((int(counts.sum()), 3)))
+    graph, _, _ = collate(ds, DatasetNeighbors.compute(ds, cutoff), np.arange(len(frames)),
+                          dtype=dtype or torch.float64)
+    return graph
+
+
+def slab_with_adsorbate(size=(2, 2, 3), seed=0):
+    """A Cu(111) slab with an O on top, periodic in x and y (pbc T, T, F), atoms jittered (no symmetry
+    to hide a bug behind)."""
+    import numpy as np
+    from ase.build import add_adsorbate, fcc111
+
+    slab = fcc111("Cu", size=size, vacuum=6.0)
+    add_adsorbate(slab, "O", 1.8, "fcc")
+    slab.positions += np.random.default_rng(seed).normal(0.0, 0.05, slab.positions.shape)
+    return slab
+
+
+def assert_periodic_physics(model, cutoff, intensive=False, f_atol=1e-8):
+    """On periodic frames: E and F unchanged by a translation with every atom wrapped back into the cell;
+    E invariant and F equivariant under a rotation of positions and cell; a 2×1×1 supercell has twice the
+    energy (`intensive`: the same energy, as CGCNN's mean pooling gives, and half the force on each atom)
+    and its forces repeat; forces equal central differences, also for atoms whose
+    neighbours lie across the cell boundary; a bulk cell smaller than the cutoff (many images of every
+    atom) has 1/27 of its 3×3×3 supercell's energy (or the same, intensive)."""
+    import numpy as np
+    import torch
+    from ase.build import bulk
+
+    from dcnn.models import energy_and_forces
+
+    def ef(frames):
+        e, f = energy_and_forces(model, atoms_graph(frames, cutoff), False)
+        return e.detach(), f.detach()
+
+    slab = slab_with_adsorbate()
+    e, f = ef([slab])
+    moved = slab.copy()
+    moved.positions += np.array([1.7, -2.3, 0.4])
+    moved.wrap()  # atoms back into the cell: different images, same crystal
+    assert not np.allclose(moved.positions, slab.positions + np.array([1.7, -2.3, 0.4]))
+    e_m, f_m = ef([moved])
+    torch.testing.assert_close(e_m, e, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(f_m, f, rtol=1e-8, atol=f_atol)
+
+    rot = random_rotation(3).numpy()
+    turned = slab.copy()
+    turned.set_cell(np.array(slab.cell) @ rot.T, scale_atoms=False)
+    turned.positions = slab.positions @ rot.T
+    e_r, f_r = ef([turned])
+    torch.testing.assert_close(e_r, e, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(f_r, f @ torch.as_tensor(rot).T, rtol=1e-8, atol=f_atol)
+
+    double = slab.repeat((2, 1, 1))
+    e_2, f_2 = ef([double])
+    torch.testing.assert_close(e_2, e if intensive else 2 * e, rtol=1e-10, atol=1e-9)
+    n = len(slab)
+    forces_scale = 0.5 if intensive else 1.0  # a mean over twice the atoms halves each atom's share
+    torch.testing.assert_close(f_2[:n], forces_scale * f, rtol=1e-8, atol=f_atol)
+    torch.testing.assert_close(f_2[n:], forces_scale * f, rtol=1e-8, atol=f_atol)
+
+    # central differences, atoms near the cell's edges (their neighbours are images) among them
+    frac = slab.get_scaled_positions()[:, :2]
+    edge_atoms = np.flatnonzero((frac < 0.2).any(1) | (frac > 0.8).any(1))
+    assert edge_atoms.size
+    h = 1e-5
+    for atom in [int(edge_atoms[0]), int(edge_atoms[-1]), n - 1]:
+        for axis in range(3):
+            plus, minus = slab.copy(), slab.copy()
+            plus.positions[atom, axis] += h
+            minus.positions[atom, axis] -= h
+            fd = -(ef([plus])[0] - ef([minus])[0]) / (2 * h)
+            assert abs(float(fd) - float(f[atom, axis])) < 1e-6 * max(1.0, float(f.abs().max())), (atom, axis)
+
+    tiny = bulk("Cu", "fcc", a=3.6)  # one atom, cell ≈ 2.5 Å: every neighbour within the cutoff is an image
+    big = tiny.repeat((3, 3, 3))
+    e_t, f_t = ef([tiny])
+    e_b, _ = ef([big])
+    torch.testing.assert_close(e_b, e_t if intensive else 27 * e_t, rtol=1e-9, atol=1e-8)
+    assert f_t.abs().max() < 1e-8  # a perfect crystal: no net force on any atom

@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from dcnn.activations import replace_activations
-from dcnn.models import build_model, denormalize, energy_and_forces
+from dcnn.models import build_model, denormalize
 from dcnn.models.pyg_reference import build_pyg_schnet
 from dcnn.models.schnet import SCHNET_PRESETS
-from conftest import assert_symmetries, central_difference_forces, positions
+from conftest import assert_symmetries, central_difference_forces, dense_ef, positions
 
 Z = torch.tensor([6, 6, 8, 1, 1, 1, 1, 1, 1])  # ethanol, MD17 order
-MODELS = [("schnet", "original"), ("schnet", "isilu"), ("cgcnn", "original"), ("cgcnn", "igelu")]
+MODELS = [("schnet", "original"), ("schnet", "isilu")]
 
 
 def make(name, act, seed=0):
@@ -30,7 +30,7 @@ def test_energy_invariant_forces_equivariant(name, act, ethanol):
 def test_forces_are_central_differences_of_energy(name, act, ethanol):
     m = make(name, act)
     pos = positions(ethanol, 1)
-    _, f = energy_and_forces(m, pos, Z, False)
+    _, f = dense_ef(m, pos, Z, False)
     torch.testing.assert_close(f, central_difference_forces(m, pos, Z), rtol=1e-6, atol=1e-7)
 
 
@@ -38,8 +38,8 @@ def test_forces_are_central_differences_of_energy(name, act, ethanol):
 def test_batch_of_one_equals_same_molecule_in_batch(name, act, ethanol):
     m = make(name, act)
     pos = positions(ethanol, 5)
-    e_all, f_all = energy_and_forces(m, pos, Z, False)
-    e_one, f_one = energy_and_forces(m, pos[3:4], Z, False)
+    e_all, f_all = dense_ef(m, pos, Z, False)
+    e_one, f_one = dense_ef(m, pos[3:4], Z, False)
     torch.testing.assert_close(e_one, e_all[3:4], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(f_one, f_all[3:4], rtol=1e-12, atol=1e-12)
 
@@ -54,7 +54,7 @@ def test_schnet_equals_pyg_schnet_with_same_weights(ethanol):
     ours = build_model("schnet", "small").double().load_pyg_(pyg)
     pos = positions(ethanol, 3) * 2.5  # stretched: some pairs beyond 6 Å
     assert (torch.cdist(pos, pos) > 6.0).any()
-    e, f = energy_and_forces(ours, pos, Z, False)
+    e, f = dense_ef(ours, pos, Z, False)
     flat = pos.reshape(-1, 3).clone().requires_grad_(True)
     e_pyg = pyg(Z.repeat(3), flat, torch.arange(3).repeat_interleave(9)).view(-1)
     (g,) = torch.autograd.grad(e_pyg.sum(), flat)
@@ -68,17 +68,12 @@ def test_energy_smooth_at_cutoff():
     d = torch.tensor([5.999, 6.0, 6.001, 7.0], dtype=torch.float64)
     pos = torch.zeros(4, 2, 3, dtype=torch.float64)
     pos[:, 1, 0] = d
-    e, f = energy_and_forces(m, pos, z, False)
+    e, f = dense_ef(m, pos, z, False)
     assert abs(e[0] - e[1]) < 1e-6 and e[2] == e[3]  # no pair term beyond the cutoff
     assert f[1:].abs().max() < 1e-6
 
 
-def test_denormalize_counts_and_removes_batchnorm():
-    cg = build_model("cgcnn", "small")
-    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in cg.modules()) == 3
-    assert denormalize(cg) == 3
-    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in cg.modules())
-    assert any(isinstance(m, torch.nn.LayerNorm) for m in cg.modules())  # LayerNorm stays
+def test_denormalize_is_a_no_op_on_schnet():
     assert denormalize(build_model("schnet", "small")) == 0
 
 
@@ -86,36 +81,16 @@ def test_presets_and_bad_sizes():
     paper = build_model("schnet", "paper")
     assert paper.embedding.embedding_dim == 1024 and len(paper.interactions) == 5
     assert paper.rbf.offset.numel() == 200
-    assert build_model("cgcnn", "paper").embedding.embedding_dim == 512
     with pytest.raises(ValueError, match="unknown model"):
         build_model("painn")
     with pytest.raises(ValueError, match="unknown size"):
         build_model("schnet", "small", embedding=3)
 
 
-def test_cgcnn_batchnorm_statistics_ignore_pairs_beyond_the_cutoff():
-    """Train-mode BatchNorm must normalize over pairs inside the cutoff only (OCP's radius-graph edges)."""
-    from dcnn.models.cgcnn import MaskedBatchNorm1d
+@pytest.mark.parametrize("act", ["original", "irelu"])
+def test_schnet_on_periodic_cells(act):
+    """Translation + wrap, rotation, supercell extensivity, forces = central differences across the
+    boundary, a cell smaller than the cutoff (tests/conftest.py assert_periodic_physics)."""
+    from conftest import assert_periodic_physics
 
-    torch.manual_seed(0)
-    x = torch.randn(12, 4, dtype=torch.float64)
-    inside = torch.tensor([1, 1, 0, 1, 0, 0, 1, 1, 1, 0, 1, 1], dtype=torch.bool)
-    bn, ref = MaskedBatchNorm1d(4).double(), torch.nn.BatchNorm1d(4).double()
-    out = bn(x, inside)
-    expected = ref(x[inside])  # plain BatchNorm on the inside rows alone
-    assert torch.allclose(out[inside], expected, atol=1e-12)
-    assert torch.allclose(bn.running_mean, ref.running_mean, atol=1e-12)
-    assert torch.allclose(bn.running_var, ref.running_var, atol=1e-12)
-    bn.eval()
-    assert torch.allclose(bn(x, inside), torch.nn.functional.batch_norm(
-        x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps))
-
-    # in the model: a far atom's pairs are excluded from the statistics, so the other pairs' normalized
-    # messages (and the energy without that atom's own embedding) do not depend on it
-    model = build_model("cgcnn", cutoff=3.0).double().train()
-    seen = []
-    model.convs[0].bn.register_forward_pre_hook(lambda mod, args: seen.append(args[1].clone()))
-    pos = torch.tensor([[[0.0, 0, 0], [1.0, 0, 0], [0, 1.2, 0], [20.0, 0, 0]]], dtype=torch.float64)
-    model(pos, torch.tensor([6, 1, 8, 1]))
-    (weight,) = seen
-    assert weight.shape == (12,) and int(weight.sum()) == 6  # 3 close atoms: 6 ordered pairs inside
+    assert_periodic_physics(make("schnet", act), cutoff=SCHNET_PRESETS["small"]["cutoff"])

@@ -8,7 +8,7 @@ stress (∂E/∂strain applied to positions and cells together) come from autogr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ import torch
 from dcnn.atomistic.dataset import AtomsDataset, concat_ranges, offsets_from_counts
 from dcnn.atomistic.neighbors import DatasetNeighbors
 
-__all__ = ["AtomicGraph", "collate", "triplets"]
+__all__ = ["AtomicGraph", "collate", "triplets", "molecule_graph"]
 
 
 @dataclass
@@ -33,10 +33,24 @@ class AtomicGraph:
     cells: torch.Tensor  # [B, 3, 3] rows = cell vectors (zeros for a molecule)
     n_atoms: torch.Tensor  # [B] long
     pbc: torch.Tensor | None = None  # [B, 3] bool
+    # index tables a model derives from the edges (triplets, ...), made outside the differentiable step by
+    # the model's `prepare_graph(graph)` (the task calls it after collate): traced compiled steps see them
+    # as inputs of fixed shape instead of data-dependent ops
+    extras: dict = field(default_factory=dict)
 
     @property
     def n_edges(self) -> int:
         return int(self.edge_index.shape[1])
+
+    @property
+    def n_pairs(self) -> int:
+        """Edges come paired: edge m and edge m + n_pairs are reverses of each other (collate's order)."""
+        return self.n_edges // 2
+
+    def reverse_edges(self) -> torch.Tensor:
+        """[E]: the index of each edge's reverse."""
+        e = torch.arange(self.n_edges, device=self.edge_index.device)
+        return torch.where(e < self.n_pairs, e + self.n_pairs, e - self.n_pairs)
 
     def edge_vectors(self) -> torch.Tensor:
         """r_ij = x_j − x_i + S_ij·cell[batch[i]], [E, 3]; differentiable w.r.t. positions and cells."""
@@ -50,7 +64,8 @@ class AtomicGraph:
         i = lambda t: t.to(device=device)  # noqa: E731
         return AtomicGraph(f(self.positions), i(self.numbers), i(self.batch), self.n_structures,
                            i(self.edge_index), f(self.cell_shifts), f(self.cells), i(self.n_atoms),
-                           None if self.pbc is None else i(self.pbc))
+                           None if self.pbc is None else i(self.pbc),
+                           {k: (f(v) if v.is_floating_point() else i(v)) for k, v in self.extras.items()})
 
 
 def collate(dataset: AtomsDataset, neighbors: DatasetNeighbors, index, device: torch.device | str = "cpu",
@@ -64,9 +79,12 @@ def collate(dataset: AtomsDataset, neighbors: DatasetNeighbors, index, device: t
     sizes = dataset.n_atoms[index]
     atoms = concat_ranges(dataset.offsets[:-1][index], sizes)
     batch_offsets = offsets_from_counts(sizes)  # where each frame's atoms start in the batch
-    n_edges = neighbors.n_edges[index]
-    edges = concat_ranges(neighbors.offsets[:-1][index], n_edges)
-    edge_shift = np.repeat(batch_offsets[:-1], n_edges)
+    # each frame's list is paired ([one direction; reverses]): the batch's too, [all first halves; all
+    # reverses, in the same order], so edge m and m + E/2 are each other's reverse over the whole batch
+    half = neighbors.n_edges[index] // 2
+    starts = neighbors.offsets[:-1][index]
+    edges = np.concatenate([concat_ranges(starts, half), concat_ranges(starts + half, half)])
+    edge_shift = np.tile(np.repeat(batch_offsets[:-1], half), 2)
     target = neighbors.i[edges].astype(np.int64) + edge_shift
     source = neighbors.j[edges].astype(np.int64) + edge_shift
 
@@ -105,3 +123,27 @@ def triplets(edge_index: torch.Tensor, n_atoms_total: int,
         back = back & torch.all(cell_shifts[idx_kj] + cell_shifts[idx_ji] == 0, dim=1)
     keep = ~back
     return idx_kj[keep], idx_ji[keep]
+
+
+def molecule_graph(positions: torch.Tensor, numbers: torch.Tensor, cutoff: float | None = None) -> AtomicGraph:
+    """B frames of one molecule, `positions` [B, N, 3] and `numbers` [N], as an AtomicGraph: every ordered
+    pair (cutoff None: the complete graph fixed-size molecules train on) or the pairs closer than `cutoff`
+    in each frame, paired as `collate` pairs them.  The positions stay the caller's (a view, so gradients
+    w.r.t. them flow): for calculators, benchmarks and checks that hold molecules as dense arrays."""
+    b, n, _ = positions.shape
+    device = positions.device
+    iu, ju = torch.triu_indices(n, n, offset=1, device=device)
+    offsets = torch.arange(b, device=device).repeat_interleave(iu.numel()) * n
+    first_i, first_j = iu.repeat(b) + offsets, ju.repeat(b) + offsets
+    if cutoff is not None:
+        d = (positions.detach()[:, ju] - positions.detach()[:, iu]).norm(dim=-1).reshape(-1)
+        keep = d < cutoff
+        first_i, first_j = first_i[keep], first_j[keep]
+    # paired: (i → j) for every pair first, then the reverses (source j = edge_index[0], target i = [1])
+    edge_index = torch.stack([torch.cat([first_j, first_i]), torch.cat([first_i, first_j])])
+    return AtomicGraph(positions=positions.reshape(b * n, 3), numbers=numbers.repeat(b),
+                       batch=torch.arange(b, device=device).repeat_interleave(n), n_structures=b,
+                       edge_index=edge_index,
+                       cell_shifts=torch.zeros(edge_index.shape[1], 3, dtype=positions.dtype, device=device),
+                       cells=torch.zeros(b, 3, 3, dtype=positions.dtype, device=device),
+                       n_atoms=torch.full((b,), n, device=device, dtype=torch.long))

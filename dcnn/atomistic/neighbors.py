@@ -21,10 +21,10 @@ import numpy as np
 
 from dcnn.atomistic.dataset import AtomsDataset, offsets_from_counts
 
-__all__ = ["neighbor_list", "DatasetNeighbors", "cache_dir", "content_hash"]
+__all__ = ["neighbor_list", "paired", "DatasetNeighbors", "cache_dir", "content_hash"]
 
 # bump when the stored arrays change meaning: old cache files are then never read
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: each frame's list paired (one direction of every pair, then the reverses)
 _CALCULATORS: dict[float, object] = {}
 
 
@@ -78,11 +78,28 @@ def content_hash(dataset: AtomsDataset, cutoff: float) -> str:
     return h.hexdigest()
 
 
+def paired(i: np.ndarray, j: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A full list reordered as [one direction of every pair; the reverse of each, in the same order]:
+    edge m and edge m + E/2 are (i, j, S) and (j, i, −S).  Models use it to compute what is symmetric in a
+    pair (a distance, SchNet's filter) once per pair and to find an edge's reverse (GemNet) by arithmetic.
+    The first direction is i < j, or i = j (an image of itself) with the first non-zero shift positive."""
+    first_nonzero = np.where(s != 0, s, 0)
+    lead = np.take_along_axis(first_nonzero, np.argmax(s != 0, axis=1)[:, None], axis=1)[:, 0]
+    forward = (i < j) | ((i == j) & (lead > 0))
+    fi, fj, fs = i[forward], j[forward], s[forward]
+    if 2 * len(fi) != len(i):
+        raise ValueError(f"neighbour list is not symmetric: {len(i)} edges, {len(fi)} in one direction")
+    return np.concatenate([fi, fj]), np.concatenate([fj, fi]), np.concatenate([fs, -fs])
+
+
 class DatasetNeighbors:
     """The neighbour lists of every frame of one data set for one cutoff, computed once.
 
     Stored concatenated like the data set: `i`, `j` [E] int32 frame-local atom indices, `shifts` [E, 3]
-    int32, `offsets` [n+1] (frame k = edges offsets[k]:offsets[k+1]).  `collate` shifts them to batch
+    int32, `offsets` [n+1] (frame k = edges offsets[k]:offsets[k+1]); each frame's list `paired` (its
+    first half one direction of every pair, its second half their reverses).  `cutoff` None: every
+    ordered pair of atoms (`complete`, for fixed-size molecules: static shapes, and exactly the pairs
+    the models' smooth cutoffs already switch off).  `collate` shifts them to batch
     indices.  `get` keeps recent lists in memory and, with `disk=True`, under `cache_dir()` keyed by
     `content_hash`, so a second trial on the same data (or a resumed one) does not recompute them.
     """
@@ -90,11 +107,29 @@ class DatasetNeighbors:
     _memory: dict[str, "DatasetNeighbors"] = {}
     _MEMORY_SIZE = 8  # lists kept per process (each ≈ 28 bytes per edge)
 
-    def __init__(self, i: np.ndarray, j: np.ndarray, shifts: np.ndarray, offsets: np.ndarray, cutoff: float,
-                 key: str = ""):
+    def __init__(self, i: np.ndarray, j: np.ndarray, shifts: np.ndarray, offsets: np.ndarray,
+                 cutoff: float | None, key: str = ""):
         self.i, self.j, self.shifts, self.offsets = i, j, shifts, offsets
-        self.cutoff = float(cutoff)
+        self.cutoff = None if cutoff is None else float(cutoff)
         self.key = key
+
+    @classmethod
+    def complete(cls, dataset: AtomsDataset) -> "DatasetNeighbors":
+        """Every ordered pair i ≠ j of every frame, zero shifts (non-periodic frames only), paired: the
+        layout of fixed-size molecules, where pairs beyond a model's cutoff are switched off by its smooth
+        envelope, so energies equal a radius graph's while every batch has the same number of edges."""
+        if dataset.is_periodic:
+            raise ValueError("a complete graph is for non-periodic frames; periodic ones need a cutoff")
+        parts_i, parts_j, counts = [], [], np.zeros(len(dataset), dtype=np.int64)
+        tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for k, n in enumerate(dataset.n_atoms):
+            if n not in tables:
+                iu, ju = np.triu_indices(int(n), k=1)
+                tables[n] = (np.concatenate([iu, ju]).astype(np.int32), np.concatenate([ju, iu]).astype(np.int32))
+            parts_i.append(tables[n][0]), parts_j.append(tables[n][1])
+            counts[k] = len(tables[n][0])
+        i, j = (np.concatenate(p) if p else np.zeros(0, dtype=np.int32) for p in (parts_i, parts_j))
+        return cls(i, j, np.zeros((len(i), 3), dtype=np.int32), offsets_from_counts(counts), None, "complete")
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -115,7 +150,7 @@ class DatasetNeighbors:
         parts_i, parts_j, parts_s, counts = [], [], [], np.zeros(len(dataset), dtype=np.int64)
         for k in range(len(dataset)):
             s = dataset.frame_slice(k)
-            i, j, shift = neighbor_list(dataset.positions[s], dataset.cells[k], dataset.pbc[k], cutoff)
+            i, j, shift = paired(*neighbor_list(dataset.positions[s], dataset.cells[k], dataset.pbc[k], cutoff))
             parts_i.append(i.astype(np.int32))
             parts_j.append(j.astype(np.int32))
             parts_s.append(shift.astype(np.int32))

@@ -84,12 +84,15 @@ def denormalize(model: nn.Module) -> int:
     return count
 
 
-def energy_and_forces(model: nn.Module, positions: torch.Tensor, numbers: torch.Tensor,
-                      create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """E [B] and F = −∂E/∂positions [B, N, 3]; `create_graph=True` when F enters a training loss."""
+def energy_and_forces(model: nn.Module, graph, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """E [B] and F = −∂E/∂positions [A, 3] of an AtomicGraph (dcnn.atomistic.graph): the one place forces
+    are made (NequIP's design: models return energy, a generic wrapper takes its gradient); through the edge
+    vectors, so periodic images get their forces too.  `create_graph=True` when F enters a training loss."""
+    import dataclasses
+
     with torch.enable_grad():
-        if not positions.requires_grad:
-            positions = positions.detach().requires_grad_(True)
-        energy = model(positions, numbers)
-        (grad,) = torch.autograd.grad(energy.sum(), positions, create_graph=create_graph)
+        if not graph.positions.requires_grad:
+            graph = dataclasses.replace(graph, positions=graph.positions.detach().requires_grad_(True))
+        energy = model(graph)
+        (grad,) = torch.autograd.grad(energy.sum(), graph.positions, create_graph=create_graph)
     return energy, -grad

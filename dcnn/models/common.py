@@ -68,3 +68,28 @@ def cosine_cutoff(d: torch.Tensor, cutoff: float) -> torch.Tensor:
     """½(cos(πd/r_c) + 1) inside the cutoff, 0 outside (C¹ at r_c; clamping gives 0 and zero slope
     beyond r_c without a mask op)."""
     return 0.5 * (torch.cos(d.clamp(max=cutoff) * (math.pi / cutoff)) + 1.0)
+
+
+# -- the graph layout (dcnn.atomistic.graph.AtomicGraph) --------------------------------------------------
+def pair_distances(graph) -> torch.Tensor:
+    """|r_ij| [P] of the graph's pairs (the first half of its paired edges; the reverses have the same)."""
+    p = graph.n_pairs
+    source, target = graph.edge_index[0, :p], graph.edge_index[1, :p]
+    shift = torch.einsum("ek,ekl->el", graph.cell_shifts[:p], graph.cells[graph.batch[target]])
+    return (graph.positions[source] - graph.positions[target] + shift).norm(dim=-1)
+
+
+def scatter_sum(src: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """Σ over rows of `src` [E, ...] into `size` rows by `index` [E] (index_add: no torch_scatter needed)."""
+    return src.new_zeros((size, *src.shape[1:])).index_add(0, index, src)
+
+
+def sum_per_structure(per_atom: torch.Tensor, graph) -> torch.Tensor:
+    """Per-atom values [A] summed over each structure's atoms → [B] (an extensive energy)."""
+    return scatter_sum(per_atom, graph.batch, graph.n_structures)
+
+
+def mean_per_structure(per_atom: torch.Tensor, graph) -> torch.Tensor:
+    """Per-atom rows [A, ...] averaged over each structure's atoms → [B, ...] (CGCNN's mean pooling)."""
+    counts = graph.n_atoms.to(per_atom.dtype).reshape(-1, *([1] * (per_atom.dim() - 1)))
+    return scatter_sum(per_atom, graph.batch, graph.n_structures) / counts

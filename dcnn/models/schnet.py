@@ -1,11 +1,13 @@
-"""SchNet (Schütt et al. 2017) for fixed-size molecules, laid out for speed in the force-training loop.
+"""SchNet (Schütt et al. 2017) on the graph layout (dcnn.atomistic.graph.AtomicGraph), laid out for speed in
+the force-training loop.
 
 Same function as PyG's `SchNet` (same layers, same parameter shapes; `load_pyg_` copies weights), but:
-the filter network is evaluated once per *unordered* pair (W_ij = W_ji) instead of per directed edge
-(half the work of the dominant part of the model).
-Messages are gathered/scattered with index ops on the small per-atom tensors only; the large per-pair
-filter tensor is broadcast over both directions, never indexed (its index backward would zero-fill
-big buffers under double backward).  No Python loops over atoms.
+the filter network is evaluated once per *pair* (W_ij = W_ji: the distance is symmetric) instead of per
+directed edge, half the work of the dominant part of the model — the graph's edges come paired (edge m and
+m + P are reverses), so the [P, F] filter is broadcast over both directions as a view, never indexed (its
+index backward would zero-fill big buffers under double backward).  Messages are gathered and scattered
+on the small per-atom tensors only.  No Python loops over atoms; molecules (a complete graph), slabs and
+crystals (periodic images in the edge list) alike.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import torch
 from torch import nn
 
 from dcnn.activations import get_activation
-from dcnn.models.common import GaussianSmearing, PairGeometry, cosine_cutoff
+from dcnn.atomistic.graph import AtomicGraph
+from dcnn.models.common import GaussianSmearing, cosine_cutoff, pair_distances, sum_per_structure
 
 SCHNET_PRESETS = {
     "small": dict(hidden=64, filters=64, interactions=3, gaussians=50, cutoff=6.0),
@@ -23,7 +26,7 @@ SCHNET_PRESETS = {
 
 class Interaction(nn.Module):
     """Filter MLP on the pair distances, CFConv (lin1 → filter-weighted neighbour sum → lin2) → act →
-    lin, as in PyG — but the filter is evaluated once per unordered pair."""
+    lin, as in PyG — but the filter is evaluated once per pair."""
 
     def __init__(self, hidden: int, filters: int, gaussians: int, activation: str):
         super().__init__()
@@ -35,18 +38,18 @@ class Interaction(nn.Module):
         self.lin = nn.Linear(hidden, hidden)
 
     def forward(self, h: torch.Tensor, rbf: torch.Tensor, envelope: torch.Tensor,
-                gather: torch.Tensor, scatter: torch.Tensor) -> torch.Tensor:
-        """h [B, N, H]; rbf [B, 1, P, G] and envelope [B, 1, P, 1] of the unordered pairs i<j."""
+                source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """h [A, H]; rbf [P, G] and envelope [P, 1] of the pairs; source/target [2P] (paired edges)."""
         w = self.mlp(rbf) * envelope  # W_ij = W_ji: one filter per pair, broadcast over both directions
         x = self.lin1(h)
-        b, p2, f = x.shape[0], gather.shape[0], x.shape[-1]
-        xg = x.index_select(1, gather).view(b, 2, p2 // 2, f)  # (x_j; x_i) for each pair i<j
-        m = torch.zeros_like(x).index_add(1, scatter, (w * xg).view(b, p2, f))  # m_i = Σ_j W_ij x_j
+        p, f = w.shape
+        xg = x.index_select(0, source).view(2, p, f)  # x_j of each edge, forward directions then reverses
+        m = torch.zeros_like(x).index_add(0, target, (w * xg).view(2 * p, f))  # m_i = Σ_j W_ij x_j
         return self.lin(self.act(self.lin2(m)))
 
 
 class SchNet(nn.Module):
-    """Energy model E(positions, numbers) with shifted-softplus activations throughout."""
+    """Energy model E(graph) with shifted-softplus activations throughout."""
 
     paper_activation_scope = ("",)  # the paper puts IReLU everywhere in SchNet
 
@@ -56,24 +59,22 @@ class SchNet(nn.Module):
         self.cutoff = cutoff
         self.embedding = nn.Embedding(max_z, hidden)
         self.rbf = GaussianSmearing(0.0, cutoff, gaussians)
-        self.geometry = PairGeometry()
         self.interactions = nn.ModuleList(Interaction(hidden, filters, gaussians, activation)
                                           for _ in range(interactions))
         self.readout = nn.Sequential(
             nn.Linear(hidden, hidden // 2), get_activation(activation), nn.Linear(hidden // 2, 1)
         )
 
-    def forward(self, positions: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
-        """positions [B, N, 3] (Å), numbers [N] → energies [B]."""
-        b, n, _ = positions.shape
-        gather, scatter, _ = self.geometry.directed(n, positions.device)  # (j; i) sources → (i; j) targets
-        d = self.geometry.distances(positions).unsqueeze(1)  # [B, 1, P]
+    def forward(self, graph: AtomicGraph) -> torch.Tensor:
+        """graph (positions Å) → energies [B]: the per-atom readout summed per structure."""
+        source, target = graph.edge_index
+        d = pair_distances(graph)  # [P]
         rbf = self.rbf(d)
         envelope = cosine_cutoff(d, self.cutoff).unsqueeze(-1)
-        h = self.embedding(numbers).expand(b, n, -1)
+        h = self.embedding(graph.numbers)
         for block in self.interactions:
-            h = h + block(h, rbf, envelope, gather, scatter)
-        return self.readout(h).sum(dim=(1, 2))
+            h = h + block(h, rbf, envelope, source, target)
+        return sum_per_structure(self.readout(h).squeeze(-1), graph)
 
     @torch.no_grad()
     def load_pyg_(self, pyg: nn.Module) -> "SchNet":

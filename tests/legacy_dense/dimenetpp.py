@@ -1,0 +1,386 @@
+"""DimeNet++ (Gasteiger et al. 2020) for fixed-size molecules, energy-conserving, in plain torch.
+
+Same function as PyG's `DimeNetPlusPlus` (same layers and parameter shapes; `load_pyg_` copies weights)
+with these differences:
+
+* Forces are −∂E/∂x through *every* geometric term: distances and the triplet angles are computed from
+  the positions the caller differentiates (the paper's wrapper took angles from `pos.detach()`, which
+  drops the angular part of the forces).  The angle enters only through cos θ (the spherical basis is
+  a polynomial in cos θ), computed as a dot product of unit vectors: no atan2/cross-product norm, whose
+  gradient is singular for collinear triplets.
+* Graph = every ordered atom pair (j → i, i ≠ j) and every triplet k → j → i (k ∉ {i, j}), with index
+  tables built once per atom count and cached (like `PairGeometry`).  No radius search, no sparse ops,
+  no compiled extensions.  Pairs beyond the cutoff are switched off by DimeNet's own envelope instead:
+  every path from an edge's message to the energy is multiplied by a basis function of that edge
+  (output blocks: lin_rbf(rbf_ji)·m_ji; interaction blocks: lin_rbf(rbf_kj)·m_kj before the down
+  projection and sbf(d_kj, θ) after it; all these linear maps have no bias), and the basis carries the
+  envelope u(d/c), which is exactly 0 beyond the cutoff and vanishes with its first two derivatives at
+  it.  So E equals the energy on the radius graph (PyG's), E is C² in the positions as atoms cross the
+  cutoff, and F = −∇E is conservative; a hard neighbour mask would give the same E but is not needed.
+  (PyG's neighbour cap `max_num_neighbors` does not exist here.)
+* The Bessel zeros and normalizers are exact (float64, scipy); PyG's reference code rounds them to
+  float32 (`load_pyg_` installs PyG's rounded values).  The spherical-Bessel radial part of the
+  triplet basis is evaluated in float64 even for a float32 model: its closed forms cancel badly at small
+  arguments (j_l(x) ~ x^l while the terms are ~ x^−l−1), which in float32 costs most digits for l ≳ 5.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dcnn.activations import get_activation
+
+DIMENETPP_PRESETS = {
+    "small": dict(hidden=32, blocks=2, int_emb=16, basis_emb=8, out_emb=32, spherical=5, radial=4,
+                  cutoff=6.0),
+    "paper": dict(hidden=192, blocks=3, int_emb=64, basis_emb=8, out_emb=192, spherical=7, radial=6,
+                  cutoff=6.0),
+}
+
+
+# ----------------------------------------------------------------------------- basis functions
+
+def _spherical_jn_np(l: int, x: np.ndarray) -> np.ndarray:
+    from scipy.special import spherical_jn
+
+    return spherical_jn(l, x)
+
+
+def bessel_zeros(n_orders: int, n_roots: int) -> np.ndarray:
+    """First `n_roots` positive zeros z_ln of the spherical Bessel functions j_l, l < n_orders (float64).
+
+    Zeros of j_l interlace those of j_{l−1}, so each lies between consecutive zeros of the order below."""
+    from scipy.optimize import brentq
+
+    zeros = np.zeros((n_orders, n_roots))
+    points = np.arange(1, n_roots + n_orders) * np.pi  # zeros of j_0
+    zeros[0] = points[:n_roots]
+    for l in range(1, n_orders):
+        roots = np.array([brentq(lambda r: _spherical_jn_np(l, r), points[m], points[m + 1], xtol=1e-15,
+                                 rtol=4 * np.finfo(float).eps)
+                          for m in range(len(points) - 1)])
+        zeros[l] = roots[:n_roots]
+        points = roots
+    return zeros
+
+
+def bessel_normalizers(zeros: np.ndarray) -> np.ndarray:
+    """√2 / |j_{l+1}(z_ln)|: normalizes j_l(z_ln·x) on [0, 1] with weight x² (DimeNet's basis)."""
+    out = np.zeros_like(zeros)
+    for l in range(zeros.shape[0]):
+        out[l] = 1.0 / np.sqrt(0.5 * _spherical_jn_np(l + 1, zeros[l]) ** 2)
+    return out
+
+
+def spherical_jn(n_orders: int, x: torch.Tensor) -> torch.Tensor:
+    """j_l(x) for l < n_orders, stacked on a new last dim, by upward recurrence from j_0 and j_1
+    (numerically the closed forms sympy writes out; fine in float64 for x ≳ 1)."""
+    s, c = torch.sin(x), torch.cos(x)
+    j0 = s / x
+    out = [j0]
+    if n_orders > 1:
+        j1 = s / (x * x) - c / x
+        out.append(j1)
+        for l in range(1, n_orders - 1):
+            out.append((2 * l + 1) / x * out[l] - out[l - 1])
+    return torch.stack(out, dim=-1)
+
+
+def legendre_cbf(n_orders: int, cos: torch.Tensor) -> torch.Tensor:
+    """Y_l^0 = √((2l+1)/4π)·P_l(cos θ) for l < n_orders (last dim): DimeNet's angular basis."""
+    p = [torch.ones_like(cos), cos]
+    for l in range(1, n_orders - 1):
+        p.append(((2 * l + 1) * cos * p[l] - l * p[l - 1]) / (l + 1))
+    pref = cos.new_tensor([math.sqrt((2 * l + 1) / (4 * math.pi)) for l in range(n_orders)])
+    return torch.stack(p[:n_orders], dim=-1) * pref
+
+
+class Envelope(nn.Module):
+    """u(x) = 1/x + a x^(p−1) + b x^p + c x^(p+1) for x < 1, else 0 (p = exponent + 1): u, u', u'' → 0
+    at x = 1, so everything it multiplies switches off C²-smoothly at the cutoff."""
+
+    def __init__(self, exponent: int):
+        super().__init__()
+        self.p = exponent + 1
+        self.a = -(self.p + 1) * (self.p + 2) / 2
+        self.b = self.p * (self.p + 2)
+        self.c = -self.p * (self.p + 1) / 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, a, b, c = self.p, self.a, self.b, self.c
+        x0 = x.pow(p - 1)
+        x1 = x0 * x
+        x2 = x1 * x
+        return (1.0 / x + a * x0 + b * x1 + c * x2) * (x < 1.0).to(x.dtype)
+
+
+class BesselBasis(nn.Module):
+    """u(d/c)·sin(f_n d/c) with trainable frequencies f_n (initialized nπ), as in DimeNet."""
+
+    def __init__(self, radial: int, cutoff: float, envelope_exponent: int):
+        super().__init__()
+        self.cutoff = cutoff
+        self.envelope = Envelope(envelope_exponent)
+        self.freq = nn.Parameter(torch.arange(1, radial + 1, dtype=torch.float32) * math.pi)
+
+    def forward(self, d: torch.Tensor) -> torch.Tensor:
+        x = d.unsqueeze(-1) / self.cutoff
+        return self.envelope(x) * torch.sin(self.freq * x)
+
+
+class SphericalBasis(nn.Module):
+    """Radial part u(d/c)·N_ln·j_l(z_ln d/c) [.., spherical, radial] of the 2-D basis, and the angular
+    part Y_l^0(θ); their product on the triplets is DimeNet's a_SBF.
+
+    z_ln and N_ln are float64 constants (not parameters or buffers: `.float()` must not round them)."""
+
+    def __init__(self, spherical: int, radial: int, cutoff: float, envelope_exponent: int):
+        super().__init__()
+        self.spherical, self.radial, self.cutoff = spherical, radial, cutoff
+        self.envelope = Envelope(envelope_exponent)
+        zeros = bessel_zeros(spherical, radial)
+        self.set_constants(zeros, bessel_normalizers(zeros))
+
+    def set_constants(self, zeros: np.ndarray, norms: np.ndarray) -> None:
+        self._consts = {"cpu": (torch.as_tensor(np.asarray(zeros, dtype=np.float64)),
+                                torch.as_tensor(np.asarray(norms, dtype=np.float64)))}
+
+    def constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = str(device)
+        if key not in self._consts:
+            self._consts[key] = tuple(t.to(device) for t in self._consts["cpu"])
+        return self._consts[key]
+
+    def radial_part(self, d: torch.Tensor) -> torch.Tensor:
+        """d [...] → [..., spherical * radial] (l-major), in d's dtype, computed in float64."""
+        zeros, norms = self.constants(d.device)
+        x = d.to(torch.float64) / self.cutoff
+        z = x[..., None, None] * zeros  # [..., L, K]
+        jl = spherical_jn(self.spherical, z)  # [..., L, K, L']: j_l' at every z; keep l' = l
+        jl = jl.diagonal(dim1=-3, dim2=-1)  # [..., K, L]
+        jl = jl.transpose(-1, -2) * norms  # [..., L, K]
+        rbf = self.envelope(x)[..., None, None] * jl
+        return rbf.flatten(-2).to(d.dtype)
+
+    def angular_part(self, cos: torch.Tensor) -> torch.Tensor:
+        return legendre_cbf(self.spherical, cos)
+
+
+# ----------------------------------------------------------------------------- graph tables
+
+class TripletGeometry(nn.Module):
+    """Index tables of the all-pairs graph of an N-atom molecule (cached per N and device).
+
+    Directed edges e = (j → i), i ≠ j, target-major: e = i·(N−1) + (rank of j among the atoms ≠ i), so
+    "sum over the edges into atom i" is a reshape [N, N−1] and a sum.  Triplets k → j → i, k ∉ {i, j},
+    ji-major with N−2 per edge, so "sum over the triplets of edge ji" is also a reshape and a sum.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._cache: dict = {}
+
+    def tables(self, n_atoms: int, device: torch.device):
+        """(targets i [E], sources j [E], idx_kj [E·(N−2)]: the edge k → j of each triplet)."""
+        key = (n_atoms, str(device))
+        if key not in self._cache:
+            n = n_atoms
+            ar = torch.arange(n, device=device)
+            others = ~torch.eye(n, dtype=torch.bool, device=device)
+            tgt = ar.repeat_interleave(n - 1)
+            src = ar.expand(n, n)[others]
+            edge_id = torch.full((n, n), -1, dtype=torch.long, device=device)  # [target, source]
+            edge_id[tgt, src] = torch.arange(tgt.numel(), device=device)
+            keep = (ar != tgt[:, None]) & (ar != src[:, None])  # [E, N]: k ∉ {i, j}
+            k = ar.expand(tgt.numel(), n)[keep].view(tgt.numel(), max(n - 2, 0))
+            idx_kj = edge_id[src[:, None].expand_as(k), k].reshape(-1)  # edge k → j: target j, source k
+            self._cache[key] = (tgt, src, idx_kj)
+        return self._cache[key]
+
+
+# ----------------------------------------------------------------------------- blocks
+
+def glorot_orthogonal_(weight: torch.Tensor, scale: float = 2.0) -> None:
+    """DimeNet's initializer (= torch_geometric.nn.inits.glorot_orthogonal)."""
+    with torch.no_grad():
+        nn.init.orthogonal_(weight)
+        weight.mul_((scale / ((weight.size(-2) + weight.size(-1)) * weight.var())).sqrt())
+
+
+class EmbeddingBlock(nn.Module):
+    """m_ji = act(W [h_i ‖ h_j ‖ act(W_rbf e_RBF(d_ji))] + b)."""
+
+    def __init__(self, radial: int, hidden: int, activation: str, max_z: int):
+        super().__init__()
+        self.emb = nn.Embedding(max_z, hidden)
+        self.lin_rbf = nn.Linear(radial, hidden)
+        self.lin = nn.Linear(3 * hidden, hidden)
+        self.act_rbf = get_activation(activation)
+        self.act = get_activation(activation)
+        with torch.no_grad():
+            self.emb.weight.uniform_(-math.sqrt(3), math.sqrt(3))
+
+    def forward(self, numbers, rbf, tgt, src):
+        h = self.emb(numbers)  # [N, H], the same for every frame: its part of `lin` is done once
+        hid = h.shape[-1]
+        atoms = F.linear(torch.cat([h[tgt], h[src]], dim=-1), self.lin.weight[:, :2 * hid], self.lin.bias)
+        r = F.linear(self.act_rbf(self.lin_rbf(rbf)), self.lin.weight[:, 2 * hid:])
+        return self.act(atoms + r)
+
+
+class ResidualLayer(nn.Module):
+    def __init__(self, hidden: int, activation: str):
+        super().__init__()
+        self.lin1, self.lin2 = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.act1, self.act2 = get_activation(activation), get_activation(activation)
+        for lin in (self.lin1, self.lin2):
+            glorot_orthogonal_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x):
+        return x + self.act2(self.lin2(self.act1(self.lin1(x))))
+
+
+class InteractionPPBlock(nn.Module):
+    """DimeNet++ interaction: directional message passing over the triplets with down/up projections."""
+
+    def __init__(self, hidden, int_emb, basis_emb, spherical, radial, before_skip, after_skip, activation):
+        super().__init__()
+        self.lin_rbf1 = nn.Linear(radial, basis_emb, bias=False)
+        self.lin_rbf2 = nn.Linear(basis_emb, hidden, bias=False)
+        self.lin_sbf1 = nn.Linear(spherical * radial, basis_emb, bias=False)
+        self.lin_sbf2 = nn.Linear(basis_emb, int_emb, bias=False)
+        self.lin_kj = nn.Linear(hidden, hidden)
+        self.lin_ji = nn.Linear(hidden, hidden)
+        self.lin_down = nn.Linear(hidden, int_emb, bias=False)
+        self.lin_up = nn.Linear(int_emb, hidden, bias=False)
+        self.layers_before_skip = nn.ModuleList(ResidualLayer(hidden, activation) for _ in range(before_skip))
+        self.lin = nn.Linear(hidden, hidden)
+        self.layers_after_skip = nn.ModuleList(ResidualLayer(hidden, activation) for _ in range(after_skip))
+        self.act_ji, self.act_kj, self.act_down, self.act_up, self.act_skip = (
+            get_activation(activation) for _ in range(5))
+        for lin in (self.lin_rbf1, self.lin_rbf2, self.lin_sbf1, self.lin_sbf2, self.lin_kj, self.lin_ji,
+                    self.lin_down, self.lin_up, self.lin):
+            glorot_orthogonal_(lin.weight)
+            if lin.bias is not None:
+                nn.init.zeros_(lin.bias)
+
+    def forward(self, x, rbf, sbf, idx_kj):
+        """x [B, E, H] edge messages; rbf [B, E, R]; sbf [B, T, L·R] with T = E·(N−2), ji-major."""
+        x_ji = self.act_ji(self.lin_ji(x))
+        x_kj = self.act_kj(self.lin_kj(x)) * self.lin_rbf2(self.lin_rbf1(rbf))
+        x_kj = self.act_down(self.lin_down(x_kj))  # [B, E, I]
+        s = self.lin_sbf2(self.lin_sbf1(sbf))  # [B, T, I]
+        b, e, i = x_kj.shape
+        t = x_kj.index_select(1, idx_kj) * s
+        agg = t.view(b, e, idx_kj.numel() // max(e, 1), i).sum(2)  # Σ_k over the triplets of each edge ji
+        h = x_ji + self.act_up(self.lin_up(agg))
+        for layer in self.layers_before_skip:
+            h = layer(h)
+        h = self.act_skip(self.lin(h)) + x
+        for layer in self.layers_after_skip:
+            h = layer(h)
+        return h
+
+
+class OutputPPBlock(nn.Module):
+    """Atom-wise output: Σ_j W_rbf e_RBF(d_ji) ⊙ m_ji → up-projection → (Linear, act) × layers → Linear."""
+
+    def __init__(self, radial, hidden, out_emb, layers, activation, output_init="zeros"):
+        super().__init__()
+        self.lin_rbf = nn.Linear(radial, hidden, bias=False)
+        self.lin_up = nn.Linear(hidden, out_emb, bias=False)
+        self.lins = nn.ModuleList(nn.Linear(out_emb, out_emb) for _ in range(layers))
+        self.acts = nn.ModuleList(get_activation(activation) for _ in range(layers))
+        self.lin = nn.Linear(out_emb, 1, bias=False)
+        glorot_orthogonal_(self.lin_rbf.weight)
+        glorot_orthogonal_(self.lin_up.weight)
+        for lin in self.lins:
+            glorot_orthogonal_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        if output_init == "zeros":
+            nn.init.zeros_(self.lin.weight)
+        else:
+            glorot_orthogonal_(self.lin.weight)
+
+    def forward(self, x, rbf, n_atoms):
+        b, e, hid = x.shape
+        a = (self.lin_rbf(rbf) * x).view(b, n_atoms, n_atoms - 1, hid).sum(2)  # edges are target-major
+        a = self.lin_up(a)
+        for lin, act in zip(self.lins, self.acts):
+            a = act(lin(a))
+        return self.lin(a)  # [B, N, 1]
+
+
+# ----------------------------------------------------------------------------- model
+
+class DimeNetPP(nn.Module):
+    """Energy model E(positions, numbers): DimeNet++ with SiLU (swish) activations."""
+
+    paper_activation_scope = ("output_blocks",)  # the paper swaps activations in the output blocks only
+
+    def __init__(self, hidden=32, blocks=2, int_emb=16, basis_emb=8, out_emb=32, spherical=5, radial=4,
+                 cutoff=6.0, envelope_exponent=5, before_skip=1, after_skip=2, output_layers=3,
+                 activation="silu", max_z=100, output_init="zeros"):
+        super().__init__()
+        if spherical < 2:
+            raise ValueError("spherical must be at least 2")
+        self.cutoff = cutoff
+        self.geometry = TripletGeometry()
+        self.rbf = BesselBasis(radial, cutoff, envelope_exponent)
+        self.sbf = SphericalBasis(spherical, radial, cutoff, envelope_exponent)
+        self.emb = EmbeddingBlock(radial, hidden, activation, max_z)
+        self.output_blocks = nn.ModuleList(
+            OutputPPBlock(radial, hidden, out_emb, output_layers, activation, output_init)
+            for _ in range(blocks + 1))
+        self.interaction_blocks = nn.ModuleList(
+            InteractionPPBlock(hidden, int_emb, basis_emb, spherical, radial, before_skip, after_skip,
+                               activation) for _ in range(blocks))
+
+    def forward(self, positions: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        """positions [B, N, 3] (Å), numbers [N] → energies [B]."""
+        b, n, _ = positions.shape
+        tgt, src, idx_kj = self.geometry.tables(n, positions.device)
+        vec = positions[:, tgt] - positions[:, src]  # [B, E, 3]: x_i − x_j for edge j → i
+        d = vec.norm(dim=-1)  # [B, E]
+        unit = vec / d.unsqueeze(-1)
+        # triplet k → j → i: cos of the angle between x_i − x_j and x_j − x_k (PyG's DimeNet++ convention)
+        per_edge = max(n - 2, 0)
+        cos = (unit.view(b, -1, 1, 3) * unit.index_select(1, idx_kj).view(b, d.shape[1], per_edge, 3)).sum(-1)
+        rbf = self.rbf(d)  # [B, E, R]
+        rad = self.sbf.radial_part(d)  # [B, E, L·R], of the edge k → j in each triplet
+        cbf = self.sbf.angular_part(cos.reshape(b, -1))  # [B, T, L]
+        ell, k = self.sbf.spherical, self.sbf.radial
+        sbf = (rad.index_select(1, idx_kj).view(b, -1, ell, k) * cbf.unsqueeze(-1)).flatten(-2)
+
+        x = self.emb(numbers, rbf, tgt, src)  # [B, E, H]
+        p = self.output_blocks[0](x, rbf, n)
+        for inter, out in zip(self.interaction_blocks, self.output_blocks[1:]):
+            x = inter(x, rbf, sbf, idx_kj)
+            p = p + out(x, rbf, n)
+        return p.sum(dim=(1, 2))
+
+    @torch.no_grad()
+    def load_pyg_(self, pyg: nn.Module) -> "DimeNetPP":
+        """Copy the weights of a `torch_geometric.nn.models.DimeNetPlusPlus` with the same sizes and
+        install its float32-rounded Bessel zeros/normalizers (for checks)."""
+        from torch_geometric.nn.models.dimenet_utils import Jn, Jn_zeros
+
+        zeros = Jn_zeros(self.sbf.spherical, self.sbf.radial)  # float32, as PyG's sympy forms use them
+        norms = np.array([[1 / (0.5 * Jn(zeros[l, i], l + 1) ** 2) ** 0.5 for i in range(zeros.shape[1])]
+                          for l in range(zeros.shape[0])], dtype=np.float64)
+        self.sbf.set_constants(zeros.astype(np.float64), norms)
+        self.rbf.freq.copy_(pyg.rbf.freq)
+        n_emb = pyg.emb.emb.weight.shape[0]
+        self.emb.emb.weight[:n_emb].copy_(pyg.emb.emb.weight)
+        for name in ("lin_rbf", "lin"):
+            getattr(self.emb, name).load_state_dict(getattr(pyg.emb, name).state_dict())
+        for ours, theirs in zip(self.interaction_blocks, pyg.interaction_blocks, strict=True):
+            ours.load_state_dict(theirs.state_dict())
+        for ours, theirs in zip(self.output_blocks, pyg.output_blocks, strict=True):
+            ours.load_state_dict(theirs.state_dict())
+        return self
