@@ -105,8 +105,9 @@ def dense_ef(model, pos, Z, create_graph=False, cutoff=None):
 def dense_energy(model, pos, Z, cutoff=None):
     """E [B] of dense frames (no forces)."""
     from dcnn.atomistic.graph import molecule_graph
+    from dcnn.models import prepare
 
-    return model(molecule_graph(pos, Z, cutoff))
+    return model(prepare(model, molecule_graph(pos, Z, cutoff)))
 
 
 def assert_symmetries(model, pos, Z, e_atol=1e-10, f_atol=1e-9):

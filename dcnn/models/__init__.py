@@ -25,7 +25,7 @@ BUILTIN_SPECS = {name: ModelSpec(cls, presets, act, cls.paper_activation_scope, 
                  for name, (cls, presets, act) in MODELS.items()}
 
 __all__ = ["SchNet", "CGCNN", "ForceNet", "DimeNetPP", "GemNetT", "FCN", "MODELS", "MODEL_NAMES", "PRESET_NAMES", "build_model",
-           "default_activation", "denormalize", "energy_and_forces",
+           "default_activation", "denormalize", "energy_and_forces", "prepare",
            "has_normalization", "MAX_Z", "ModelSpec", "get_spec", "model_names", "check_plugin",
            "UnknownModelError"]
 
@@ -84,12 +84,21 @@ def denormalize(model: nn.Module) -> int:
     return count
 
 
+def prepare(model: nn.Module, graph):
+    """The graph with the index tables the model derives from its edges (`model.prepare_graph(graph)`:
+    triplets for DimeNet++ and GemNet-T), made outside the differentiable step; unchanged for models
+    without one, or when they are there already."""
+    hook = getattr(model, "prepare_graph", None)
+    return graph if hook is None else hook(graph)
+
+
 def energy_and_forces(model: nn.Module, graph, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """E [B] and F = −∂E/∂positions [A, 3] of an AtomicGraph (dcnn.atomistic.graph): the one place forces
     are made (NequIP's design: models return energy, a generic wrapper takes its gradient); through the edge
     vectors, so periodic images get their forces too.  `create_graph=True` when F enters a training loss."""
     import dataclasses
 
+    graph = prepare(model, graph)
     with torch.enable_grad():
         if not graph.positions.requires_grad:
             graph = dataclasses.replace(graph, positions=graph.positions.detach().requires_grad_(True))
