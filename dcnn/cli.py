@@ -16,10 +16,10 @@ from pathlib import Path
 import yaml
 
 from dcnn.compiled import COMPILE_MODES
-from dcnn.config import ACTIVATION_CHOICES, DTYPES, OPTIMIZERS, SCOPES, TrainConfig
+from dcnn.config import ACTIVATION_CHOICES, DTYPES, OPTIMIZERS, SCOPES, TrainConfig, resolve_config
 from dcnn.init import INIT_MODES
 from dcnn.schedules import SCHEDULES
-from dcnn.data import DatasetError, load_dataset
+from dcnn.data import DatasetError
 from dcnn.outputs import check_output, same_file
 
 # model and preset: TrainConfig checks them (plug-ins bring their own names and presets)
@@ -33,7 +33,7 @@ _FLAG_GROUPS = {
                       "init", "seed"),
     "optimisation": ("lr", "optimizer", "lr_schedule", "lr_min", "warmup_epochs", "plateau_factor",
                      "plateau_patience", "batch_size", "epochs", "force_weight"),
-    "data": ("dataset", "n_train", "n_val", "n_test", "split_seed", "eval_batch_size"),
+    "data": ("dataset", "split", "n_train", "n_val", "n_test", "split_seed", "eval_batch_size"),
     "PINN task (model fcn; --dataset names the PDE problem)": (
         "n_collocation", "n_initial", "n_boundary", "collocation_batch", "steps_per_epoch", "resample"),
     "where and how it runs": ("device", "threads", "flush_denormals", "dtype", "compile"),
@@ -114,7 +114,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         values.update(loaded)
     values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig)
                    if getattr(args, f.name, None) is not None})
-    return TrainConfig.from_dict(values)
+    return resolve_config(values)
 
 
 def _fmt(v) -> str:
@@ -159,62 +159,36 @@ def check_resume_config(state: dict, cfg: TrainConfig, path) -> None:
                          f"{cfg.epochs}: nothing to train (raise --epochs)")
 
 
-def _train_other_family(args: argparse.Namespace, cfg, family) -> int:
-    """`train` for a task family other than molecules (PINN): its data set is a problem, its metrics
-    are the family's."""
-    family.check_dataset(cfg.dataset, {})
-    if args.resume:
-        check_resume_config(load_checkpoint_file(args.resume), cfg, args.resume)
-    if args.checkpoint:
-        resumed = args.resume if args.resume and same_file(args.resume, args.checkpoint) else None
-        check_output("--checkpoint", args.checkpoint, {"--config": args.config}, args.force or bool(resumed))
-    print(f"training {cfg.model} ({cfg.preset}) activation={cfg.activation} denorm={cfg.denorm} "
-          f"rescale={cfg.rescale} (C={cfg.rescale_factor:g}) on {cfg.dataset}", file=sys.stderr, flush=True)
-
-    def on_epoch(m, trainer):
-        print(f"epoch {m['epoch']:3d}/{cfg.epochs}  " + "  ".join(
-            f"val {spec.short} {_fmt(m[spec.key])}" for spec in family.metrics)
-              + f"  ({m['epoch_time_s']:.1f} s)" + ("  DIVERGED" if m["diverged"] else ""), file=sys.stderr, flush=True)
-        if args.checkpoint:
-            trainer.save(args.checkpoint)
-
-    from dcnn.train import train
-
-    summary = train(cfg, on_epoch=on_epoch, resume_from=args.resume)
-    print(json.dumps(summary, indent=2, default=str, ensure_ascii=False))
-    return 1 if summary.get("diverged") else 0
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
+    """Train one model.  Its task family (dcnn.families) checks the data set and the split before any model
+    is built, names the data in the header and the metrics in each epoch's line."""
     from dcnn.families import family_of
 
-    if family_of(cfg.model).name != "molecule":
-        return _train_other_family(args, cfg, family_of(cfg.model))
-    ds = load_dataset(cfg.dataset)  # bad data fails here, before any model is built
+    cfg = config_from_args(args)
+    family = family_of(cfg.model)
+    family.check_dataset(cfg.dataset, cfg.to_dict())  # bad data, or a split it cannot hold, fails here
     if args.resume:
         check_resume_config(load_checkpoint_file(args.resume), cfg, args.resume)
     if args.checkpoint:
         # written every epoch: never over the data, the config or anything else it did not write
         # (a checkpoint of the run being resumed may be continued in place)
         resumed = args.resume if args.resume and same_file(args.resume, args.checkpoint) else None
-        check_output("--checkpoint", args.checkpoint, {"--dataset": cfg.dataset, "--config": args.config},
+        check_output("--checkpoint", args.checkpoint, {"--dataset": cfg.dataset.split("?", 1)[0], "--config": args.config},
                      args.force or bool(resumed))
-    from dcnn.data import split_indices
-
-    try:
-        split_indices(len(ds), 0, cfg.n_train, cfg.n_val, cfg.n_test)
-    except ValueError as e:
-        raise ValueError(f"{cfg.dataset}: too small for --n-train/--n-val/--n-test: {e}") from None
-    eu, fu = ds.energy_unit, ds.force_unit
+    info = family.dataset_info(cfg.dataset)
+    units = info.get("units", [])
+    frames = f", {info['frames']} frames" if "frames" in info else ""
     print(f"training {cfg.model} ({cfg.preset}) activation={cfg.activation} denorm={cfg.denorm} "
-          f"rescale={cfg.rescale} (C={cfg.rescale_factor:g}) on {ds.name} [{ds.theory}], "
-          f"{len(ds)} frames", file=sys.stderr, flush=True)
+          f"rescale={cfg.rescale} (C={cfg.rescale_factor:g}) init={cfg.init} on {info['name']} "
+          f"[{info['theory']}]{frames}", file=sys.stderr, flush=True)
+    shown = [m for m in family.metrics if m.main]
 
     def on_epoch(m, trainer):
-        print(f"epoch {m['epoch']:3d}/{cfg.epochs}  val E {_fmt(m['energy_loss'])} {eu}  "
-              f"val F {_fmt(m['force_loss'])} {fu}  train E {_fmt(m['train_energy_loss'])}  "
-              f"train F {_fmt(m['train_force_loss'])}  ({m['epoch_time_s']:.1f} s)"
+        values = [f"val {spec.short} {_fmt(m[spec.key])}" + (f" {spec.unit_for(units)}" if spec.unit_for(units) else "")
+                  for spec in shown]
+        values += [f"{term.replace('_loss', '').replace('_', ' ')} {_fmt(m[term])}" for term in family.train_terms
+                   if term in m]
+        print(f"epoch {m['epoch']:3d}/{cfg.epochs}  " + "  ".join(values) + f"  ({m['epoch_time_s']:.1f} s)"
               + ("  DIVERGED" if m["diverged"] else ""), file=sys.stderr, flush=True)
         if args.checkpoint:
             trainer.save(args.checkpoint)
@@ -223,7 +197,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     summary = train(cfg, on_epoch=on_epoch, resume_from=args.resume)
     print(json.dumps(summary, indent=2, default=str, ensure_ascii=False))
-    return 1 if summary["diverged"] else 0
+    return 1 if summary.get("diverged") else 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -240,12 +214,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    ds = load_dataset(args.path)
-    print(json.dumps({"path": ds.source, "name": ds.name, "theory": ds.theory, "frames": len(ds),
-                      "atoms": ds.n_atoms, "numbers": ds.numbers.tolist(),
-                      "energy_unit": ds.energy_unit, "force_unit": ds.force_unit,
-                      "energy_mean": float(ds.energies.mean()), "energy_std": float(ds.energies.std()),
-                      "mean_abs_force": float(abs(ds.forces).mean()), **ds.metadata}, indent=2))
+    """Validate a data file (any atomistic layout) and print its summary."""
+    from dcnn.atomistic.io import load_atoms
+
+    ds = load_atoms(args.path)
+    species, counts = ds.compositions()
+    sizes = ds.n_atoms
+    out = {"path": ds.source, "name": ds.name, "theory": ds.theory, "frames": len(ds),
+           "atoms": int(sizes[0]) if ds.fixed_size else {"min": int(sizes.min()), "max": int(sizes.max())},
+           "elements": [int(z) for z in species], "compositions": len({tuple(c) for c in counts.tolist()}),
+           "periodic": bool(ds.is_periodic), "energy_unit": ds.energy_unit, "force_unit": ds.force_unit,
+           "energy_mean": float(ds.energies.mean()), "energy_std": float(ds.energies.std()),
+           "energy_per_atom_mean": float((ds.energies / sizes).mean()),
+           "mean_abs_force": float(abs(ds.forces).mean()), **ds.metadata}
+    if ds.fixed_size:
+        out["numbers"] = ds.numbers[:int(sizes[0])].tolist()
+    print(json.dumps(out, indent=2))
     return 0
 
 

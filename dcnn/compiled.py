@@ -39,7 +39,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from dcnn.batchnorm import batch_statistics_as_outputs, batchnorms, fold_running_statistics
+from dcnn.batchnorm import batch_statistics_as_outputs, fold_running_statistics
+from dcnn.atomistic.graph import AtomicGraph
 from dcnn.models import energy_and_forces
 
 __all__ = ["EnergyForces", "make_energy_forces", "COMPILE_MODES", "compile_cache_dir", "GraphRecords"]
@@ -76,9 +77,8 @@ class GraphRecords:
         self.folder = (folder or compile_cache_dir()) / "dcnn-graphs"
 
     @staticmethod
-    def key(model: nn.Module, positions: torch.Tensor, numbers: torch.Tensor, backend: str) -> str:
-        text = "\n".join([repr(model), str(model.training), str(tuple(positions.shape)), str(positions.dtype),
-                          positions.device.type, str(tuple(numbers.shape)), torch.__version__, backend])
+    def key(model: nn.Module, graph, backend: str) -> str:
+        text = "\n".join([repr(model), str(model.training), str(_shape_key(graph)), torch.__version__, backend])
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def get(self, key: str) -> dict:
@@ -129,16 +129,18 @@ class EnergyForces:
         self.warm_cache: Optional[bool] = None  # whether the first graph had been compiled here before
 
     # -- tracing --------------------------------------------------------------------------------
-    def _trace(self, positions: torch.Tensor, numbers: torch.Tensor):
+    def _trace(self, graph):
         from torch.fx.experimental.proxy_tensor import make_fx
         from torch.func import functional_call, vjp
 
         model = self.model
+        n_structures = graph.n_structures  # a Python int: part of the graph's static shape
 
-        def energy_forces(params, buffers, pos, z):
+        def energy_forces(params, buffers, pos, tensors, extras):
             def energy(p):
                 sink.clear()
-                e = functional_call(model, (params, buffers), (p, z))
+                g = AtomicGraph(p, n_structures=n_structures, extras=extras, **dict(zip(GRAPH_TENSORS, tensors)))
+                e = functional_call(model, (params, buffers), (g,))
                 return e, tuple(sink)
 
             e, pullback, stats = vjp(energy, pos, has_aux=True)
@@ -148,33 +150,33 @@ class EnergyForces:
         with batch_statistics_as_outputs(model) as (bns, sink):
             params = {k: v.detach() for k, v in model.named_parameters()}
             buffers = dict(model.named_buffers())
-            graph = make_fx(energy_forces)(params, buffers, positions.detach(), numbers)
+            traced = make_fx(energy_forces)(params, buffers, graph.positions.detach(), _tensors(graph), graph.extras)
         if self.backend == "inductor":
-            graph = torch.compile(graph, backend="inductor", dynamic=False, fullgraph=True)
-        return graph, bns
+            traced = torch.compile(traced, backend="inductor", dynamic=False, fullgraph=True)
+        return traced, bns
 
-    def _run(self, entry, positions, numbers):
-        graph, bns = entry
+    def _run(self, entry, graph):
+        traced, bns = entry
         params = dict(self.model.named_parameters())
         buffers = dict(self.model.named_buffers())
-        e, f, stats = graph(params, buffers, positions, numbers)
+        e, f, stats = traced(params, buffers, graph.positions, _tensors(graph), graph.extras)
         return e, f, stats, bns
 
-    def _get(self, positions: torch.Tensor, numbers: torch.Tensor):
-        # numbers enter the graph as an input (embeddings index with them), so only shapes key it: no host sync
-        key = (tuple(positions.shape), positions.dtype, positions.device, tuple(numbers.shape))
+    def _get(self, graph):
+        # only shapes key a graph (the atomic numbers and edges are inputs): no host sync
+        key = _shape_key(graph)
         entry = self.graphs.get(key)
         if entry is None:
             record_key = None
             if self.records is not None:
                 compile_cache_dir()  # inductor writes its cache where our records are
-                record_key = GraphRecords.key(self.model, positions, numbers, self.backend)
+                record_key = GraphRecords.key(self.model, graph, self.backend)
                 warm = bool(self.records.get(record_key).get("compiles"))
                 self.warm_cache = warm if self.warm_cache is None else self.warm_cache
             t0 = time.perf_counter()
-            entry = self._trace(positions, numbers)
+            entry = self._trace(graph)
             # warm-up: inductor compiles the forward now and the backward at the first backward
-            e, f, _, _ = self._run(entry, positions, numbers)
+            e, f, _, _ = self._run(entry, graph)
             params = [p for p in self.model.parameters() if p.requires_grad]
             torch.autograd.grad(e.sum() + f.sum(), params, allow_unused=True)
             spent = time.perf_counter() - t0
@@ -183,54 +185,65 @@ class EnergyForces:
             self.graphs[key] = entry
             if record_key is not None:
                 self.records.update(record_key, compile_s=spent)
-            log.info("traced%s the energy+force step for batch %s in %.1f s",
-                     " and compiled" if self.backend == "inductor" else "", tuple(positions.shape), spent)
+            log.info("traced%s the energy+force step for a batch of %d structures (%d atoms, %d edges) in %.1f s",
+                     " and compiled" if self.backend == "inductor" else "", graph.n_structures,
+                     graph.positions.shape[0], graph.n_edges, spent)
         return entry
 
-    def _padded_batch(self, positions: torch.Tensor) -> Optional[int]:
-        """A traced batch size to pad `positions` up to (None: trace this size)."""
-        if any(m.training for m in batchnorms(self.model)):
-            return None
-        b = positions.shape[0]
-        sizes = [k[0][0] for k in self.graphs if k[0][1:] == tuple(positions.shape[1:])
-                 and k[1] == positions.dtype and k[2] == positions.device and k[0][0] > b]
-        return min(sizes) if sizes else None
-
-    def _record_of(self, positions, numbers) -> tuple[Optional[str], dict]:
+    def _record_of(self, graph) -> tuple[Optional[str], dict]:
         """(key, record) of the graph this batch would trace (for `auto`), or (None, {}) without records."""
         if self.records is None or self.auto is None or self.auto.decision is not None:
             return None, {}
-        key = GraphRecords.key(self.model, positions, numbers, self.backend)
+        key = GraphRecords.key(self.model, graph, self.backend)
         return key, self.records.get(key)
 
     # -- the call -------------------------------------------------------------------------------
-    def __call__(self, positions: torch.Tensor, numbers: torch.Tensor,
-                 create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """As `dcnn.models.energy_and_forces`; traced only for training steps (create_graph, train mode)."""
+    def __call__(self, graph, create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """As `dcnn.models.energy_and_forces`; traced only for training steps (create_graph, train mode).
+        The graph must already be `prepare`d (index tables in `extras`): the trace takes them as inputs."""
         if self.failed is not None or not (create_graph and self.model.training and torch.is_grad_enabled()):
-            return energy_and_forces(self.model, positions, numbers, create_graph=create_graph)
-        if self.auto is not None and not self.auto.decide(self._record_of(positions, numbers)):
-            return energy_and_forces(self.model, positions, numbers, create_graph=True)
-        b = positions.shape[0]
-        pad_to = self._padded_batch(positions)
-        if pad_to is not None:
-            positions = torch.cat([positions, positions[-1:].expand(pad_to - b, -1, -1)])
+            return energy_and_forces(self.model, graph, create_graph=create_graph)
+        if self.auto is not None and not self.auto.decide(self._record_of(graph)):
+            return energy_and_forces(self.model, graph, create_graph=True)
+        if len(self.graphs) >= MAX_GRAPHS and _shape_key(graph) not in self.graphs:
+            self._fall_back(f"more than {MAX_GRAPHS} batch shapes (variable-size data: every batch its own "
+                            f"graph)")
+            return energy_and_forces(self.model, graph, create_graph=True)
         try:
-            entry = self._get(positions, numbers)
-            e, f, stats, bns = self._run(entry, positions, numbers)
+            entry = self._get(graph)
+            e, f, stats, bns = self._run(entry, graph)
         except Exception as exc:  # noqa: BLE001 — any tracing/compiler failure: eager is always correct
-            self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
-            log.warning("compiled energy+force step unavailable, training eagerly from now on (%s)", self.failed)
-            if pad_to is not None:
-                positions = positions[:b]
-            return energy_and_forces(self.model, positions, numbers, create_graph=True)
+            self._fall_back(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            return energy_and_forces(self.model, graph, create_graph=True)
         for m, (mean, var) in zip(bns, stats):  # the running statistics eager BatchNorm would have updated
             fold_running_statistics(m, mean, var, m.running_mean, m.running_var, m.num_batches_tracked)
-        if pad_to is not None:
-            e, f = e[:b], f[:b]
         if self.auto is not None:
             self.auto.compiled_call(self.records)
         return e, f
+
+    def _fall_back(self, reason: str) -> None:
+        self.failed = reason[:500]
+        log.warning("compiled energy+force step unavailable, training eagerly from now on (%s)", self.failed)
+
+
+# a full batch and the epoch's last, smaller one: two graphs; more means batches of different shapes
+MAX_GRAPHS = 2
+
+
+GRAPH_TENSORS = ("numbers", "batch", "edge_index", "cell_shifts", "cells", "n_atoms", "pbc")
+
+
+def _tensors(graph) -> tuple:
+    """The graph's tensors besides positions (GRAPH_TENSORS), what the traced step takes as inputs."""
+    return tuple(getattr(graph, name) for name in GRAPH_TENSORS)
+
+
+def _shape_key(graph) -> tuple:
+    """What fixes a traced graph: every tensor's shape (and the positions' dtype and device)."""
+    tensors = (graph.positions, *(t for t in _tensors(graph) if t is not None),
+               *(graph.extras[k] for k in sorted(graph.extras)))
+    return (graph.positions.dtype, graph.positions.device, graph.n_structures, tuple(sorted(graph.extras)),
+            tuple(tuple(t.shape) for t in tensors))
 
 
 # Measured with `make bench` (benchmarks/bench_compile.py) on the shared 2-core CPU VM, one thread, batch 20
@@ -317,13 +330,20 @@ class AutoDecision:
 
 
 def make_energy_forces(model: nn.Module, mode: str, model_name: str = "", total_steps: int = 0,
-                       backend: str = "inductor", preset: str = "small"):
-    """The (positions, numbers, create_graph) -> (E, F) function a task uses: compiled ("on"),
-    decided from timed steps ("auto", see `AutoDecision`), or eager autograd ("off")."""
+                       backend: str = "inductor", preset: str = "small", static_shapes: bool = True):
+    """The (graph, create_graph) -> (E, F) function a task uses: compiled ("on"), decided from timed steps
+    ("auto", see `AutoDecision`), or eager autograd ("off").  `static_shapes` False (variable-size or
+    periodic data: every batch its own number of atoms and edges) leaves it eager whatever the mode, saying
+    why once: a traced graph has fixed shapes, and one compile per batch would cost more than it saves."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile={mode!r}; choose one of {', '.join(COMPILE_MODES)}")
+    eager = lambda graph, create_graph: energy_and_forces(model, graph, create_graph)  # noqa: E731
+    if mode != "off" and not static_shapes:
+        if mode == "on":
+            log.warning("compile=on: batches of this data set differ in shape (atoms, edges); training eagerly")
+        return eager
     if mode == "on":
         return EnergyForces(model, backend)
     if mode == "auto":
         return EnergyForces(model, backend, AutoDecision(model_name, total_steps, preset=preset))
-    return lambda positions, numbers, create_graph: energy_and_forces(model, positions, numbers, create_graph)
+    return eager

@@ -9,16 +9,14 @@ from pathlib import Path
 
 from dcnn.activations import ACTIVATION_NAMES
 from dcnn.compiled import COMPILE_MODES
-from dcnn.data import DEFAULT_DATASET
-from dcnn.families import family_of
 from dcnn.init import INIT_MODES
-from dcnn.models import UnknownModelError, get_spec, model_names
 from dcnn.schedules import SCHEDULES
 
 ACTIVATION_CHOICES = ("original",) + ACTIVATION_NAMES
 SCOPES = ("paper", "all")  # where activations are swapped: the paper's placement, or everywhere
 DTYPES = ("float32", "float64")
 OPTIMIZERS = ("adam", "lbfgs")
+SPLITS = ("random",)  # besides "ood:ELEMENT" (a held-out element: dcnn.atomistic.splits.ood_split)
 SIZE_FIELDS = ("hidden", "filters", "interactions", "gaussians", "cutoff",
                "embedding", "convs", "fc", "fc_layers",
                # ForceNet sizes
@@ -67,7 +65,8 @@ class TrainConfig:
     batch_size: int = 20
     epochs: int = 10
     force_weight: float = 30.0
-    dataset: str = str(DEFAULT_DATASET)
+    dataset: str = ""  # a data file, a bundled name or a PDE problem; "" = the model's family's default
+    split: str = "random"  # random (seeded counts or 80/10/10) | ood:ELEMENT (test = every frame with it)
     n_train: typing.Optional[int] = 800  # None: fractions 0.8/0.1/0.1 of the data set (the paper's)
     n_val: typing.Optional[int] = 200
     n_test: typing.Optional[int] = 400
@@ -161,12 +160,6 @@ class TrainConfig:
             if not (math.isfinite(v) and (v >= 0 if allow_zero else v > 0)):
                 raise ValueError(f"{name}={v!r} must be {'non-negative' if allow_zero else 'positive'}")
 
-        try:  # built-in, optional built-in, plug-in module:attr or entry point (dcnn/models/plugins.py)
-            spec = get_spec(self.model)
-        except UnknownModelError:
-            raise ValueError(f"model={self.model!r} is not allowed; choose one of: {', '.join(model_names())} "
-                             f"(or a plug-in package.module:attribute)") from None
-        choice("preset", tuple(spec.presets))
         choice("activation", ACTIVATION_CHOICES)
         choice("scope", SCOPES)
         choice("init", INIT_MODES)
@@ -192,21 +185,46 @@ class TrainConfig:
         if self.warmup_epochs >= self.epochs and self.warmup_epochs:
             raise ValueError(f"warmup_epochs={self.warmup_epochs} must be fewer than epochs={self.epochs}")
         positive("n_test", allow_zero=True)
-        sizes = set(spec.presets[self.preset])
-        foreign = [n for n in SIZE_FIELDS if getattr(self, n) is not None and n not in sizes]
-        if foreign:
-            raise ValueError(f"size field(s) {foreign} do not apply to model {self.model!r}; "
-                             f"its sizes are: {', '.join(sizes)}")
-        family = family_of(self.model)
-        if family.name != "molecule" and self.dataset == str(DEFAULT_DATASET):
-            self.dataset = family.default_dataset()  # the family's own default (a PINN: a PDE problem)
-        if not self.dataset:
-            raise ValueError("dataset must name a data file or a bundled data set (ethanol, aspirin)")
-        # molecules: an absolute path (trials change directory); PINNs: a problem name
-        self.dataset = family.resolve_dataset(self.dataset)
+        if not self.model:
+            raise ValueError("model must name a model (a built-in such as schnet, or a plug-in module:attribute)")
+        if not (self.split in SPLITS or (self.split.startswith("ood:") and len(self.split) > 4)):
+            raise ValueError(f"split={self.split!r} is not allowed; choose random, or ood:ELEMENT (e.g. ood:N: every "
+                             f"frame holding the element is the test split)")
 
     def model_sizes(self) -> dict:
         return {n: getattr(self, n) for n in SIZE_FIELDS if getattr(self, n) is not None}
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+def resolve_config(config: "TrainConfig | typing.Mapping", base: str | None = None) -> TrainConfig:
+    """The one place where names and files of a config are resolved (the CLI, the trainables, the study and
+    the Trainer call it; a TrainConfig itself is a pure, validated record): the model's spec (built-in,
+    optional built-in, plug-in `module:attr` or entry point, imported here), its preset and the size fields
+    that apply to it, its task family's default data set when none is given, and the data set made absolute
+    (relative paths against `base`, default the working directory; trials run in folders of their own) or,
+    for a PINN, the problem's canonical name.  Idempotent."""
+    from dcnn.families import FAMILIES
+    from dcnn.models import UnknownModelError, get_spec, model_names
+
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    try:
+        spec = get_spec(cfg.model)
+    except UnknownModelError:
+        raise ValueError(f"model={cfg.model!r} is not allowed; choose one of: {', '.join(model_names())} "
+                         f"(or a plug-in package.module:attribute)") from None
+    if cfg.preset not in spec.presets:
+        raise ValueError(f"preset={cfg.preset!r} is not allowed; choose one of: {', '.join(spec.presets)}")
+    sizes = set(spec.presets[cfg.preset])
+    foreign = [n for n in SIZE_FIELDS if getattr(cfg, n) is not None and n not in sizes]
+    if foreign:
+        raise ValueError(f"size field(s) {foreign} do not apply to model {cfg.model!r}; its sizes are: "
+                         f"{', '.join(sizes)}")
+    family = FAMILIES[spec.family]
+    dataset = family.resolve_dataset(cfg.dataset or family.default_dataset(), base)
+    return cfg if dataset == cfg.dataset else dataclasses.replace(cfg, dataset=dataset)
 
 
 def _coerce_value(name: str, value, kind):

@@ -4,7 +4,9 @@ trainer, the trainables, MLflow logging and the report need no per-domain branch
 A family names its models, its data sets (files for molecules, PDE problems for PINNs), the metrics its
 task's `evaluate()` returns (name, unit, label, lower-is-better, the baseline a model must beat, the
 scale above which a result counts as blown up) and the fixed-weight validation objective `val_loss`.
-Light on imports: the task classes themselves live in dcnn.tasks and dcnn.pinn.task.
+Light on imports: the task classes live in dcnn.atomistic.task and dcnn.pinn.task; a family builds its own
+(`make_task`), and `dcnn.models.ModelSpec.family` says which family a model belongs to, so this module is
+the one place that dispatches on the kind of task.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-__all__ = ["MetricSpec", "TaskFamily", "FAMILIES", "family_of", "family_of_config", "BLOWUP_FACTOR"]
+__all__ = ["MetricSpec", "TaskFamily", "FAMILIES", "ATOMISTIC", "PINN", "family_of", "family_of_config",
+           "BLOWUP_FACTOR"]
 
 # The one divergence rule (trainer, `dcnn-ablate train`, MLflow's `diverged`, the report): a run diverged when
 # a loss or test metric is not finite, or when a test error is above BLOWUP_FACTOR × the error of a model
@@ -73,7 +76,7 @@ class TaskFamily:
     dataset_info: Callable[[str], dict]  # -> {"name", "theory", "units": [..]}
     check_dataset: Callable[[str, dict], None]  # (dataset, settings) -> raises ValueError before compute
     dataset_label: Callable[[str], str]
-    models: tuple = field(default=())
+    make_task: Callable = field(default=None)  # (TrainConfig, device) -> the family's Task
 
     def val_loss(self, metrics: dict) -> float:
         return float(sum(w * metrics[k] for k, w in self.objective.items()))
@@ -93,9 +96,14 @@ class TaskFamily:
         """The divergence rule: non-finite during training, a non-finite test metric, or a blow-up."""
         if nonfinite_in_training:
             return True
-        if any(not math.isfinite(_number(result.get(m.test_key))) for m in self.metrics):
-            return True
+        if any(not math.isfinite(_number(result.get(m.test_key))) for m in self.metrics if m.main):
+            return True  # (secondary metrics may be undefined by design: EFwT outside eV)
         return self.blown_up(result)
+
+    def nonfinite(self, metrics: dict) -> bool:
+        """A training epoch's divergence: its loss, a training term or a main validation metric not finite."""
+        keys = ["train_loss", *self.train_terms, *(m.key for m in self.metrics if m.main)]
+        return any(k in metrics and not math.isfinite(_number(metrics[k])) for k in keys)
 
     def metric_keys(self) -> tuple:
         """Every per-epoch or final result key of this family worth logging (MLflow)."""
@@ -111,51 +119,84 @@ def _number(value) -> float:
         return math.nan
 
 
-# -- molecules ---------------------------------------------------------------------------------------
-def _mol_default() -> str:
+# -- atomistic systems (molecules, slabs, crystals) --------------------------------------------------
+def _atoms_default() -> str:
     from dcnn.data import DEFAULT_DATASET
 
     return str(DEFAULT_DATASET)
 
 
-def _mol_resolve(name, base=None) -> str:
-    from dcnn.data import resolve_dataset
+def _atoms_resolve(name, base=None) -> str:
+    """An absolute path (trials change directory), keeping a database's `?selection`."""
+    from dcnn.atomistic.io import resolve_atoms_source
 
-    return str(resolve_dataset(name, base))
-
-
-def _mol_info(path: str) -> dict:
-    from dcnn.data import load_dataset
-
-    ds = load_dataset(path)
-    return {"name": ds.name, "theory": ds.theory, "units": [ds.energy_unit, ds.force_unit]}
+    path, query = resolve_atoms_source(name, base)
+    return str(path) + (f"?{query}" if query else "")
 
 
-def _mol_check(path: str, settings: dict) -> None:
-    from dcnn.data import load_dataset
+def _atoms_info(path: str) -> dict:
+    from dcnn.atomistic.io import load_atoms
+
+    ds = load_atoms(path)
+    return {"name": ds.name, "theory": ds.theory, "units": [ds.energy_unit, ds.force_unit],
+            "frames": len(ds), "periodic": bool(ds.is_periodic), "fixed_size": bool(ds.fixed_size)}
+
+
+def _atoms_check(path: str, settings: dict) -> None:
+    """The data file loads and validates, and the study's split fits it (`settings`: TrainConfig keys)."""
+    from dcnn.atomistic.io import load_atoms
     from dcnn.models import MAX_Z
 
-    load_dataset(path, max_z=MAX_Z)  # DatasetError names the file and the problem
+    ds = load_atoms(path, max_z=MAX_Z)  # DatasetError names the file and the problem
+    if settings:
+        _atoms_check_split(ds, path, settings)
 
 
-def _mol_label(path: str) -> str:
-    from dcnn.data import BUNDLED_DATASETS
+def _atoms_check_split(ds, path: str, settings: dict) -> None:
+    from dcnn.atomistic.task import split_frames
+    from dcnn.config import TrainConfig
 
-    bundled = {str(p): name for name, p in BUNDLED_DATASETS.items()}
-    return bundled.get(str(path), Path(str(path)).stem)
+    cfg = TrainConfig.from_dict({k: v for k, v in settings.items() if k in TrainConfig.field_names()})
+    try:
+        split_frames(len(ds), cfg, ds)
+    except ValueError as e:
+        raise ValueError(f"{path}: too small for the split (n_train={cfg.n_train}, n_val={cfg.n_val}, "
+                         f"n_test={cfg.n_test}, split={cfg.split}): {e}; lower n_train/n_val/n_test "
+                         f"(--set n_train=...) or use a larger data set") from None
 
 
-MOLECULE = TaskFamily(
-    name="molecule",
+def _atoms_label(path: str) -> str:
+    from dcnn.atomistic.io import ATOMS_DATASETS
+
+    bundled = {str(p): name for name, p in ATOMS_DATASETS.items()}
+    file = str(path).split("?", 1)[0]
+    return bundled.get(file, Path(file).stem)
+
+
+def _atoms_task(config, device):
+    from dcnn.atomistic.task import AtomisticTask
+
+    return AtomisticTask(config, device)
+
+
+ATOMISTIC = TaskFamily(
+    name="atomistic",
     metrics=(MetricSpec("energy_loss", "energy", "E", "energy", "MAE", unit_index=0, baseline="test_energy_baseline",
                         baseline_label="predict-mean", baseline_row="mean E", blowup_scale="test_energy_scale"),
              MetricSpec("force_loss", "force", "F", "force", "MAE", unit_index=1, baseline="test_force_baseline",
-                        baseline_label="predict-zero", baseline_row="zero F", blowup_scale="test_force_baseline")),
+                        baseline_label="predict-zero", baseline_row="zero F", blowup_scale="test_force_baseline"),
+             # per atom: the MAE the field quotes for data of many sizes; for one molecule E / N
+             MetricSpec("energy_per_atom_loss", "energy_per_atom", "E/atom", "energy per atom", "MAE", unit_index=0,
+                        baseline="test_energy_per_atom_baseline", baseline_label="predict-mean per atom",
+                        baseline_row="mean E/atom", error_words="per-atom energy error", main=False),
+             # OC20/OC22's energy and forces within threshold (eV data only: NaN otherwise)
+             MetricSpec("efwt", "efwt", "EFwT", "EFwT", unit="", error_words="EFwT", lower_is_better=False,
+                        main=False)),
     # the paper's β = 30, fixed: comparable across trials even when force_weight itself is tuned
     objective={"energy_loss": 1.0, "force_loss": 30.0},
     train_terms=("train_energy_loss", "train_force_loss"),
-    default_dataset=_mol_default, resolve_dataset=_mol_resolve, dataset_info=_mol_info,
-    check_dataset=_mol_check, dataset_label=_mol_label)
+    default_dataset=_atoms_default, resolve_dataset=_atoms_resolve, dataset_info=_atoms_info,
+    check_dataset=_atoms_check, dataset_label=_atoms_label, make_task=_atoms_task)
 
 
 # -- PINNs -------------------------------------------------------------------------------------------
@@ -179,6 +220,12 @@ def _pinn_check(name: str, settings: dict) -> None:
     get_problem(name).reference()
 
 
+def _pinn_task(config, device):
+    from dcnn.pinn.task import PINNTask
+
+    return PINNTask(config, device)
+
+
 PINN = TaskFamily(
     name="pinn",
     # relative L2 over the whole reference grid (DeepXDE's l2_relative_error); nRMSE as PDEBench: RMSE
@@ -196,22 +243,22 @@ PINN = TaskFamily(
     objective={"rel_l2": 1.0},
     train_terms=("train_pde_loss", "train_ic_loss", "train_bc_loss"),
     default_dataset=lambda: "burgers", resolve_dataset=_pinn_resolve, dataset_info=_pinn_info,
-    check_dataset=_pinn_check, dataset_label=lambda name: str(name), models=("fcn",))
+    check_dataset=_pinn_check, dataset_label=lambda name: str(name), make_task=_pinn_task)
 
-FAMILIES = {"molecule": MOLECULE, "pinn": PINN}
+FAMILIES = {"atomistic": ATOMISTIC, "pinn": PINN}  # by `ModelSpec.family`
 
 
 def family_of(model: str) -> TaskFamily:
-    """The family a model belongs to (molecule unless a family lists it)."""
-    for fam in FAMILIES.values():
-        if model in fam.models:
-            return fam
-    return MOLECULE
+    """The family a model belongs to: its ModelSpec says (`family`; built-ins, plug-ins alike); a name that
+    does not resolve (an empty study, a typo reported elsewhere) is atomistic, the default."""
+    from dcnn.models import get_spec
+    from dcnn.models.plugins import ModelPluginError
+
+    try:
+        return FAMILIES[get_spec(model).family]
+    except ModelPluginError:
+        return ATOMISTIC
 
 
 def family_of_config(config: dict) -> TaskFamily:
     return family_of(str(config.get("model", "")))
-
-
-def nan_metrics(family: TaskFamily) -> dict:
-    return {m.key: math.nan for m in family.metrics}

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-from dcnn.config import TrainConfig
+from dcnn.config import TrainConfig, resolve_config
 from dcnn.numerics import configure_cpu
 from dcnn.schedules import LRSchedule
 from dcnn.tasks import Task, make_task
@@ -44,6 +44,7 @@ class Trainer:
     """Adam on a Task's loss, one epoch per `run_epoch()`; `save`/`load` checkpoint everything."""
 
     def __init__(self, config: TrainConfig, task: Optional[Task] = None):
+        config = resolve_config(config)  # the model's spec and the data set (idempotent)
         self.config = config
         self._configure_cpu()  # before any compute: data, model build, initialisation
         self.device = resolve_device(config.device)
@@ -112,7 +113,7 @@ class Trainer:
         self.epoch += 1
         metrics = {k: float(v) / steps for k, v in sums.items()}
         metrics.update(self.task.evaluate("val"))
-        if not all(math.isfinite(v) for v in metrics.values()):
+        if self.task.family.nonfinite(metrics):
             self.diverged, self.diverged_epoch = True, self.epoch
         self.schedule.end_epoch(self.task.objective(metrics))  # plateau: the task's validation objective
         metrics.update(epoch=self.epoch, diverged=int(self.diverged), lr=lr, epoch_time_s=time.perf_counter() - t0,

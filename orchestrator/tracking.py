@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ray import tune
 
-from dcnn.config import TrainConfig
+from dcnn.config import resolve_config
 from dcnn.families import family_of_config
 from search_spaces import FACTORS, LABEL_KEYS, trial_name
 
@@ -158,7 +158,7 @@ def _params(config: dict) -> dict:
     """Every config key (the resolved TrainConfig, so defaults show too) plus the labels."""
     values = {k: v for k, v in config.items() if k not in LABEL_KEYS}
     try:
-        full = TrainConfig.from_dict(values).to_dict()
+        full = resolve_config(values).to_dict()
         full.pop("threads"), full.pop("device")  # placement: recorded as tags from the trial itself
     except ValueError:  # the trial itself will fail and say why; record what it was given
         full = dict(values)

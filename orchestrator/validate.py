@@ -49,7 +49,7 @@ def check_set(values: dict, flags: dict | None = None) -> None:
     their own flags (a --set that would be ignored or overridden is refused, never dropped)."""
     from dataclasses import fields
 
-    from dcnn.config import TrainConfig
+    from dcnn.config import TrainConfig, resolve_config
     from dcnn.models import MODEL_NAMES
     from search_spaces import FACTORS
 
@@ -77,7 +77,7 @@ def check_set(values: dict, flags: dict | None = None) -> None:
         errors = []
         for model in MODEL_NAMES:  # a size key applies to some models only
             try:
-                TrainConfig.from_dict({"model": model, key: value})
+                resolve_config({"model": model, key: value})
                 break
             except ValueError as e:
                 errors.append(str(e))
@@ -109,19 +109,6 @@ def check_address(address: str | None, timeout: float = 3.0) -> None:
         raise ValueError(f"--address {address}: nothing answers at {host}:{port} ({e.strerror or e}); start "
                          f"the Ray head there (`ray start --head --port {port}`), fix the address, or leave "
                          f"it out for a local Ray") from None
-
-
-def check_split(fixed: dict, where: str = "") -> None:
-    """The data set must hold n_train + n_val + n_test frames (else every worker fails after Ray started)."""
-    from dcnn.data import load_dataset, split_indices
-
-    ds = load_dataset(fixed["dataset"])
-    try:
-        split_indices(len(ds), 0, fixed.get("n_train"), fixed.get("n_val"), fixed.get("n_test"))
-    except ValueError as e:
-        sizes = {k: fixed.get(k) for k in ("n_train", "n_val", "n_test")}
-        raise ValueError(f"{fixed['dataset']}: too small for the split {sizes}{where}: {e}; lower n_train/"
-                         f"n_val/n_test (--set n_train=...) or use a larger data set") from None
 
 
 def check_storage(storage) -> None:
@@ -219,30 +206,25 @@ def write_plan(experiment_dir, plan: dict, extra: dict | None = None) -> str:
 def check_models(study) -> dict:
     """The plug-in contract (dcnn/models/plugins.py) of every model that is not built in, on two frames
     of each of the study's data sets: a broken plug-in fails here, naming itself, not in every worker."""
-    import torch
-
-    from dcnn.config import TrainConfig
-    from dcnn.data import load_dataset
+    from dcnn.config import resolve_config
     from dcnn.models import BUILTIN_SPECS, check_plugin
 
     found = {}
     for model in study.models:
         if model in BUILTIN_SPECS:
             continue
-        cfg = TrainConfig.from_dict({**study.fixed, "model": model, "dataset": study.datasets[0]})
+        cfg = resolve_config({**study.fixed, "model": model, "dataset": study.datasets[0]})
         for dataset in study.datasets:
-            ds = load_dataset(dataset)
-            found[model] = check_plugin(model, cfg.preset, cfg.model_sizes(),
-                                        torch.as_tensor(ds.positions[:2]), torch.as_tensor(ds.numbers))
+            found[model] = check_plugin(model, cfg.preset, cfg.model_sizes(), dataset=dataset)
     return found
 
 
 def preflight(opts, study, experiment: str, experiment_dir: Storage, tracking_uri: str) -> dict:
     """Everything left to check before Ray starts; returns the study's plan."""
     check_name("--experiment", experiment)
-    if study.family.name == "molecule":  # PINN problems have no frames to split
-        for dataset in study.datasets:
-            check_split({"dataset": dataset, **{k: study.setting(k) for k in ("n_train", "n_val", "n_test")}})
+    settings = {k: study.setting(k) for k in ("n_train", "n_val", "n_test", "split", "split_seed")}
+    for dataset in study.datasets:  # the family checks the data and that the study's split fits it
+        study.family.check_dataset(dataset, settings)
     check_models(study)
     if opts.tracking_uri:
         check_tracking_store(opts.tracking_uri)

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
-from dcnn.config import ACTIVATION_CHOICES, SIZE_FIELDS, TrainConfig
+from dcnn.config import ACTIVATION_CHOICES, SIZE_FIELDS, TrainConfig, resolve_config
 from dcnn.data import DEFAULT_DATASET
 from dcnn.families import family_of
 from dcnn.init import INIT_MODES
@@ -113,7 +113,7 @@ class Study:
             except ValueError as e:
                 raise ValueError(f"{where}: {e}") from None
         families = {m: family_of(m).name for m in self.models}
-        if len(set(families.values())) > 1:
+        if len({id(family_of(m)) for m in self.models}) > 1:
             raise ValueError(f"{where}: models {self.models} belong to different task families {families}; a study "
                              f"compares one kind of task (its data sets and report columns): split it in two")
         if not self.datasets or len(set(self.datasets)) != len(self.datasets):
@@ -132,8 +132,8 @@ class Study:
             raise ValueError(f"{where}: fixed split_seed contradicts split_seeds: vary")
         for arm, model in itertools.product(self.arms, self.models):
             try:
-                TrainConfig.from_dict({**self.fixed, **arm.as_config(), "model": model, "seed": self.seeds[0],
-                                       "dataset": self.datasets[0]})
+                resolve_config({**self.fixed, **arm.as_config(), "model": model, "seed": self.seeds[0],
+                                "dataset": self.datasets[0]})
             except ValueError as e:
                 raise ValueError(f"{where}: arm {arm.key} on {model}: {e}") from e
 

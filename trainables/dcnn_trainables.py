@@ -10,8 +10,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from dcnn.config import TrainConfig
-from dcnn.families import family_of_config
+from dcnn.config import TrainConfig, resolve_config
 from dcnn.train import Trainer
 from search_spaces import LABEL_KEYS  # keys a study adds to label a trial; not training settings
 
@@ -60,15 +59,12 @@ def train_config_from_tune(config: dict) -> TrainConfig:
     for folder in config.get("plugin_path") or ():  # where the driver imported plug-in models from
         if folder not in sys.path:
             sys.path.append(folder)
-    if isinstance(values.get("dataset"), (str, os.PathLike)):
-        # trials run inside their own folder: a relative path means the driver's working directory
-        values["dataset"] = family_of_config(values).resolve_dataset(values["dataset"],
-                                                                     os.environ.get("TUNE_ORIG_WORKING_DIR"))
     placement = _placement() if ray.is_initialized() else {}
     values.setdefault("threads", placement.get("threads", 1))
     if values.get("device", "auto") == "auto" and placement:
         values["device"] = placement["device"]
-    return TrainConfig.from_dict(values)
+    # trials run inside their own folder: a relative data path means the driver's working directory
+    return resolve_config(values, base=os.environ.get("TUNE_ORIG_WORKING_DIR"))
 
 
 def _build_trainer(cfg: TrainConfig, placement: dict) -> Trainer:

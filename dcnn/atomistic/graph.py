@@ -16,7 +16,7 @@ import torch
 from dcnn.atomistic.dataset import AtomsDataset, concat_ranges, offsets_from_counts
 from dcnn.atomistic.neighbors import DatasetNeighbors
 
-__all__ = ["AtomicGraph", "collate", "triplets", "molecule_graph"]
+__all__ = ["AtomicGraph", "collate", "triplets", "molecule_graph", "GraphStore"]
 
 
 @dataclass
@@ -147,3 +147,67 @@ def molecule_graph(positions: torch.Tensor, numbers: torch.Tensor, cutoff: float
                        cell_shifts=torch.zeros(edge_index.shape[1], 3, dtype=positions.dtype, device=device),
                        cells=torch.zeros(b, 3, 3, dtype=positions.dtype, device=device),
                        n_atoms=torch.full((b,), n, device=device, dtype=torch.long))
+
+
+def _ranges(starts: torch.Tensor, lengths: torch.Tensor, total: int) -> torch.Tensor:
+    """torch `concat_ranges` with the output size given (known on the host: no device sync)."""
+    first = torch.cumsum(lengths, 0) - lengths
+    return torch.arange(total, device=starts.device) + torch.repeat_interleave(starts - first, lengths,
+                                                                               output_size=total)
+
+
+class GraphStore:
+    """One split's frames and their neighbour lists as tensors on the training device, and batches of them
+    made there (index arithmetic on the device: no host→device copy per step, no per-atom Python).
+
+    Holds positions, numbers, cells, pbc, the paired edge lists, physical labels, the training labels of a
+    label transform and the frames' composition counts.  `batch(index)` returns the AtomicGraph of frames
+    `index` (a 1-D long tensor on the device; `sizes` of those frames on the host, from the numpy index
+    the trainer draws, so no size is read back from the device)."""
+
+    def __init__(self, dataset: AtomsDataset, neighbors: DatasetNeighbors, device, dtype,
+                 energy_labels: np.ndarray, force_labels: np.ndarray, counts: np.ndarray):
+        t = lambda a, dt: torch.as_tensor(np.ascontiguousarray(a)).to(device=device, dtype=dt)  # noqa: E731
+        self.device, self.dtype = torch.device(device), dtype
+        self.n_frames = len(dataset)
+        self.n_atoms_host = dataset.n_atoms.astype(np.int64)
+        self.half_edges_host = (neighbors.n_edges // 2).astype(np.int64)
+        self.positions = t(dataset.positions, dtype)
+        self.numbers = t(dataset.numbers, torch.long)
+        self.cells, self.pbc = t(dataset.cells, dtype), t(dataset.pbc, torch.bool)
+        self.atom_starts = t(dataset.offsets[:-1], torch.long)
+        self.n_atoms = t(dataset.n_atoms, torch.long)
+        self.edge_starts = t(neighbors.offsets[:-1], torch.long)
+        self.half_edges = t(self.half_edges_host, torch.long)
+        self.edge_i, self.edge_j = t(neighbors.i, torch.long), t(neighbors.j, torch.long)
+        self.shifts = t(neighbors.shifts, dtype)
+        self.energies, self.forces = t(dataset.energies, dtype), t(dataset.forces, dtype)
+        self.energy_labels, self.force_labels = t(energy_labels, dtype), t(force_labels, dtype)
+        self.counts = t(counts, dtype)
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    def batch(self, index: torch.Tensor, host_index: np.ndarray) -> dict:
+        """{"graph", "energies", "forces", "energy_labels", "force_labels", "counts", "n_atoms"} of the
+        frames `index` (device) = `host_index` (the same frames as a numpy array)."""
+        sizes = self.n_atoms[index]
+        n_atoms_total = int(self.n_atoms_host[host_index].sum())
+        half_host = self.half_edges_host[host_index]
+        n_half = int(half_host.sum())
+        atoms = _ranges(self.atom_starts[index], sizes, n_atoms_total)
+        half = self.half_edges[index]
+        starts = self.edge_starts[index]
+        edges = torch.cat([_ranges(starts, half, n_half), _ranges(starts + half, half, n_half)])
+        first_atom = torch.cumsum(sizes, 0) - sizes  # each frame's first atom in the batch
+        shift = torch.repeat_interleave(first_atom, half, output_size=n_half).repeat(2)
+        graph = AtomicGraph(
+            positions=self.positions[atoms], numbers=self.numbers[atoms],
+            batch=torch.repeat_interleave(torch.arange(len(host_index), device=self.device), sizes,
+                                          output_size=n_atoms_total),
+            n_structures=len(host_index),
+            edge_index=torch.stack([self.edge_j[edges] + shift, self.edge_i[edges] + shift]),
+            cell_shifts=self.shifts[edges], cells=self.cells[index], n_atoms=sizes, pbc=self.pbc[index])
+        return {"graph": graph, "energies": self.energies[index], "forces": self.forces[atoms],
+                "energy_labels": self.energy_labels[index], "force_labels": self.force_labels[atoms],
+                "counts": self.counts[index], "n_atoms": sizes}

@@ -139,6 +139,15 @@ class DatasetNeighbors:
         """Edges per frame, [n] int64."""
         return np.diff(self.offsets)
 
+    def subset(self, index: np.ndarray) -> "DatasetNeighbors":
+        """The lists of frames `index` (in that order), as for `AtomsDataset.subset`."""
+        from dcnn.atomistic.dataset import concat_ranges
+
+        index = np.asarray(index, dtype=np.int64)
+        edges = concat_ranges(self.offsets[:-1][index], self.n_edges[index])
+        return DatasetNeighbors(self.i[edges], self.j[edges], self.shifts[edges],
+                                offsets_from_counts(self.n_edges[index]), self.cutoff, self.key)
+
     def frame(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(i, j, S) of frame k, frame-local atom indices, int64."""
         s = slice(int(self.offsets[k]), int(self.offsets[k + 1]))

@@ -12,17 +12,19 @@ from dcnn.models.gemnet_t import GEMNET_T_PRESETS, GemNetT
 from dcnn.models.plugins import ModelSpec, UnknownModelError, check_model, known_names, resolve
 from dcnn.models.schnet import SCHNET_PRESETS, SchNet
 
-MODELS = {"schnet": (SchNet, SCHNET_PRESETS, "ssp"), "cgcnn": (CGCNN, CGCNN_PRESETS, "softplus"),
-          "forcenet": (ForceNet, FORCENET_PRESETS, "silu"), "dimenetpp": (DimeNetPP, DIMENETPP_PRESETS, "silu"),
-          "gemnet_t": (GemNetT, GEMNET_T_PRESETS, "scaled_silu"),
+# name -> (class, presets, original activation, task family)
+MODELS = {"schnet": (SchNet, SCHNET_PRESETS, "ssp", "atomistic"), "cgcnn": (CGCNN, CGCNN_PRESETS, "softplus", "atomistic"),
+          "forcenet": (ForceNet, FORCENET_PRESETS, "silu", "atomistic"),
+          "dimenetpp": (DimeNetPP, DIMENETPP_PRESETS, "silu", "atomistic"),
+          "gemnet_t": (GemNetT, GEMNET_T_PRESETS, "scaled_silu", "atomistic"),
           # the PINN network (task family "pinn", dcnn/pinn): inputs are PDE coordinates, not atoms
-          "fcn": (FCN, FCN_PRESETS, "tanh")}
+          "fcn": (FCN, FCN_PRESETS, "tanh", "pinn")}
 MODEL_NAMES = tuple(MODELS)
 PRESET_NAMES = ("small", "paper")
 # one registry path: built-ins are ModelSpecs like plug-ins (dcnn/models/plugins.py), placed by their class's
 # paper_activation_scope
-BUILTIN_SPECS = {name: ModelSpec(cls, presets, act, cls.paper_activation_scope, name=name)
-                 for name, (cls, presets, act) in MODELS.items()}
+BUILTIN_SPECS = {name: ModelSpec(cls, presets, act, cls.paper_activation_scope, name=name, family=family)
+                 for name, (cls, presets, act, family) in MODELS.items()}
 
 __all__ = ["SchNet", "CGCNN", "ForceNet", "DimeNetPP", "GemNetT", "FCN", "MODELS", "MODEL_NAMES", "PRESET_NAMES", "build_model",
            "default_activation", "denormalize", "energy_and_forces", "prepare",
@@ -40,9 +42,10 @@ def model_names() -> list[str]:
     return known_names(BUILTIN_SPECS)
 
 
-def check_plugin(name: str, preset: str = "small", sizes: dict | None = None, positions=None, numbers=None) -> dict:
-    """The plug-in contract of one model (dcnn.models.plugins.check_model), before any training starts."""
-    return check_model(name, get_spec, preset, sizes, positions, numbers)
+def check_plugin(name: str, preset: str = "small", sizes: dict | None = None, dataset: str | None = None) -> dict:
+    """The plug-in contract of one model (dcnn.models.plugins.check_model), before any training starts, on a
+    graph of `dataset`'s first frames (or a small molecule)."""
+    return check_model(name, get_spec, preset, sizes, dataset)
 
 
 def default_activation(model: str) -> str:

@@ -82,6 +82,9 @@ class ModelSpec:
     # the model's own activation classes (PyG's/SchNetPack's ShiftedSoftplus, fairchem's ScaledSiLU), swapped
     # like torch's wherever the placement reaches them
     activation_types: tuple = ()
+    # the task family it trains in (dcnn.families.FAMILIES): "atomistic" (forward(graph) -> energies) or
+    # "pinn" (forward(points) -> fields)
+    family: str = "atomistic"
 
     def problems(self) -> list[str]:
         """What is wrong with the spec itself (empty when nothing)."""
@@ -109,6 +112,10 @@ class ModelSpec:
                        f"(by class name, e.g. 'mish', 'shiftedsoftplus')")
         if isinstance(self.paper_placement, str) or not all(isinstance(p, str) for p in self.paper_placement):
             out.append(f"paper_placement must be a tuple of submodule paths, got {self.paper_placement!r}")
+        from dcnn.families import FAMILIES
+
+        if self.family not in FAMILIES:
+            out.append(f"family {self.family!r} is not one of {', '.join(FAMILIES)}")
         bad = [a for a in self.data_args if a not in DATA_ARGS]
         if bad:
             out.append(f"data_args {bad} unknown; known: {', '.join(DATA_ARGS)}")
@@ -212,7 +219,8 @@ def _as_spec(name: str, obj, how: str) -> ModelSpec:
     if problems:
         raise ModelPluginError(f"model {name!r} ({how}): bad ModelSpec: " + "; ".join(problems))
     return ModelSpec(obj.build, obj.presets, obj.original_activation, tuple(obj.paper_placement),
-                     tuple(obj.data_args), obj.description, name=name, activation_types=tuple(obj.activation_types))
+                     tuple(obj.data_args), obj.description, name=name, activation_types=tuple(obj.activation_types),
+                     family=obj.family)
 
 
 def entry_points() -> dict:
@@ -281,24 +289,46 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_") + "-" + hashlib.sha1(name.encode()).hexdigest()[:6]
 
 
+def _check_graph(dataset: Optional[str], model: nn.Module):
+    """The graph a plug-in is checked on: the first two frames of the study's data set (as the task would
+    batch them: complete graph for one molecule, radius graph at the model's cutoff otherwise), or a small
+    bent molecule without data, in float64."""
+    import numpy as np
+
+    from dcnn.atomistic.dataset import AtomsDataset
+    from dcnn.atomistic.graph import collate, molecule_graph
+
+    if dataset is None:
+        pos = torch.tensor([[[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0], [0.3, -0.5, 1.2]]],
+                           dtype=torch.float64)
+        pos = torch.cat([pos, pos + 0.05 * torch.randn(1, 4, 3, generator=torch.Generator().manual_seed(0),
+                                                       dtype=torch.float64)])
+        return molecule_graph(pos, torch.tensor([8, 1, 1, 6]))
+    from dcnn.atomistic.io import load_atoms
+    from dcnn.atomistic.task import neighbors_for
+
+    full: AtomsDataset = load_atoms(dataset)
+    ds = full.subset(np.arange(min(2, len(full))))
+    graph, _, _ = collate(ds, neighbors_for(ds, model), np.arange(len(ds)), dtype=torch.float64)
+    return graph
+
+
 def check_model(name: str, spec_of: Callable[[str], ModelSpec], preset: str = "small",
-                sizes: Optional[Mapping[str, Any]] = None, positions: Optional[torch.Tensor] = None,
-                numbers: Optional[torch.Tensor] = None) -> dict:
+                sizes: Optional[Mapping[str, Any]] = None, dataset: Optional[str] = None) -> dict:
     """The contract of one model, checked on CPU in float64: builds, placement finds activations, E is
-    one finite number per frame and differentiable w.r.t. positions. Returns what it found; raises
-    ModelPluginError naming the model and what broke."""
+    one finite number per structure and differentiable w.r.t. positions, on a graph of the study's data
+    (`dataset`) or a small molecule. Returns what it found; raises ModelPluginError naming the model and
+    what broke."""
     from dcnn.activations import _targets, is_activation, replace_activations
 
     spec = spec_of(name)
     where = f"model {name!r}"
-    if positions is None or numbers is None:  # a small bent molecule: H2O-like plus a carbon
-        positions = torch.tensor([[[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0], [0.3, -0.5, 1.2]]])
-        positions = torch.cat([positions, positions + 0.05 * torch.randn(1, 4, 3, generator=torch.Generator().manual_seed(0))])
-        numbers = torch.tensor([8, 1, 1, 6])
-    numbers = torch.as_tensor(numbers)
-    data = {"elements": tuple(sorted({int(z) for z in numbers.tolist()})), "n_atoms": int(numbers.numel())}
+    if spec.family != "atomistic":  # a PINN net: built and placed here; its task checks the problem
+        model = spec.instantiate(preset, None, **dict(sizes or {}))
+        return {"activations": len(_targets(model, "all")), "paper_activations": len(_targets(model, "paper")),
+                "n_parameters": sum(p.numel() for p in model.parameters())}
 
-    def build():
+    def build(data):
         try:
             return spec.instantiate(preset, data, **dict(sizes or {}))
         except ModelPluginError:
@@ -306,7 +336,11 @@ def check_model(name: str, spec_of: Callable[[str], ModelSpec], preset: str = "s
         except Exception as e:  # noqa: BLE001
             raise ModelPluginError(f"{where}: building preset {preset!r} failed: {type(e).__name__}: {e}") from e
 
-    model = build()
+    probe = build(None)  # to know its cutoff for the data's graph
+    graph = _check_graph(dataset, probe)
+    data = {"elements": tuple(sorted({int(z) for z in graph.numbers.tolist()})),
+            "n_atoms": int(graph.n_atoms.max())}
+    model = build(data)
     types = tuple(spec.activation_types)
     try:
         n_all, n_placed = len(_targets(model, "all")), len(_targets(model, "paper"))
@@ -329,21 +363,28 @@ def check_model(name: str, spec_of: Callable[[str], ModelSpec], preset: str = "s
     try:  # a copy is much cheaper than a second build for some models (MACE generates code when built)
         twin = copy.deepcopy(model)
     except Exception:  # noqa: BLE001 - a model that cannot be copied is built again
-        twin = build()
+        twin = build(data)
     n_paper = replace_activations(twin, "irelu", "paper").replaced_activations
 
+    import dataclasses
+
+    from dcnn.models import prepare
+
     model = model.to(torch.float64)
-    pos = positions.to(torch.float64).detach().clone().requires_grad_(True)
+    b = graph.n_structures
+    graph = prepare(model, graph)
+    pos = graph.positions.detach().clone().requires_grad_(True)
+    graph = dataclasses.replace(graph, positions=pos)
     try:
-        energy = model(pos, numbers)
+        energy = model(graph)
     except Exception as e:  # noqa: BLE001
-        raise ModelPluginError(f"{where}: forward(positions [B, N, 3], numbers [N]) failed on a batch of "
-                               f"{pos.shape[0]} frames: {type(e).__name__}: {e}") from e
+        raise ModelPluginError(f"{where}: forward(graph) failed on a batch of {b} structures: "
+                               f"{type(e).__name__}: {e}") from e
     if not isinstance(energy, torch.Tensor):
         raise ModelPluginError(f"{where}: forward returned {type(energy).__name__}, expected the energy tensor [B]")
-    if tuple(energy.shape) != (pos.shape[0],):
-        raise ModelPluginError(f"{where}: forward returned shape {tuple(energy.shape)} for {pos.shape[0]} frames; "
-                               f"expected one energy per frame, shape ({pos.shape[0]},)")
+    if tuple(energy.shape) != (b,):
+        raise ModelPluginError(f"{where}: forward returned shape {tuple(energy.shape)} for {b} structures; "
+                               f"expected one energy per structure, shape ({b},)")
     if not torch.isfinite(energy).all():
         raise ModelPluginError(f"{where}: forward returned non-finite energies {energy.tolist()}")
     grad = None
@@ -352,9 +393,10 @@ def check_model(name: str, spec_of: Callable[[str], ModelSpec], preset: str = "s
     if grad is None or not torch.any(grad != 0):
         raise ModelPluginError(f"{where}: the energy is not differentiable w.r.t. positions (gradient "
                                f"{'None' if grad is None else 'zero'}); forces are −∂E/∂positions, so the "
-                               f"forward must use the positions it is given (no .detach(), .numpy(), "
-                               f"torch.no_grad() or positions copied into a new tensor)")
-    if not torch.isfinite(grad).all():
+                               f"forward must use graph.positions (no .detach(), .numpy(), torch.no_grad() or "
+                               f"positions copied into a new tensor)")
+    forces = -grad
+    if not torch.isfinite(forces).all():
         raise ModelPluginError(f"{where}: non-finite forces (gradient of the energy w.r.t. positions)")
     return {"activations": n_all, "paper_activations": n_paper,
             "n_parameters": sum(p.numel() for p in model.parameters())}
