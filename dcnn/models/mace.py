@@ -1,13 +1,18 @@
-"""MACE (Batatia et al. 2022, `mace-torch`) as an energy model E(positions, numbers), through the plug-in API.
+"""MACE (Batatia et al. 2022, `mace-torch`) as an energy model E(graph), through the plug-in API.
 
 An optional built-in: `pip install 'dcnn-ablate[mace]'`, then `--models mace`. Nothing imports this module
 (or mace/e3nn) unless the model is asked for by name.
 
-The adapter turns our dense batch (positions [B, N, 3], numbers [N], one molecule) into MACE's graph
-dict: a radius graph in plain torch (every ordered pair i≠j closer than r_max, no periodic shifts),
-`node_attrs` one-hot over the data set's elements, `batch`/`ptr` for B frames. The positions the trainer
-passes stay in the graph (MACE reads edge vectors from them), and MACE is called with
-`compute_force=False`: forces are −∂E/∂positions by our `energy_and_forces`, like every other model.
+The adapter feeds MACE the graph layout (`dcnn.atomistic.graph.AtomicGraph`) as it is: the graph's own
+edges as MACE's `edge_index` (sender = our source j, receiver = our target i), its periodic images as
+Cartesian `shifts` = −S·cell computed from `cell_shifts` and `cells` at use time (MACE's edge vector
+x_receiver − x_sender + shift is −r_ij; differentiable w.r.t. positions and cells), `unit_shifts`, `cell`,
+`node_attrs` one-hot over the data set's elements, `batch`/`ptr` of the B structures.  Molecules
+(complete graph), slabs and crystals alike.  A complete graph is restricted to MACE's r_max by
+`prepare_graph` (outside the differentiable step, via `dcnn.models.prepare`): MACE's radial MLP of a
+zeroed basis is not zero for every activation, so pairs past r_max are dropped, as MACE's own neighbour
+list never has them.  MACE is called with `compute_force=False`: forces are −∂E/∂positions by our
+`energy_and_forces`, like every other model.
 No E0s and no scale/shift inside the model (plain `MACE`, atomic energies zero): the study's LR and ES
 factors do label rescaling and the per-element shift, as for the other models.
 
@@ -24,6 +29,7 @@ MACE has no BatchNorm, so DN arms are identical by construction (run once, repor
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 
@@ -54,6 +60,8 @@ from e3nn import o3  # noqa: E402 (after mace: it loads e3nn's constants)
 from e3nn.math import moment, normalize2mom  # noqa: E402
 
 from dcnn.activations import get_activation
+from dcnn.atomistic.graph import AtomicGraph
+from dcnn.models.common import pair_distances
 from dcnn.models.plugins import ModelSpec
 
 MACE_PRESETS = {
@@ -99,7 +107,7 @@ def _wrap_silu(module: nn.Module) -> int:
 
 
 class MACEPotential(nn.Module):
-    """E(positions [B, N, 3], numbers [N]) -> [B] by `mace.modules.MACE` on an all-pairs-within-r_max graph."""
+    """E(graph) -> [B] by `mace.modules.MACE` on the graph's edges within r_max (periodic images included)."""
 
     def __init__(self, hidden=16, interactions=2, cutoff=5.0, radial=8, max_ell=1, correlation=2,
                  radial_mlp=16, radial_layers=2, mlp=16, avg_neighbors=0.0, elements=DEFAULT_ELEMENTS,
@@ -117,7 +125,6 @@ class MACEPotential(nn.Module):
         index[list(elements)] = torch.arange(len(elements))
         self.register_buffer("element_index", index, persistent=False)
         self.elements = elements
-        self._checked: tuple | None = None
 
     def _build(self, elements, avg, cutoff, radial, max_ell, interactions, hidden, mlp, correlation, radial_mlp,
                radial_layers) -> nn.Module:
@@ -140,47 +147,79 @@ class MACEPotential(nn.Module):
             avg_num_neighbors=avg, atomic_numbers=list(elements), correlation=int(correlation),
             gate=torch.nn.functional.silu, radial_MLP=[int(radial_mlp)] * int(radial_layers))
 
-    def _node_attrs(self, numbers: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        key = (numbers.data_ptr(), numbers.numel(), numbers.device)
-        if key != self._checked:  # once per molecule: elements the model was not built for
-            z = numbers.to(self.element_index.device)
-            n_index = self.element_index.numel()
-            bad = (z >= n_index) | (self.element_index[z.clamp(max=n_index - 1)] < 0)
+    # -- the graph layout ---------------------------------------------------------------------------------
+    @property
+    def _prepared_key(self) -> str:
+        return f"mace_within_{self.cutoff!r}"
+
+    @torch.no_grad()
+    def prepare_graph(self, graph: AtomicGraph) -> AtomicGraph:
+        """`graph` restricted to the pairs closer than r_max (outside the differentiable step; called by
+        `dcnn.models.prepare`, and by `forward` for a graph that has not been through it).
+
+        A complete graph of a molecule has pairs beyond r_max.  MACE's radial embedding is zero there
+        (the polynomial envelope is masked by d < r_max), but the radial MLP of a zero basis is φ(0)-driven
+        and not zero for every activation (softplus: log 2), so those edges would still carry messages:
+        they are dropped, as MACE's own neighbour list never has them.  Pairs are kept or dropped together
+        (edge m and m + P have the same distance), so the result is paired like its input.  Also checks
+        the data's elements against the model's, once per graph.  Idempotent: marked in `extras`."""
+        if self._prepared_key in graph.extras:
+            return graph
+        self._check_elements(graph.numbers)
+        keep = (pair_distances(graph) < self.cutoff).nonzero().squeeze(1)
+        p = graph.n_pairs
+        extras = {**graph.extras, self._prepared_key: torch.tensor(p - keep.numel(), device=keep.device)}
+        if keep.numel() == p:
+            return dataclasses.replace(graph, extras=extras)
+        edges = torch.cat([keep, keep + p])
+        return dataclasses.replace(graph, edge_index=graph.edge_index[:, edges],
+                                   cell_shifts=graph.cell_shifts[edges], extras=extras)
+
+    def _check_elements(self, numbers: torch.Tensor) -> None:
+        z = numbers.to(self.element_index.device)
+        n_index = self.element_index.numel()
+        bad = (z < 0) | (z >= n_index)
+        bad = bad | (self.element_index[z.clamp(0, n_index - 1)] < 0)
+        if bool(bad.any()):
             missing = sorted(set(z[bad].tolist()))
-            if missing:
-                raise ValueError(f"MACE was built for elements {list(self.elements)}; the data has {missing}")
-            self._checked = key
-        return nn.functional.one_hot(self.element_index[numbers], len(self.elements)).to(dtype)
+            raise ValueError(f"MACE was built for elements {list(self.elements)}; the data has {missing}")
 
-    def forward(self, positions: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
-        """positions [B, N, 3] (Å), numbers [N] → energies [B]."""
-        return self.mace(self.graph(positions, numbers), training=self.training, compute_force=False)["energy"]
+    def forward(self, graph: AtomicGraph) -> torch.Tensor:
+        """graph (positions Å) → energies [B]."""
+        return self.mace(self.mace_inputs(graph), training=self.training, compute_force=False)["energy"]
 
-    def graph(self, positions: torch.Tensor, numbers: torch.Tensor) -> dict:
-        """MACE's input dict for B frames of one molecule; its positions are a view of `positions`."""
-        b, n, _ = positions.shape
-        with torch.no_grad():  # which pairs: not differentiated (MACE's cutoff is smooth at r_max)
-            d = torch.cdist(positions, positions)
-            d.diagonal(dim1=1, dim2=2).fill_(float("inf"))
-            frame, i, j = (d < self.cutoff).nonzero(as_tuple=True)
-        sender, receiver = frame * n + j, frame * n + i
-        device, dtype = positions.device, positions.dtype
-        flat = positions.reshape(b * n, 3)
-        if not flat.requires_grad:  # MACE calls requires_grad_() on it: give it a leaf (no gradient wanted)
-            flat = flat.detach()
+    def mace_inputs(self, graph: AtomicGraph) -> dict:
+        """MACE's input dict of `graph` (prepared here if it was not): its own edges and periodic images.
+
+        Our edge e goes from source j = edge_index[0, e] to target i = edge_index[1, e] (messages j → i)
+        with r_ij = x_j − x_i + S·cell: the neighbour is j's image x_j + S·cell.  MACE's messages go from
+        sender = edge_index[0] to receiver = edge_index[1] (scatter into receivers) along its vector
+        x_receiver − x_sender + shift, from the sender's image to the receiver.  So the edge index is ours
+        as it is (sender j, receiver i) and MACE's shift is −S·cell (its vector is −r_ij); the graph is
+        closed under reversal, so this is the same set of directed edges MACE's own neighbour list gives.
+        Cartesian shifts are computed here from `cell_shifts` and `cells`, so E stays differentiable
+        w.r.t. the cells (the strain path).  The positions are the graph's (MACE reads edge vectors from
+        them); a tensor that does not require grad is passed detached, since MACE calls requires_grad_()
+        on it."""
+        graph = self.prepare_graph(graph)
+        source, target = graph.edge_index
+        positions = graph.positions if graph.positions.requires_grad else graph.positions.detach()
+        shifts = -torch.einsum("ek,ekl->el", graph.cell_shifts, graph.cells[graph.batch[target]])
+        ptr = torch.cat([graph.n_atoms.new_zeros(1), torch.cumsum(graph.n_atoms, 0)])
         return {
-            "positions": flat,
-            "node_attrs": self._node_attrs(numbers, dtype).repeat(b, 1),
-            "edge_index": torch.stack([sender, receiver]),
-            "shifts": torch.zeros(sender.numel(), 3, dtype=dtype, device=device),
-            "unit_shifts": torch.zeros(sender.numel(), 3, dtype=dtype, device=device),
-            "cell": torch.zeros(b, 3, 3, dtype=dtype, device=device),
-            "batch": torch.arange(b, device=device).repeat_interleave(n),
-            "ptr": torch.arange(b + 1, device=device) * n,
+            "positions": positions,
+            "node_attrs": nn.functional.one_hot(self.element_index[graph.numbers], len(self.elements))
+            .to(positions.dtype),
+            "edge_index": graph.edge_index,
+            "shifts": shifts,
+            "unit_shifts": -graph.cell_shifts,
+            "cell": graph.cells,
+            "batch": graph.batch,
+            "ptr": ptr,
         }
 
 
 spec = ModelSpec(
     build=MACEPotential, presets=MACE_PRESETS, original_activation="silu",
     paper_placement=("mace.interactions.*.conv_tp_weights",), data_args=("elements", "n_atoms"),
-    description="MACE (mace-torch) on an all-pairs-within-cutoff graph; radial MLPs in paper scope")
+    description="MACE (mace-torch) on the graph's edges within r_max; radial MLPs in paper scope")
