@@ -1,16 +1,26 @@
-"""ForceNet (energy-conserving variant): symmetries, conservative forces, cutoff, placement, DN, learning."""
+"""ForceNet (energy-conserving variant) on the graph layout: equal to the dense model it replaced and to
+OCP's edge-list formulation, symmetries, conservative forces, cutoff, periodic cells, placement, DN,
+learning."""
+import importlib
+
 import numpy as np
 import pytest
 import torch
 
 from dcnn.activations import count_activations, replace_activations
-from dcnn.config import TrainConfig
-from dcnn.models import build_model, denormalize, energy_and_forces
+from dcnn.atomistic.dataset import AtomsDataset
+from dcnn.atomistic.graph import collate
+from dcnn.atomistic.neighbors import DatasetNeighbors
+from dcnn.config import TrainConfig, resolve_config
+from dcnn.data import load_dataset
+from dcnn.models import build_model, denormalize, energy_and_forces, get_spec
 from dcnn.models.forcenet import FORCENET_PRESETS
-from conftest import assert_symmetries, central_difference_forces, positions
+from conftest import (assert_batch_of_one, assert_periodic_physics, assert_symmetries, atoms_graph,
+                      central_difference_forces, dense_ef, dense_energy, positions, slab_with_adsorbate)
 
 Z = torch.tensor([6, 6, 8, 1, 1, 1, 1, 1, 1])  # ethanol, MD17 order
 ACTS = ["original", "irelu"]
+CUTOFF = FORCENET_PRESETS["small"]["cutoff"]
 
 
 def make(act="original", seed=0, **sizes):
@@ -19,6 +29,45 @@ def make(act="original", seed=0, **sizes):
     if act != "original":
         replace_activations(m, act, "all")
     return m.double().eval()
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("graph_kind", ["complete", "radius"])
+@pytest.mark.parametrize("molecule", ["ethanol", "aspirin"])
+def test_graph_forcenet_equals_the_dense_forcenet_it_replaced(molecule, graph_kind, train):
+    """float64, same weights (the legacy state_dict loads as it is): E and F to 1e-10 on a complete graph
+    and on a radius graph at the cutoff (aspirin has pairs beyond 6 Å); in train mode too, where the node
+    BatchNorm sees the same atoms, in the same order, as the dense model's."""
+    ds = AtomsDataset.from_molecule(load_dataset(molecule).subset(np.arange(6)))
+    torch.manual_seed(0)
+    graph_model = build_model("forcenet", "small").double().train(train)
+    dense = importlib.import_module("legacy_dense.forcenet").ForceNet(**get_spec("forcenet").sizes("small", {}))
+    dense = dense.double().train(train)
+    dense.load_state_dict(graph_model.state_dict())  # strict: same names and shapes
+    graph_model.load_state_dict(dense.state_dict())
+    neighbors = DatasetNeighbors.complete(ds) if graph_kind == "complete" else DatasetNeighbors.compute(ds, CUTOFF)
+    graph, _, _ = collate(ds, neighbors, np.arange(6), dtype=torch.float64)
+    seen = {}
+    for tag, model in (("graph", graph_model), ("dense", dense)):
+        for block in model.interactions:
+            block.mlp_node[1].register_forward_pre_hook(
+                lambda mod, args, tag=tag: seen.setdefault(tag, []).append(args[0].detach()))
+    e, f = energy_and_forces(graph_model, graph, create_graph=False)
+    n = int(ds.n_atoms[0])
+    pos = torch.as_tensor(ds.positions.reshape(6, n, 3)).clone().requires_grad_(True)
+    e0 = dense(pos, torch.as_tensor(ds.numbers[:n]))
+    (g,) = torch.autograd.grad(e0.sum(), pos)
+    torch.testing.assert_close(e.detach(), e0.detach(), rtol=0, atol=1e-10)
+    torch.testing.assert_close(f.reshape(6, n, 3), -g, rtol=0, atol=1e-10)
+    assert len(seen["graph"]) == len(seen["dense"]) == 3
+    for x, x0 in zip(seen["graph"], seen["dense"]):  # the node BatchNorm's input, atom by atom
+        torch.testing.assert_close(x, x0, rtol=0, atol=1e-10)
+    if train:
+        state, state0 = graph_model.state_dict(), dense.state_dict()
+        for k in (k for k in state if "running" in k):  # the running statistics folded in alike
+            torch.testing.assert_close(state[k], state0[k], rtol=0, atol=1e-12)
+    if molecule == "aspirin" and graph_kind == "radius":
+        assert neighbors.n_edges.min() < n * (n - 1)  # some pairs beyond the cutoff: a real radius graph
 
 
 @pytest.mark.parametrize("act", ACTS)
@@ -30,18 +79,13 @@ def test_energy_invariant_forces_equivariant_and_permutation(act, ethanol):
 def test_forces_are_central_differences_of_energy(act, ethanol):
     m = make(act)
     pos = positions(ethanol, 1)
-    _, f = energy_and_forces(m, pos, Z, False)
+    _, f = dense_ef(m, pos, Z, False)
     torch.testing.assert_close(f, central_difference_forces(m, pos, Z), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("act", ACTS)
 def test_batch_of_one_equals_same_molecule_in_batch(act, ethanol):
-    m = make(act)
-    pos = positions(ethanol, 5)
-    e_all, f_all = energy_and_forces(m, pos, Z, False)
-    e_one, f_one = energy_and_forces(m, pos[3:4], Z, False)
-    torch.testing.assert_close(e_one, e_all[3:4], rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(f_one, f_all[3:4], rtol=1e-12, atol=1e-12)
+    assert_batch_of_one(make(act), positions(ethanol, 5), Z)
 
 
 def edge_list_reference(m, pos, z):
@@ -73,16 +117,18 @@ def edge_list_reference(m, pos, z):
     return m.energy_mlp(torch.zeros(b, out.shape[1], dtype=out.dtype).index_add(0, mol, out)).squeeze(-1)
 
 
+@pytest.mark.parametrize("graph_kind", ["complete", "radius"])
 @pytest.mark.parametrize("train_mode", [False, True])
-def test_dense_layout_equals_edge_list_forcenet(train_mode, ethanol):
-    """Our dense all-pairs block (first edge Linear split blockwise, row-major pairs) computes the same E
-    and F as the literal edge-list formulation, pairs beyond the cutoff included; in train mode too
-    (BatchNorm over every atom of the batch, as in OCP)."""
+def test_graph_layout_equals_edge_list_forcenet(train_mode, graph_kind, ethanol):
+    """Our graph block (first edge Linear split blockwise: the atom blocks once per atom, gathered per edge)
+    computes the same E and F as the literal edge-list formulation, on a complete graph (pairs beyond the
+    cutoff included, switched off by the envelope) and on a radius graph; in train mode too (BatchNorm over
+    every atom of the batch, as in OCP)."""
     m = make()
     pos = positions(ethanol, 3) * 1.8  # stretched: some pairs beyond 6 Å
     assert (torch.cdist(pos, pos) > 6.0).any()
     m.train(train_mode)
-    e, f = energy_and_forces(m, pos, Z, False)
+    e, f = dense_ef(m, pos, Z, False, cutoff=None if graph_kind == "complete" else m.cutoff)
     p = pos.clone().requires_grad_(True)
     e_ref = edge_list_reference(m, p, Z)
     (g,) = torch.autograd.grad(e_ref.sum(), p)
@@ -98,7 +144,7 @@ def test_energy_smooth_at_cutoff():
     pos = torch.zeros(5, 3, 3, dtype=torch.float64)
     pos[:, 1, 0] = 1.2  # a bonded C–O pair ...
     pos[:, 2, 1] = d  # ... and an H moving away from the C along y (O–H is farther)
-    e, f = energy_and_forces(m, pos, z, False)
+    e, f = dense_ef(m, pos, z, False)
     assert abs(e[0] - e[1]) < 1e-6
     beyond = pos[2:, 2, 1].clone()
     assert (torch.linalg.norm(pos[2:, 2] - pos[2:, 1], dim=-1) > 6.0).all() and (beyond > 6.0).all()
@@ -107,6 +153,24 @@ def test_energy_smooth_at_cutoff():
     torch.testing.assert_close(e[2:], e[2].expand(3), rtol=0, atol=1e-12)
     assert f[1:, 2].abs().max() < 1e-6  # no force on the H at and beyond the cutoff
     assert f[0, 2].abs().max() < 1e-4  # and a vanishing one just inside: no jump
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_forcenet_on_periodic_cells(act):
+    """Translation + wrap, rotation, supercells, forces = central differences across the boundary, a cell
+    smaller than the cutoff (tests/conftest.py assert_periodic_physics): extensive — up to the energy
+    head's bias b, which OCP adds once per structure after the sum over atoms (a 2×1×1 supercell has
+    2E − b), so the extensivity checks run with b = 0."""
+    m = make(act)
+    b = float(m.energy_mlp.bias.detach())
+    assert b != 0.0
+    slab = slab_with_adsorbate()
+    e = energy_and_forces(m, atoms_graph([slab], CUTOFF), False)[0].detach()
+    e_2 = energy_and_forces(m, atoms_graph([slab.repeat((2, 1, 1))], CUTOFF), False)[0].detach()
+    torch.testing.assert_close(e_2, 2 * e - b, rtol=1e-10, atol=1e-9)
+    with torch.no_grad():
+        m.energy_mlp.bias.zero_()
+    assert_periodic_physics(m, cutoff=CUTOFF, intensive=False)
 
 
 def test_activation_placement_paper_vs_all():
@@ -156,11 +220,11 @@ def test_denormalize_counts_and_removes_batchnorm():
 def test_train_and_eval_mode_differ_with_batchnorm_only(ethanol):
     pos = positions(ethanol, 6)
     m = make()
-    e_eval = m(pos, Z)
-    e_train = m.train()(pos, Z)
+    e_eval = dense_energy(m, pos, Z)
+    e_train = dense_energy(m.train(), pos, Z)
     assert not torch.allclose(e_train, e_eval)
     denormalize(m)
-    torch.testing.assert_close(m.train()(pos, Z), m.eval()(pos, Z), rtol=0, atol=0)
+    torch.testing.assert_close(dense_energy(m.train(), pos, Z), dense_energy(m.eval(), pos, Z), rtol=0, atol=0)
 
 
 def test_presets_sizes_and_config_fields():
@@ -174,7 +238,7 @@ def test_presets_sizes_and_config_fields():
     cfg = TrainConfig(model="forcenet", depth_mlp_edge=3, hidden=32)
     assert cfg.model_sizes() == {"hidden": 32, "depth_mlp_edge": 3}
     with pytest.raises(ValueError, match="do not apply"):
-        TrainConfig(model="schnet", depth_mlp_node=2)
+        resolve_config(TrainConfig(model="schnet", depth_mlp_node=2))
     with pytest.raises(ValueError, match="unknown size"):
         build_model("forcenet", "small", filters=3)
 

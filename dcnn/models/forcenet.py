@@ -11,9 +11,11 @@ Follows OCP's `ocpmodels/models/forcenet.py` as adapted by the paper's code (lba
   W_ts = MLP_edge([lin_basis(e_ts) ‖ h_s ‖ h_t]) · envelope(d) (depth 2: Linear, then 2 × (act, Linear)),
   then h'_t = MLP_node(Σ_s W_ts ⊙ lin(h)_s + c ⊙ lin(h)_t) with
   MLP_node = Linear, then depth × (BatchNorm1d, act, Linear) (depth 1 in the paper);
-* output: act(Linear(h)) per atom, **summed** over atoms, then Linear → E.  Sum, as OCP's
-  `scatter(..., reduce="add")`: energy is extensive, and for one fixed-size molecule a mean would only
-  rescale the last layer.  OCP's `decoder_hidden_channels` is set equal to `hidden` (both 512 in the paper).
+* output: act(Linear(h)) per atom, **summed** over each structure's atoms, then Linear → E.  Sum, as
+  OCP's `scatter(..., reduce="add")`: energy is extensive, and for one fixed-size molecule a mean would only
+  rescale the last layer.  The last Linear's bias is added once per structure (OCP's order: sum, then
+  Linear), so E is extensive up to that one constant: a 2×1×1 supercell has 2E − b, not 2E (tested).
+  OCP's `decoder_hidden_channels` is set equal to `hidden` (both 512 in the paper).
 
 Deviations from the original, each forced by our setting or by energy conservation:
 
@@ -24,16 +26,18 @@ Deviations from the original, each forced by our setting or by energy conservati
   "onlydist" ablation.  E is rotation- and translation-invariant and F equivariant (tested).
 * **Smooth cutoff.**  The original uses a radius graph (hard cutoff) with edge weight cos(πd/(2 r_c)),
   which vanishes at r_c but with a non-zero slope, so its forces jump when an atom crosses the cutoff.  We
-  use the dense all-pairs layout with common.cosine_cutoff, ½(cos(πd/r_c) + 1), which is C¹ at r_c.
+  use common.cosine_cutoff, ½(cos(πd/r_c) + 1), which is C¹ at r_c, on the graph layout
+  (dcnn.atomistic.graph.AtomicGraph): a complete graph for fixed-size molecules (pairs beyond r_c are
+  switched off by the envelope, exactly), a radius graph at r_c for periodic or variable-size data.
 * **No clamp** of the shifted distances at 1e-3 (the original's `edge_dist_list[... < 1e-3] = 1e-3`):
   the clamp puts a kink in E (jumps in F) for bonded pairs whose d − r_s − r_t is near zero; the Gaussian
   basis is fine with small negative arguments.
 * **Atom features**: a learned nn.Embedding (OCP's `feat="simple"`) instead of the default "full"
   continuous element properties (a 9-column table from OCP, not carried here); atomic radii are ASE's
   covalent radii (Cordero et al. 2008) instead of OCP's `ATOMIC_RADII` table.
-* The node BatchNorm sees every atom of every molecule in the batch, as OCP's does (a node-level
+* The node BatchNorm sees every atom of every structure in the batch, as OCP's does (a node-level
   quantity, so no masking is needed, unlike CGCNN's per-edge BatchNorm).  Train mode couples the
-  molecules of a batch; eval mode does not.
+  structures of a batch; eval mode does not.
 
 Activations (SiLU) are separate module instances so `replace_activations` can swap them.  The paper's
 placement (`paper_activation_scope`): the 2 edge-MLP activations and the node-MLP activation of every
@@ -54,7 +58,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcnn.activations import get_activation
-from dcnn.models.common import GaussianSmearing, PairGeometry, cosine_cutoff
+from dcnn.atomistic.graph import AtomicGraph
+from dcnn.models.common import GaussianSmearing, cosine_cutoff, pair_distances, sum_per_structure
 
 FORCENET_PRESETS = {
     "small": dict(hidden=64, interactions=3, gaussians=25, cutoff=6.0, depth_mlp_edge=2, depth_mlp_node=1),
@@ -73,7 +78,7 @@ def _covalent_radii(max_z: int) -> torch.Tensor:
 
 
 class InteractionBlock(nn.Module):
-    """OCP's ForceNet InteractionBlock (basis "gauss", no ablation) on the dense directed-pair layout."""
+    """OCP's ForceNet InteractionBlock (basis "gauss", no ablation) on the graph layout's directed edges."""
 
     def __init__(self, hidden: int, basis_dim: int, depth_mlp_edge: int = 2, depth_mlp_node: int = 1,
                  activation: str = "silu"):
@@ -102,28 +107,25 @@ class InteractionBlock(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.xavier_uniform_(self.center_W)
 
-    def forward(self, h: torch.Tensor, basis: torch.Tensor, env: torch.Tensor, src: torch.Tensor,
-                tgt: torch.Tensor) -> torch.Tensor:
-        """h [B, N, H]; basis [B, E, 4G] and env [B, E, 1] of the E = N(N−1) directed pairs (tgt, src)."""
-        b, n, d = h.shape
-        first = self.mlp_edge[0]  # Linear(3H, H) applied blockwise: the node blocks once per atom
+    def forward(self, h: torch.Tensor, basis: torch.Tensor, env: torch.Tensor, source: torch.Tensor,
+                target: torch.Tensor) -> torch.Tensor:
+        """h [A, H]; basis [E, 4G] and env [E, 1] of the directed edges source → target ([E] each)."""
+        d = self.hidden
+        first = self.mlp_edge[0]  # Linear(3H, H) applied blockwise: the atom blocks once per atom, gathered
         w_e, w_s, w_t = first.weight.split(d, dim=1)
         z = F.linear(self.lin_basis(basis), w_e, first.bias)
-        z = z + F.linear(h, w_s).index_select(1, src) + F.linear(h, w_t).index_select(1, tgt)
+        z = z + F.linear(h, w_s).index_select(0, source) + F.linear(h, w_t).index_select(0, target)
         for layer in self.mlp_edge[1:]:
             z = layer(z)
         w = z * env  # filter W_ts, switched off smoothly past the cutoff
         x = self.lin(h)
-        msg = (w * x.index_select(1, src)).view(b, n, n - 1, d).sum(2)  # rows: targets (row-major offdiag)
+        msg = torch.zeros_like(x).index_add(0, target, w * x.index_select(0, source))  # Σ_s W_ts ⊙ x_s
         x = msg + self.center_W * x
-        x = self.mlp_node[0](x).reshape(b * n, d)  # BatchNorm1d over every atom of the batch
-        for layer in self.mlp_node[1:]:
-            x = layer(x)
-        return x.view(b, n, d)
+        return self.mlp_node(x)  # BatchNorm1d over every atom of the batch
 
 
 class ForceNet(nn.Module):
-    """Energy model E(positions, numbers): positions [B, N, 3] (Å), numbers [N] → energies [B]."""
+    """Energy model E(graph) → energies [B] (dcnn.atomistic.graph.AtomicGraph, positions in Å)."""
 
     paper_activation_scope = ("interactions", "output")  # edge- and node-MLP activations, output activation
 
@@ -133,7 +135,6 @@ class ForceNet(nn.Module):
         self.cutoff = cutoff
         self.embedding = nn.Embedding(max_z, hidden)
         self.register_buffer("radii", _covalent_radii(max_z))
-        self.geometry = PairGeometry()
         self.rbf = GaussianSmearing(0.0, 1.0, gaussians)  # on distances / cutoff, as OCP's basis "gauss"
         basis_dim = N_DIST_FEATURES * gaussians
         self.interactions = nn.ModuleList(
@@ -142,18 +143,16 @@ class ForceNet(nn.Module):
         self.output = nn.Sequential(nn.Linear(hidden, hidden), get_activation(activation))  # OCP: lin, activation
         self.energy_mlp = nn.Linear(hidden, 1)
 
-    def forward(self, positions: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
-        b, n, _ = positions.shape
-        _, _, _, offdiag = self.geometry.tables(n, positions.device)
-        _, _, pair_of = self.geometry.directed(n, positions.device)  # ordered pair -> unordered pair
-        tgt, src = offdiag // n, offdiag % n  # row-major: row = target, column = source
-        d = self.geometry.distances(positions)[:, pair_of].unsqueeze(-1)  # [B, E, 1]
-        r = self.radii.to(positions.dtype)[numbers]
-        r_s, r_t = r[src].unsqueeze(-1), r[tgt].unsqueeze(-1)
-        feats = torch.cat([d, d - r_s, d - r_t, d - r_s - r_t], dim=-1) / self.cutoff  # [B, E, 4]
-        basis = self.rbf(feats).flatten(-2)  # [B, E, 4G], feature-major blocks
+    def forward(self, graph: AtomicGraph) -> torch.Tensor:
+        """graph (positions Å) → energies [B]."""
+        source, target = graph.edge_index
+        d = pair_distances(graph).repeat(2).unsqueeze(-1)  # [E, 1]: a pair's distance for both directions
+        r = self.radii.to(d.dtype)[graph.numbers]
+        r_s, r_t = r.index_select(0, source).unsqueeze(-1), r.index_select(0, target).unsqueeze(-1)
+        feats = torch.cat([d, d - r_s, d - r_t, d - r_s - r_t], dim=-1) / self.cutoff  # [E, 4]: directed
+        basis = self.rbf(feats).flatten(-2)  # [E, 4G], feature-major blocks
         env = cosine_cutoff(d, self.cutoff)
-        h = self.embedding(numbers).expand(b, n, -1)
+        h = self.embedding(graph.numbers)
         for block in self.interactions:
-            h = h + block(h, basis, env, src, tgt)
-        return self.energy_mlp(self.output(h).sum(1)).squeeze(-1)
+            h = h + block(h, basis, env, source, target)
+        return self.energy_mlp(sum_per_structure(self.output(h), graph)).squeeze(-1)
