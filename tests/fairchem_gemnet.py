@@ -1,6 +1,12 @@
 """fairchem's own GemNet-T (fairchem-core 1.10, `fairchem.core.models.gemnet.gemnet.GemNetT`) as a peer for
-our dcnn/models/gemnet_t.py: same sizes, our weights copied in, its own graph code run on its own
-(non-periodic, on-the-fly) radius graph.
+our dcnn/models/gemnet_t.py: same sizes, our weights copied in, its own graph code run on its own radius
+graph: molecules through its non-periodic on-the-fly graph (`build_fairchem_gemnet_t`'s `run`), periodic
+frames through `run_periodic`: fairchem's own `radius_graph_pbc` makes the edges and cell offsets, its
+`get_pbc_distances`, symmetric-edge reordering, swap and triplet code the rest.  fairchem's periodic graph
+code is float32-only (it builds the image offsets as float32 and casts the cell to float32), so
+`run_periodic` takes the graph's topology from a float32 copy of the frames and runs the float64 model on
+it with `otf_graph=False`; cells must be exact in float32, with S·cell exact too (`dyadic_cell`), so that
+the float32 cast in `get_pbc_distances` loses nothing.
 
 fairchem-core is optional (`pip install fairchem-core==1.10.0 --no-deps`); its GemNet needs three compiled
 packages that have no wheels for this torch, supplied here in plain torch *only if they are missing*:
@@ -121,6 +127,50 @@ def build_fairchem_gemnet_t(blocks, emb_atom, emb_edge, emb_trip, emb_rbf, emb_c
         return out["energy"].view(-1), out["forces"].view(b, n, 3)
 
     return model, run
+
+
+def dyadic_cell(atoms, bits: int = 8):
+    """`atoms` (ASE, changed in place) with its cell rounded to multiples of 2^-bits Å (positions kept): then
+    the cell and every integer-shift offset S·cell are exact in float32, as fairchem's periodic code
+    needs for a float64 comparison (see the module docstring)."""
+    import numpy as np
+
+    atoms.set_cell(np.round(np.array(atoms.cell) * 2 ** bits) / 2 ** bits, scale_atoms=False)
+    return atoms
+
+
+def run_periodic(model, frames, max_neighbors: int = 100_000):
+    """(E [B], F [A, 3]) of fairchem's GemNetT on ASE frames (one pbc pattern for all, as fairchem needs),
+    through its periodic path (use_pbc=True) on its own radius graph, no neighbour cap (`max_neighbors`);
+    the model's dtype is the computation's."""
+    import numpy as np
+    from torch_geometric.data import Batch, Data
+
+    fc_base = sys.modules["fairchem.core.models.base"]
+    dtype = next(model.parameters()).dtype
+
+    def batch(dt):
+        return Batch.from_data_list([
+            Data(pos=torch.as_tensor(a.positions, dtype=dt), atomic_numbers=torch.as_tensor(a.numbers),
+                 natoms=torch.tensor([len(a)]), cell=torch.as_tensor(np.array(a.cell), dtype=dt)[None],
+                 pbc=torch.as_tensor(a.pbc)[None]) for a in frames])
+
+    topology = batch(torch.float32)
+    edge_index, cell_offsets, neighbors = fc_base.radius_graph_pbc(topology, model.cutoff, max_neighbors)
+    data = batch(dtype)
+    cells = data.cell.repeat_interleave(neighbors, dim=0)
+    exact = torch.einsum("ek,ekl->el", cell_offsets.to(dtype), cells)
+    cast = torch.einsum("ek,ekl->el", cell_offsets.float(), cells.float()).to(dtype)
+    if not (torch.equal(data.cell.float().to(dtype), data.cell) and torch.equal(cast, exact)):
+        raise ValueError("fairchem's get_pbc_distances casts S·cell to float32: use a dyadic_cell")
+    data.edge_index, data.cell_offsets, data.neighbors = edge_index, cell_offsets, neighbors
+    saved = model.otf_graph, model.use_pbc
+    model.otf_graph, model.use_pbc = False, True
+    try:
+        out = model(data)
+    finally:
+        model.otf_graph, model.use_pbc = saved
+    return out["energy"].view(-1), out["forces"]
 
 
 def load_into_ours(ours, theirs) -> None:

@@ -1,26 +1,40 @@
-"""GemNet-T (Gasteiger et al. 2021), energy-conserving, for fixed-size molecules, in plain torch.
+"""GemNet-T (Gasteiger et al. 2021), energy-conserving, on the graph layout (dcnn.atomistic.graph.AtomicGraph),
+in plain torch.
 
 Follows fairchem's `fairchem/core/models/gemnet/` (gemnet.py, layers/*: the triplet-only interaction
 block, the efficient bilinear layer, the Gaussian/spherical-Bessel radial bases with the polynomial
 envelope, the Y_l0 circular basis, He-orthogonal init, ScaledSiLU) layer for layer, with the same module
-names and parameter shapes (so a fairchem state_dict loads, see `load_fairchem_`), and as the paper's code
-configured it (lbai-lab/dcnn-training `models/Chemistry/gemnet/gemnet.py`: fairchem's OC20 "gemnet-dT"
-sizes with `direct_forces=False`, i.e. forces by autograd; that is GemNet-T in the GemNet paper's naming,
-"d" meaning direct forces).  What differs, and why:
+names and parameter shapes (so a fairchem state_dict loads, see tests/fairchem_gemnet.py), and as the
+paper's code configured it (lbai-lab/dcnn-training `models/Chemistry/gemnet/gemnet.py`: fairchem's OC20
+"gemnet-dT" sizes with `direct_forces=False`, i.e. forces by autograd; that is GemNet-T in the GemNet
+paper's naming, "d" meaning direct forces).  What differs, and why:
 
-* **Graph** = every ordered atom pair s → t (s ≠ t) and, for each edge c → a, every other edge b → a into
-  the same atom (b ∉ {a, c}): index tables built once per atom count, no radius search, no sparse tensors,
-  no torch_scatter.  Edges are target-major, so "sum over the edges into atom t" is a reshape and a sum,
-  and the efficient bilinear layer's zero-padded [edges, K_max, ·] matrices are dense ([E, N−2, ·]).
-  fairchem's radius graph (6 Å, 50 neighbours: no cap for MD17-sized molecules) is reproduced exactly:
-  every path from an edge's embedding to the energy is multiplied by a radial basis of that edge, which
-  the envelope zeroes beyond the cutoff, except the triplet path (the down projection's activation of a
-  zero vector is act(0)), so the triplet messages of edges beyond the cutoff are masked out.  With the
-  original ScaledSiLU (act(0) = 0) the mask changes nothing and E is C² in the positions as an atom
-  crosses the cutoff (envelope exponent 5); with scope="all" and an activation with act(0) ≠ 0 (isilu,
-  igelu, softplus) E jumps there, exactly as on fairchem's radius graph.
-* **Forces** = −∂E/∂x by autograd through the distances *and* the triplet angles (cos φ from unit vectors
-  of the non-detached positions; clamped to [−1, 1] as fairchem's `inner_product_normalized`).
+* **Graph** = the AtomicGraph's edges c → a (source c = edge_index[0], target a = edge_index[1]; periodic
+  images are edges with their cell shifts) and, for each edge c → a, every *other edge* b → a into the
+  same atom (fairchem's `get_triplets`: edges compared, not atoms, so two images of one atom are two
+  b's, and b may be another image of c).  `prepare_graph` builds that table once per batch, outside the
+  differentiable step (graph.extras["gemnet_id3_ba"]), already in the padded form of fairchem's efficient
+  bilinear layer: `id3_ba` [E, K_max] (row = fairchem's id3_ca, column = its id3_ragged_idx, entry = its
+  id3_ba; K_max = the largest in-degree − 1), short rows padded with E, which points at a zero row
+  appended to the gathered tensors, so the padding contributes exactly 0 (fairchem's zero-filled
+  sph2/m2).  The model then uses index_select/index_add only: gathers over the table, sums over the edges
+  into an atom by index_add over the targets, fairchem's swap (c → a ↔ a → c) is the graph's pairing
+  (edge m and m + P are reverses: the two halves exchanged).  On the complete graph of an N-atom molecule
+  every row has N − 2 entries, no padding: the tensors of the dense layout.  Periodic frames are radius
+  graphs at the cutoff, so E is fairchem's periodic GemNet-T (its `use_pbc` path, no neighbour cap).
+* **Cutoff**: fixed-size molecules train on the complete graph (every ordered pair), and fairchem's
+  radius graph (6 Å, 50 neighbours: no cap for MD17-sized molecules) is reproduced exactly: every path
+  from an edge's embedding to the energy is multiplied by a radial basis of that edge, which the envelope
+  zeroes beyond the cutoff, except the triplet path (the down projection's activation of a zero vector is
+  act(0)), so the triplet messages of edges beyond the cutoff (d ≥ cutoff) are masked out.  On a radius
+  graph at the cutoff (periodic data) the mask is all ones.  With the original ScaledSiLU (act(0) = 0)
+  the mask changes nothing and E is C² in the positions as an atom crosses the cutoff (envelope exponent
+  5); with scope="all" and an activation with act(0) ≠ 0 (isilu, igelu, softplus) E jumps there, exactly
+  as on fairchem's radius graph.
+* **Forces** = −∂E/∂x by autograd (`dcnn.models.energy_and_forces`) through the edge vectors (images
+  included: x_a − x_c − S·cell, fairchem's V_st direction), their distances *and* the triplet angles (cos φ
+  from unit vectors of the non-detached positions; clamped to [−1, 1] as fairchem's
+  `inner_product_normalized`).
 * **Scale factors**: fairchem multiplies five places per block by constants fitted on data (the paper's
   code loaded OC20's `gemnet-dT.json`, e.g. 18.9 for TripInteraction_1_had_rbf); unfitted, fairchem uses 1,
   which is what a built model holds.  Unfitted, GemNet is not at the scale it was designed for (initial
@@ -28,7 +42,9 @@ sizes with `direct_forces=False`, i.e. forces by autograd; that is GemNet-T in t
   before the first step, as fairchem's `fit_scaling_factors` does (`data_init_`, called by the task for
   every `init`; each factor in computation order makes its output's variance that of its reference
   input, or 1, over 16 batches), after the activations are swapped: the factors match the network that
-  is trained.  `ScaleFactor` modules hold them as buffers, so they are in every checkpoint.
+  is trained.  The statistics run over fairchem's rows: the atoms, the edges inside the cutoff (all of a
+  radius graph's; on a complete graph the far ones are left out) and the triplets of two such edges.
+  `ScaleFactor` modules hold them as buffers, so they are in every checkpoint.
 * **Activations**: `Dense` keeps its activation as a separate `Activation` module ("scaled_silu" =
   SiLU/0.6, fairchem's ScaledSiLU) so `replace_activations` can swap it; a Dense without activation holds
   none.  The paper's placement swaps the output blocks' activations only (its IAF_replace: every
@@ -37,6 +53,7 @@ sizes with `direct_forces=False`, i.e. forces by autograd; that is GemNet-T in t
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -44,7 +61,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from dcnn.activations import get_activation
-from dcnn.models.common import GaussianSmearing
+from dcnn.atomistic.graph import AtomicGraph
+from dcnn.models.common import GaussianSmearing, scatter_sum, sum_per_structure
 from dcnn.models.dimenetpp import legendre_cbf
 
 # paper: the paper's code (lbai-lab/dcnn-training GemNetT defaults = fairchem configs/oc20/s2ef/all/gemnet/
@@ -103,7 +121,8 @@ class ResidualLayer(nn.Module):
 
 def _rows_variance(x: torch.Tensor, rows: torch.Tensor | None) -> tuple[float, int]:
     """fairchem's statistic: the mean over features of the (unbiased) variance over samples, here over the
-    rows `rows` marks (edges inside the cutoff: the edges of fairchem's radius graph), and the row count."""
+    rows `rows` marks (edges inside the cutoff: the edges of fairchem's radius graph; triplets of two such
+    edges, the table's padding left out), and the row count."""
     flat = x.reshape(-1, x.shape[-1])
     if rows is not None:
         flat = flat[rows.expand(*x.shape[:-1], 1).reshape(-1) > 0]
@@ -194,43 +213,51 @@ class CircularBasis(nn.Module):
 
 # ----------------------------------------------------------------------------- graph tables
 
-class EdgeTripletTables(nn.Module):
-    """Index tables of the all-pairs graph of an N-atom molecule (cached per N and device).
+TRIPLETS_KEY = "gemnet_id3_ba"  # graph.extras entry: the padded triplet table
 
-    Edges s → t target-major: e = t·(N−1) + rank of s among the atoms ≠ t.  `swap[e]` is the edge t → s.
-    `id3_ba` [E, N−2]: for each edge c → a, the other edges b → a into the same atom (fairchem's
-    id3_ba/id3_ca pairs, padded matrix row e = id3_ca)."""
 
-    def __init__(self):
-        super().__init__()
-        self._cache: dict = {}
+def triplet_table(target: torch.Tensor, n_atoms_total: int) -> torch.Tensor:
+    """id3_ba [E, K_max]: row e lists every other edge b → a into the target a of edge e = c → a (edges
+    compared, not atoms: fairchem's `get_triplets`), in edge order; K_max = max in-degree − 1; short rows
+    padded with E (a zero row the model appends).  Vectorised: edges grouped by target (stable sort),
+    row e = its group with e itself skipped."""
+    n_edges = target.shape[0]
+    into = torch.bincount(target, minlength=n_atoms_total)  # [A] in-degrees
+    k_max = max(int(into.max()) - 1, 0) if n_edges else 0  # the one host read (a shape)
+    if k_max == 0:
+        return torch.full((n_edges, 0), n_edges, dtype=torch.long, device=target.device)
+    order = torch.argsort(target, stable=True)  # edges grouped by the atom they point into
+    start = (torch.cumsum(into, 0) - into)[target]  # [E] where edge e's group starts in `order`
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(n_edges, device=target.device)) - start
+    k = torch.arange(k_max, device=target.device)
+    col = k + (k >= rank[:, None])  # the group's members, edge e itself skipped
+    valid = k < (into[target] - 1)[:, None]
+    ids = order[(start[:, None] + col).clamp(max=n_edges - 1)]
+    return torch.where(valid, ids, torch.full_like(ids, n_edges))
 
-    def tables(self, n: int, device: torch.device):
-        key = (n, str(device))
-        if key not in self._cache:
-            ar = torch.arange(n, device=device)
-            tgt = ar.repeat_interleave(n - 1)
-            src = ar.expand(n, n)[~torch.eye(n, dtype=torch.bool, device=device)]
-            edge_id = torch.full((n, n), -1, dtype=torch.long, device=device)
-            edge_id[tgt, src] = torch.arange(tgt.numel(), device=device)
-            swap = edge_id[src, tgt]
-            r = torch.arange(n - 1, device=device)
-            other = r.expand(n - 1, n - 1)[r[:, None] != r[None, :]].view(n - 1, max(n - 2, 0))
-            id3_ba = ((ar * (n - 1))[:, None, None] + other[None]).reshape(tgt.numel(), max(n - 2, 0))
-            self._cache[key] = (tgt, src, swap, id3_ba)
-        return self._cache[key]
+
+def _padded(x: torch.Tensor) -> torch.Tensor:
+    """x [E, ...] with a zero row appended (row E: where the triplet table's padding points)."""
+    return torch.cat([x, x.new_zeros((1, *x.shape[1:]))])
+
+
+def _gather_triplets(x: torch.Tensor, id3_ba: torch.Tensor) -> torch.Tensor:
+    """[E, F] edge rows → [E, K_max, F]: row e, column k = x[id3_ba[e, k]] (0 for the padding)."""
+    e, k = id3_ba.shape
+    return _padded(x).index_select(0, id3_ba.reshape(-1)).view(e, k, x.shape[-1])
+
+
+def _swap(x: torch.Tensor) -> torch.Tensor:
+    """fairchem's x[id_swap]: each edge gets the row of its reverse; the graph's edges are paired (edge m
+    and m + P reverses), so that is the two halves exchanged."""
+    p = x.shape[0] // 2
+    return torch.cat([x[p:], x[:p]])
 
 
 # ----------------------------------------------------------------------------- blocks
 
-def sum_into_targets(x: torch.Tensor, n_atoms: int) -> torch.Tensor:
-    """[B, E, F] edge values → [B, N, F] sums over the edges into each atom (edges are target-major)."""
-    b, _, f = x.shape
-    return x.view(b, n_atoms, n_atoms - 1, f).sum(2)
-
-
 class EdgeEmbedding(nn.Module):
-    """m_st = act(W [h_s ‖ h_t ‖ m]); W is split so the atom parts are computed per atom, then gathered."""
+    """m_ca = act(W [h_c ‖ h_a ‖ m]); W is split so the atom parts are computed per atom, then gathered."""
 
     def __init__(self, atom_features: int, edge_features: int, out_features: int, activation: str):
         super().__init__()
@@ -238,12 +265,12 @@ class EdgeEmbedding(nn.Module):
         self.dense = Dense(2 * atom_features + edge_features, out_features, activation)
 
     def forward(self, h, m, src, tgt):
-        """h [N, A] or [B, N, A]; m [B, E, F]."""
+        """h [A, F_atom]; m [E, F]; src/tgt [E] (c and a of each edge c → a)."""
         a = self.atom_features
         w = self.dense.linear.weight
         hs = F.linear(h, w[:, :a])
         ht = F.linear(h, w[:, a:2 * a])
-        x = hs.index_select(-2, src) + ht.index_select(-2, tgt) + F.linear(m, w[:, 2 * a:])
+        x = hs.index_select(0, src) + ht.index_select(0, tgt) + F.linear(m, w[:, 2 * a:])
         return self.dense.act(x)
 
 
@@ -257,8 +284,9 @@ class AtomUpdateBlock(nn.Module):
         self.layers = nn.ModuleList([Dense(emb_edge, emb_atom, activation),
                                      *(ResidualLayer(emb_atom, activation) for _ in range(n_hidden))])
 
-    def forward(self, m, rbf, n_atoms, inside=None):
-        x = self.scale_sum(sum_into_targets(m * self.dense_rbf(rbf), n_atoms), ref=m, ref_rows=inside)
+    def forward(self, m, rbf, tgt, n_atoms, inside=None):
+        """m [E, F], rbf [E, R], tgt [E] → [A, F_atom]; `inside` [E, 1] only read while fitting."""
+        x = self.scale_sum(scatter_sum(m * self.dense_rbf(rbf), tgt, n_atoms), ref=m, ref_rows=inside)
         for layer in self.layers:
             x = layer(x)
         return x
@@ -275,12 +303,12 @@ class OutputBlock(AtomUpdateBlock):
         elif output_init.lower() != "heorthogonal":
             raise ValueError(f"unknown output_init {output_init!r}; known: HeOrthogonal, zeros")
 
-    def forward(self, m, rbf, n_atoms, inside=None):
-        return self.out_energy(super().forward(m, rbf, n_atoms, inside))
+    def forward(self, m, rbf, tgt, n_atoms, inside=None):
+        return self.out_energy(super().forward(m, rbf, tgt, n_atoms, inside))
 
 
 class EfficientInteractionDownProjection(nn.Module):
-    """The triplet basis' radial part projected down: rbf(d_ca) · W [S, R, I] → [B, E, I, S]."""
+    """The triplet basis' radial part projected down: rbf(d_ca) · W [S, R, I] → [E, I, S]."""
 
     def __init__(self, spherical, radial, emb_interm):
         super().__init__()
@@ -288,7 +316,7 @@ class EfficientInteractionDownProjection(nn.Module):
         he_orthogonal_(self.weight)
 
     def forward(self, rbf):
-        return torch.einsum("ber,sri->beis", rbf, self.weight)
+        return torch.einsum("...r,sri->...is", rbf, self.weight)
 
 
 class EfficientInteractionBilinear(nn.Module):
@@ -301,11 +329,12 @@ class EfficientInteractionBilinear(nn.Module):
         he_orthogonal_(self.weight)
 
     def forward(self, rbf_w1, sph, x_ba):
-        """rbf_w1 [B, E, I, S]; sph [B, E, K, S]; x_ba [B, E, K, T] (the K edges b → a of each edge c → a)."""
-        sum_k = torch.matmul(sph.transpose(-1, -2), x_ba)  # [B, E, S, T]
-        r = torch.matmul(rbf_w1, sum_k)  # [B, E, I, T]
+        """rbf_w1 [E, I, S]; sph [E, K, S]; x_ba [E, K, T] (the K edges b → a of each edge c → a, padded
+        with zero rows: fairchem's zero-padded dense matrices)."""
+        sum_k = torch.matmul(sph.transpose(-1, -2), x_ba)  # [E, S, T]
+        r = torch.matmul(rbf_w1, sum_k)  # [E, I, T]
         t, i, o = self.weight.shape
-        return torch.matmul(r.transpose(-1, -2).flatten(-2), self.weight.reshape(t * i, o))  # [B, E, O]
+        return torch.matmul(r.transpose(-1, -2).flatten(-2), self.weight.reshape(t * i, o))  # [E, O]
 
 
 class TripletInteraction(nn.Module):
@@ -320,18 +349,17 @@ class TripletInteraction(nn.Module):
         self.up_projection_ca = Dense(emb_bilinear, emb_edge, activation)
         self.up_projection_ac = Dense(emb_bilinear, emb_edge, activation)
 
-    def forward(self, m, rbf3, rbf_w1, sph, id3_ba, swap, inside):
+    def forward(self, m, rbf3, rbf_w1, sph, id3_ba, inside):
         x_ba = self.dense_ba(m)
         x_ba = self.scale_rbf(x_ba * self.mlp_rbf(rbf3), ref=x_ba, rows=inside, ref_rows=inside)
-        x_ba = self.down_projection(x_ba) * inside  # edges beyond the cutoff are not in the graph
-        b, e, t = x_ba.shape
-        x_ba = x_ba.index_select(1, id3_ba.reshape(-1)).view(b, e, id3_ba.shape[1], t)
+        x_ba = self.down_projection(x_ba) * inside  # edges beyond the cutoff are not in fairchem's graph
+        x_ba = _gather_triplets(x_ba, id3_ba)  # [E, K, T]
         triplets = None
         if self.scale_cbf_sum.stats is not None:  # fitting: the triplets of fairchem's graph (both edges inside)
-            triplets = inside.unsqueeze(2) * inside.index_select(1, id3_ba.reshape(-1)).view(b, e, -1, 1)
+            triplets = inside.unsqueeze(1) * _gather_triplets(inside, id3_ba)
         x = self.scale_cbf_sum(self.mlp_cbf(rbf_w1, sph, x_ba), ref=x_ba, rows=inside, ref_rows=triplets)
         x_ca = self.up_projection_ca(x)
-        x_ac = self.up_projection_ac(x).index_select(1, swap)  # message of a → c added to c → a
+        x_ac = _swap(self.up_projection_ac(x))  # message of a → c added to c → a
         return (x_ca + x_ac) * INV_SQRT_2
 
 
@@ -350,15 +378,14 @@ class InteractionBlockTripletsOnly(nn.Module):
         self.concat_layer = EdgeEmbedding(emb_atom, emb_edge, emb_edge, activation)
         self.residual_m = nn.ModuleList(ResidualLayer(emb_edge, activation) for _ in range(concat))
 
-    def forward(self, h, m, rbf3, rbf_w1, sph, id3_ba, swap, inside, rbf_h, src, tgt):
-        n = h.shape[-2]
-        x = (self.dense_ca(m) + self.trip_interaction(m, rbf3, rbf_w1, sph, id3_ba, swap, inside)) * INV_SQRT_2
+    def forward(self, h, m, rbf3, rbf_w1, sph, id3_ba, inside, rbf_h, src, tgt):
+        x = (self.dense_ca(m) + self.trip_interaction(m, rbf3, rbf_w1, sph, id3_ba, inside)) * INV_SQRT_2
         for layer in self.layers_before_skip:
             x = layer(x)
         m = (m + x) * INV_SQRT_2
         for layer in self.layers_after_skip:
             m = layer(m)
-        h = (h + self.atom_update(m, rbf_h, n, inside)) * INV_SQRT_2
+        h = (h + self.atom_update(m, rbf_h, tgt, h.shape[0], inside)) * INV_SQRT_2
         m2 = self.concat_layer(h, m, src, tgt)
         for layer in self.residual_m:
             m2 = layer(m2)
@@ -368,7 +395,7 @@ class InteractionBlockTripletsOnly(nn.Module):
 # ----------------------------------------------------------------------------- model
 
 class GemNetT(nn.Module):
-    """Energy model E(positions, numbers): GemNet-T with ScaledSiLU, forces by autograd."""
+    """Energy model E(graph): GemNet-T with ScaledSiLU, forces by autograd."""
 
     paper_activation_scope = ("out_blocks",)  # the paper swaps the output blocks' activations only
 
@@ -380,7 +407,6 @@ class GemNetT(nn.Module):
         if spherical < 1:
             raise ValueError("spherical must be at least 1")
         self.cutoff = cutoff
-        self.geometry = EdgeTripletTables()
         self.radial_basis = RadialBasis(radial, cutoff, rbf, envelope_exponent)
         self.cbf_basis3 = CircularBasis(spherical, radial, cutoff, rbf, envelope_exponent)
         # down projections shared by all blocks
@@ -399,32 +425,40 @@ class GemNetT(nn.Module):
         self.out_blocks = nn.ModuleList(
             OutputBlock(emb_atom, emb_edge, emb_rbf, num_atom, activation, output_init) for _ in range(blocks + 1))
 
-    def forward(self, positions: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
-        """positions [B, N, 3] (Å), numbers [N] → energies [B]."""
-        b, n, _ = positions.shape
-        tgt, src, swap, id3_ba = self.geometry.tables(n, positions.device)
-        vec = positions[:, tgt] - positions[:, src]  # x_t − x_s of edge s → t (fairchem's V_st direction)
-        d = vec.norm(dim=-1)  # [B, E]
-        unit = vec / d.unsqueeze(-1)
-        k = id3_ba.shape[1]
-        # φ_cab: angle at a between the edges c → a (row) and b → a (column)
-        cos = (unit.unsqueeze(2) * unit.index_select(1, id3_ba.reshape(-1)).view(b, -1, k, 3)).sum(-1)
-        rad_cbf3, sph = self.cbf_basis3(d, cos.clamp(-1, 1))  # [B, E, R], [B, E, K, S]
-        rbf = self.radial_basis(d)
-        inside = (d < self.cutoff).unsqueeze(-1).to(d.dtype)
+    def prepare_graph(self, graph: AtomicGraph) -> AtomicGraph:
+        """The graph with its triplet table (`triplet_table`, graph.extras["gemnet_id3_ba"]): index
+        arithmetic on the edges, outside the differentiable step; unchanged when the table is there."""
+        if TRIPLETS_KEY in graph.extras:
+            return graph
+        table = triplet_table(graph.edge_index[1], int(graph.positions.shape[0]))
+        return dataclasses.replace(graph, extras={**graph.extras, TRIPLETS_KEY: table})
 
-        h = self.atom_emb(numbers - 1)  # [N, A]
-        m = self.edge_emb(h, rbf, src, tgt)  # [B, E, F]
+    def forward(self, graph: AtomicGraph) -> torch.Tensor:
+        """graph (positions Å; edges paired, as collate and molecule_graph make them) → energies [B]."""
+        id3_ba = self.prepare_graph(graph).extras[TRIPLETS_KEY]  # [E, K]
+        src, tgt = graph.edge_index
+        n_atoms = graph.positions.shape[0]
+        vec = -graph.edge_vectors()  # x_a − x_c − S·cell of edge c → a (fairchem's V_st direction)
+        d = vec.norm(dim=-1)  # [E]
+        unit = vec / d.unsqueeze(-1)
+        # φ_cab: angle at a between the edges c → a (row) and b → a (column); the padding's cos is 0
+        cos = (unit.unsqueeze(1) * _gather_triplets(unit, id3_ba)).sum(-1)  # [E, K]
+        rad_cbf3, sph = self.cbf_basis3(d, cos.clamp(-1, 1))  # [E, R], [E, K, S]
+        rbf = self.radial_basis(d)
+        inside = (d < self.cutoff).unsqueeze(-1).to(d.dtype)  # [E, 1]: the edges of fairchem's graph
+
+        h = self.atom_emb(graph.numbers - 1)  # [A, F_atom]
+        m = self.edge_emb(h, rbf, src, tgt)  # [E, F]
         rbf3 = self.mlp_rbf3(rbf)
-        rbf_w1 = self.mlp_cbf3(rad_cbf3)
+        rbf_w1 = self.mlp_cbf3(rad_cbf3)  # [E, I, S]
         rbf_h = self.mlp_rbf_h(rbf)
         rbf_out = self.mlp_rbf_out(rbf)
 
-        energy = self.out_blocks[0](m, rbf_out, n, inside)
+        energy = self.out_blocks[0](m, rbf_out, tgt, n_atoms, inside)  # [A, 1]
         for block, out in zip(self.int_blocks, self.out_blocks[1:]):
-            h, m = block(h, m, rbf3, rbf_w1, sph, id3_ba, swap, inside, rbf_h, src, tgt)
-            energy = energy + out(m, rbf_out, n, inside)
-        return energy.sum(dim=(1, 2))  # extensive: sum over atoms
+            h, m = block(h, m, rbf3, rbf_w1, sph, id3_ba, inside, rbf_h, src, tgt)
+            energy = energy + out(m, rbf_out, tgt, n_atoms, inside)
+        return sum_per_structure(energy.squeeze(-1), graph)  # extensive: sum over each structure's atoms
 
     @torch.no_grad()
     def data_init_(self, forwards) -> dict:
