@@ -1,23 +1,31 @@
-"""DimeNet++ (Gasteiger et al. 2020) for fixed-size molecules, energy-conserving, in plain torch.
+"""DimeNet++ (Gasteiger et al. 2020) on the graph layout (dcnn.atomistic.graph.AtomicGraph), energy-
+conserving, in plain torch: molecules (a complete graph), slabs and crystals (periodic images in the edge
+list) alike.
 
 Same function as PyG's `DimeNetPlusPlus` (same layers and parameter shapes; `load_pyg_` copies weights)
 with these differences:
 
 * Forces are −∂E/∂x through *every* geometric term: distances and the triplet angles are computed from
-  the positions the caller differentiates (the paper's wrapper took angles from `pos.detach()`, which
-  drops the angular part of the forces).  The angle enters only through cos θ (the spherical basis is
-  a polynomial in cos θ), computed as a dot product of unit vectors: no atan2/cross-product norm, whose
-  gradient is singular for collinear triplets.
-* Graph = every ordered atom pair (j → i, i ≠ j) and every triplet k → j → i (k ∉ {i, j}), with index
-  tables built once per atom count and cached (like `PairGeometry`).  No radius search, no sparse ops,
-  no compiled extensions.  Pairs beyond the cutoff are switched off by DimeNet's own envelope instead:
-  every path from an edge's message to the energy is multiplied by a basis function of that edge
-  (output blocks: lin_rbf(rbf_ji)·m_ji; interaction blocks: lin_rbf(rbf_kj)·m_kj before the down
-  projection and sbf(d_kj, θ) after it; all these linear maps have no bias), and the basis carries the
-  envelope u(d/c), which is exactly 0 beyond the cutoff and vanishes with its first two derivatives at
-  it.  So E equals the energy on the radius graph (PyG's), E is C² in the positions as atoms cross the
-  cutoff, and F = −∇E is conservative; a hard neighbour mask would give the same E but is not needed.
+  the edge vectors r_ji = x_j − x_i + S_ji·cell of the positions the caller differentiates (the paper's
+  wrapper took angles from `pos.detach()`, which drops the angular part of the forces).  The angle enters
+  only through cos θ (the spherical basis is a polynomial in cos θ), computed as a dot product of unit
+  vectors: no atan2/cross-product norm, whose gradient is singular for collinear triplets.
+* Triplets k → j → i are pairs of edges (kj, ji), made by `prepare_graph` outside the differentiable step
+  (`dcnn.atomistic.graph.triplets`, stored in `graph.extras`); with periodic images only the exact
+  back-track (k = i, S_kj + S_ji = 0) is excluded, so another image of i is a k like any atom.  The angle
+  (PyG's convention: between r_ji and r_kj, the supplement of the angle at j) is taken between the edge
+  vectors themselves, images included, so it is the angle of the atoms' actual images.
+* Fixed-size molecules train on the complete graph (every ordered pair) and pairs beyond the cutoff are
+  switched off by DimeNet's own envelope: every path from an edge's message to the energy is multiplied
+  by a basis function of that edge (output blocks: lin_rbf(rbf_ji)·m_ji; interaction blocks:
+  lin_rbf(rbf_kj)·m_kj before the down projection and sbf(d_kj, θ) after it; all these linear maps have
+  no bias), and the basis carries the envelope u(d/c), which is exactly 0 beyond the cutoff and vanishes
+  with its first two derivatives at it.  So E equals the energy on the radius graph (PyG's, and what
+  periodic data use), E is C² in the positions as atoms cross the cutoff, and F = −∇E is conservative.
   (PyG's neighbour cap `max_num_neighbors` does not exist here.)
+* What depends only on a distance (the radial bases) is computed once per *pair* — the graph's edges come
+  paired, edge m and m + P reverses — and broadcast over both directions as a view; messages are
+  gathered and scattered with index_select/index_add (no torch_scatter/torch_sparse, no Python loops).
 * The Bessel zeros and normalizers are exact (float64, scipy); PyG's reference code rounds them to
   float32 (`load_pyg_` installs PyG's rounded values).  The spherical-Bessel radial part of the
   triplet basis is evaluated in float64 even for a float32 model: its closed forms cancel badly at small
@@ -25,6 +33,7 @@ with these differences:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -33,6 +42,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from dcnn.activations import get_activation
+from dcnn.atomistic.graph import AtomicGraph, triplets
+from dcnn.models.common import sum_per_structure
 
 DIMENETPP_PRESETS = {
     "small": dict(hidden=32, blocks=2, int_emb=16, basis_emb=8, out_emb=32, spherical=5, radial=4,
@@ -170,38 +181,6 @@ class SphericalBasis(nn.Module):
         return legendre_cbf(self.spherical, cos)
 
 
-# ----------------------------------------------------------------------------- graph tables
-
-class TripletGeometry(nn.Module):
-    """Index tables of the all-pairs graph of an N-atom molecule (cached per N and device).
-
-    Directed edges e = (j → i), i ≠ j, target-major: e = i·(N−1) + (rank of j among the atoms ≠ i), so
-    "sum over the edges into atom i" is a reshape [N, N−1] and a sum.  Triplets k → j → i, k ∉ {i, j},
-    ji-major with N−2 per edge, so "sum over the triplets of edge ji" is also a reshape and a sum.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self._cache: dict = {}
-
-    def tables(self, n_atoms: int, device: torch.device):
-        """(targets i [E], sources j [E], idx_kj [E·(N−2)]: the edge k → j of each triplet)."""
-        key = (n_atoms, str(device))
-        if key not in self._cache:
-            n = n_atoms
-            ar = torch.arange(n, device=device)
-            others = ~torch.eye(n, dtype=torch.bool, device=device)
-            tgt = ar.repeat_interleave(n - 1)
-            src = ar.expand(n, n)[others]
-            edge_id = torch.full((n, n), -1, dtype=torch.long, device=device)  # [target, source]
-            edge_id[tgt, src] = torch.arange(tgt.numel(), device=device)
-            keep = (ar != tgt[:, None]) & (ar != src[:, None])  # [E, N]: k ∉ {i, j}
-            k = ar.expand(tgt.numel(), n)[keep].view(tgt.numel(), max(n - 2, 0))
-            idx_kj = edge_id[src[:, None].expand_as(k), k].reshape(-1)  # edge k → j: target j, source k
-            self._cache[key] = (tgt, src, idx_kj)
-        return self._cache[key]
-
-
 # ----------------------------------------------------------------------------- blocks
 
 def glorot_orthogonal_(weight: torch.Tensor, scale: float = 2.0) -> None:
@@ -224,12 +203,20 @@ class EmbeddingBlock(nn.Module):
         with torch.no_grad():
             self.emb.weight.uniform_(-math.sqrt(3), math.sqrt(3))
 
-    def forward(self, numbers, rbf, tgt, src):
-        h = self.emb(numbers)  # [N, H], the same for every frame: its part of `lin` is done once
+    def forward(self, numbers, rbf, source, target):
+        """numbers [A]; rbf [P, R] of the pairs; source j / target i [2P] of the paired edges → m_ji [2P, H].
+
+        `lin` of the concatenation is split by blocks: the h_i and h_j parts are applied once per atom
+        and gathered, the rbf part once per pair and broadcast over both directions."""
+        h = self.emb(numbers)  # [A, H]
         hid = h.shape[-1]
-        atoms = F.linear(torch.cat([h[tgt], h[src]], dim=-1), self.lin.weight[:, :2 * hid], self.lin.bias)
-        r = F.linear(self.act_rbf(self.lin_rbf(rbf)), self.lin.weight[:, 2 * hid:])
-        return self.act(atoms + r)
+        w = self.lin.weight
+        h_i = F.linear(h, w[:, :hid], self.lin.bias)
+        h_j = F.linear(h, w[:, hid:2 * hid])
+        r = F.linear(self.act_rbf(self.lin_rbf(rbf)), w[:, 2 * hid:])  # [P, H]
+        p = r.shape[0]
+        atoms = h_i.index_select(0, target) + h_j.index_select(0, source)  # [2P, H]
+        return self.act((atoms.view(2, p, hid) + r).view(2 * p, hid))
 
 
 class ResidualLayer(nn.Module):
@@ -269,15 +256,16 @@ class InteractionPPBlock(nn.Module):
             if lin.bias is not None:
                 nn.init.zeros_(lin.bias)
 
-    def forward(self, x, rbf, sbf, idx_kj):
-        """x [B, E, H] edge messages; rbf [B, E, R]; sbf [B, T, L·R] with T = E·(N−2), ji-major."""
+    def forward(self, x, rbf, sbf, idx_kj, idx_ji):
+        """x [2P, H] edge messages (paired edges); rbf [P, R] of the pairs; sbf [T, L·R] of the triplets
+        (kj, ji) = (idx_kj, idx_ji)."""
+        e, hid = x.shape
         x_ji = self.act_ji(self.lin_ji(x))
-        x_kj = self.act_kj(self.lin_kj(x)) * self.lin_rbf2(self.lin_rbf1(rbf))
-        x_kj = self.act_down(self.lin_down(x_kj))  # [B, E, I]
-        s = self.lin_sbf2(self.lin_sbf1(sbf))  # [B, T, I]
-        b, e, i = x_kj.shape
-        t = x_kj.index_select(1, idx_kj) * s
-        agg = t.view(b, e, idx_kj.numel() // max(e, 1), i).sum(2)  # Σ_k over the triplets of each edge ji
+        x_kj = self.act_kj(self.lin_kj(x)).view(2, e // 2, hid) * self.lin_rbf2(self.lin_rbf1(rbf))
+        x_kj = self.act_down(self.lin_down(x_kj.view(e, hid)))  # [2P, I]
+        s = self.lin_sbf2(self.lin_sbf1(sbf))  # [T, I]
+        t = x_kj.index_select(0, idx_kj) * s
+        agg = torch.zeros_like(x_kj).index_add(0, idx_ji, t)  # Σ_k over the triplets of each edge ji
         h = x_ji + self.act_up(self.lin_up(agg))
         for layer in self.layers_before_skip:
             h = layer(h)
@@ -307,19 +295,30 @@ class OutputPPBlock(nn.Module):
         else:
             glorot_orthogonal_(self.lin.weight)
 
-    def forward(self, x, rbf, n_atoms):
-        b, e, hid = x.shape
-        a = (self.lin_rbf(rbf) * x).view(b, n_atoms, n_atoms - 1, hid).sum(2)  # edges are target-major
+    def forward(self, x, rbf, target, n_atoms_total):
+        """x [2P, H] edge messages; rbf [P, R] of the pairs; target i [2P] → per-atom outputs [A, 1]."""
+        e, hid = x.shape
+        m = (x.view(2, e // 2, hid) * self.lin_rbf(rbf)).view(e, hid)
+        a = x.new_zeros(n_atoms_total, hid).index_add(0, target, m)  # Σ_j over the edges into atom i
         a = self.lin_up(a)
         for lin, act in zip(self.lins, self.acts):
             a = act(lin(a))
-        return self.lin(a)  # [B, N, 1]
+        return self.lin(a)
 
 
 # ----------------------------------------------------------------------------- model
 
+def pair_vectors(graph: AtomicGraph) -> torch.Tensor:
+    """r_ij = x_j − x_i + S·cell [P, 3] of the graph's pairs (the first half of its paired edges; each
+    reverse has exactly −r_ij); differentiable w.r.t. positions and cells."""
+    p = graph.n_pairs
+    source, target = graph.edge_index[0, :p], graph.edge_index[1, :p]
+    shift = torch.einsum("ek,ekl->el", graph.cell_shifts[:p], graph.cells[graph.batch[target]])
+    return graph.positions.index_select(0, source) - graph.positions.index_select(0, target) + shift
+
+
 class DimeNetPP(nn.Module):
-    """Energy model E(positions, numbers): DimeNet++ with SiLU (swish) activations."""
+    """Energy model E(graph): DimeNet++ with SiLU (swish) activations."""
 
     paper_activation_scope = ("output_blocks",)  # the paper swaps activations in the output blocks only
 
@@ -330,7 +329,6 @@ class DimeNetPP(nn.Module):
         if spherical < 2:
             raise ValueError("spherical must be at least 2")
         self.cutoff = cutoff
-        self.geometry = TripletGeometry()
         self.rbf = BesselBasis(radial, cutoff, envelope_exponent)
         self.sbf = SphericalBasis(spherical, radial, cutoff, envelope_exponent)
         self.emb = EmbeddingBlock(radial, hidden, activation, max_z)
@@ -341,28 +339,42 @@ class DimeNetPP(nn.Module):
             InteractionPPBlock(hidden, int_emb, basis_emb, spherical, radial, before_skip, after_skip,
                                activation) for _ in range(blocks))
 
-    def forward(self, positions: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
-        """positions [B, N, 3] (Å), numbers [N] → energies [B]."""
-        b, n, _ = positions.shape
-        tgt, src, idx_kj = self.geometry.tables(n, positions.device)
-        vec = positions[:, tgt] - positions[:, src]  # [B, E, 3]: x_i − x_j for edge j → i
-        d = vec.norm(dim=-1)  # [B, E]
-        unit = vec / d.unsqueeze(-1)
-        # triplet k → j → i: cos of the angle between x_i − x_j and x_j − x_k (PyG's DimeNet++ convention)
-        per_edge = max(n - 2, 0)
-        cos = (unit.view(b, -1, 1, 3) * unit.index_select(1, idx_kj).view(b, d.shape[1], per_edge, 3)).sum(-1)
-        rbf = self.rbf(d)  # [B, E, R]
-        rad = self.sbf.radial_part(d)  # [B, E, L·R], of the edge k → j in each triplet
-        cbf = self.sbf.angular_part(cos.reshape(b, -1))  # [B, T, L]
-        ell, k = self.sbf.spherical, self.sbf.radial
-        sbf = (rad.index_select(1, idx_kj).view(b, -1, ell, k) * cbf.unsqueeze(-1)).flatten(-2)
+    def prepare_graph(self, graph: AtomicGraph) -> AtomicGraph:
+        """The graph with DimeNet++'s triplets in `extras` ("dimenet_kj", "dimenet_ji": every edge k → j
+        paired with every edge j → i, the exact back-track excluded, images of i kept); unchanged if they
+        are there.  Called by `dcnn.models.prepare` outside the differentiable step."""
+        if "dimenet_kj" in graph.extras:
+            return graph
+        idx_kj, idx_ji = triplets(graph.edge_index, int(graph.positions.shape[0]), graph.cell_shifts)
+        return dataclasses.replace(graph, extras={**graph.extras, "dimenet_kj": idx_kj, "dimenet_ji": idx_ji})
 
-        x = self.emb(numbers, rbf, tgt, src)  # [B, E, H]
-        p = self.output_blocks[0](x, rbf, n)
+    def forward(self, graph: AtomicGraph) -> torch.Tensor:
+        """graph (positions Å) → energies [B]: the output blocks' per-atom terms summed per structure."""
+        graph = self.prepare_graph(graph)  # a no-op after `dcnn.models.prepare`
+        idx_kj, idx_ji = graph.extras["dimenet_kj"], graph.extras["dimenet_ji"]
+        source, target = graph.edge_index
+        p = graph.n_pairs
+        vec = pair_vectors(graph)  # [P, 3]
+        d = vec.norm(dim=-1)  # [P]
+        unit = vec / d.unsqueeze(-1)
+        unit = torch.cat([unit, -unit])  # [2P, 3]: edge m + P is the reverse of edge m
+        # triplet k → j → i: cos of the angle between r_ji = x_j − x_i and r_kj = x_k − x_j, images included
+        # (PyG's DimeNet++ convention: the supplement of the angle at j)
+        cos = (unit.index_select(0, idx_kj) * unit.index_select(0, idx_ji)).sum(-1)  # [T]
+        rbf = self.rbf(d)  # [P, R]
+        rad = self.sbf.radial_part(d)  # [P, L·R]
+        kj_pair = torch.where(idx_kj < p, idx_kj, idx_kj - p)  # the pair of each triplet's edge k → j
+        cbf = self.sbf.angular_part(cos)  # [T, L]
+        ell, k = self.sbf.spherical, self.sbf.radial
+        sbf = (rad.index_select(0, kj_pair).view(-1, ell, k) * cbf.unsqueeze(-1)).flatten(-2)  # [T, L·R]
+
+        n_atoms = int(graph.positions.shape[0])
+        x = self.emb(graph.numbers, rbf, source, target)  # [2P, H]
+        per_atom = self.output_blocks[0](x, rbf, target, n_atoms)
         for inter, out in zip(self.interaction_blocks, self.output_blocks[1:]):
-            x = inter(x, rbf, sbf, idx_kj)
-            p = p + out(x, rbf, n)
-        return p.sum(dim=(1, 2))
+            x = inter(x, rbf, sbf, idx_kj, idx_ji)
+            per_atom = per_atom + out(x, rbf, target, n_atoms)
+        return sum_per_structure(per_atom.squeeze(-1), graph)
 
     @torch.no_grad()
     def load_pyg_(self, pyg: nn.Module) -> "DimeNetPP":
