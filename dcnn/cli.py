@@ -18,13 +18,14 @@ import yaml
 from dcnn.compiled import COMPILE_MODES
 from dcnn.config import ACTIVATION_CHOICES, DTYPES, OPTIMIZERS, SCOPES, TrainConfig, resolve_config
 from dcnn.init import INIT_MODES
+from dcnn.models.cgcnn import READOUTS
 from dcnn.schedules import SCHEDULES
 from dcnn.data import DatasetError
 from dcnn.outputs import check_output, same_file
 
 # model and preset: TrainConfig checks them (plug-ins bring their own names and presets)
 _CHOICES = {"activation": ACTIVATION_CHOICES, "scope": SCOPES, "dtype": DTYPES, "compile": COMPILE_MODES,
-            "init": INIT_MODES, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES}
+            "init": INIT_MODES, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES, "readout": READOUTS}
 
 
 # the train command's flags in groups (`--help`), by TrainConfig field; size fields get a group per model

@@ -134,12 +134,13 @@ class EnergyForces:
         from torch.func import functional_call, vjp
 
         model = self.model
-        n_structures = graph.n_structures  # a Python int: part of the graph's static shape
+        n_structures, periodic = graph.n_structures, graph.periodic  # Python values: the graph's static shape
 
         def energy_forces(params, buffers, pos, tensors, extras):
             def energy(p):
                 sink.clear()
-                g = AtomicGraph(p, n_structures=n_structures, extras=extras, **dict(zip(GRAPH_TENSORS, tensors)))
+                g = AtomicGraph(p, n_structures=n_structures, extras=extras, periodic=periodic,
+                                **dict(zip(GRAPH_TENSORS, tensors)))
                 e = functional_call(model, (params, buffers), (g,))
                 return e, tuple(sink)
 
@@ -242,8 +243,8 @@ def _shape_key(graph) -> tuple:
     """What fixes a traced graph: every tensor's shape (and the positions' dtype and device)."""
     tensors = (graph.positions, *(t for t in _tensors(graph) if t is not None),
                *(graph.extras[k] for k in sorted(graph.extras)))
-    return (graph.positions.dtype, graph.positions.device, graph.n_structures, tuple(sorted(graph.extras)),
-            tuple(tuple(t.shape) for t in tensors))
+    return (graph.positions.dtype, graph.positions.device, graph.n_structures, graph.periodic,
+            tuple(sorted(graph.extras)), tuple(tuple(t.shape) for t in tensors))
 
 
 # Measured with `make bench` (benchmarks/bench_compile.py) on the shared 2-core CPU VM, one thread, batch 20

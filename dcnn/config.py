@@ -10,6 +10,7 @@ from pathlib import Path
 from dcnn.activations import ACTIVATION_NAMES
 from dcnn.compiled import COMPILE_MODES
 from dcnn.init import INIT_MODES
+from dcnn.models.cgcnn import READOUTS
 from dcnn.schedules import SCHEDULES
 
 ACTIVATION_CHOICES = ("original",) + ACTIVATION_NAMES
@@ -26,7 +27,9 @@ SIZE_FIELDS = ("hidden", "filters", "interactions", "gaussians", "cutoff",
                # GemNet-T sizes (and blocks, spherical, radial, cutoff above)
                "emb_atom", "emb_edge", "emb_trip", "emb_rbf", "emb_cbf", "emb_bil_trip",
                # PINN FCN sizes
-               "hidden_layers", "batchnorm")
+               "hidden_layers", "batchnorm",
+               # CGCNN's readout: "mean" (the paper's, intensive) or "sum" (extensive, for data of many sizes)
+               "readout")
 
 
 @dataclass
@@ -101,6 +104,8 @@ class TrainConfig:
     # PINN FCN sizes (width is `hidden`)
     hidden_layers: typing.Optional[int] = None
     batchnorm: typing.Optional[bool] = None  # BatchNorm after each hidden activation (what DN removes)
+    # CGCNN readout (mean | sum)
+    readout: typing.Optional[str] = None
     # PINN task (model fcn; `dataset` names the PDE problem, see dcnn/pinn/problems.py). An epoch is
     # `steps_per_epoch` Adam steps; n_train/n_val/n_test and batch_size do not apply.
     n_collocation: int = 2000  # interior points (scrambled Sobol, fixed per seed)
@@ -171,7 +176,7 @@ class TrainConfig:
                 (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ValueError(f"device={self.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
         for name in ("rescale_factor", "lr", "batch_size", "epochs", "eval_batch_size", "threads",
-                     *(n for n in SIZE_FIELDS if n != "batchnorm"), "n_train", "n_val",
+                     *(n for n in SIZE_FIELDS if n not in ("batchnorm", "readout")), "n_train", "n_val",
                      "n_collocation", "n_initial", "n_boundary", "collocation_batch", "steps_per_epoch"):
             positive(name)
         positive("force_weight", allow_zero=True)
@@ -185,6 +190,8 @@ class TrainConfig:
         if self.warmup_epochs >= self.epochs and self.warmup_epochs:
             raise ValueError(f"warmup_epochs={self.warmup_epochs} must be fewer than epochs={self.epochs}")
         positive("n_test", allow_zero=True)
+        if self.readout is not None and self.readout not in READOUTS:
+            raise ValueError(f"readout={self.readout!r} is not allowed; choose one of: {', '.join(READOUTS)}")
         if not self.model:
             raise ValueError("model must name a model (a built-in such as schnet, or a plug-in module:attribute)")
         if not (self.split in SPLITS or (self.split.startswith("ood:") and len(self.split) > 4)):

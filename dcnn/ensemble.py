@@ -18,6 +18,7 @@ separate models would update theirs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Sequence
 
 import torch
@@ -25,6 +26,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vjp, vmap
 
 from dcnn.batchnorm import batch_statistics_as_outputs, fold_running_statistics
+from dcnn.models import prepare
 
 __all__ = ["SeedEnsemble"]
 
@@ -46,34 +48,37 @@ class SeedEnsemble:
         self.buffers = {k: v.detach() for k, v in buffers.items()}
         self.base = copy.deepcopy(models[0]).to("meta")  # the structure only; weights come from the stacks
         self.base.train(self.training)
+        self.base_like = models[0]  # for `prepare_graph` (index tables from the edges: no weights involved)
 
     def parameters(self) -> list[torch.Tensor]:
         return list(self.params.values())
 
-    def _energy(self, params, buffers, positions, numbers):
-        return functional_call(self.base, (params, buffers), (positions, numbers))
+    def _energy(self, params, buffers, positions, graph):
+        return functional_call(self.base, (params, buffers), (dataclasses.replace(graph, positions=positions),))
 
-    def _warm(self, positions: torch.Tensor, numbers: torch.Tensor) -> None:
-        """One plain forward of seed 0 before any transform: models cache index tables per atom count
-        (dcnn.models.common.PairGeometry), and a table first built inside `grad` would be a functorch
-        wrapper that escapes its level on the next call."""
-        key = (tuple(positions.shape[2:]), positions.device)
+    def _warm(self, positions: torch.Tensor, graph) -> None:
+        """One plain forward of seed 0 before any transform: a model that caches tables on first use would
+        otherwise build them inside `grad`, as functorch wrappers that escape their level on the next call."""
+        key = (tuple(positions.shape[1:]), positions.device)
         if getattr(self, "_warmed", None) != key:
             with torch.no_grad():
                 self._energy({k: v[0] for k, v in self.params.items()},
-                             {k: v[0].clone() for k, v in self.buffers.items()}, positions[0], numbers)
+                             {k: v[0].clone() for k, v in self.buffers.items()}, positions[0], graph)
             self._warmed = key
 
-    def energy_and_forces(self, positions: torch.Tensor, numbers: torch.Tensor):
-        """E [S, B] and F [S, B, N, 3] of each seed on its own batch `positions` [S, B, N, 3]."""
-
-        self._warm(positions, numbers)
+    def energy_and_forces(self, positions: torch.Tensor, graph):
+        """E [S, B] and F [S, A, 3] of each seed on its own batch: `positions` [S, A, 3], one graph structure
+        for every seed (`graph`, prepared: its edges and tables; its positions are ignored) — seeds of one
+        arm on a molecule data set draw different frames of one molecule, so their graphs differ only in
+        positions."""
+        graph = prepare(self.base_like, graph)
+        self._warm(positions, graph)
         with batch_statistics_as_outputs(self.base) as (layers, sink):
 
             def one(params, buffers, pos):
                 def energy(p):
                     sink.clear()
-                    return self._energy(params, buffers, p, numbers), tuple(sink)
+                    return self._energy(params, buffers, p, graph), tuple(sink)
 
                 e, pullback, stats = vjp(energy, pos, has_aux=True)
                 (g,) = pullback(torch.ones_like(e))
@@ -91,18 +96,18 @@ class SeedEnsemble:
             fold_running_statistics(layer, mean, var, self.buffers[prefix + "running_mean"],
                                     self.buffers[prefix + "running_var"], self.buffers[prefix + "num_batches_tracked"])
 
-    def loss_and_grads(self, positions: torch.Tensor, numbers: torch.Tensor, energies: torch.Tensor,
-                       forces: torch.Tensor, force_weight: float):
-        """Per seed: L = MAE(E) + β·MAE(F) on its batch (labels as the trainer's, [S, B] and [S, B, N, 3]),
+    def loss_and_grads(self, positions: torch.Tensor, graph, energies: torch.Tensor, forces: torch.Tensor,
+                       force_weight: float):
+        """Per seed: L = MAE(E) + β·MAE(F) on its batch (labels as the trainer's, [S, B] and [S, A, 3]),
         its gradient w.r.t. that seed's parameters (a dict of [S, ...] tensors) and the loss [S]."""
-
-        self._warm(positions, numbers)
+        graph = prepare(self.base_like, graph)
+        self._warm(positions, graph)
         with batch_statistics_as_outputs(self.base) as (layers, sink):
 
             def loss(params, buffers, pos, e_label, f_label):
                 def energy(p):
                     sink.clear()
-                    return self._energy(params, buffers, p, numbers), tuple(sink)
+                    return self._energy(params, buffers, p, graph), tuple(sink)
 
                 e, pullback, stats = vjp(energy, pos, has_aux=True)
                 (g,) = pullback(torch.ones_like(e))
@@ -114,10 +119,10 @@ class SeedEnsemble:
         self._fold(layers, stats)
         return value, grads
 
-    def step(self, optimizer: torch.optim.Optimizer, positions, numbers, energies, forces,
+    def step(self, optimizer: torch.optim.Optimizer, positions, graph, energies, forces,
              force_weight: float) -> torch.Tensor:
         """One training step of every seed (the optimizer holds `parameters()`); returns the losses [S]."""
-        value, grads = self.loss_and_grads(positions, numbers, energies, forces, force_weight)
+        value, grads = self.loss_and_grads(positions, graph, energies, forces, force_weight)
         for name, p in self.params.items():
             p.grad = grads[name]
         optimizer.step()

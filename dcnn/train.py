@@ -157,7 +157,10 @@ class Trainer:
                  "history": self.history, "config": self.config.to_dict(),
                  "schedule": self.schedule.state_dict(),
                  # what the initialisation did (the weights themselves are in "model"): for the record
-                 "init": _plain(getattr(self.task, "init_info", {}))}
+                 "init": _plain(getattr(self.task, "init_info", {})),
+                 # what a calculator needs to rebuild the model and turn its outputs into physical units
+                 # (dcnn.calculator.DCNNCalculator): the task's own description of itself
+                 "inference": _plain(getattr(self.task, "inference_info", dict)())}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state

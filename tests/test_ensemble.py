@@ -8,9 +8,10 @@ import torch
 
 from dcnn.activations import replace_activations
 from dcnn.ensemble import SeedEnsemble
-from dcnn.models import build_model, energy_and_forces
+from dcnn.atomistic.graph import molecule_graph
+from dcnn.models import build_model
 
-from conftest import positions
+from conftest import dense_ef, positions
 
 
 def _models(name, act, n=3):
@@ -35,9 +36,12 @@ def test_vmapped_seeds_train_exactly_as_separate_models(name, act, ethanol):
     E = torch.as_tensor(ethanol.energies[:48]) / 1e4
     F = torch.as_tensor(ethanol.forces[:48]) / 1e4
     batches = torch.arange(48).view(3, 2, 8)  # per seed its own 8 frames, two steps
-    e_ens, f_ens = ensemble.energy_and_forces(R[batches[:, 0]], Z)
+    graph = molecule_graph(R[:8], Z)  # one structure for every seed's batch (same molecule, 8 frames)
+    flat = lambda idx: R[idx].reshape(3, -1, 3)  # noqa: E731 — per seed its frames' positions [S, A, 3]
+    e_ens, f_ens = ensemble.energy_and_forces(flat(batches[:, 0]), graph)
+    f_ens = f_ens.reshape(3, 8, -1, 3)
     for s, m in enumerate(singles):
-        e, f = energy_and_forces(m, R[batches[s, 0]], Z, create_graph=False)
+        e, f = dense_ef(m, R[batches[s, 0]], Z)
         torch.testing.assert_close(e_ens[s], e.detach(), rtol=0, atol=1e-10)
         torch.testing.assert_close(f_ens[s], f.detach(), rtol=0, atol=1e-6 * max(1.0, float(f.abs().max())))
     # the E-and-F call above ran BatchNorm in train mode: start both sides from the same statistics again
@@ -47,9 +51,9 @@ def test_vmapped_seeds_train_exactly_as_separate_models(name, act, ethanol):
     opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in singles]
     for step in range(2):
         index = batches[:, step]
-        losses = ensemble.step(opt, R[index], Z, E[index], F[index], 30.0)
+        losses = ensemble.step(opt, flat(index), graph, E[index], F[index].reshape(3, -1, 3), 30.0)
         for s, (m, o) in enumerate(zip(singles, opts)):
-            e, f = energy_and_forces(m, R[index[s]], Z, create_graph=True)
+            e, f = dense_ef(m, R[index[s]], Z, create_graph=True)
             loss = (e - E[index[s]]).abs().mean() + 30 * (f - F[index[s]]).abs().mean()
             o.zero_grad()
             loss.backward()

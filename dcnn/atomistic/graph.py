@@ -8,6 +8,7 @@ stress (∂E/∂strain applied to positions and cells together) come from autogr
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,8 @@ class AtomicGraph:
     # the model's `prepare_graph(graph)` (the task calls it after collate): traced compiled steps see them
     # as inputs of fixed shape instead of data-dependent ops
     extras: dict = field(default_factory=dict)
+    # whether any structure has a periodic axis; a molecule's graph skips the (zero) cell shifts entirely
+    periodic: bool = True
 
     @property
     def n_edges(self) -> int:
@@ -52,11 +55,15 @@ class AtomicGraph:
         e = torch.arange(self.n_edges, device=self.edge_index.device)
         return torch.where(e < self.n_pairs, e + self.n_pairs, e - self.n_pairs)
 
-    def edge_vectors(self) -> torch.Tensor:
-        """r_ij = x_j − x_i + S_ij·cell[batch[i]], [E, 3]; differentiable w.r.t. positions and cells."""
-        source, target = self.edge_index
-        shift = torch.einsum("ek,ekl->el", self.cell_shifts, self.cells[self.batch[target]])
-        return self.positions[source] - self.positions[target] + shift
+    def edge_vectors(self, edges: slice | None = None) -> torch.Tensor:
+        """r_ij = x_j − x_i + S_ij·cell[batch[i]], [E, 3] (or of `edges`, e.g. the first P: one per pair);
+        differentiable w.r.t. positions and cells."""
+        source, target = self.edge_index if edges is None else self.edge_index[:, edges]
+        r = self.positions[source] - self.positions[target]
+        if not self.periodic:
+            return r
+        shifts = self.cell_shifts if edges is None else self.cell_shifts[edges]
+        return r + torch.einsum("ek,ekl->el", shifts, self.cells[self.batch[target]])
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "AtomicGraph":
         """A copy on `device`; floating tensors (positions, cells, cell_shifts) in `dtype`."""
@@ -65,7 +72,8 @@ class AtomicGraph:
         return AtomicGraph(f(self.positions), i(self.numbers), i(self.batch), self.n_structures,
                            i(self.edge_index), f(self.cell_shifts), f(self.cells), i(self.n_atoms),
                            None if self.pbc is None else i(self.pbc),
-                           {k: (f(v) if v.is_floating_point() else i(v)) for k, v in self.extras.items()})
+                           {k: (f(v) if v.is_floating_point() else i(v)) for k, v in self.extras.items()},
+                           self.periodic)
 
 
 def collate(dataset: AtomsDataset, neighbors: DatasetNeighbors, index, device: torch.device | str = "cpu",
@@ -95,7 +103,8 @@ def collate(dataset: AtomsDataset, neighbors: DatasetNeighbors, index, device: t
         positions=t(dataset.positions[atoms], dtype), numbers=t(dataset.numbers[atoms], torch.long),
         batch=t(np.repeat(np.arange(len(index), dtype=np.int64), sizes), torch.long), n_structures=len(index),
         edge_index=t(np.stack([source, target]), torch.long), cell_shifts=t(neighbors.shifts[edges], dtype),
-        cells=t(dataset.cells[index], dtype), n_atoms=t(sizes, torch.long), pbc=t(dataset.pbc[index], torch.bool))
+        cells=t(dataset.cells[index], dtype), n_atoms=t(sizes, torch.long), pbc=t(dataset.pbc[index], torch.bool),
+        periodic=bool(dataset.pbc[index].any()))
     return graph, t(dataset.energies[index], dtype), t(dataset.forces[atoms], dtype)
 
 
@@ -146,7 +155,7 @@ def molecule_graph(positions: torch.Tensor, numbers: torch.Tensor, cutoff: float
                        edge_index=edge_index,
                        cell_shifts=torch.zeros(edge_index.shape[1], 3, dtype=positions.dtype, device=device),
                        cells=torch.zeros(b, 3, 3, dtype=positions.dtype, device=device),
-                       n_atoms=torch.full((b,), n, device=device, dtype=torch.long))
+                       n_atoms=torch.full((b,), n, device=device, dtype=torch.long), periodic=False)
 
 
 def _ranges(starts: torch.Tensor, lengths: torch.Tensor, total: int) -> torch.Tensor:
@@ -184,13 +193,37 @@ class GraphStore:
         self.energies, self.forces = t(dataset.energies, dtype), t(dataset.forces, dtype)
         self.energy_labels, self.force_labels = t(energy_labels, dtype), t(force_labels, dtype)
         self.counts = t(counts, dtype)
+        self.periodic = bool(dataset.pbc.any())
+        # one molecule on its complete graph: every batch of B frames has the same edges, so its structure is
+        # made once per B and only positions and labels are gathered per step (as cheap as the dense layout)
+        self.uniform = (dataset.fixed_size and not self.periodic and len(dataset) > 0
+                        and bool(np.all(neighbors.n_edges == neighbors.n_edges[0]))
+                        and np.array_equal(neighbors.frame(0)[0], neighbors.frame(len(dataset) - 1)[0]))
+        self._structure: dict[int, dict] = {}
 
     def __len__(self) -> int:
         return self.n_frames
 
+    def _uniform_batch(self, index: torch.Tensor, b: int) -> dict:
+        n = int(self.n_atoms_host[0])
+        s = self._structure.get(b)
+        if s is None:  # the structure of any b frames of the molecule: made once
+            host = np.arange(b)
+            s = self._structure[b] = self._general(torch.as_tensor(host, device=self.device), host)
+        per_atom = lambda t: t.view(self.n_frames, n, *t.shape[1:])[index].reshape(b * n, *t.shape[1:])  # noqa: E731
+        graph = dataclasses.replace(s["graph"], positions=per_atom(self.positions), numbers=per_atom(self.numbers))
+        return {"graph": graph, "energies": self.energies[index], "forces": per_atom(self.forces),
+                "energy_labels": self.energy_labels[index], "force_labels": per_atom(self.force_labels),
+                "counts": self.counts[index], "n_atoms": s["n_atoms"]}
+
     def batch(self, index: torch.Tensor, host_index: np.ndarray) -> dict:
         """{"graph", "energies", "forces", "energy_labels", "force_labels", "counts", "n_atoms"} of the
         frames `index` (device) = `host_index` (the same frames as a numpy array)."""
+        if self.uniform:
+            return self._uniform_batch(index, len(host_index))
+        return self._general(index, host_index)
+
+    def _general(self, index: torch.Tensor, host_index: np.ndarray) -> dict:
         sizes = self.n_atoms[index]
         n_atoms_total = int(self.n_atoms_host[host_index].sum())
         half_host = self.half_edges_host[host_index]
@@ -207,7 +240,8 @@ class GraphStore:
                                           output_size=n_atoms_total),
             n_structures=len(host_index),
             edge_index=torch.stack([self.edge_j[edges] + shift, self.edge_i[edges] + shift]),
-            cell_shifts=self.shifts[edges], cells=self.cells[index], n_atoms=sizes, pbc=self.pbc[index])
+            cell_shifts=self.shifts[edges], cells=self.cells[index], n_atoms=sizes, pbc=self.pbc[index],
+            periodic=self.periodic)
         return {"graph": graph, "energies": self.energies[index], "forces": self.forces[atoms],
                 "energy_labels": self.energy_labels[index], "force_labels": self.force_labels[atoms],
                 "counts": self.counts[index], "n_atoms": sizes}

@@ -93,6 +93,7 @@ class AtomisticTask:
                           for name, i in idx.items()}
 
         data = {"elements": tuple(int(z) for z in species), "n_atoms": int(n_atoms.max())}
+        self.model_data = data
         model = build_model(config.model, config.preset, data, **config.model_sizes())
         activation = default_activation(config.model) if config.activation == "original" else config.activation
         replaced = 0
@@ -126,6 +127,14 @@ class AtomisticTask:
             "init_scale_factors_fitted": len(self.init_info.get("fitted_scale_factors", {})),
             "graph": "complete" if self.static_shapes else f"radius {neighbors.cutoff:g} Å",
         }
+
+    def inference_info(self) -> dict:
+        """What a checkpoint must hold to predict with the model elsewhere (dcnn.calculator): the elements the
+        model was built for, the label transform (C and per-species energies: predictions are E' = (E −
+        shift)/C), the energy unit, and the graph rule (the model's cutoff)."""
+        return {"family": "atomistic", "elements": list(self.model_data["elements"]),
+                "n_atoms": self.model_data["n_atoms"], "labels": self.labels.to_dict(),
+                "energy_unit": self.dataset.energy_unit, "cutoff": getattr(self.model, "cutoff", None)}
 
     # -- the trainer's protocol -----------------------------------------------------------------------
     def steps_per_epoch(self, batch_size: int) -> int:

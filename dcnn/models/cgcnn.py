@@ -19,8 +19,8 @@ from dcnn.atomistic.graph import AtomicGraph
 from dcnn.models.common import GaussianSmearing, cosine_cutoff, mean_per_structure, pair_distances, sum_per_structure
 
 CGCNN_PRESETS = {
-    "small": dict(embedding=64, convs=3, fc=64, fc_layers=3, gaussians=50, cutoff=6.0),
-    "paper": dict(embedding=512, convs=3, fc=128, fc_layers=3, gaussians=100, cutoff=6.0),
+    "small": dict(embedding=64, convs=3, fc=64, fc_layers=3, gaussians=50, cutoff=6.0, readout="mean"),
+    "paper": dict(embedding=512, convs=3, fc=128, fc_layers=3, gaussians=100, cutoff=6.0, readout="mean"),
 }
 READOUTS = ("mean", "sum")
 

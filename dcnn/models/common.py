@@ -73,10 +73,7 @@ def cosine_cutoff(d: torch.Tensor, cutoff: float) -> torch.Tensor:
 # -- the graph layout (dcnn.atomistic.graph.AtomicGraph) --------------------------------------------------
 def pair_distances(graph) -> torch.Tensor:
     """|r_ij| [P] of the graph's pairs (the first half of its paired edges; the reverses have the same)."""
-    p = graph.n_pairs
-    source, target = graph.edge_index[0, :p], graph.edge_index[1, :p]
-    shift = torch.einsum("ek,ekl->el", graph.cell_shifts[:p], graph.cells[graph.batch[target]])
-    return (graph.positions[source] - graph.positions[target] + shift).norm(dim=-1)
+    return graph.edge_vectors(slice(0, graph.n_pairs)).norm(dim=-1)
 
 
 def scatter_sum(src: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
