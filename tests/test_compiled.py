@@ -1,6 +1,6 @@
 """The traced (make_fx + torch.func.vjp) energy+force step against eager autograd, and one real compile.
 
-Correctness risk sits in the tracing (detached saved outputs, BatchNorm statistics, padding), so every
+Correctness risk sits in the tracing (detached saved outputs, BatchNorm statistics, index tables), so every
 model × activation × BatchNorm on/off is checked on the traced aten graph in float64 (cheap); inductor
 itself runs in one small training test (float32, loss curve + resume).
 """
@@ -13,9 +13,10 @@ from torch import nn
 
 from conftest import positions
 from dcnn.activations import INTEGRATED_ACTIVATIONS, replace_activations
+from dcnn.atomistic.graph import molecule_graph
 from dcnn.compiled import AutoDecision, EnergyForces
-from dcnn.families import family_of
-from dcnn.models import MODEL_NAMES, build_model, denormalize, energy_and_forces, has_normalization
+from dcnn.families import ATOMISTIC, family_of
+from dcnn.models import MODEL_NAMES, build_model, denormalize, energy_and_forces, has_normalization, prepare
 
 # small graphs trace fast; a model added later without an entry here is tested at its `small` preset
 TINY = {"schnet": dict(hidden=8, filters=8, interactions=1, gaussians=6),
@@ -29,8 +30,8 @@ TRIPLET_MODELS = ("dimenetpp", "gemnet_t")
 
 def _variants(name):
     """(activation, denorm, batch sizes): the original and every integrated activation (the paper's
-    placement) with BatchNorm if the model has any, and one denormalized arm; a smaller second batch
-    (padded, or its own graph under BatchNorm) where the code path differs."""
+    placement) with BatchNorm if the model has any, and one denormalized arm; a smaller second batch (an
+    epoch's last: its own graph) where the code path differs."""
     # the integrated activations' autograd Functions do not depend on the model: every one is traced in the
     # cheaper models; the triplet models (2-6x the cost) trace the original and one integrated activation
     acts = ["original", *(INTEGRATED_ACTIVATIONS if name not in TRIPLET_MODELS else ("isilu",))]
@@ -50,7 +51,7 @@ def _grads(model, e, f, we, wf):
 
 
 # every interatomic potential we ship (the PINN network has no E+F step)
-MOLECULE_MODELS = [m for m in MODEL_NAMES if family_of(m).name == "molecule"]
+MOLECULE_MODELS = [m for m in MODEL_NAMES if family_of(m) is ATOMISTIC]
 
 
 @pytest.mark.parametrize("name", MOLECULE_MODELS)
@@ -72,8 +73,9 @@ def test_traced_step_equals_eager_every_activation_and_batchnorm(name, ethanol):
         eager = copy.deepcopy(model)
         traced = EnergyForces(model, backend="trace")
         for b in batches:
-            e, f = traced(pos[:b], Z)
-            e0, f0 = energy_and_forces(eager, pos[:b], Z, create_graph=True)
+            graph = prepare(model, molecule_graph(pos[:b], Z))
+            e, f = traced(graph)
+            e0, f0 = energy_and_forces(eager, graph, create_graph=True)
             we, wf = torch.randn(e0.shape, generator=gen, dtype=e0.dtype), torch.randn(f0.shape, generator=gen,
                                                                                        dtype=f0.dtype)
             g, g0 = _grads(model, e, f, we, wf), _grads(eager, e0, f0, we, wf)
@@ -89,9 +91,7 @@ def test_traced_step_equals_eager_every_activation_and_batchnorm(name, ethanol):
                     assert float((x - x0).abs().max()) <= 1e-10 * scale, f"{label}: {pname}"
             for (bname, buf), buf0 in zip(model.named_buffers(), eager.buffers()):  # BatchNorm running stats
                 torch.testing.assert_close(buf, buf0, rtol=1e-12, atol=1e-14, msg=f"{label}: {bname}")
-        # BatchNorm in train mode: the smaller batch needed its own graph; otherwise it was padded
-        bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-        assert len(traced.graphs) == (len(batches) if bn else 1), label
+        assert len(traced.graphs) == len(batches), label  # each batch shape its own graph, once
 
 
 class _Counter(nn.Module):
@@ -102,22 +102,40 @@ class _Counter(nn.Module):
         self.lin = nn.Linear(3, 1)
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))
 
-    def forward(self, pos, numbers):
+    def forward(self, graph):
         self.calls.add_(1)
-        return torch.tanh(self.lin(pos)).sum((1, 2))
+        return torch.zeros(graph.n_structures, dtype=graph.positions.dtype).index_add(
+            0, graph.batch, torch.tanh(self.lin(graph.positions)).squeeze(-1))
 
 
 def test_untraceable_model_falls_back_to_eager_once(caplog, ethanol):
     Z = torch.as_tensor(ethanol.numbers)
     model = _Counter().double()
     ef = EnergyForces(model, backend="trace")
+    graph = molecule_graph(positions(ethanol, 3), Z)
     with caplog.at_level(logging.WARNING, logger="dcnn"):
-        e, f = ef(positions(ethanol, 3), Z)
-        e2, f2 = ef(positions(ethanol, 3), Z)
-    e0, f0 = energy_and_forces(model, positions(ethanol, 3), Z, create_graph=True)
+        e, f = ef(graph)
+        e2, f2 = ef(graph)
+    e0, f0 = energy_and_forces(model, graph, create_graph=True)
     assert ef.failed and torch.equal(e, e0) and torch.equal(f2, f0)
     warnings = [r for r in caplog.records if "training eagerly" in r.getMessage()]
     assert len(warnings) == 1 and ef.failed in warnings[0].getMessage()
+
+
+def test_batches_of_ever_new_shapes_fall_back_to_eager(caplog, ethanol):
+    """Variable-size data: a full batch and a smaller last one are traced; a third shape means every batch
+    would be its own graph, so the step goes eager (said once) instead of tracing on every step."""
+    Z = torch.as_tensor(ethanol.numbers)
+    torch.manual_seed(0)
+    model = build_model("schnet", "small", **TINY["schnet"]).double().train()
+    ef = EnergyForces(model, backend="trace")
+    with caplog.at_level(logging.WARNING, logger="dcnn"):
+        for b in (4, 3, 2, 4):
+            e, f = ef(molecule_graph(positions(ethanol, b), Z))
+            e0, f0 = energy_and_forces(model, molecule_graph(positions(ethanol, b), Z), create_graph=True)
+            assert _rel(e, e0) < 1e-10 and _rel(f, f0) < 1e-10
+    assert len(ef.graphs) == 2 and "more than 2 batch shapes" in ef.failed
+    assert sum("training eagerly" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_auto_compiles_only_when_the_time_pays_back():
@@ -132,14 +150,13 @@ def test_auto_compiles_only_when_the_time_pays_back():
 
 
 def test_compiled_training_matches_eager_and_resumes(tmp_path):
-    """Real inductor: a short float32 run (40 + 10 frames: a padded tail batch) follows eager's loss curve,
-    and the run resumed from its epoch-1 checkpoint with compile on repeats epoch 2 exactly.  Cost: one cold
-    inductor compile (~55 s CPU, mostly g++) the first time on a machine, ~8 s once inductor's on-disk
-    cache holds it."""
+    """Real inductor: a short float32 run (2 batches of 20 frames) follows eager's loss curve, and the run
+    resumed from its epoch-1 checkpoint with compile on repeats epoch 2 exactly.  Cost: one cold inductor
+    compile (~55 s CPU, mostly g++) the first time on a machine, ~8 s once inductor's on-disk cache holds it."""
     from dcnn.config import TrainConfig
     from dcnn.train import Trainer
 
-    base = dict(model="schnet", activation="isilu", rescale=True, epochs=2, n_train=50, n_val=20, n_test=20,
+    base = dict(model="schnet", activation="isilu", rescale=True, epochs=2, n_train=40, n_val=20, n_test=20,
                 lr=1e-3, **TINY["schnet"])
     eager = Trainer(TrainConfig(**base, compile="off"))
     compiled = Trainer(TrainConfig(**base, compile="on"))
@@ -151,7 +168,7 @@ def test_compiled_training_matches_eager_and_resumes(tmp_path):
             compiled.save(tmp_path / "ckpt.pt")
     stats = compiled.task.compile_stats()
     assert stats["compiled"] == 1 and stats["compile_s"] > 0 and "compile_fallback" not in stats
-    assert len(compiled.task.energy_and_forces.graphs) == 1  # the tail batch of 10 was padded, not recompiled
+    assert len(compiled.task.energy_and_forces.graphs) == 1  # one batch shape: one graph
 
     resumed = Trainer(TrainConfig(**base, compile="on"))
     resumed.load(tmp_path / "ckpt.pt")

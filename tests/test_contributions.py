@@ -11,7 +11,7 @@ import pytest
 from orchestrator.contributions import (BLOWUP_FACTOR, bootstrap_shares, factorial_anova, find_design,
                                         seed_entry, shapley)
 from orchestrator.report import build_report
-from dcnn.families import MOLECULE
+from dcnn.families import ATOMISTIC
 
 ACTIVATIONS = ["irelu", "ielu", "igelu", "isilu", "original"]
 
@@ -140,7 +140,7 @@ def test_twins_make_a_component_identical_by_construction():
 
 
 def test_a_diverged_seed_enters_at_the_blow_up_cap():
-    energy, force = MOLECULE.metrics
+    energy, force = ATOMISTIC.metrics[:2]
     row = {"finished": True, "diverged": 1, "test_energy_loss": math.nan, "test_force_loss": math.nan,
            "test_energy_scale": 7000.0, "test_force_baseline": 17.0, "test_energy_baseline": 2.5}
     assert seed_entry(row, energy) == (math.log(BLOWUP_FACTOR * 7000.0), True)

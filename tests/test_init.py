@@ -10,7 +10,8 @@ from torch import nn
 from dcnn.activations import get_activation, replace_activations
 from dcnn.config import TrainConfig
 from dcnn.init import LSUV_TOLERANCE, initialise_, lsuv_
-from dcnn.models import build_model
+from dcnn.atomistic.graph import molecule_graph
+from dcnn.models import build_model, prepare
 from dcnn.models.fcn import FCN
 from dcnn.train import Trainer
 
@@ -42,7 +43,8 @@ def test_every_linear_layer_has_unit_output_variance_after_lsuv(model_name, act,
     model = build_model(model_name, "small").double()
     replace_activations(model, act, "all")
     pos = positions(ethanol, 8)
-    forward = lambda: model(pos, Z)  # noqa: E731
+    graph = prepare(model, molecule_graph(pos, Z))
+    forward = lambda: model(graph)  # noqa: E731
     before = _output_variances(model, forward)
     done = lsuv_(model, forward)
     after = _output_variances(model, forward)
@@ -61,7 +63,7 @@ def test_every_linear_layer_has_unit_output_variance_after_lsuv(model_name, act,
     for name in left - set(done["readouts_zeroed"]):
         assert before.get(name, 0.0) == 0.0, name
     with torch.no_grad():
-        assert float(model(pos, Z).abs().max()) == 0.0  # E = 0 (and F = 0) at the start
+        assert float(model(graph).abs().max()) == 0.0  # E = 0 (and F = 0) at the start
 
 
 def test_lsuv_revives_a_deep_irelu_network_that_collapses_at_default_init():
@@ -116,7 +118,8 @@ def test_batchnorm_statistics_are_not_changed_by_the_lsuv_passes(ethanol):
     pos = positions(ethanol, 4)
     before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
     assert before
-    initialise_(model, "lsuv", [lambda: model(pos, Z)])
+    graph = molecule_graph(pos, Z)
+    initialise_(model, "lsuv", [lambda: model(graph)])
     for k, v in before.items():
         assert torch.equal(model.state_dict()[k], v), k
 
@@ -131,7 +134,7 @@ def test_lsuv_trials_are_seeded_and_leave_the_training_order_alone():
         assert torch.equal(v, b.model.state_dict()[k]), k
     assert not all(torch.equal(v, c.model.state_dict()[k]) for k, v in a.model.state_dict().items())
     assert torch.equal(a.shuffle.get_state(), c.shuffle.get_state())
-    assert list(a.task.batches(a.shuffle, 20))[0].tolist() == list(c.task.batches(c.shuffle, 20))[0].tolist()
+    assert list(a.task.batches(a.shuffle, 20))[0][1].tolist() == list(c.task.batches(c.shuffle, 20))[0][1].tolist()
     assert a.task.info["init_layers_scaled"] == 16 and c.task.info["init_layers_scaled"] == 0
 
 

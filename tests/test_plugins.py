@@ -3,6 +3,8 @@ a real study (Ray in-process, MLflow on sqlite) and its report; every contract v
 before Ray starts, naming the plug-in and what broke; entry-point discovery through importlib.metadata.
 """
 import itertools
+
+import numpy as np
 import json
 import textwrap
 
@@ -13,33 +15,37 @@ from conftest import write_study
 
 _ids = itertools.count()
 
-# A small distance-MLP energy model. Placeholders let each case break one part of the contract.
+# A small distance-MLP energy model on the graph layout. Placeholders let each case break one part of the
+# contract.
 PLUGIN = '''
 import torch
 from torch import nn
 from dcnn.models import ModelSpec
+from dcnn.models.common import scatter_sum, sum_per_structure
 
 class PairNet(nn.Module):
     def __init__(self, hidden=16, cutoff=5.0):
         super().__init__()
+        self.cutoff = cutoff
         self.filter = nn.Sequential(nn.Linear(8, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.embed = nn.Embedding(10, hidden)
         self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
         self.register_buffer("mu", torch.linspace(0.5, cutoff, 8))
 
-    def forward(self, positions, numbers):
+    def forward(self, graph):
+        positions = graph.positions
         POSITIONS
-        d = (positions[:, :, None] - positions[:, None]).pow(2).sum(-1).add(1e-9).sqrt()
-        w = self.filter(torch.exp(-(d[..., None] - self.mu) ** 2))
-        h = self.embed(numbers % 10)
-        mask = (~torch.eye(positions.shape[1], dtype=torch.bool, device=positions.device))[..., None]
-        h = h + (w * mask * h[None, None]).sum(2)
+        source, target = graph.edge_index
+        d = (positions[source] - positions[target]).pow(2).sum(-1).add(1e-9).sqrt()
+        w = self.filter(torch.exp(-(d[:, None] - self.mu) ** 2))
+        h = self.embed(graph.numbers % 10)
+        h = h + scatter_sum(w * h[source], target, h.shape[0])
         return RETURN
 
 spec = ModelSpec(build=PairNet, presets=PRESETS, original_activation=ACTIVATION, paper_placement=PLACEMENT)
 EXTRA
 '''
-GOOD = {"EXTRA": "", "POSITIONS": "", "RETURN": "self.head(h).sum((1, 2))", "PRESETS": '{"small": {"hidden": 16, "cutoff": 5.0}}',
+GOOD = {"EXTRA": "", "POSITIONS": "", "RETURN": "sum_per_structure(self.head(h).squeeze(-1), graph)", "PRESETS": '{"small": {"hidden": 16, "cutoff": 5.0}}',
         "ACTIVATION": '"silu"', "PLACEMENT": '("filter",)'}
 
 
@@ -128,14 +134,15 @@ BROKEN = [
     ("returns-a-module", {"EXTRA": "spec = lambda: PairNet()"}, "is PairNet (PairNet("),
     ("no-small-preset", {"PRESETS": '{"tiny": {"hidden": 8}}'}, "include 'small'"),
     ("unknown-activation", {"ACTIVATION": '"swish"'}, "original_activation 'swish' is not one of"),
-    ("wrong-shape", {"RETURN": "self.head(h).sum(1)"}, "shape (2, 1) for 2 frames; expected one energy per frame"),
+    ("wrong-shape", {"RETURN": "sum_per_structure(self.head(h).squeeze(-1), graph)[:, None]"},
+     "shape (2, 1) for 2 frames; expected one energy per frame"),
     ("detached", {"POSITIONS": "positions = positions.detach()"}, "not differentiable w.r.t. positions (gradient None)"),
-    ("zero-gradient", {"RETURN": "self.head(h).sum((1, 2)) * 0 + positions.sum((1, 2)) * 0"},
+    ("zero-gradient", {"RETURN": "sum_per_structure(self.head(h).squeeze(-1), graph) * 0 + positions.sum() * 0"},
      "not differentiable w.r.t. positions (gradient zero)"),
-    ("forward-raises", {"POSITIONS": "raise RuntimeError('kaput')"}, "forward(positions [B, N, 3], numbers [N]) failed"),
+    ("forward-raises", {"POSITIONS": "raise RuntimeError('kaput')"}, "forward(graph) failed"),
     ("placement-no-module", {"PLACEMENT": '("filters",)'}, "paper_placement 'filters' matches no submodule"),
     ("placement-no-activation", {"PLACEMENT": '("embed",)'}, "paper_placement 'embed' holds no activation module"),
-    ("no-swappable-activation", {"PLACEMENT": '("",)', "RETURN": "torch.nn.functional.silu(h).sum((1, 2))",
+    ("no-swappable-activation", {"PLACEMENT": '("",)', "RETURN": "sum_per_structure(torch.nn.functional.silu(h).sum(-1), graph)",
                                  "nn.SiLU()": "nn.Identity()"}, "no activation module the ablation can swap"),
 ]
 
@@ -160,8 +167,9 @@ def test_broken_plugin_is_refused_before_ray(case, changes, message, plugin_dir,
 
 
 def test_presets_and_sizes_of_a_plugin(plugin_dir):
-    """Sizes the presets declare pass through TrainConfig; others, and unknown presets, are refused."""
-    from dcnn.config import TrainConfig
+    """Sizes the presets declare pass through TrainConfig; others, and unknown presets, are refused (when
+    the config is resolved: `resolve_config`, which the CLI, the trainables, the study and the Trainer call)."""
+    from dcnn.config import TrainConfig, resolve_config
     from dcnn.models import build_model, default_activation
 
     name = write_plugin(plugin_dir, PRESETS='{"small": {"hidden": 16, "cutoff": 5.0}, "wide": {"hidden": 64, "cutoff": 5.0}}')
@@ -170,9 +178,9 @@ def test_presets_and_sizes_of_a_plugin(plugin_dir):
     assert build_model(name, "wide").filter[0].out_features == 64
     assert default_activation(name) == "silu"
     with pytest.raises(ValueError, match=r"size field\(s\) \['filters'\] do not apply"):
-        TrainConfig(model=name, filters=8)
+        resolve_config(TrainConfig(model=name, filters=8))
     with pytest.raises(ValueError, match="preset='paper' is not allowed; choose one of: small, wide"):
-        TrainConfig(model=name, preset="paper")
+        resolve_config(TrainConfig(model=name, preset="paper"))
     from orchestrator.validate import check_set  # --set preset=wide: left to the study's models to judge
     check_set({"preset": "wide"})
 
@@ -227,9 +235,10 @@ def test_names_with_dots_and_colons_are_safe_folder_names():
 def test_builtins_go_through_the_same_spec():
     from dcnn.models import BUILTIN_SPECS, MODELS, build_model, get_spec
 
-    for name, (cls, presets, act) in MODELS.items():
+    for name, (cls, presets, act, family) in MODELS.items():
         spec = get_spec(name)
         assert spec is BUILTIN_SPECS[name] and spec.original_activation == act and spec.presets is presets
+        assert spec.family == family
         assert build_model(name).paper_activation_scope == tuple(cls.paper_activation_scope)
 
 
@@ -328,3 +337,54 @@ def test_third_party_model_joins_a_real_study(plugin_dir, ray_session, tracking_
     assert built == {"irelu": 5, "original": 0}
     summary = pd.read_csv(tmp_path / "res/pyg-study/report/summary.csv")
     assert set(summary.arm) == {"irelu+DN+LR", "original+DN+LR"} and (summary.seeds == 1).all()  # 1 epoch: no claim on errors
+
+
+DENSE_PLUGIN = '''"""A plug-in written before the graph layout: forward(positions [B, N, 3], numbers [N])."""
+import torch
+from torch import nn
+from dcnn.models import ModelSpec
+
+class DensePairNet(nn.Module):
+    def __init__(self, hidden=16, cutoff=5.0):
+        super().__init__()
+        self.filter = nn.Sequential(nn.Linear(8, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.embed = nn.Embedding(10, hidden)
+        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        self.register_buffer("mu", torch.linspace(0.5, cutoff, 8))
+
+    def forward(self, positions, numbers):
+        d = (positions[:, :, None] - positions[:, None]).pow(2).sum(-1).add(1e-9).sqrt()
+        w = self.filter(torch.exp(-(d[..., None] - self.mu) ** 2))
+        h = self.embed(numbers % 10)
+        mask = (~torch.eye(positions.shape[1], dtype=torch.bool, device=positions.device))[..., None]
+        h = h + (w * mask * h[None, None]).sum(2)
+        return self.head(h).sum((1, 2))
+
+spec = ModelSpec(build=DensePairNet, presets={"small": {"hidden": 16, "cutoff": 5.0}}, original_activation="silu",
+                 paper_placement=("filter",))
+'''
+
+
+def test_a_dense_layout_plugin_still_trains_on_one_molecule_and_is_refused_on_slabs(plugin_dir):
+    """Plug-ins written for the dense layout (forward(positions [B, N, 3], numbers [N])) keep working on the
+    frames of one molecule — their placement in their own paths, forces through the graph — and a data set
+    of slabs says why it cannot take them instead of failing inside the model."""
+    from dcnn.activations import count_activations
+    from dcnn.config import TrainConfig
+    from dcnn.models import build_model, check_plugin
+    from dcnn.train import train
+
+    name = f"denseplug{next(_ids)}"
+    (plugin_dir / name).mkdir()
+    (plugin_dir / name / "__init__.py").write_text("")
+    (plugin_dir / name / "potentials.py").write_text(DENSE_PLUGIN)
+    model_name = f"{name}.potentials:spec"
+    found = check_plugin(model_name, dataset="ethanol")
+    assert found["activations"] == 2 and found["paper_activations"] == 1
+    model = build_model(model_name)
+    assert model.paper_activation_scope == ("model.filter",) and count_activations(model.model.filter) == 1
+    out = train(TrainConfig(model=model_name, activation="irelu", n_train=40, n_val=20, n_test=20, epochs=1,
+                            compile="off"))
+    assert out["activations_replaced"] == 1 and np.isfinite(out["test_force_loss"])
+    with pytest.raises(ValueError, match="takes the dense layout of one molecule"):
+        train(TrainConfig(model=model_name, dataset="catalysis", n_train=20, n_val=10, n_test=10, epochs=1))

@@ -118,7 +118,7 @@ def test_report_says_when_the_reference_does_not_beat_the_baseline(tmp_path):
 
 
 def test_divergence_is_the_familys_rule():
-    from dcnn.families import MOLECULE
+    from dcnn.families import ATOMISTIC
     from orchestrator.report import mark_divergence
 
     base = {"model": "schnet", "finished": True, "diverged": 0, "test_energy_baseline": 2.5,
@@ -132,7 +132,7 @@ def test_divergence_is_the_familys_rule():
     t = mark_divergence(pd.DataFrame(rows))
     assert list(t.blew_up) == [0, 1, 1, 0, 0, 0] and list(t.diverged) == [0, 1, 1, 1, 1, 0]
     assert list(t.ok) == [True, False, False, False, False, False]
-    assert [MOLECULE.diverged(r) for r in rows[:4]] == [False, True, True, True]
+    assert [ATOMISTIC.diverged(r) for r in rows[:4]] == [False, True, True, True]
 
 
 def test_the_unit_sentence_keeps_the_angstrom(tmp_path):

@@ -8,15 +8,21 @@ import pytest
 import torch
 
 from dcnn.config import TrainConfig
-from dcnn.tasks import MoleculeTask
+from dcnn.atomistic.dataset import AtomsDataset
+from dcnn.atomistic.task import AtomisticTask
 from dcnn.train import Trainer, train
 
 FAST = dict(n_train=60, n_val=20, n_test=20, batch_size=20)
 
 
 def test_config_validation_names_field_and_choices():
+    """A TrainConfig validates its own fields; names and files (model, preset, sizes, data set) are resolved
+    by `resolve_config`, which imports the model's spec and touches the file system (a TrainConfig never does)."""
+    from dcnn.config import resolve_config
+
     with pytest.raises(ValueError, match=r"model='painn' is not allowed; choose one of: schnet, cgcnn"):
-        TrainConfig(model="painn")
+        resolve_config(TrainConfig(model="painn"))
+    assert TrainConfig(model="painn").model == "painn"  # a record: nothing imported, nothing read
     with pytest.raises(ValueError, match=r"activation='swish'.*irelu, ielu, igelu, isilu"):
         TrainConfig(activation="swish")
     for field, bad in [("lr", 0.0), ("rescale_factor", -10.0), ("epochs", 0), ("batch_size", -1)]:
@@ -29,7 +35,12 @@ def test_config_validation_names_field_and_choices():
     with pytest.raises(ValueError, match=r"unknown config key\(s\) \['learning_rate'\]"):
         TrainConfig.from_dict({"learning_rate": 1e-3})
     with pytest.raises(ValueError, match=r"do not apply to model 'schnet'"):
-        TrainConfig(model="schnet", fc_layers=2)
+        resolve_config(TrainConfig(model="schnet", fc_layers=2))
+    with pytest.raises(ValueError, match=r"split='by-size' is not allowed; choose random, or ood:ELEMENT"):
+        TrainConfig(split="by-size")
+    resolved = resolve_config(TrainConfig(model="fcn"))
+    assert resolved.dataset == "burgers" and resolve_config(resolved) is resolved  # its family's default; idempotent
+    assert resolve_config(TrainConfig()).dataset.endswith("data/ethanol-gfn2-500K.npz")
     cfg = TrainConfig.from_dict({"lr": "1e-3", "epochs": 3.0, "denorm": "true", "seed": np.int64(4)})
     assert (cfg.lr, cfg.epochs, cfg.denorm, cfg.seed) == (1e-3, 3, True, 4)
 
@@ -39,26 +50,27 @@ def test_metrics_are_in_physical_units_with_and_without_rescaling(rescale, shift
     """A model that predicts zero scores, in kcal/mol whatever C is: mean|E| without the shift, the
     error of predicting the shift (≈ the training mean) with it; mean|F| always."""
     cfg = TrainConfig(rescale=rescale, rescale_factor=1e4, shift=shift, dtype="float64", **FAST)
-    task = MoleculeTask(cfg, torch.device("cpu"), dataset=ethanol)
+    task = AtomisticTask(cfg, torch.device("cpu"), dataset=AtomsDataset.from_molecule(ethanol))
     with torch.no_grad():
         for p in task.model.parameters():
             p.zero_()
     m = task.evaluate("val")
-    pos, e, f, e_label, f_label = task.splits["val"]
+    val = task.stores["val"]
+    e, f, e_label, f_label = val.energies, val.forces, val.energy_labels, val.force_labels
     scale = 1e4 if rescale else 1.0
-    offset = task.labels.offset
+    offset = task.labels.offsets(val.counts)  # Σ_S c_S e_S per frame (one composition: the same for all)
     assert m["energy_loss"] == pytest.approx(float((e - offset).abs().mean()), rel=1e-12)
     assert m["force_loss"] == pytest.approx(float(f.abs().mean()), rel=1e-12)
     assert torch.allclose(e_label * scale + offset, e) and torch.allclose(f_label * scale, f)
     if shift:  # the fitted offset is the training split's mean energy (one composition: rank one)
-        train_e = task.splits["train"][1]
-        assert offset == pytest.approx(float(train_e.mean()), rel=1e-12)
+        train_e = task.stores["train"].energies
+        assert float(offset[0]) == pytest.approx(float(train_e.mean()), rel=1e-12)
         assert m["energy_loss"] == pytest.approx(task.baselines["val"]["energy"], rel=1e-9)
         assert m["energy_loss"] < 10
     else:
         assert 7000 < m["energy_loss"] < 7300
     assert 10 < m["force_loss"] < 25  # kcal/mol/Å
-    loss, terms = task.loss(torch.arange(20))
+    loss, terms = task.loss((torch.arange(20), np.arange(20)))
     assert (float(terms["train_energy_loss"]) > 7000) != shift  # train terms too are in physical units
     assert float(loss.detach()) == pytest.approx((float(terms["train_energy_loss"]) + 30 * float(terms["train_force_loss"])) / scale)
 
@@ -112,17 +124,17 @@ def test_a_finite_blow_up_is_diverged_by_the_one_rule(tmp_path):
     """Finite but absurd errors (C = 1e9 makes every prediction ≈ 1e9 × the net's O(1) output, and lr 1e-12
     keeps it there) count as diverged in the trainer's summary, in `dcnn-ablate train`'s JSON and exit
     status, and by the same family rule the report applies to a result row."""
-    from dcnn.families import BLOWUP_FACTOR, MOLECULE
+    from dcnn.families import BLOWUP_FACTOR, ATOMISTIC
 
     cfg = dict(model="schnet", rescale=True, rescale_factor=1e9, lr=1e-12, lr_schedule="constant", epochs=1, **FAST)
     out = train(TrainConfig(**cfg))
     assert math.isfinite(out["test_energy_loss"]) and math.isfinite(out["test_force_loss"])
     assert out["test_energy_loss"] > BLOWUP_FACTOR * out["test_energy_scale"]
     assert out["diverged"] == 1 and out["blew_up"] == 1 and out["diverged_epoch"] is None
-    assert MOLECULE.diverged(out) and MOLECULE.blown_up(out)
+    assert ATOMISTIC.diverged(out) and ATOMISTIC.blown_up(out)
     # a sane run is not: the same rule, no false alarm
     sane = train(TrainConfig(model="schnet", rescale=True, epochs=1, **FAST))
-    assert sane["diverged"] == 0 and not MOLECULE.diverged(sane)
+    assert sane["diverged"] == 0 and not ATOMISTIC.diverged(sane)
     proc = subprocess.run([sys.executable, "-m", "dcnn.cli", "train", "--model", "schnet", "--rescale",
                            "--rescale-factor", "1e9", "--lr", "1e-12", "--lr-schedule", "constant", "--epochs", "1",
                            "--n-train", "40",

@@ -106,7 +106,9 @@ def _load_npz(path: Path, head: bytes) -> AtomsDataset:
         with np.load(path, allow_pickle=False) as npz:
             keys = set(npz.files)
             flat = "R" in keys and npz["R"].ndim == 2  # [atoms, 3]: the variable-size layout, whatever else
-            if "N" not in keys and not flat and any(set(layout) <= keys for layout in _MOLECULE_LAYOUTS):
+            molecule_like = any(set(layout) <= keys for layout in _MOLECULE_LAYOUTS) or (
+                not flat and keys & {"R", "z", "coords", "nuclear_charges"})  # a molecule file, however broken
+            if "N" not in keys and not flat and molecule_like:
                 # one molecule: MD17 / rMD17, read by the molecule loader (its checks and messages)
                 return AtomsDataset.from_molecule(load_dataset(path))
             arrays = {k: npz[k] for k in npz.files}

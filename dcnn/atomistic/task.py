@@ -44,6 +44,10 @@ def neighbors_for(dataset: AtomsDataset, model: nn.Module) -> DatasetNeighbors:
     shapes, exactly the dense layout's pairs), else radius graphs at the model's `cutoff` (Å)."""
     if dataset.fixed_size and not dataset.is_periodic:
         return DatasetNeighbors.complete(dataset)
+    if getattr(model, "dense_layout", False):
+        raise ValueError(f"{dataset.source or dataset.name}: frames of different sizes or periodic cells, but the "
+                         f"model takes the dense layout of one molecule (forward(positions [B, N, 3], numbers [N])); "
+                         f"write its forward as forward(graph) on dcnn.atomistic.graph.AtomicGraph to train on these")
     cutoff = getattr(model, "cutoff", None)
     if not (isinstance(cutoff, (int, float)) and cutoff > 0):
         raise ValueError(f"{type(model).__name__} has no `cutoff` (Å): a data set of many sizes or periodic "
@@ -185,7 +189,7 @@ class AtomisticTask:
         """Energy MAE per structure and per atom, force MAE per component, and EFwT (eV data only)."""
         store = self.stores[split]
         n = len(store)
-        nan = {"energy_loss": math.nan, "force_loss": math.nan, "energy_per_atom_loss": math.nan, "efwt": math.nan}
+        nan = {"energy_loss": math.nan, "force_loss": math.nan, "energy_per_atom_loss": math.nan}
         if n == 0:
             return nan
         was_training = self.model.training
@@ -208,8 +212,11 @@ class AtomisticTask:
                 worst = torch.zeros_like(de).index_reduce_(0, graph.batch, df.max(dim=1).values, "amax")
                 within += ((de * ev <= EFWT_ENERGY_EV) & (worst * ev <= EFWT_FORCE_EV_PER_A)).sum()
         self.model.train(was_training)
-        return {"energy_loss": float(e_abs) / n, "force_loss": float(f_abs) / max(components, 1),
-                "energy_per_atom_loss": float(e_atom_abs) / n, "efwt": float(within) / n if ev is not None else math.nan}
+        out = {"energy_loss": float(e_abs) / n, "force_loss": float(f_abs) / max(components, 1),
+               "energy_per_atom_loss": float(e_atom_abs) / n}
+        if ev is not None:  # EFwT only where it is defined (eV): absent, not NaN, elsewhere
+            out["efwt"] = float(within) / n
+        return out
 
     # -- initialisation ------------------------------------------------------------------------------
     def _init_forwards(self, seed: int, batch_size: int) -> list:

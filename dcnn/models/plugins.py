@@ -148,9 +148,53 @@ class ModelSpec:
         if not isinstance(model, nn.Module):
             raise ModelPluginError(f"model {self.name!r}: build() returned {type(model).__name__}, expected a "
                                    f"torch.nn.Module")
-        model.paper_activation_scope = placement_paths(model, self.paper_placement, self.name)
+        paths = placement_paths(model, self.paper_placement, self.name)  # in the user's own module paths
+        if self.family == "atomistic" and takes_dense_layout(model):
+            model = DenseInput(model)  # written for one molecule's [B, N, 3] frames: fed from the graph
+            paths = tuple("model" if not p else f"model.{p}" for p in paths)
+        model.paper_activation_scope = paths
         model.activation_types = tuple(self.activation_types)
         return model
+
+
+def _as_written(model: nn.Module) -> nn.Module:
+    """The plug-in's own module (inside a DenseInput), with the placement in its own paths."""
+    if not getattr(model, "dense_layout", False):
+        return model
+    inner = model.model
+    inner.paper_activation_scope = tuple(p[len("model."):] if p.startswith("model.") else "" for p in
+                                         model.paper_activation_scope)
+    inner.activation_types = model.activation_types
+    return inner
+
+
+def takes_dense_layout(model: nn.Module) -> bool:
+    """Whether a model's forward takes the dense layout of one molecule, (positions [B, N, 3], numbers [N]),
+    as plug-ins written before the graph layout do, instead of one AtomicGraph."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    return len(positional) == 2
+
+
+class DenseInput(nn.Module):
+    """A plug-in written for the dense layout, `forward(positions [B, N, 3], numbers [N]) -> E [B]`, on the
+    graph layout: a batch of one molecule's frames (the only data that layout can hold; the task refuses
+    anything else) comes back as [B, N, 3] positions — a view, so forces still flow to the graph's atoms."""
+
+    dense_layout = True
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.cutoff = getattr(model, "cutoff", None)
+
+    def forward(self, graph) -> torch.Tensor:
+        b = graph.n_structures
+        n = graph.positions.shape[0] // b
+        return self.model(graph.positions.view(b, n, 3), graph.numbers[:n])
 
 
 def placement_paths(model: nn.Module, patterns, name: str = "") -> tuple[str, ...]:
@@ -342,8 +386,9 @@ def check_model(name: str, spec_of: Callable[[str], ModelSpec], preset: str = "s
             "n_atoms": int(graph.n_atoms.max())}
     model = build(data)
     types = tuple(spec.activation_types)
+    own = _as_written(model)  # placement messages in the plug-in's own module paths
     try:
-        n_all, n_placed = len(_targets(model, "all")), len(_targets(model, "paper"))
+        n_all, n_placed = len(_targets(own, "all")), len(_targets(own, "paper"))
     except ValueError as e:  # a placement path naming a module with parameters
         raise ModelPluginError(f"{where}: {e}") from None
     if n_all == 0 and not n_placed:
@@ -352,8 +397,8 @@ def check_model(name: str, spec_of: Callable[[str], ModelSpec], preset: str = "s
                                f"nn.SiLU or nn.Mish, the model's own classes listed in ModelSpec(activation_types="
                                f"(...)), and any module a paper_placement path names; a functional call like "
                                f"F.silu(x) cannot be swapped)")
-    for path in model.paper_activation_scope:
-        sub = model.get_submodule(path) if path else model
+    for path in own.paper_activation_scope:
+        sub = own.get_submodule(path) if path else own
         if list(sub.children()):
             if not any(is_activation(m, types) for m in list(sub.modules())[1:]):
                 raise ModelPluginError(f"{where}: paper_placement {path!r} holds no activation module to swap "
@@ -378,13 +423,14 @@ def check_model(name: str, spec_of: Callable[[str], ModelSpec], preset: str = "s
     try:
         energy = model(graph)
     except Exception as e:  # noqa: BLE001
-        raise ModelPluginError(f"{where}: forward(graph) failed on a batch of {b} structures: "
-                               f"{type(e).__name__}: {e}") from e
+        call = ("forward(positions [B, N, 3], numbers [N])" if getattr(model, "dense_layout", False)
+                else "forward(graph)")
+        raise ModelPluginError(f"{where}: {call} failed on a batch of {b} frames: {type(e).__name__}: {e}") from e
     if not isinstance(energy, torch.Tensor):
         raise ModelPluginError(f"{where}: forward returned {type(energy).__name__}, expected the energy tensor [B]")
     if tuple(energy.shape) != (b,):
-        raise ModelPluginError(f"{where}: forward returned shape {tuple(energy.shape)} for {b} structures; "
-                               f"expected one energy per structure, shape ({b},)")
+        raise ModelPluginError(f"{where}: forward returned shape {tuple(energy.shape)} for {b} frames; "
+                               f"expected one energy per frame, shape ({b},)")
     if not torch.isfinite(energy).all():
         raise ModelPluginError(f"{where}: forward returned non-finite energies {energy.tolist()}")
     grad = None
