@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 
 PYG = ("schnet", "dimenetpp")  # models with a PyG implementation to compare with
@@ -45,38 +44,32 @@ def _model(name: str, preset: str, which: str, activation: str):
 
 def time_row(name: str, preset: str, which: str, steps: int, warmup: int, device: str,
              activation: str = "original", flush: bool = True) -> dict:
+    from benchmarks.batches import TrainingBatches
     from dcnn.compiled import EnergyForces
-    from dcnn.data import DEFAULT_DATASET, load_dataset
     from dcnn.models import energy_and_forces
     from dcnn.numerics import configure_cpu
 
     flushed = configure_cpu(1, flush)  # as the trainer does (dcnn/numerics.py); PyG's rows get the same
     dev = torch.device(device)
     model = _model(name, preset, which, activation).to(dev).train()
-    ds = load_dataset(DEFAULT_DATASET)
-    rng = np.random.default_rng(0)
-    idx = [rng.choice(len(ds), 20, replace=False) for _ in range(steps + warmup)]
-    R = torch.as_tensor(ds.positions, dtype=torch.float32, device=dev)
-    E = torch.as_tensor(ds.energies / 1e4, dtype=torch.float32, device=dev)
-    F = torch.as_tensor(ds.forces / 1e4, dtype=torch.float32, device=dev)
-    z = torch.as_tensor(ds.numbers, device=dev)
-    n = ds.n_atoms
-    zb, batch_vec = z.repeat(20), torch.arange(20, device=dev).repeat_interleave(n)
+    ours = model if which != "pyg" else _model(name, preset, "eager", activation).to(dev)
+    batches = TrainingBatches(ours, "ethanol", steps + warmup, dev)  # cut as the trainer cuts them
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
     ef = EnergyForces(model) if which == "compiled" else None
 
     def step(i):
-        sel = torch.as_tensor(idx[i], device=dev)
+        b = batches(i)
+        graph = b["graph"]
         if which == "pyg":
-            pos = R[sel].reshape(-1, 3).requires_grad_(True)
-            e = model(zb, pos, batch_vec).view(-1)
+            pos = graph.positions.detach().clone().requires_grad_(True)
+            e = model(graph.numbers, pos, graph.batch).view(-1)
             (g,) = torch.autograd.grad(e.sum(), pos, create_graph=True)
-            f = -g.view(20, n, 3)
+            f = -g
         elif which == "compiled":
-            e, f = ef(R[sel], z)
+            e, f = ef(graph)
         else:
-            e, f = energy_and_forces(model, R[sel], z, create_graph=True)
-        loss = (e - E[sel]).abs().mean() + 30 * (f - F[sel]).abs().mean()
+            e, f = energy_and_forces(model, graph, create_graph=True)
+        loss = (e - b["energy_labels"]).abs().mean() + 30 * (f - b["force_labels"]).abs().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -17,11 +17,10 @@ import json
 import statistics
 import time
 
-import numpy as np
 import torch
 
+from benchmarks.batches import TrainingBatches
 from dcnn.activations import replace_activations
-from dcnn.data import DEFAULT_DATASET, load_dataset
 from dcnn.ensemble import SeedEnsemble
 from dcnn.models import build_model, energy_and_forces
 from dcnn.numerics import configure_cpu
@@ -31,12 +30,6 @@ DECISION_SPEEDUP = 1.5  # per seed at S = 3: what would justify training an arm'
 
 def time_sizes(model_name: str, sizes: list[int], steps: int, warmup: int, activation: str) -> list[dict]:
     configure_cpu(1, True)
-    ds = load_dataset(DEFAULT_DATASET)
-    R = torch.as_tensor(ds.positions, dtype=torch.float32)
-    E = torch.as_tensor(ds.energies / 1e4, dtype=torch.float32)
-    F = torch.as_tensor(ds.forces / 1e4, dtype=torch.float32)
-    Z = torch.as_tensor(ds.numbers)
-    rng = np.random.default_rng(0)
     rows = []
     for S in sizes:
         models = []
@@ -50,19 +43,24 @@ def time_sizes(model_name: str, sizes: list[int], steps: int, warmup: int, activ
         ensemble = SeedEnsemble(models)
         opt_ens = torch.optim.Adam(ensemble.parameters(), lr=1e-4, fused=True)
         opts = [torch.optim.Adam(m.parameters(), lr=1e-4, fused=True) for m in singles]
-        batches = [torch.as_tensor(np.stack([rng.choice(len(ds), 20, replace=False) for _ in range(S)]))
-                   for _ in range(steps + warmup)]
+        # each seed its own batches (seeded differently), cut as the trainer cuts them
+        batches = [TrainingBatches(singles[0], "ethanol", steps + warmup, torch.device("cpu"), seed=seed)
+                   for seed in range(S)]
         t_sep, t_ens = [], []
-        for i, idx in enumerate(batches):
+        for i in range(steps + warmup):
+            per_seed = [b(i) for b in batches]
             t = time.perf_counter()
             for s, (m, o) in enumerate(zip(singles, opts)):
-                e, f = energy_and_forces(m, R[idx[s]], Z, create_graph=True)
-                loss = (e - E[idx[s]]).abs().mean() + 30 * (f - F[idx[s]]).abs().mean()
+                b = per_seed[s]
+                e, f = energy_and_forces(m, b["graph"], create_graph=True)
+                loss = (e - b["energy_labels"]).abs().mean() + 30 * (f - b["force_labels"]).abs().mean()
                 o.zero_grad(set_to_none=True)
                 loss.backward()
                 o.step()
             t1 = time.perf_counter()
-            ensemble.step(opt_ens, R[idx], Z, E[idx], F[idx], 30.0)
+            ensemble.step(opt_ens, torch.stack([b["graph"].positions for b in per_seed]), per_seed[0]["graph"],
+                          torch.stack([b["energy_labels"] for b in per_seed]),
+                          torch.stack([b["force_labels"] for b in per_seed]), 30.0)
             t2 = time.perf_counter()
             if i >= warmup:
                 t_sep.append(t1 - t), t_ens.append(t2 - t1)
