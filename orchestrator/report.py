@@ -243,6 +243,18 @@ def damaged_or_unfinished_section(trials: pd.DataFrame, unreported_trials: pd.Da
 UNREPORTED_COLUMNS = ["data", "model", "arm", "seed", "epochs", "trial_id", "trial_dir", "damaged"]
 
 
+def _checkpoint_column(trials: pd.DataFrame, experiment_dir: Path, location: str, checkpoints) -> list[str]:
+    """Each trial's newest trainer checkpoint (what `dcnn.calculator.DCNNCalculator` loads), at the study's
+    own location (a folder or an object-store URI); '' where it has none."""
+    if checkpoints is None:
+        checkpoints = [str(p.relative_to(experiment_dir)) for p in experiment_dir.glob("*/checkpoint_*/trainer.pt")]
+    newest: dict[str, str] = {}
+    for rel in sorted(checkpoints):  # checkpoint_000009 sorts before checkpoint_000010
+        newest[rel.split("/", 1)[0]] = rel
+    root = str(location).rstrip("/")
+    return [f"{root}/{newest[d]}" if d in newest else "" for d in trials.trial_dir]
+
+
 def collect(experiment_dir: Path, dataset_labels: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, curves): one row per trial with its last result; one row per trial-epoch."""
     return scan(experiment_dir, dataset_labels)[:2]
@@ -724,11 +736,12 @@ def plot_curves(curves: pd.DataFrame, path: Path, units: dict, specs: tuple) -> 
 
 
 def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title: str | None = None,
-                 location: str | None = None) -> dict:
+                 location: str | None = None, checkpoints: list[str] | None = None) -> dict:
     """Write trials.csv, curves.csv, summary.csv, baselines.csv, report.md, bars.png, curves.png, and where
     the arms hold a full factorial design contributions.csv and contributions.png. `location`: where the
     study lives when `experiment_dir` is a local copy of it (an object-store URI), for the commands the
-    report suggests."""
+    report suggests; `checkpoints`: the study's trainer checkpoints relative to it (TRIAL/checkpoint_*/
+    trainer.pt; found in `experiment_dir` when not given), each trial's newest named in trials.csv."""
     experiment_dir = Path(experiment_dir)
     location = location or str(experiment_dir)
     out = experiment_dir / REPORT_DIR
@@ -743,6 +756,7 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
         raise ValueError(f"{experiment_dir}: no finished trials to report (expected Tune trial folders "
                          f"with params.json and result.json){started}")
     out.mkdir(exist_ok=True)
+    trials["checkpoint"] = _checkpoint_column(trials, experiment_dir, location, checkpoints)
     reference_arm = meta.get("reference", reference_arm)
     units = {d["label"]: tuple(d["units"]) for d in datasets.values()}
     for data in trials.data.unique():
@@ -779,7 +793,9 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
     section = contributions.to_markdown(analyses, units)
     md += ("\n" + section if section else "")
     md += ("\n![test errors per arm](bars.png)\n\n![learning curves](curves.png)\n\n"
-           "Every number comes from `trials.csv`, whose `mlflow_run_id` column names the MLflow run of each trial.\n")
+           "Every number comes from `trials.csv`, whose `mlflow_run_id` column names the MLflow run of each trial; "
+           "its `checkpoint` column names each trial's trained model, which "
+           "`dcnn.calculator.DCNNCalculator(checkpoint)` loads as an ASE calculator.\n")
     paths["markdown"].write_text(md)
     plot_bars(summary, paths["bars"], units, main)
     plot_curves(curves[curves.trial_id.isin(trials.trial_id)] if not curves.empty else curves,

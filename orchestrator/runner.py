@@ -393,8 +393,9 @@ def report_study(study, publish=None) -> dict:
     from orchestrator.report import REPORT_DIR, build_report
 
     study = Storage.resolve(study, absolute=False)
+    checkpoints = study.glob("*/checkpoint_*/trainer.pt")  # named in the report, not downloaded for it
     with study.local_copy(REPORT_INPUTS) as folder:
-        report = build_report(folder, location=str(study))
+        report = build_report(folder, location=str(study), checkpoints=checkpoints)
         study.upload(folder / REPORT_DIR, REPORT_DIR)
         if publish is not None:
             publish(report, folder / REPORT_DIR)

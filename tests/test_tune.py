@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -30,10 +31,11 @@ def test_search_spaces_are_the_designs(tmp_path):
 
     plan = search_spaces.load_study("seed-plan")
     keys = [a.key for a in plan.arms]
-    assert keys == ["irelu+DN+LR", "ielu+DN+LR", "igelu+DN+LR", "isilu+DN+LR", "original+DN+LR",
-                    "irelu+DN", "irelu+LR", "irelu"]  # shared arm once
+    # every arm from LSUV (issue 16); the shared arm once
+    assert keys == [k + "+LSUV" for k in ("irelu+DN+LR", "ielu+DN+LR", "igelu+DN+LR", "isilu+DN+LR",
+                                          "original+DN+LR", "irelu+DN", "irelu+LR", "irelu")]
     # SchNet has no BatchNorm: its DN-removed arms are the DN arms' computation, run once
-    assert plan.identical_arms() == {"schnet": {"irelu+LR": "irelu+DN+LR", "irelu": "irelu+DN"}}
+    assert plan.identical_arms() == {"schnet": {"irelu+LR+LSUV": "irelu+DN+LR+LSUV", "irelu+LSUV": "irelu+DN+LSUV"}}
     assert len(plan.trial_configs()) == (8 + 6) * 3
     assert len(search_spaces.load_study("factorial").arms) == 20
     assert len(search_spaces.load_study("stabilizers").arms) == 4
@@ -41,7 +43,7 @@ def test_search_spaces_are_the_designs(tmp_path):
     assert {a.key for a in pre.arms} == {"irelu+DN+LR", "irelu+DN+LR+ES", "irelu+DN", "irelu+DN+ES",
                                          "irelu+LR", "irelu+LR+ES", "irelu", "irelu+ES"}
     assert len(pre.trial_configs()) == (8 + 4) * 3
-    assert search_spaces.load_study("seed-plan").with_overrides(shift=True).reference.key == "irelu+DN+LR+ES"
+    assert search_spaces.load_study("seed-plan").with_overrides(shift=True).reference.key == "irelu+DN+LR+ES+LSUV"
     # the reference is never the skipped twin, whatever order the study file lists DN in; sizes as TrainConfig reads them
     reordered = search_spaces.Study(name="r", arms=[search_spaces.Arm("irelu", False, True), search_spaces.Arm("irelu", True, True)],
                                     reference=search_spaces.Arm("irelu", True, True), models=["schnet"],
@@ -58,7 +60,8 @@ def test_search_spaces_are_the_designs(tmp_path):
                                           "force_weight", "batch_size", "n_train", "n_val", "n_test")} == {
         "preset": "paper", "lr": 1e-4, "lr_schedule": "constant", "epochs": 50, "rescale_factor": 1e6,
         "force_weight": 30.0, "batch_size": 20, "n_train": None, "n_val": None, "n_test": None}
-    assert [a.key for a in paper.arms] == keys and paper.setting("preset", "cgcnn") == "paper"
+    # the paper's own initialisation (no LSUV): what the paper ran
+    assert [a.key for a in paper.arms] == [k.removesuffix("+LSUV") for k in keys] and paper.setting("preset", "cgcnn") == "paper"
     # the runner's space skips the identical twins; the public one (users' own Tuner code) has the full grid
     cells = search_spaces.load_study("stabilizers").param_space(skip_identical=True)["cell"]["grid_search"]
     assert cells == ["schnet/irelu+DN+LR", "cgcnn/irelu+DN+LR", "schnet/irelu+DN", "cgcnn/irelu+DN",
@@ -209,6 +212,17 @@ def test_study_through_tuner_with_report(ray_session, tracking_uri, tmp_path, ca
         assert t["compiled"] == 0  # compile=auto: a 4-step trial never pays back a compile
     assert "## Throughput" in (tmp_path / "res/mini-tuner/report/throughput.md").read_text()
     trials = pd.read_csv(paths["trials"])
+    # each trial's trained model is named in trials.csv and loads as an ASE calculator
+    from ase import Atoms
+
+    from dcnn.calculator import DCNNCalculator
+    from dcnn.data import load_dataset
+
+    assert trials.checkpoint.map(lambda p: Path(p).is_file()).all()
+    ethanol = load_dataset("ethanol")
+    molecule = Atoms(numbers=ethanol.numbers, positions=ethanol.positions[0])
+    molecule.calc = DCNNCalculator(trials.checkpoint.iloc[0])
+    assert np.isfinite(molecule.get_potential_energy()) and np.isfinite(molecule.get_forces()).all()
     runs = {r.info.run_id: r for r in trial_runs(tracking_uri, "mini-tuner")}
     # SchNet's two DN-removed arms ran once (as their DN twins): 12 runs for 16 reported trials
     assert len(runs) == 12 and len(trials) == 16 and set(trials.mlflow_run_id) == set(runs)

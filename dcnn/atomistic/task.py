@@ -209,7 +209,8 @@ class AtomisticTask:
             f_abs += df.sum()
             components += df.numel()
             if ev is not None:  # OC20's EFwT: |ΔE| ≤ 0.02 eV and max |ΔF| ≤ 0.03 eV/Å in a structure
-                worst = torch.zeros_like(de).index_reduce_(0, graph.batch, df.max(dim=1).values, "amax")
+                worst = torch.zeros_like(de).scatter_reduce_(0, graph.batch, df.max(dim=1).values, "amax",
+                                                             include_self=False)
                 within += ((de * ev <= EFWT_ENERGY_EV) & (worst * ev <= EFWT_FORCE_EV_PER_A)).sum()
         self.model.train(was_training)
         out = {"energy_loss": float(e_abs) / n, "force_loss": float(f_abs) / max(components, 1),
