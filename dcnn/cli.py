@@ -167,7 +167,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     family = family_of(cfg.model)
-    family.check_dataset(cfg.dataset, cfg.to_dict())  # bad data, or a split it cannot hold, fails here
     if args.resume:
         check_resume_config(load_checkpoint_file(args.resume), cfg, args.resume)
     if args.checkpoint:
@@ -176,6 +175,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         resumed = args.resume if args.resume and same_file(args.resume, args.checkpoint) else None
         check_output("--checkpoint", args.checkpoint, {"--dataset": cfg.dataset.split("?", 1)[0], "--config": args.config},
                      args.force or bool(resumed))
+    # the flags' own checks first (cheap), then the data: bad data, or a split it cannot hold, fails here
+    family.check_dataset(cfg.dataset, cfg.to_dict())
     info = family.dataset_info(cfg.dataset)
     units = info.get("units", [])
     frames = f", {info['frames']} frames" if "frames" in info else ""

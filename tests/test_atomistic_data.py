@@ -282,7 +282,7 @@ def test_empty_database_selection_and_non_databases_are_refused(tmp_path, slabs)
     assert other.read_bytes() == before  # never touched (ase.db.connect would add its tables)
     (tmp_path / "bad.json").write_text('{"not": "a database"')
     _one_line_error(tmp_path / "bad.json", r"bad\.json", "not an ASE database")
-    _one_line_error(f"{tmp_path / 'missing.db'}?natoms<3", "no such file")
+    _one_line_error(f"{tmp_path / 'missing.db'}?natoms<3", "nor an existing file", "missing.db")
     write(tmp_path / "s.extxyz", slabs)
     _one_line_error(f"{tmp_path / 's.extxyz'}?natoms<3", "applies to ASE databases")
 
@@ -323,7 +323,7 @@ def test_extxyz_frame_without_labels_names_the_frame(tmp_path, slabs):
 
 
 def test_unknown_bundled_name_and_max_z(tmp_path):
-    _one_line_error("no-such-set", "no such file", "catalysis")
+    _one_line_error("no-such-set", "nor an existing file", "catalysis")
     with pytest.raises(DatasetError, match=r"atomic number 8 at atom 2 of frame 0 exceeds"):
         load_atoms("ethanol", max_z=8)
 

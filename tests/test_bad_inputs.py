@@ -176,7 +176,7 @@ CASES = [
     ("dataset-garbage", ["ablate", "--dataset", "{d}/garbage.dat"], "{d}/garbage.dat: unreadable by ASE"),
     ("dataset-keys", ["ablate", "--dataset", "{d}/missing_keys.npz"], "{d}/missing_keys.npz: missing keys"),
     ("dataset-text-named-npz", ["ablate", "--dataset", "{d}/text.npz"],
-     "{d}/text.npz: not an npz archive (an npz is a zip file of arrays: R, z, E, F); this is a file starting with b'R,z,E,'"),
+     "{d}/text.npz: not an npz archive (an npz is a zip file of arrays: R, z, E, F as MD17's, or R, z, N, E, F for frames of different sizes); this is a file starting with b'R,z,E,F\\n'"),
     ("dataset-empty-unit", ["data", "info", "{d}/empty_unit.npz"], "{d}/empty_unit.npz: field 'energy_unit' is an empty array"),
     ("dataset-nan", ["ablate", "--dataset", "{d}/nan_labels.npz"], "{d}/nan_labels.npz: energies contain NaN"),
     ("dataset-too-small", ["ablate", "--dataset", "{d}/small.npz"], "{d}/small.npz: too small for the split"),
@@ -266,7 +266,7 @@ CASES = [
     ("train-config-list", ["train", "--config", "{d}/cfg_list.yaml"], "{d}/cfg_list.yaml: expected a mapping"),
     ("train-config-unknown", ["train", "--config", "{d}/cfg_unknown.yaml"], "--config {d}/cfg_unknown.yaml: unknown config key(s) ['learning_rate']"),
     # ---- data info ----
-    ("info-missing", ["data", "info", "{d}/nope.npz"], "{d}/nope.npz: no such file"),
+    ("info-missing", ["data", "info", "{d}/nope.npz"], "data set '{d}/nope.npz' is neither a bundled data set"),
     ("info-folder", ["data", "info", "{d}/folder"], "{d}/folder: is a directory"),
     ("info-empty", ["data", "info", "{d}/empty.npz"], "{d}/empty.npz: empty file"),
     ("info-pickled", ["data", "info", "{d}/pickled.npz"], "{d}/pickled.npz: unreadable npz (pickled objects"),

@@ -51,9 +51,14 @@ def resolve_atoms_source(value: str | os.PathLike, base: str | os.PathLike | Non
     root = Path(base if base is not None else os.getcwd()).expanduser()
     absolute = lambda t: Path(t).expanduser() if Path(t).expanduser().is_absolute() else root / Path(t).expanduser()  # noqa: E731
     query = None
+    given = text
     if "?" in text and not absolute(text).exists():
         text, query = text.split("?", 1)
-    return absolute(text).absolute(), query
+    path = absolute(text).absolute()
+    if not path.exists():
+        raise DatasetError(f"data set {given!r} is neither a bundled data set ({', '.join(ATOMS_DATASETS)}) "
+                           f"nor an existing file (looked for {path})")
+    return path, query
 
 
 def load_atoms(path_or_name: str | os.PathLike, max_z: int | None = None,
@@ -100,8 +105,8 @@ def _load_npz(path: Path, head: bytes) -> AtomsDataset:
     if head[:4] != b"PK\x03\x04":  # an npz is a zip archive; text, a lone .npy or a pickle is not
         what = ("a single .npy array" if head[:6] == b"\x93NUMPY" else
                 "a pickle" if head[:1] == b"\x80" else f"a file starting with {head[:8]!r}")
-        raise DatasetError(f"{path}: not an npz archive (an npz is a zip file of arrays: {_ATOMS_KEYS} or "
-                           f"MD17's R, z, E, F); this is {what}")
+        raise DatasetError(f"{path}: not an npz archive (an npz is a zip file of arrays: R, z, E, F as "
+                           f"MD17's, or {', '.join(_ATOMS_KEYS)} for frames of different sizes); this is {what}")
     try:
         with np.load(path, allow_pickle=False) as npz:
             keys = set(npz.files)

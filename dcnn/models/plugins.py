@@ -10,8 +10,12 @@ A model joins a study by name. A name is one of
 
 The spec says what the trainer must know about a model it did not write:
 
-* `build(**sizes) -> nn.Module`: a module whose `forward(positions [B, N, 3], numbers [N])` returns the
-  energy [B], differentiable w.r.t. positions (forces are −∂E/∂positions by autograd, done by us);
+* `build(**sizes) -> nn.Module`: a module whose `forward(graph)` takes one `dcnn.atomistic.AtomicGraph`
+  (B structures as one disjoint graph: positions [A, 3], numbers, batch, edges with cell shifts; edge
+  vectors by `graph.edge_vectors()`) and returns the energy [B], differentiable w.r.t. positions (forces
+  are −∂E/∂positions and the stress ∂E/∂strain by autograd, done by us).  A module written for the older
+  dense layout, `forward(positions [B, N, 3], numbers [N])`, still works on one molecule's frames
+  (`DenseInput`), and is refused clearly on variable-size or periodic data;
 * `presets`: size sets by name, at least `small`; a TrainConfig size field (`hidden`, `cutoff`, ...)
   overrides the preset value of the same name, and a size the presets do not list is refused;
 * `original_activation`: the name of the activation the model uses (what `activation: original` means:
