@@ -208,7 +208,7 @@ def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Storage) -
                                    resume_errored=True, storage_filesystem=fs)
     else:
         epochs = study.setting("epochs")
-        param_space = {**study.fixed, **arm.as_config(), "model": model, "seed": study.seeds[0],
+        param_space = {**study.fixed_for(model), **arm.as_config(), "model": model, "seed": study.seeds[0],
                        "dataset": study.datasets[0],
                        "arm": arm.key, "study": study.name, "phase": "tune", **plugin_path(study), **space}
         tuner = tune.Tuner(

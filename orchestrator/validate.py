@@ -213,7 +213,7 @@ def check_models(study) -> dict:
     for model in study.models:
         if model in BUILTIN_SPECS:
             continue
-        cfg = resolve_config({**study.fixed, "model": model, "dataset": study.datasets[0]})
+        cfg = resolve_config({**study.fixed_for(model), "model": model, "dataset": study.datasets[0]})
         for dataset in study.datasets:
             found[model] = check_plugin(model, cfg.preset, cfg.model_sizes(), dataset=dataset)
     return found

@@ -20,7 +20,8 @@ SPLIT_SEEDS = ("fixed", "vary")
 # Keys a study adds to a Tune config to label a trial (not TrainConfig settings); plugin_path: folders
 # a trial puts on sys.path before it resolves a plug-in model (runner.plugin_path).
 LABEL_KEYS = ("arm", "study", "phase", "cell", "data", "plugin_path")
-_STUDY_KEYS = {"description", "reference", "designs", "models", "seeds", "fixed", "datasets", "split_seeds"}
+_STUDY_KEYS = {"description", "reference", "designs", "models", "seeds", "fixed", "datasets", "split_seeds",
+               "model_sizes"}
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,13 @@ class Study:
     split_seeds: str = "fixed"  # fixed: one split (seed 0) for every trial; vary: the split follows the seed
     description: str = ""
     source: str = ""
+    # sizes for one model only ({"cgcnn": {"readout": "sum"}}): a size one model has and another lacks
+    # (CGCNN's readout) cannot go in `fixed`, which every model's trials get
+    model_sizes: dict = field(default_factory=dict)
+
+    def fixed_for(self, model: str) -> dict:
+        """The TrainConfig keys a trial of `model` gets from the study: `fixed`, then its `model_sizes`."""
+        return {**self.fixed, **self.model_sizes.get(model, {})}
 
     def with_overrides(self, models=None, seeds=None, fixed=None, datasets=None, split_seeds=None,
                        shift=None) -> "Study":
@@ -94,6 +102,9 @@ class Study:
                     datasets=list(self.datasets if datasets is None else datasets),
                     split_seeds=self.split_seeds if split_seeds is None else split_seeds,
                     fixed={**self.fixed, **(fixed or {})})
+        # a size set on the command line (fixed) is every model's: it wins over the study's per-model value
+        s = replace(s, model_sizes={m: {k: x for k, x in v.items() if k not in (fixed or {})}
+                                    for m, v in self.model_sizes.items() if m in s.models})
         s.validate()
         return s
 
@@ -130,16 +141,24 @@ class Study:
                              f"designs, models, seeds and datasets)")
         if "split_seed" in self.fixed and self.split_seeds == "vary":
             raise ValueError(f"{where}: fixed split_seed contradicts split_seeds: vary")
+        if not isinstance(self.model_sizes, dict) or not all(isinstance(v, dict) for v in self.model_sizes.values()):
+            raise ValueError(f"{where}: model_sizes must map model names to size mappings, got {self.model_sizes!r}")
+        stray = [m for m in self.model_sizes if m not in self.models]
+        not_sizes = sorted({k for v in self.model_sizes.values() for k in v if k not in SIZE_FIELDS})
+        if stray or not_sizes:
+            raise ValueError(f"{where}: model_sizes " + (f"names models not in the study {stray}" if stray else
+                             f"sets {not_sizes}, which are not sizes (those go in fixed)"))
         for arm, model in itertools.product(self.arms, self.models):
             try:
-                resolve_config({**self.fixed, **arm.as_config(), "model": model, "seed": self.seeds[0],
+                resolve_config({**self.fixed_for(model), **arm.as_config(), "model": model, "seed": self.seeds[0],
                                 "dataset": self.datasets[0]})
             except ValueError as e:
                 raise ValueError(f"{where}: arm {arm.key} on {model}: {e}") from e
 
     def setting(self, key: str, model: str | None = None):
         """The value a trial of this study gets for a TrainConfig key (fixed, else TrainConfig's default)."""
-        cfg = TrainConfig.from_dict({**self.fixed, "model": model or self.models[0], "dataset": self.datasets[0]})
+        model = model or self.models[0]
+        cfg = TrainConfig.from_dict({**self.fixed_for(model), "model": model, "dataset": self.datasets[0]})
         return getattr(cfg, key)
 
     def resolved_settings(self) -> dict:
@@ -147,7 +166,10 @@ class Study:
         cfg = TrainConfig.from_dict({**self.fixed, "model": self.models[0], "dataset": self.datasets[0]}).to_dict()
         for key in FACTORS + ("model", "seed", "dataset", "threads", "device") + SIZE_FIELDS:
             cfg.pop(key, None)
-        return {**cfg, **{k: v for k, v in self.fixed.items() if k in SIZE_FIELDS}}
+        out = {**cfg, **{k: v for k, v in self.fixed.items() if k in SIZE_FIELDS}}
+        if self.model_sizes:
+            out["model_sizes"] = self.model_sizes
+        return out
 
     def identical_arms(self) -> dict[str, dict[str, str]]:
         """{model: {arm: twin}} for arms that are the same computation as an earlier arm on that model.
@@ -158,7 +180,7 @@ class Study:
         """
         out: dict[str, dict[str, str]] = {}
         for model in self.models:
-            cfg = TrainConfig.from_dict({**self.fixed, "model": model, "dataset": self.datasets[0]})
+            cfg = TrainConfig.from_dict({**self.fixed_for(model), "model": model, "dataset": self.datasets[0]})
             if has_normalization(model, cfg.preset, **cfg.model_sizes()):
                 continue
             seen: dict[Arm, str] = {}
@@ -191,7 +213,7 @@ class Study:
         labels = self.dataset_labels()
         out = []
         for (model, arm), dataset, seed in itertools.product(self.cells(), self.datasets, self.seeds):
-            cfg = {**self.fixed, **arm.as_config(), "arm": arm.key, "model": model, "seed": seed,
+            cfg = {**self.fixed_for(model), **arm.as_config(), "arm": arm.key, "model": model, "seed": seed,
                    "dataset": dataset, "study": self.name}
             if len(self.datasets) > 1:
                 cfg["data"] = labels[dataset]
@@ -222,6 +244,8 @@ class Study:
             space["model"] = tune.grid_search(list(self.models))
         for factor in FACTORS:
             space[factor] = tune.sample_from(ArmFactor(table, factor))
+        for size in sorted({k for v in self.model_sizes.values() for k in v}):
+            space[size] = tune.sample_from(ModelSize(self.model_sizes, size))
         if self.split_seeds == "vary":
             space["split_seed"] = tune.sample_from(SplitSeed())
         return space
@@ -238,6 +262,20 @@ class ArmFactor:
 
     def __repr__(self) -> str:
         return f"ArmFactor({self.factor})"
+
+
+class ModelSize:
+    """`tune.sample_from` callable: a `model_sizes` value for the trial's model, None (the preset's) for a
+    model the study gives none (picklable)."""
+
+    def __init__(self, table: dict, size: str):
+        self.table, self.size = table, size
+
+    def __call__(self, config: dict) -> object:
+        return self.table.get(config["model"], {}).get(self.size)
+
+    def __repr__(self) -> str:
+        return f"ModelSize({self.size})"
 
 
 class CellPart:
@@ -351,6 +389,7 @@ def load_study(name_or_path: str) -> Study:
                   seeds=_list(data, "seeds", where, int, [0, 1, 2]),
                   datasets=[family.resolve_dataset(d, path.parent) for d in datasets],
                   split_seeds=str(data.get("split_seeds", "fixed")), fixed=dict(fixed),
+                  model_sizes=dict(data.get("model_sizes") or {}),
                   description=str(data.get("description", "")).strip(), source=where)
     study.validate()
     return study

@@ -71,9 +71,23 @@ def test_search_spaces_are_the_designs(tmp_path):
     assert space["model"] == {"grid_search": ["schnet", "cgcnn"]}
     for name in ("default", "lr"):
         assert "grid_search" not in json.dumps({k: str(v) for k, v in search_spaces.tuning_space(name).items()})
+    # a size only one model has (CGCNN's sum readout on slabs of many sizes) reaches that model's trials only
+    cat = search_spaces.load_study("catalysis-seed-plan")
+    assert cat.setting("readout", "cgcnn") == "sum" and cat.setting("readout", "schnet") is None
+    assert {(c["model"], c.get("readout")) for c in cat.trial_configs()} == {("schnet", None), ("cgcnn", "sum")}
+    size = cat.param_space(skip_identical=True)["readout"]
+    assert [size.func(c) for c in ({"model": "cgcnn"}, {"model": "schnet"})] == ["sum", None]
+    assert cat.with_overrides(models=["schnet"]).model_sizes == {}
+    assert cat.with_overrides(fixed={"readout": "mean"}, models=["cgcnn"]).setting("readout", "cgcnn") == "mean"
 
 
 @pytest.mark.parametrize("content,message", [
+    ("designs: [{activation: [irelu], denorm: [true], rescale: [true]}]\nmodel_sizes: {gemnet_t: {readout: sum}}",
+     r"model_sizes names models not in the study \['gemnet_t'\]"),
+    ("designs: [{activation: [irelu], denorm: [true], rescale: [true]}]\nmodel_sizes: {cgcnn: {lr: 0.1}}",
+     r"model_sizes sets \['lr'\], which are not sizes"),
+    ("designs: [{activation: [irelu], denorm: [true], rescale: [true]}]\nmodel_sizes: {schnet: {readout: sum}}",
+     r"arm irelu\+DN\+LR on schnet: size field\(s\) \['readout'\] do not apply"),
     ("designs: [{activation: [relu2], denorm: [true], rescale: [true]}]", "activation 'relu2' is not one of"),
     ("designs: [{activation: [irelu], denorm: [maybe], rescale: [true]}]", "denorm must be true or false"),
     ("designs: [{activation: [irelu], dropout: [0.1], denorm: [true], rescale: [true]}]", r"unknown factor\(s\) \['dropout'\]"),
