@@ -28,7 +28,7 @@ from dcnn.atomistic.graph import collate
 from dcnn.atomistic.labels import AtomsLabelTransform
 from dcnn.atomistic.neighbors import DatasetNeighbors
 from dcnn.config import TrainConfig, resolve_config
-from dcnn.data import to_energy_unit
+from dcnn.atomistic.molecules import to_energy_unit
 from dcnn.models import build_model, denormalize, prepare
 
 __all__ = ["DCNNCalculator", "load_potential"]

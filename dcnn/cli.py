@@ -20,7 +20,7 @@ from dcnn.config import ACTIVATION_CHOICES, DTYPES, OPTIMIZERS, SCOPES, TrainCon
 from dcnn.init import INIT_MODES
 from dcnn.models.cgcnn import READOUTS
 from dcnn.schedules import SCHEDULES
-from dcnn.data import DatasetError
+from dcnn.atomistic.molecules import DatasetError
 from dcnn.outputs import check_output, same_file
 
 # model and preset: TrainConfig checks them (plug-ins bring their own names and presets)
@@ -203,7 +203,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from dcnn.generate import check_generate_args, generate
+    from dcnn.atomistic.xtb import check_generate_args, generate
 
     check_generate_args(args.molecule, args.frames, args.temperature, args.seed, args.out,
                         args.timestep, args.interval, args.force)

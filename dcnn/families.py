@@ -121,7 +121,7 @@ def _number(value) -> float:
 
 # -- atomistic systems (molecules, slabs, crystals) --------------------------------------------------
 def _atoms_default() -> str:
-    from dcnn.data import DEFAULT_DATASET
+    from dcnn.atomistic.molecules import DEFAULT_DATASET
 
     return str(DEFAULT_DATASET)
 

@@ -5,6 +5,7 @@ per trial as it finishes.
 """
 from __future__ import annotations
 
+import math
 import time
 
 from ray import tune
@@ -21,8 +22,11 @@ class StudyProgress(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1
         r = trial.last_result or {}
+        # the main metrics always; a secondary one only where the data set defines it (EFwT: eV data only)
+        shown = [m for m in family_of_config(trial.config).metrics
+                 if m.main or math.isfinite(float(r.get(m.test_key, float("nan"))))]
         status = "DIVERGED" if r.get("diverged") else "test " + ", ".join(
-            f"{m.short} {r.get(m.test_key, float('nan')):.4g}" for m in family_of_config(trial.config).metrics)
+            f"{m.short} {r.get(m.test_key, float('nan')):.4g}" for m in shown)
         print(f"[{self.label}{self.done}/{self.total} · {time.time() - self.t0:.0f} s] "
               f"{trial_run_name(trial.config)}: {status} (epoch {r.get('epoch')})", flush=True)
 

@@ -642,16 +642,23 @@ def secondary_table(summary: pd.DataFrame, units: dict, specs: tuple) -> str:
     lines = ["## Other metrics", "",
              "Mean ± std over the seeds that finished without diverging; vs ref as in the tables above "
              "(all statistics of every metric are in summary.csv).", ""]
-    for (data, model), g in summary.groupby(GROUP, sort=False):
-        unit_words = [f"{m.name} in {m.unit_for(units.get(data))}" for m in others if m.unit_for(units.get(data))]
+    if not any(summary[f"{m.short}_mean"].notna().any() for m in others if f"{m.short}_mean" in summary):
+        return ""
+    for (data, model), g0 in summary.groupby(GROUP, sort=False):
+        # a metric this data set does not define (EFwT on kcal/mol data) is left out, not shown as "–"
+        shown = [m for m in others if f"{m.short}_mean" in g0 and g0[f"{m.short}_mean"].notna().any()]
+        if not shown:
+            continue
+        g = g0
+        unit_words = [f"{m.name} in {m.unit_for(units.get(data))}" for m in shown if m.unit_for(units.get(data))]
         lines += [f"### {data} · {model}", ""] + ([f"{_sentence('; '.join(unit_words))}.", ""] if unit_words else [])
-        lines += ["| arm | " + " | ".join(f"{m.short} mean ± std | {m.short} vs ref" for m in others) + " |",
-                  "|---|" + "---|---|" * len(others)]
+        lines += ["| arm | " + " | ".join(f"{m.short} mean ± std | {m.short} vs ref" for m in shown) + " |",
+                  "|---|" + "---|---|" * len(shown)]
         for _, r in g.iterrows():
             name = f"**{r.arm}** (ref)" if r.reference else r.arm
             lines.append(f"| {name} |" + "".join(
                 f" {fmt(r[f'{m.short}_mean'])} ± {fmt(r[f'{m.short}_std'], 2)} | "
-                f"{'' if r.reference else _ratio(r, m.short)} |" for m in others))
+                f"{'' if r.reference else _ratio(r, m.short)} |" for m in shown))
         lines.append("")
     return "\n".join(lines) + "\n"
 

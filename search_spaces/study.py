@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 from dcnn.config import ACTIVATION_CHOICES, SIZE_FIELDS, TrainConfig, resolve_config
-from dcnn.data import DEFAULT_DATASET
+from dcnn.atomistic.molecules import DEFAULT_DATASET
 from dcnn.families import family_of
 from dcnn.init import INIT_MODES
 from dcnn.models import get_spec, has_normalization, model_names

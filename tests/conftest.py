@@ -15,7 +15,7 @@ REAL_DATA = ROOT / "tests" / "data"  # real rMD17 frames (CC0), see tests/data/R
 
 @pytest.fixture(scope="session")
 def ethanol():
-    from dcnn.data import DEFAULT_DATASET, load_dataset
+    from dcnn.atomistic.molecules import DEFAULT_DATASET, load_dataset
 
     return load_dataset(DEFAULT_DATASET)
 

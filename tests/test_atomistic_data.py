@@ -20,7 +20,7 @@ from dcnn.atomistic.io import ATOMS_DATASETS, load_atoms, save_atoms_npz
 from dcnn.atomistic.labels import AtomsLabelTransform, baselines, fit_species_energies
 from dcnn.atomistic.metrics import atomistic_metrics, efwt, energy_mae_per_atom, force_mae
 from dcnn.atomistic.splits import ood_split
-from dcnn.data import DatasetError, load_dataset
+from dcnn.atomistic.molecules import DatasetError, load_dataset
 
 CATALYSIS = ATOMS_DATASETS["catalysis"]
 
@@ -342,7 +342,7 @@ def test_species_energies_recovered_exactly_from_compositions():
 
 
 def test_one_composition_gives_the_mean_like_todays_transform(ethanol):
-    from dcnn.labels import LabelTransform
+    from legacy_dense.labels import LabelTransform
 
     ds = load_atoms("ethanol")
     species, counts = ds.compositions()

@@ -36,7 +36,7 @@ def _closed_port() -> int:
 
 def make_inputs(d: Path) -> None:
     """The files the cases point at (made before the snapshot)."""
-    from dcnn.data import load_dataset, save_npz
+    from dcnn.atomistic.molecules import load_dataset, save_npz
 
     ds = load_dataset(BUNDLED).subset(np.arange(60))
     save_npz(d / "small.npz", ds)
@@ -325,13 +325,13 @@ def inputs(input_dir, tmp_path, monkeypatch):
             raise AssertionError(f"{what} started although the input is bad")
         return refuse
 
-    import dcnn.generate
+    import dcnn.atomistic.xtb
     import dcnn.train
     import orchestrator.runner
 
     monkeypatch.setattr(orchestrator.runner, "_init_ray", no("Ray"))
     monkeypatch.setattr(dcnn.train, "train", no("training"))
-    monkeypatch.setattr(dcnn.generate, "xtb_calculator", no("the MD"))
+    monkeypatch.setattr(dcnn.atomistic.xtb, "xtb_calculator", no("the MD"))
     return work, input_dir
 
 
@@ -367,7 +367,7 @@ def test_exit_code_end_to_end(argv, message, tmp_path):
     """As a user runs it: a real process, exit status 2, one line, no traceback, nothing written."""
     d = tmp_path / "in"
     d.mkdir()
-    from dcnn.data import load_dataset, save_npz
+    from dcnn.atomistic.molecules import load_dataset, save_npz
 
     save_npz(d / "small.npz", load_dataset(BUNDLED).subset(np.arange(60)))
     before = snapshot(tmp_path)

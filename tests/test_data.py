@@ -8,9 +8,9 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
 from conftest import REAL_DATA, ROOT
-from dcnn.data import (BUNDLED_DATASETS, DEFAULT_DATASET, DatasetError, MoleculeDataset, load_dataset,
+from dcnn.atomistic.molecules import (BUNDLED_DATASETS, DEFAULT_DATASET, DatasetError, MoleculeDataset, load_dataset,
                        resolve_dataset, save_npz, split_indices, to_energy_unit)
-from dcnn.generate import generate, xtb_calculator
+from dcnn.atomistic.xtb import generate, xtb_calculator
 
 KCAL_PER_EV = 1 / (units.kcal / units.mol)
 

@@ -10,7 +10,7 @@ import torch
 from dcnn.atomistic.dataset import AtomsDataset
 from dcnn.atomistic.graph import collate
 from dcnn.atomistic.neighbors import DatasetNeighbors
-from dcnn.data import load_dataset
+from dcnn.atomistic.molecules import load_dataset
 from dcnn.models import build_model, energy_and_forces
 
 LEGACY = {"schnet": ("legacy_dense.schnet", "SchNet")}

@@ -11,7 +11,7 @@ from dcnn.activations import replace_activations
 from dcnn.atomistic.dataset import AtomsDataset
 from dcnn.atomistic.graph import collate
 from dcnn.atomistic.neighbors import DatasetNeighbors
-from dcnn.data import load_dataset
+from dcnn.atomistic.molecules import load_dataset
 from dcnn.models import build_model, denormalize, energy_and_forces, get_spec
 from dcnn.models.cgcnn import CGCNN, CGCNN_PRESETS, MaskedBatchNorm1d
 from conftest import (assert_batch_of_one, assert_periodic_physics, assert_symmetries, atoms_graph,

@@ -10,7 +10,7 @@ from dcnn.activations import count_activations, replace_activations
 from dcnn.atomistic.dataset import AtomsDataset
 from dcnn.atomistic.graph import collate, molecule_graph
 from dcnn.atomistic.neighbors import DatasetNeighbors
-from dcnn.data import load_dataset
+from dcnn.atomistic.molecules import load_dataset
 from dcnn.models import build_model, denormalize, energy_and_forces, prepare
 from dcnn.models.dimenetpp import DIMENETPP_PRESETS, DimeNetPP, glorot_orthogonal_, legendre_cbf
 from conftest import (assert_batch_of_one, assert_periodic_physics, assert_smooth_at_cutoff, assert_symmetries,

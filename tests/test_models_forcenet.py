@@ -12,7 +12,7 @@ from dcnn.atomistic.dataset import AtomsDataset
 from dcnn.atomistic.graph import collate
 from dcnn.atomistic.neighbors import DatasetNeighbors
 from dcnn.config import TrainConfig, resolve_config
-from dcnn.data import load_dataset
+from dcnn.atomistic.molecules import load_dataset
 from dcnn.models import build_model, denormalize, energy_and_forces, get_spec
 from dcnn.models.forcenet import FORCENET_PRESETS
 from conftest import (assert_batch_of_one, assert_periodic_physics, assert_symmetries, atoms_graph,

@@ -199,7 +199,7 @@ def test_equals_the_dense_model_it_replaced(variant, graph_kind, molecule):
     from dcnn.atomistic.dataset import AtomsDataset
     from dcnn.atomistic.graph import collate
     from dcnn.atomistic.neighbors import DatasetNeighbors
-    from dcnn.data import load_dataset
+    from dcnn.atomistic.molecules import load_dataset
     from legacy_dense.gemnet_t import GemNetT as DenseGemNetT
 
     sizes = dict(GEMNET_T_PRESETS["small"]) if variant == "small" else OTHER_SIZES

@@ -39,7 +39,7 @@ def built():
 
 @pytest.fixture(scope="module")
 def aspirin():
-    from dcnn.data import load_dataset
+    from dcnn.atomistic.molecules import load_dataset
 
     return load_dataset("aspirin")
 

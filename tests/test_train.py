@@ -314,7 +314,7 @@ def test_library_commands_do_not_import_ray():
 def test_atomic_reference_energies_by_least_squares():
     """Several compositions: the exact per-element energies come back; one composition: the min-norm fit
     whose molecular sum is the mean energy (what the shift subtracts from a one-molecule data set)."""
-    from dcnn.labels import LabelTransform, fit_atomic_energies
+    from legacy_dense.labels import LabelTransform, fit_atomic_energies
 
     refs = {1: -13.6, 6: -1029.8, 8: -2041.3}
     molecules = np.array([[6, 1, 1, 1, 1], [8, 1, 1, 0, 0], [6, 8, 8, 0, 0], [6, 6, 1, 1, 1]])

@@ -230,7 +230,7 @@ def test_study_through_tuner_with_report(ray_session, tracking_uri, tmp_path, ca
     from ase import Atoms
 
     from dcnn.calculator import DCNNCalculator
-    from dcnn.data import load_dataset
+    from dcnn.atomistic.molecules import load_dataset
 
     assert trials.checkpoint.map(lambda p: Path(p).is_file()).all()
     ethanol = load_dataset("ethanol")

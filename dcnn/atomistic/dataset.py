@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dcnn.data import DatasetError, MoleculeDataset, to_energy_unit
+from dcnn.atomistic.molecules import DatasetError, MoleculeDataset, to_energy_unit
 
 __all__ = ["AtomsDataset", "concat_ranges", "offsets_from_counts"]
 

@@ -2,7 +2,7 @@
 
 Sources, told apart by name, extension and content:
 - a bundled name (`ATOMS_DATASETS`: the molecules "ethanol", "aspirin" and the EMT slabs "catalysis");
-- MD17 / rMD17 npz (one molecule): read by `dcnn.data.load_dataset` (its checks and messages), converted;
+- MD17 / rMD17 npz (one molecule): read by `dcnn.atomistic.molecules.load_dataset` (its checks and messages), converted;
 - the variable-size npz (`save_atoms_npz`): R [A,3], z [A], N [n] atoms per frame, E [n], F [A,3],
   cell [n,3,3], pbc [n,3], energy_unit, theory, name (+ fixed [A], units, scalar settings);
 - an ASE database (`.db` sqlite, `.json`), optionally with a selection after `?` passed to `db.select`,
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dcnn.data import BUNDLED_DATA_DIR, BUNDLED_DATASETS, DatasetError, load_dataset
+from dcnn.atomistic.molecules import BUNDLED_DATA_DIR, BUNDLED_DATASETS, DatasetError, load_dataset
 from dcnn.atomistic.dataset import AtomsDataset, offsets_from_counts
 from dcnn.atomistic.validate import validate_frames
 
@@ -150,7 +150,7 @@ def _load_npz(path: Path, head: bytes) -> AtomsDataset:
 
 
 def save_atoms_npz(path: str | os.PathLike, ds: AtomsDataset, extra: dict | None = None) -> None:
-    """Write the variable-size layout byte-for-byte reproducibly (as `dcnn.data.save_npz` does for
+    """Write the variable-size layout byte-for-byte reproducibly (as `dcnn.atomistic.molecules.save_npz` does for
     molecules): fixed zip timestamps and permissions, keys in sorted order, so the same data give the same
     file and a checksum in data/README.md can be checked.  Written to a temp file and renamed."""
     arrays = {"R": ds.positions, "z": ds.numbers, "N": ds.n_atoms, "E": ds.energies, "F": ds.forces,

@@ -7,7 +7,7 @@ compositions, then division by the label-rescaling constant C, as one invertible
 c_kS = atoms of species S in frame k (`AtomsDataset.compositions()`).  e_S is the least-squares fit of
 counts · e ≈ E on the training split only (SchNetPack's/MACE's atomic reference energies).  With several
 compositions it is the real per-element fit; with one composition (a molecule data set) the system has
-rank one and the fitted offset Σ c_S e_S is exactly the mean energy — today's `dcnn.labels`.  A
+rank one and the fitted offset Σ c_S e_S is exactly the mean energy — what the molecule-only transform did (kept as a reference in tests/legacy_dense/labels.py).  A
 species absent from the training split (an out-of-distribution split that holds an element out) gets
 e_S = 0 and is listed in `unfitted_species`.  Positions are untouched, so F' = −∂E'/∂x stays consistent.
 """

@@ -17,7 +17,7 @@ __all__ = ["ood_split"]
 def ood_split(dataset: AtomsDataset, hold_out: str | int) -> tuple[np.ndarray, np.ndarray]:
     """(train_val, test) frame indices, ascending: test = every frame containing element `hold_out` (a
     symbol such as "N" or an atomic number), train_val = the others, to be split further as usual
-    (`dcnn.data.split_indices` on their count).  Refuses an element that is absent or in every frame."""
+    (`dcnn.atomistic.molecules.split_indices` on their count).  Refuses an element that is absent or in every frame."""
     if isinstance(hold_out, str):
         if hold_out not in atomic_numbers:
             raise ValueError(f"hold_out {hold_out!r} is not an element symbol (e.g. 'N', 'Pt')")

@@ -30,7 +30,7 @@ from dcnn.atomistic.neighbors import DatasetNeighbors
 from dcnn.atomistic.splits import ood_split
 from dcnn.compiled import make_energy_forces
 from dcnn.config import TrainConfig
-from dcnn.data import split_indices
+from dcnn.atomistic.molecules import split_indices
 from dcnn.init import INIT_BATCHES, initialise_
 from dcnn.models import MAX_Z, build_model, default_activation, denormalize, prepare
 

@@ -1,5 +1,5 @@
 """Checks every loaded atomistic data set passes before training: one line per problem, naming the file,
-the field and the first frame (and atom) affected, as `dcnn.data` does for molecules.
+the field and the first frame (and atom) affected, as `dcnn.atomistic.molecules` does for molecules.
 
 What is refused: complex or non-numeric values, wrong shapes, unknown energy units, NaN/inf, atomic numbers
 outside 1..118, a degenerate cell on a periodic axis, and two atoms closer than `MIN_DISTANCE` by
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dcnn.data import ENERGY_UNITS, MIN_DISTANCE, DatasetError
+from dcnn.atomistic.molecules import ENERGY_UNITS, MIN_DISTANCE, DatasetError
 from dcnn.atomistic.dataset import AtomsDataset
 from dcnn.atomistic.neighbors import neighbor_list
 

@@ -23,7 +23,7 @@ ENERGY_UNITS = ("kcal/mol", "eV")
 # eV per unit
 _EV_PER = {"eV": 1.0, "kcal/mol": units.kcal / units.mol}
 
-BUNDLED_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+BUNDLED_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 # bundled data sets by name (see data/README.md); `resolve_dataset` maps a name or a path to a file
 BUNDLED_DATASETS = {
     "ethanol": BUNDLED_DATA_DIR / "ethanol-gfn2-500K.npz",

@@ -16,7 +16,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 from ase import Atoms, units
 
-from dcnn.data import BUNDLED_DATA_DIR, MoleculeDataset, save_npz
+from dcnn.atomistic.molecules import BUNDLED_DATA_DIR, MoleculeDataset, save_npz
 from dcnn.outputs import check_output
 
 START_GEOMETRIES = {"ethanol": None, "aspirin": BUNDLED_DATA_DIR / "aspirin.xyz"}

@@ -1,4 +1,6 @@
-"""Label preprocessing as one invertible transform (as SchNetPack does): an optional per-species energy
+"""(Frozen reference: the molecule-only label transform that dcnn.atomistic.labels.AtomsLabelTransform replaced; tests check the new one equals it on one molecule.)
+
+Label preprocessing as one invertible transform (as SchNetPack does): an optional per-species energy
 shift, then division by the label-rescaling constant C.
 
     train label  E' = (E − Σ_i e_{Z_i}) / C,   F' = F / C
