@@ -652,13 +652,21 @@ def secondary_table(summary: pd.DataFrame, units: dict, specs: tuple) -> str:
         g = g0
         unit_words = [f"{m.name} in {m.unit_for(units.get(data))}" for m in shown if m.unit_for(units.get(data))]
         lines += [f"### {data} · {model}", ""] + ([f"{_sentence('; '.join(unit_words))}.", ""] if unit_words else [])
-        lines += ["| arm | " + " | ".join(f"{m.short} mean ± std | {m.short} vs ref" for m in shown) + " |",
-                  "|---|" + "---|---|" * len(shown)]
+        # a metric with a baseline (energy per atom: the mean energy per atom × atoms) gets its row and ×base
+        based = lambda m: bool(m.baseline) and np.isfinite(g[f"{m.short}_baseline"].astype(float)).any()  # noqa: E731
+        lines += ["| arm | " + " | ".join(f"{m.short} mean ± std | " + ("×base | " if based(m) else "")
+                                          + f"{m.short} vs ref" for m in shown) + " |",
+                  "|---|" + "".join("---|---|---|" if based(m) else "---|---|" for m in shown)]
+        if any(based(m) for m in shown):
+            label = ", ".join(dict.fromkeys(m.baseline_row for m in shown if based(m)))
+            lines.append(f"| *baseline: {label}* |" + "".join(
+                (f" {fmt(float(g[f'{m.short}_baseline'].mean()))} | 1 | |" if based(m) else " | |") for m in shown))
         for _, r in g.iterrows():
             name = f"**{r.arm}** (ref)" if r.reference else r.arm
             lines.append(f"| {name} |" + "".join(
                 f" {fmt(r[f'{m.short}_mean'])} ± {fmt(r[f'{m.short}_std'], 2)} | "
-                f"{'' if r.reference else _ratio(r, m.short)} |" for m in shown))
+                + (f"{fmt(r[f'{m.short}_vs_baseline'], 2)} | " if based(m) else "")
+                + f"{'' if r.reference else _ratio(r, m.short)} |" for m in shown))
         lines.append("")
     return "\n".join(lines) + "\n"
 
