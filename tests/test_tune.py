@@ -214,6 +214,10 @@ def test_study_through_tuner_with_report(ray_session, tracking_uri, tmp_path, ca
     assert s.loc["irelu+LR", "F_mean"] == s.loc["irelu+DN+LR", "F_mean"]
     md = Path(paths["markdown"]).read_text()
     assert all(a in md for a in ("irelu+DN+LR", "irelu+DN", "irelu+LR", "| irelu |")) and "kcal/mol/Å" in md
+    # energy per atom with its baseline in the second table; EFwT (eV data only) left out on kcal/mol
+    other = md.split("## Other metrics")[1].split("## Findings")[0]
+    assert "| *baseline: mean E/atom* |" in other and "E/atom mean ± std | ×base |" in other
+    assert "EFwT" not in md.split("## Findings")[0]
     # throughput summary (issue 11): every trial that ran, its costs, efficiency within what Ray had.  Each
     # trial's time lies inside the study's wall clock (a worker Ray started before the study counts from
     # the study's start) and the two reused actors run one trial at a time, so the trials' times cannot
