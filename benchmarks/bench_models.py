@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import resource
 import statistics
@@ -47,7 +48,10 @@ def _legacy(model: str, preset: str):
         module = importlib.import_module(f"legacy_dense.{model}")
     except ImportError:
         return None
-    return getattr(module, LEGACY[model])(**MODELS[model][1][preset])
+    cls = getattr(module, LEGACY[model])
+    # sizes the graph models gained since (CGCNN's readout) are not the dense model's: pass those it takes
+    taken = inspect.signature(cls).parameters
+    return cls(**{k: v for k, v in MODELS[model][1][preset].items() if k in taken})
 
 
 def _models(model: str, preset: str, impls: list[str]) -> dict:
