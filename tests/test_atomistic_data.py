@@ -197,7 +197,7 @@ def _npz_layout(tmp_path, slabs, name="bad.npz", **override):
     return path, ds
 
 
-def _one_line_error(source, *fragments):
+def assert_one_line_error(source, *fragments):
     with pytest.raises(DatasetError) as e:
         load_atoms(source)
     msg = str(e.value)
@@ -216,7 +216,7 @@ def test_coincident_atoms_across_a_periodic_boundary_are_refused(tmp_path):
     ok.positions[1, 0] = 2.5
     ok.calc = SinglePointCalculator(ok, energy=0.0, forces=np.zeros((2, 3)))
     write(tmp_path / "mic.extxyz", [ok, atoms])
-    _one_line_error(tmp_path / "mic.extxyz", r"mic\.extxyz", r"atoms 0 and 1", r"0\.05 Å apart",
+    assert_one_line_error(tmp_path / "mic.extxyz", r"mic\.extxyz", r"atoms 0 and 1", r"0\.05 Å apart",
                     "minimum image", r"frame 1\b", r"cell shift \(-?1, 0, 0\)")
     atoms.pbc = False  # without periodicity the same positions are fine
     atoms.calc = SinglePointCalculator(atoms, energy=0.0, forces=np.zeros((2, 3)))
@@ -228,14 +228,14 @@ def test_an_atom_on_its_own_image_in_a_tiny_cell_is_refused(tmp_path):
     atoms = Atoms("Cu", positions=[[0, 0, 0]], cell=[[0.05, 0, 0], [0, 4, 0], [0, 0, 4]], pbc=True)
     atoms.calc = SinglePointCalculator(atoms, energy=0.0, forces=np.zeros((1, 3)))
     write(tmp_path / "tiny.extxyz", atoms)
-    _one_line_error(tmp_path / "tiny.extxyz", "atom 0 and its own periodic image", "frame 0")
+    assert_one_line_error(tmp_path / "tiny.extxyz", "atom 0 and its own periodic image", "frame 0")
 
 
 def test_nan_forces_in_frame_k_name_the_frame(tmp_path, slabs):
     forces = load_atoms_from(tmp_path, slabs).forces.copy()
     forces[13 + 13 + 5, 1] = np.nan  # frame 2, atom 5
     path, _ = _npz_layout(tmp_path, slabs, F=forces)
-    _one_line_error(path, r"bad\.npz", "forces contain NaN/inf in 1 frame", r"first at frame 2 \(atom 5\)")
+    assert_one_line_error(path, r"bad\.npz", "forces contain NaN/inf in 1 frame", r"first at frame 2 \(atom 5\)")
 
 
 def load_atoms_from(tmp_path, frames):
@@ -248,18 +248,18 @@ def test_degenerate_periodic_cell_is_refused(tmp_path, slabs):
     cells = ds.cells.copy()
     cells[3, 1] = cells[3, 0] * 2  # a, b parallel: the periodic plane has zero area
     path, _ = _npz_layout(tmp_path, slabs, cell=cells)
-    _one_line_error(path, r"degenerate cell in frame 3", "periodic along xy", "area")
+    assert_one_line_error(path, r"degenerate cell in frame 3", "periodic along xy", "area")
     cells = np.repeat(np.eye(3)[None] * 5, 6, 0)
     cells[0, 2] = 0
     path, _ = _npz_layout(tmp_path, slabs, cell=cells, pbc=np.ones((6, 3), bool))
-    _one_line_error(path, r"degenerate cell in frame 0", "periodic along xyz", r"volume \|det\|")
+    assert_one_line_error(path, r"degenerate cell in frame 0", "periodic along xyz", r"volume \|det\|")
 
 
 def test_text_file_named_npz_and_pickles_are_refused(tmp_path, slabs):
     (tmp_path / "text.npz").write_text("R z N E F\n1 2 3\n")
-    _one_line_error(tmp_path / "text.npz", r"text\.npz", "not an npz archive", "starting with")
+    assert_one_line_error(tmp_path / "text.npz", r"text\.npz", "not an npz archive", "starting with")
     path, _ = _npz_layout(tmp_path, slabs, name="pickled.npz", theory=np.array([{"a": 1}], dtype=object))
-    _one_line_error(path, r"pickled\.npz", "pickled objects are not accepted")
+    assert_one_line_error(path, r"pickled\.npz", "pickled objects are not accepted")
 
 
 def test_empty_database_selection_and_non_databases_are_refused(tmp_path, slabs):
@@ -269,22 +269,22 @@ def test_empty_database_selection_and_non_databases_are_refused(tmp_path, slabs)
     with ase.db.connect(path) as db:
         for a in slabs:
             db.write(a)
-    _one_line_error(f"{path}?natoms>100", r"slabs\.db\?natoms>100", "matched no rows", r"database has 6")
+    assert_one_line_error(f"{path}?natoms>100", r"slabs\.db\?natoms>100", "matched no rows", r"database has 6")
     (tmp_path / "text.db").write_text("not a database")
-    _one_line_error(tmp_path / "text.db", r"text\.db", "not an ASE database")
+    assert_one_line_error(tmp_path / "text.db", r"text\.db", "not an ASE database")
     other = tmp_path / "other.db"
     con = sqlite3.connect(other)
     con.execute("CREATE TABLE measurements (x REAL)")
     con.commit()
     con.close()
     before = other.read_bytes()
-    _one_line_error(other, "not an ASE database", "measurements")
+    assert_one_line_error(other, "not an ASE database", "measurements")
     assert other.read_bytes() == before  # never touched (ase.db.connect would add its tables)
     (tmp_path / "bad.json").write_text('{"not": "a database"')
-    _one_line_error(tmp_path / "bad.json", r"bad\.json", "not an ASE database")
-    _one_line_error(f"{tmp_path / 'missing.db'}?natoms<3", "nor an existing file", "missing.db")
+    assert_one_line_error(tmp_path / "bad.json", r"bad\.json", "not an ASE database")
+    assert_one_line_error(f"{tmp_path / 'missing.db'}?natoms<3", "nor an existing file", "missing.db")
     write(tmp_path / "s.extxyz", slabs)
-    _one_line_error(f"{tmp_path / 's.extxyz'}?natoms<3", "applies to ASE databases")
+    assert_one_line_error(f"{tmp_path / 's.extxyz'}?natoms<3", "applies to ASE databases")
 
 
 @pytest.mark.parametrize("override, fragments", [
@@ -307,7 +307,7 @@ def test_bad_npz_fields_each_give_one_line(tmp_path, slabs, override, fragments)
                  "short": lambda: ds.n_atoms - np.eye(6, dtype=np.int64)[0],
                  "nan": lambda: np.where(np.arange(6) == 4, np.nan, ds.energies)}[value]()
     path, _ = _npz_layout(tmp_path, slabs, **{key: value})
-    _one_line_error(path, r"bad\.npz", *fragments)
+    assert_one_line_error(path, r"bad\.npz", *fragments)
 
 
 def test_extxyz_frame_without_labels_names_the_frame(tmp_path, slabs):
@@ -316,14 +316,14 @@ def test_extxyz_frame_without_labels_names_the_frame(tmp_path, slabs):
         a.calc = SinglePointCalculator(a, **src.calc.results)
     frames[1].calc = SinglePointCalculator(frames[1], energy=1.0)  # no forces
     write(tmp_path / "noforces.extxyz", frames)
-    _one_line_error(tmp_path / "noforces.extxyz", r"noforces\.extxyz", "frame 1 has no forces")
+    assert_one_line_error(tmp_path / "noforces.extxyz", r"noforces\.extxyz", "frame 1 has no forces")
     frames[1].calc = None
     write(tmp_path / "nolabels.extxyz", frames)
-    _one_line_error(tmp_path / "nolabels.extxyz", "frame 1 has no energy")
+    assert_one_line_error(tmp_path / "nolabels.extxyz", "frame 1 has no energy")
 
 
 def test_unknown_bundled_name_and_max_z(tmp_path):
-    _one_line_error("no-such-set", "nor an existing file", "catalysis")
+    assert_one_line_error("no-such-set", "nor an existing file", "catalysis")
     with pytest.raises(DatasetError, match=r"atomic number 8 at atom 2 of frame 0 exceeds"):
         load_atoms("ethanol", max_z=8)
 
