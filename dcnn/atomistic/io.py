@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dcnn.atomistic.molecules import BUNDLED_DATA_DIR, BUNDLED_DATASETS, DatasetError, load_dataset
+from dcnn.atomistic.molecules import (BUNDLED_DATA_DIR, BUNDLED_DATASETS, DatasetError, load_dataset,
+                                      write_npz_deterministic)
 from dcnn.atomistic.dataset import AtomsDataset, offsets_from_counts
 from dcnn.atomistic.validate import validate_frames
 
@@ -161,17 +162,7 @@ def save_atoms_npz(path: str | os.PathLike, ds: AtomsDataset, extra: dict | None
         if k in arrays:
             raise ValueError(f"extra field {k!r} would replace a field of the layout")
         arrays[k] = np.asarray(v)
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for key in sorted(arrays):
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.asanyarray(arrays[key]), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, buf.getvalue())
-    os.replace(tmp, path)
+    write_npz_deterministic(path, arrays)
 
 
 # ---------------------------------------------------------------------------------------------- ASE

@@ -316,6 +316,13 @@ def save_npz(path: str | os.PathLike, ds: MoleculeDataset, extra: dict | None = 
               "length_unit": np.array("Å")}
     for k, v in (extra or {}).items():
         arrays[k] = np.asarray(v)
+    write_npz_deterministic(path, arrays)
+
+
+def write_npz_deterministic(path: str | os.PathLike, arrays: dict) -> None:
+    """Write `arrays` as an npz whose bytes depend on the arrays only (sorted keys, fixed timestamps and
+    modes, no pickles), atomically (a temporary file, then rename): what lets `make data` regenerate the
+    bundled files bit for bit."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
