@@ -204,6 +204,7 @@ def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Storage) -
     storage = experiment_dir / "tuning"
     path, fs = (storage / name).tune_location()
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
+        _prepare_resume(storage / name)
         tuner = tune.Tuner.restore(path, trainable=_trainable(opts), resume_unfinished=True,
                                    resume_errored=True, storage_filesystem=fs)
     else:
@@ -219,11 +220,19 @@ def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Storage) -
                 scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1)),
             run_config=tune.RunConfig(name=name, storage_path=storage.tune_location()[0],
                                       storage_filesystem=storage.tune_location()[1], verbose=0,
-                                      callbacks=callbacks_for(f"tune {name} "),
+                                      callbacks=callbacks_for(f"tune {name} ", storage / name),
                                       failure_config=tune.FailureConfig(max_failures=opts.max_failures)))
     with _without_tune_default_loggers():
         best = tuner.fit().get_best_result(metric="val_loss", mode="min", scope="last")
     return {k: best.config[k] for k in space}
+
+
+def _prepare_resume(tune_dir: Storage) -> None:
+    """Tune's snapshot made safe to resume (orchestrator.tune_snapshot); what was repaired is said."""
+    from orchestrator.tune_snapshot import prepare_resume
+
+    for note in prepare_resume(tune_dir):
+        print(f"resume: {note}", flush=True)
 
 
 def run_ablation(opts: AblateOptions) -> dict:
@@ -262,12 +271,15 @@ def run_ablation(opts: AblateOptions) -> dict:
 
     from orchestrator.progress import StudyProgress
 
-    def callbacks_for(label, total=None):
+    def callbacks_for(label, tune_dir, total=None):
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+        from orchestrator.tune_snapshot import SnapshotKeeper
 
         # Tune's own result.json and progress.csv (the report reads result.json), but not its TensorBoard
         # logger, whose "To visualize your results with TensorBoard" line points at a tool we do not use
-        cbs = [tracking.MLflowStudyLogger(uri, exp_id, parent, study.name), JsonLoggerCallback(), CSVLoggerCallback()]
+        cbs = [tracking.MLflowStudyLogger(uri, exp_id, parent, study.name), JsonLoggerCallback(), CSVLoggerCallback(),
+               SnapshotKeeper(tune_dir)]
         if total:
             cbs.append(StudyProgress(total, label))
         return cbs
@@ -277,7 +289,7 @@ def run_ablation(opts: AblateOptions) -> dict:
     if opts.tune_hparams:
         for model, arm in study.cells():
             best[f"{model}/{arm.key}"] = _tune_arm(opts, study, model, arm,
-                                                   lambda label: callbacks_for(label, opts.tune_hparams),
+                                                   lambda label, tune_dir: callbacks_for(label, tune_dir, opts.tune_hparams),
                                                    experiment_dir)
             print(f"best hyperparameters {model} · {arm.key}: {best[f'{model}/{arm.key}']}", flush=True)
         for key in tuning_space(opts.tuning_space):
@@ -286,6 +298,7 @@ def run_ablation(opts: AblateOptions) -> dict:
 
     exp_path, fs = experiment_dir.tune_location()
     if opts.resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
+        _prepare_resume(experiment_dir)
         # the param space is given again: Tune needs it to resolve its sample_from placeholders
         tuner = tune.Tuner.restore(exp_path, trainable=_trainable(opts), resume_unfinished=True,
                                    resume_errored=True, param_space=space, storage_filesystem=fs)
@@ -303,7 +316,7 @@ def run_ablation(opts: AblateOptions) -> dict:
             run_config=tune.RunConfig(
                 name=experiment, storage_path=storage.tune_location()[0],
                 storage_filesystem=storage.tune_location()[1], verbose=0,
-                callbacks=callbacks_for("", n_trials),
+                callbacks=callbacks_for("", experiment_dir, n_trials),
                 failure_config=tune.FailureConfig(max_failures=opts.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_frequency=1,
                                                         checkpoint_at_end=True)))

@@ -174,21 +174,36 @@ class Storage:
         return not self.fs.get_file_info(pafs.FileSelector(self.path, recursive=False))
 
     def read_text(self, rel: str) -> str:
+        return self.read_bytes(rel).decode("utf-8")
+
+    def read_bytes(self, rel: str) -> bytes:
         with self.fs.open_input_stream(self._p(rel)) as f:
-            return f.read().decode("utf-8")
+            return f.read()
 
     def write_text(self, rel: str, text: str) -> None:
-        """Whole-file write; atomic on both kinds (rename locally, one PUT on an object store)."""
+        self.write_bytes(rel, text.encode("utf-8"))
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Whole-file write; atomic on both kinds (rename locally, one PUT on an object store).  A local
+        write that fails (a full disk) leaves the previous file as it was and no temporary behind."""
         target = self._p(rel)
         self.fs.create_dir(str(PurePosixPath(target).parent), recursive=True)
         if self.is_local:
             tmp = f"{target}.tmp"
-            with self.fs.open_output_stream(tmp) as f:
-                f.write(text.encode("utf-8"))
+            try:
+                with self.fs.open_output_stream(tmp) as f:
+                    f.write(data)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                raise
             os.replace(tmp, target)
         else:
             with self.fs.open_output_stream(target) as f:
-                f.write(text.encode("utf-8"))
+                f.write(data)
+
+    def delete(self, rel: str) -> None:
+        self.fs.delete_file(self._p(rel))
 
     def files(self) -> list[str]:
         """Every file under this folder, as paths relative to it ('trial/params.json')."""

@@ -11,10 +11,12 @@ from mlflow.tracking import MlflowClient
 uri, folder, label = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 client = MlflowClient(uri)
 exp = client.get_experiment_by_name("fill")
-run = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("dcnn.role") == "trial")
+runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("dcnn.role") == "trial"]
+run = runs[0]
 files = list(folder.glob("*/checkpoint_*/trainer.pt"))
 complete = sum(1 for f in files if f.stat().st_size and zipfile.is_zipfile(f))
 print(label, json.dumps({
+    "trial_runs": len(runs), "trial_dirs": len(list(folder.glob("*/params.json"))),
     "status": run.info.status, "error": run.data.tags.get("error", ""),
     "epochs": sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_loss")),
     "complete_checkpoints": complete, "incomplete_checkpoints": len(files) - complete,

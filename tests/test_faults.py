@@ -273,9 +273,11 @@ def test_disk_fills_mid_study(tmp_path):
 mount -t tmpfs -o size=80m tmpfs {disk} || exit 91
 DCNN_FAULT_INJECT='{faults}' {ablate} > {tmp_path}/first.log 2>&1; echo "first rc=$?"
 {check} after-fill
+cp -r {disk}/results {tmp_path}/after_first
 rm -f {disk}/filler
 {ablate} --resume > {tmp_path}/resume.log 2>&1; echo "resume rc=$?"
 {check} after-resume
+cp -r {disk}/results {tmp_path}/after_resume
 """
     proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=400)
     out = proc.stdout + proc.stderr
@@ -292,9 +294,13 @@ rm -f {disk}/filler
     assert after_fill["epochs"] == [1, 2] and after_fill["complete_checkpoints"] >= 1
     assert "resume rc=0" in out, resume[-3000:]
     done = json.loads(out.split("after-resume ")[1].splitlines()[0])
+    # Tune's snapshot, cut off or holding a stale STOP depending on what the full disk hit, was repaired
+    # (orchestrator/tune_snapshot.py): the trial was resumed, not started again nor stopped early
+    assert "Failed to restore the run state" not in resume, resume[-3000:]
+    assert done["trial_runs"] == 1 and done["trial_dirs"] == 1, done
     assert done["status"] == "FINISHED" and done["epochs"] == [1, 2, 3], done
     assert done["test_force_loss"] > 0 and done["newest_checkpoint_complete"]
     # every restore (the retries, then --resume) used a complete checkpoint: epoch 1's, never the cut-off one
-    restored = [line.split("checkpoint_")[-1][:6] for line in (first + resume).splitlines()
-                if "Restored on" in line and "from checkpoint" in line]
-    assert restored and set(restored) == {"000000"}, restored
+    restored = [[line.split("checkpoint_")[-1][:6] for line in log.splitlines()
+                 if "Restored on" in line and "from checkpoint" in line] for log in (first, resume)]
+    assert restored[0] and restored[1] and set(restored[0] + restored[1]) == {"000000"}, restored

@@ -1,0 +1,152 @@
+"""Tune's experiment snapshot kept resumable through a full disk and a stopped driver.
+
+Tune records a study's state (its trials, their status and checkpoints, the searcher's state) in files at
+the root of the experiment folder (`experiment_state-<session>.json`, `basic-variant-state-<session>.json`,
+a searcher's `.pkl`), written in its driver's local staging folder and copied over the stored ones many
+times a minute.  Two ways this goes wrong on `--resume` were met on Ray 2.60
+(tests/test_faults.py::test_disk_fills_mid_study):
+
+- **a cut-off snapshot**: the copy that meets a full disk leaves the stored file truncated.  Tune then logs
+  "Failed to restore the run state" and silently *starts the study again from nothing* beside the old trial
+  folders: every trained epoch is thrown away and each trial gets a second MLflow run.
+- **a stale decision**: a trial that stopped while its checkpoint was being saved leaves a STOP in
+  `TuneController._cached_trial_decisions`, which is saved with the runner state and restored as is.  The
+  resumed trial is then stopped right after its first new checkpoint, an epoch or more before its end,
+  and Tune reports it complete.
+
+`SnapshotKeeper` (a Tune callback in the driver) copies every whole snapshot, all its files in one atomic
+write, to `KEPT_FILE` beside them; `prepare_resume` (before `Tuner.restore`) puts that copy back where a
+stored file is cut off, refuses clearly when there is none, and drops decisions cached for actors of the
+driver that is gone.  A kept copy may be older than the newest checkpoints: a trial's restore then takes
+its newest complete checkpoint (`DCNNTrainable.restore`), and MLflow keeps one point per epoch.
+"""
+from __future__ import annotations
+
+import base64
+import fnmatch
+import json
+import logging
+import pickletools
+import time
+from pathlib import Path
+
+from ray import tune
+
+log = logging.getLogger("dcnn.orchestrator")
+
+KEPT_FILE = ".dcnn-tune-snapshot.json"
+# what Tune's resume reads back from the experiment root (ray.tune.execution.experiment_state
+# .sync_down_experiment_state: every root *.json and *.pkl); tuner.pkl is written once, before any trial
+SNAPSHOT_PATTERNS = ("*.json", "*.pkl")
+STATE_PATTERN = "experiment_state-*.json"
+KEEP_EVERY_S = 5.0  # at most one kept copy per this many seconds (and one at the end of the study)
+
+
+def _is_state_file(name: str) -> bool:
+    return ("/" not in name and name != KEPT_FILE and not name.endswith(".tmp")
+            and any(fnmatch.fnmatch(name, p) for p in SNAPSHOT_PATTERNS))
+
+
+def is_whole(data: bytes) -> bool:
+    """A snapshot file that is complete: JSON that parses, or a pickle that reaches its STOP opcode
+    (scanned with pickletools, never unpickled).  Told apart by content, not name: Tune's searcher state
+    `basic-variant-state-*.json` is a pickle."""
+    try:
+        if data[:1] == b"\x80":  # a pickle of protocol 2 or later
+            for _ in pickletools.genops(data):
+                pass
+        else:
+            json.loads(data)
+    except (ValueError, UnicodeDecodeError):  # json.JSONDecodeError is a ValueError
+        return False
+    return bool(data)
+
+
+class SnapshotKeeper(tune.Callback):
+    """Copies Tune's snapshot from the driver's staging folder (written whole, in this thread, just before
+    `on_step_end`) into one file in the experiment folder, atomically.  A copy that fails (the disk is
+    full) leaves the previous one in place: the study is still resumable from it."""
+
+    def __init__(self, experiment_dir, every_s: float = KEEP_EVERY_S):
+        self.experiment_dir, self.every_s = experiment_dir, every_s
+        self._seen: dict[str, int] = {}
+        self._last = 0.0
+
+    def on_step_end(self, iteration, trials, **info):
+        if time.monotonic() - self._last >= self.every_s:
+            self._keep(trials)
+
+    def on_experiment_end(self, trials, **info):
+        self._keep(trials)
+
+    def _keep(self, trials) -> None:
+        if not trials:
+            return
+        staging = Path(trials[0].storage.experiment_driver_staging_path)
+        files = {p.name: p for p in staging.glob("*") if p.is_file() and _is_state_file(p.name)}
+        stamp = {n: p.stat().st_mtime_ns for n, p in files.items()}
+        if not any(fnmatch.fnmatch(n, STATE_PATTERN) for n in files) or stamp == self._seen:
+            return
+        self._last = time.monotonic()
+        blobs = {n: p.read_bytes() for n, p in files.items()}
+        if not all(is_whole(b) for n, b in blobs.items()):
+            return  # not expected (staging files are written whole before this hook); keep the last copy
+        record = {"kept_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "files": {n: base64.b64encode(b).decode("ascii") for n, b in blobs.items()}}
+        try:
+            self.experiment_dir.write_text(KEPT_FILE, json.dumps(record))
+        except OSError as e:  # a full disk: the previous copy is intact (write_text replaces atomically)
+            log.debug("could not keep Tune's snapshot (%s); the previous copy stays", e)
+            return
+        self._seen = stamp
+
+
+def prepare_resume(experiment_dir) -> list[str]:
+    """Make the stored Tune snapshot of `experiment_dir` (a `Storage`) safe to resume; returns what was
+    repaired, one line each.  Raises ValueError, before anything is changed, when a snapshot file is cut
+    off and no whole kept copy exists."""
+    notes: list[str] = []
+    names = [n for n in experiment_dir.glob(*SNAPSHOT_PATTERNS) if _is_state_file(n)]
+    cut = [n for n in names if not is_whole(experiment_dir.read_bytes(n))]
+    if cut:
+        kept = _kept_snapshot(experiment_dir)
+        # a cut-off experiment_state file the copy lacks is a newer one, deleted so Tune does not pick it
+        # (by name); any other cut-off file must come back from the copy
+        if kept is None or any(n not in kept[1] and not fnmatch.fnmatch(n, STATE_PATTERN) for n in cut):
+            raise ValueError(
+                f"--resume: Tune's record of the study in {experiment_dir} is cut off ({', '.join(cut)}; a full "
+                f"disk?) and no whole copy of it was kept ({KEPT_FILE}), so which trials ran cannot be told. "
+                f"Nothing was changed; run the study again under a new --experiment")
+        at, files = kept
+        for name, data in files.items():
+            experiment_dir.write_bytes(name, data)
+        for name in cut:
+            if name not in files:
+                experiment_dir.delete(name)
+        notes.append(f"Tune's record of the study was cut off ({', '.join(cut)}; a full disk?): resumed from "
+                     f"the whole copy kept at {at}; trials continue from their newest complete checkpoints")
+    for name in sorted(n for n in experiment_dir.glob(STATE_PATTERN) if _is_state_file(n)):
+        state = json.loads(experiment_dir.read_bytes(name))
+        runner = state.get("runner_data", {})
+        stale = {k: runner.get(k) for k in ("_cached_trial_decisions", "_queued_trial_decisions") if runner.get(k)}
+        if stale:
+            for key in stale:
+                runner[key] = {}
+            experiment_dir.write_text(name, json.dumps(state))
+            trials = sorted({t for d in stale.values() for t in d})
+            notes.append(f"dropped decisions Tune had pending for trial(s) {', '.join(trials)} of the stopped "
+                         f"driver ({stale}): they would stop those trials after their first new checkpoint")
+    return notes
+
+
+def _kept_snapshot(experiment_dir) -> tuple[str, dict[str, bytes]] | None:
+    if not experiment_dir.is_file(KEPT_FILE):
+        return None
+    try:
+        record = json.loads(experiment_dir.read_bytes(KEPT_FILE))
+        files = {n: base64.b64decode(b) for n, b in record["files"].items()}
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not all(_is_state_file(n) and is_whole(b) for n, b in files.items()):
+        return None
+    return record.get("kept_at", "?"), files

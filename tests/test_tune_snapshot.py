@@ -1,0 +1,125 @@
+"""Tune's experiment snapshot made safe to resume (orchestrator/tune_snapshot.py), on real Tune runs of a
+tiny class trainable: a cut-off snapshot comes back from the kept copy (or is refused, nothing changed),
+and a STOP decision left cached for a trial of the stopped driver no longer ends it early."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from ray import cloudpickle, tune
+
+from orchestrator.storage import Storage
+from orchestrator.tune_snapshot import KEPT_FILE, SnapshotKeeper, is_whole, prepare_resume
+
+ITERATIONS = 4
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
+
+
+class Counter(tune.Trainable):
+    """Counts iterations, checkpoints each; raises at iteration `fail_at` while the file `marker` exists."""
+
+    def setup(self, config):
+        self.i = 0
+
+    def step(self):
+        self.i += 1
+        marker = Path(self.config["marker"])
+        if self.i == self.config["fail_at"] and marker.exists():
+            raise RuntimeError("injected failure")
+        return {"i": self.i, "done": self.i >= ITERATIONS}
+
+    def save_checkpoint(self, checkpoint_dir):
+        Path(checkpoint_dir, "i").write_text(str(self.i))
+
+    def load_checkpoint(self, checkpoint_dir):
+        self.i = int(Path(checkpoint_dir, "i").read_text())
+
+
+def _first_run(tmp_path) -> Storage:
+    """Two trials; trial 1 fails at iteration 2 (after checkpoint 1) and ends ERROR."""
+    marker = tmp_path / "fail"
+    marker.touch()
+    experiment = Storage.resolve(str(tmp_path / "results")) / "snap"
+    tuner = tune.Tuner(
+        Counter, param_space={"marker": str(marker), "fail_at": tune.grid_search([99, 2])},
+        run_config=tune.RunConfig(name="snap", storage_path=str(tmp_path / "results"), verbose=0,
+                                  callbacks=[SnapshotKeeper(experiment, every_s=0.0)],
+                                  checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1)))
+    grid = tuner.fit()
+    assert grid.num_errors == 1
+    marker.unlink()
+    return experiment
+
+
+def _resume(experiment: Storage) -> dict:
+    grid = tune.Tuner.restore(experiment.path, trainable=Counter, resume_unfinished=True,
+                              resume_errored=True).fit()
+    return {r.config["fail_at"]: r.metrics["i"] for r in grid}
+
+
+def _state_file(experiment: Storage) -> str:
+    (name,) = experiment.glob("experiment_state-*.json")
+    return name
+
+
+def test_a_cut_off_snapshot_comes_back_from_the_kept_copy(ray_session, tmp_path):
+    experiment = _first_run(tmp_path)
+    assert experiment.is_file(KEPT_FILE)
+    name = _state_file(experiment)
+    whole = experiment.read_bytes(name)
+    (Path(experiment.path) / name).write_bytes(whole[: len(whole) // 2])  # what a full disk leaves
+    assert not is_whole(experiment.read_bytes(name))
+    notes = prepare_resume(experiment)
+    assert len(notes) == 1 and f"was cut off ({name}; a full disk?)" in notes[0], notes
+    assert is_whole(experiment.read_bytes(name))
+    assert _resume(experiment) == {99: ITERATIONS, 2: ITERATIONS}  # the errored trial resumed, none restarted
+    trial_dirs = [p for p in Path(experiment.path).iterdir() if p.name.startswith("Counter_")]
+    assert len(trial_dirs) == 2  # Tune did not start the study again beside the old trials
+
+
+def test_a_cut_off_snapshot_without_a_kept_copy_is_refused_unchanged(ray_session, tmp_path):
+    experiment = _first_run(tmp_path)
+    experiment.delete(KEPT_FILE)
+    name = _state_file(experiment)
+    (Path(experiment.path) / name).write_bytes(b'{"trial_data": [["{\\n  \\"stub')
+    before = {f: experiment.read_bytes(f) for f in experiment.files()}
+    with pytest.raises(ValueError, match=rf"--resume: Tune's record .* is cut off \({name}; .*new --experiment"):
+        prepare_resume(experiment)
+    assert {f: experiment.read_bytes(f) for f in experiment.files()} == before
+
+
+def test_a_decision_cached_by_the_stopped_driver_is_dropped(ray_session, tmp_path):
+    """What the disk-full study left (measured): the errored trial's id → STOP in the runner state.
+    Resumed as is, Tune stops that trial after its first new checkpoint; dropped, it runs to the end."""
+    experiment = _first_run(tmp_path)
+    name = _state_file(experiment)
+    state = json.loads(experiment.read_bytes(name))
+    errored = [json.loads(t)["trial_id"] for t, _ in state["trial_data"] if json.loads(t)["status"] == "ERROR"]
+    state["runner_data"]["_cached_trial_decisions"] = {errored[0]: "STOP"}
+    experiment.write_text(name, json.dumps(state))
+    notes = prepare_resume(experiment)
+    assert len(notes) == 1 and errored[0] in notes[0] and "STOP" in notes[0], notes
+    assert json.loads(experiment.read_bytes(name))["runner_data"]["_cached_trial_decisions"] == {}
+    assert _resume(experiment) == {99: ITERATIONS, 2: ITERATIONS}
+    assert prepare_resume(experiment) == []  # nothing left to repair
+
+
+def test_whole_means_parses_to_the_end():
+    import pickle
+
+    blob = pickle.dumps({"a": list(range(100))}, protocol=5)
+    assert is_whole(blob) and is_whole(b'{"a": 1}')
+    assert not any(is_whole(b) for b in (blob[:-1], blob[:10], b'{"a": 1', b"", b"\x00" * 4096))
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a device whose writes fail ENOSPC)")
+def test_a_failed_write_keeps_the_previous_file(tmp_path):
+    """Storage.write_bytes when the disk is full (its temporary file is /dev/full, whose every write fails
+    with ENOSPC): the previous file intact, no temporary left behind."""
+    folder = Storage.resolve(str(tmp_path))
+    folder.write_text("kept.json", '{"v": 1}')
+    os.symlink("/dev/full", tmp_path / "kept.json.tmp")
+    with pytest.raises(OSError, match="No space left"):
+        folder.write_text("kept.json", '{"v": 2}' * 100_000)
+    assert (tmp_path / "kept.json").read_text() == '{"v": 1}' and os.listdir(tmp_path) == ["kept.json"]
