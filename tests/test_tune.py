@@ -38,6 +38,10 @@ def test_search_spaces_are_the_designs(tmp_path):
     assert plan.identical_arms() == {"schnet": {"irelu+LR+LSUV": "irelu+DN+LR+LSUV", "irelu+LSUV": "irelu+DN+LSUV"}}
     assert len(plan.trial_configs()) == (8 + 6) * 3
     assert len(search_spaces.load_study("factorial").arms) == 20
+    # PINNs: the seed plan fits ≈ 10 min on 2 cores; pinn-full adds its two slow arms (README: PINNs)
+    pinn = [a.key for a in search_spaces.load_study("pinn-seed-plan").arms]
+    assert pinn == ["tanh+DN", "tanh+DN+LSUV", "irelu+DN", "irelu+DN+LSUV", "tanh+DN+LR"], pinn
+    assert [a.key for a in search_spaces.load_study("pinn-full").arms] == pinn[:4] + ["isilu+DN+LSUV", "tanh", "tanh+DN+LR"]
     assert len(search_spaces.load_study("stabilizers").arms) == 4
     pre = search_spaces.load_study("preprocessing")
     assert {a.key for a in pre.arms} == {"irelu+DN+LR", "irelu+DN+LR+ES", "irelu+DN", "irelu+DN+ES",
@@ -124,7 +128,7 @@ def test_several_set_values_after_one_flag_reach_every_trial():
 @pytest.mark.parametrize("args,message", [
     (["--storage", "relative/dir"], "--storage must be an absolute path"),
     (["--storage", "s3://bucket/x"], "--tracking-uri: an MLflow server"),  # object storage: no default sqlite store
-    (["--study", "nope"], "unknown study 'nope'; built-in: activation, activation-init, catalysis-seed-plan, factorial, paper, paper-models, pinn-seed-plan, preprocessing, seed-plan, stabilizers"),
+    (["--study", "nope"], "unknown study 'nope'; built-in: activation, activation-init, catalysis-seed-plan, factorial, paper, paper-models, pinn-full, pinn-seed-plan, preprocessing, seed-plan, stabilizers"),
     (["--models", "schnet,painn"], "unknown model 'painn'"),
     (["--cpus-per-trial", "0"], "--cpus-per-trial must be positive"),
     (["--gpus-per-trial", "1.5"], "above 1 must be a whole number"),
