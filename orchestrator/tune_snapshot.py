@@ -15,7 +15,7 @@ times a minute.  Two ways this goes wrong on `--resume` were met on Ray 2.60
   and Tune reports it complete.
 
 `SnapshotKeeper` (a Tune callback in the driver) copies every whole snapshot, all its files in one atomic
-write, to `KEPT_FILE` beside them; `prepare_resume` (before `Tuner.restore`) puts that copy back where a
+write, to `KEPT_FILE` beside them (on a file system: an object store never holds a cut-off object); `prepare_resume` (before `Tuner.restore`) puts that copy back where a
 stored file is cut off, refuses clearly when there is none, and drops decisions cached for actors of the
 driver that is gone.  A kept copy may be older than the newest checkpoints: a trial's restore then takes
 its newest complete checkpoint (`DCNNTrainable.restore`), and MLflow keeps one point per epoch.
@@ -80,8 +80,8 @@ class SnapshotKeeper(tune.Callback):
         self._keep(trials)
 
     def _keep(self, trials) -> None:
-        if not trials:
-            return
+        if not trials or not self.experiment_dir.is_local:
+            return  # an object store writes each object whole (one PUT) or not at all: nothing to keep
         staging = Path(trials[0].storage.experiment_driver_staging_path)
         files = {p.name: p for p in staging.glob("*") if p.is_file() and _is_state_file(p.name)}
         stamp = {n: p.stat().st_mtime_ns for n, p in files.items()}
