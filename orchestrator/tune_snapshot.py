@@ -43,8 +43,7 @@ KEEP_EVERY_S = 5.0  # at most one kept copy per this many seconds (and one at th
 
 
 def _is_state_file(name: str) -> bool:
-    return ("/" not in name and name != KEPT_FILE and not name.endswith(".tmp")
-            and any(fnmatch.fnmatch(name, p) for p in SNAPSHOT_PATTERNS))
+    return "/" not in name and name != KEPT_FILE and any(fnmatch.fnmatch(name, p) for p in SNAPSHOT_PATTERNS)
 
 
 def is_whole(data: bytes) -> bool:
@@ -89,7 +88,7 @@ class SnapshotKeeper(tune.Callback):
             return
         self._last = time.monotonic()
         blobs = {n: p.read_bytes() for n, p in files.items()}
-        if not all(is_whole(b) for n, b in blobs.items()):
+        if not all(is_whole(b) for b in blobs.values()):
             return  # not expected (staging files are written whole before this hook); keep the last copy
         record = {"kept_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "files": {n: base64.b64encode(b).decode("ascii") for n, b in blobs.items()}}
