@@ -29,7 +29,7 @@ ui:  ## MLflow UI on 127.0.0.1:5000 over the study store; prints each study's ru
 train:  ## one training run on the bundled data; flags via ARGS="..."
 	dcnn-ablate train --dataset $(DATA) $(ARGS)
 
-data:  ## regenerate the bundled data sets (bit-identical; see data/README.md; aspirin ≈ 5 min, catalysis ≈ 3 min)
+data:  ## regenerate the bundled data sets (bit-identical on the CPU that made them, within rounding elsewhere: data/README.md; aspirin ≈ 5 min, catalysis ≈ 3 min)
 	dcnn-ablate data generate --molecule ethanol --frames 2000 --temperature 500 --seed 0 --out $(DATA) --force
 	dcnn-ablate data generate --molecule aspirin --frames 2000 --temperature 500 --seed 0 --out data/aspirin-gfn2-500K.npz --force
 	$(PYTHON) -c "from dcnn.atomistic.generate import generate_catalysis; generate_catalysis('data/catalysis-emt.npz', frames_per_system=110, temperature=600, seed=0, overwrite=True)"

@@ -22,6 +22,7 @@ import pandas as pd
 from dcnn.families import BLOWUP_FACTOR, family_of, family_of_config
 from orchestrator import contributions
 from orchestrator.contributions import FACTOR_DEFAULTS
+from orchestrator.trial_files import read_trials
 
 FACTOR_COLUMNS = ["model", "arm", "activation", "denorm", "rescale", "shift", "init"]
 GROUP = ["data", "model"]
@@ -42,46 +43,6 @@ def task_family(trials: pd.DataFrame):
 def metric_specs(trials: pd.DataFrame) -> tuple:
     """The metrics of the study's task family."""
     return task_family(trials).metrics
-
-
-def parse_results(text: str) -> tuple[list[dict], list[int], int]:
-    """(records, numbers of the lines that are not JSON, number of non-empty lines) of a result.json:
-    a line cut off by a kill during the write is not JSON; the lines around it are still data."""
-    rows, bad, total = [], [], 0
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        total += 1
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            bad.append(number)
-            continue
-        if isinstance(record, dict):
-            rows.append(record)
-        else:
-            bad.append(number)
-    return rows, bad, total
-
-
-def _read_results(trial_dir: Path) -> tuple[list[dict], str]:
-    """The trial's result records and, when some line was cut off or unreadable, what was kept (for the
-    report's "Damaged or unfinished trials" note; never an exception: the rest is valid data)."""
-    path = trial_dir / "result.json"
-    if not path.exists():
-        return [], ""
-    try:
-        rows, bad, total = parse_results(path.read_text(errors="replace"))
-    except OSError as e:
-        return [], f"unreadable ({e.strerror or e}); nothing kept"
-    if not bad:
-        return rows, ""
-    where = ", ".join(map(str, bad))
-    epochs = [r.get("epoch") for r in rows if isinstance(r.get("epoch"), (int, float))]
-    kept = (f"kept the {len(rows)} complete line(s), last complete epoch {int(max(epochs))}" if epochs else
-            f"kept {len(rows)} line(s), no complete epoch" if rows else "nothing kept")
-    return rows, f"line {where} of {total} cut off or not JSON (a kill during the write?); {kept}"
 
 
 def _label(config: dict, labels: dict) -> str:
@@ -123,6 +84,8 @@ def unfinished_trials(trials: pd.DataFrame, unreported_trials: pd.DataFrame, met
     started, from its arms × models × data sets × seeds less the identical-by-construction twins."""
     stopped = trials[~trials.finished.astype(bool) & ~trials.error.fillna("").astype(bool)
                      & ~trials.identical_to.fillna("").astype(bool)]
+    # a folder whose config is lost (params.json emptied, no checkpoint) is named under its damage, not here
+    unreported_trials = unreported_trials[unreported_trials.model.fillna("").astype(str) != ""]
     parts = [stopped.assign(state=[f"stopped after epoch {int(e)}" for e in stopped.epochs]),
              unreported_trials.assign(state="started, no epoch reported")]
     labels = [d.get("label") for d in meta.get("dataset_info", {}).values()]
@@ -229,7 +192,7 @@ def damaged_or_unfinished_section(trials: pd.DataFrame, unreported_trials: pd.Da
         return ""
     lines = ["## Damaged or unfinished trials", ""]
     if damaged:
-        lines += [f"- `{folder}/result.json`: {note}." for folder, note in damaged.items()] + [""]
+        lines += [f"- `{folder}`: {note}." for folder, note in damaged.items()] + [""]
     if not unfinished.empty:
         lines += [f"{len(unfinished)} trial(s) neither finished nor failed: the study was stopped and not resumed. "
                   "They are in no mean; their MLflow runs stay RUNNING until the study is resumed, or "
@@ -279,14 +242,16 @@ def scan(experiment_dir: Path, dataset_labels: dict | None = None) -> tuple[pd.D
     if ids_file.exists():
         run_ids = json.loads(ids_file.read_text())
     trials, curves, silent = [], [], []
-    for params_file in sorted(experiment_dir.glob("*/params.json")):
-        config = json.loads(params_file.read_text())
+    for files in read_trials(experiment_dir):  # each trial's files, made whole from its checkpoint's record
+        config, results, damaged, folder = files.config, files.results, files.damaged, experiment_dir / files.folder
+        if config is None:  # nothing tells which trial it was: named in the report, in no table
+            silent.append({**dict.fromkeys(UNREPORTED_COLUMNS, ""), "trial_dir": files.folder, "damaged": damaged})
+            continue
         if config.get("phase") == "tune":
             continue
-        results, damaged = _read_results(params_file.parent)
-        error = _trial_error(params_file.parent)
+        error = _trial_error(folder)
         if not results and not error:
-            silent.append(_unreported_row(config, params_file.parent, labels, damaged))
+            silent.append(_unreported_row(config, folder, labels, damaged))
             continue
         last = results[-1] if results else {}
         trial_id = last.get("trial_id", "")
@@ -296,7 +261,7 @@ def scan(experiment_dir: Path, dataset_labels: dict | None = None) -> tuple[pd.D
                "trial_id": trial_id, "mlflow_run_id": run_ids.get(trial_id, ""), "finished": finished,
                "epochs": last.get("epoch", 0), "diverged": int(last.get("diverged", 0)),
                "error": "" if finished else error,
-               "identical_to": "", "trial_dir": params_file.parent.name, "damaged": damaged}
+               "identical_to": "", "trial_dir": files.folder, "damaged": damaged}
         for m in specs:  # test value, baseline, blow-up scale, last validation value
             for key in (m.test_key, m.baseline, m.blowup_scale, m.key):
                 if key:
@@ -766,8 +731,11 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
     labels = {path: d["label"] for path, d in datasets.items()}
     trials, curves, silent = scan(experiment_dir, labels)
     if trials.empty:
+        lost = silent[silent.model.fillna("").astype(str) == ""]  # folders whose config is lost
+        silent = silent[silent.model.fillna("").astype(str) != ""]
         started = (f"; {len(silent)} trial(s) started but reported no epoch ({', '.join(silent.trial_dir)}): "
                    f"{resume_command(meta, location)}" if not silent.empty else "")
+        started += "".join(f"; {r.trial_dir}: {r.damaged}" for r in lost.itertuples())
         raise ValueError(f"{experiment_dir}: no finished trials to report (expected Tune trial folders "
                          f"with params.json and result.json){started}")
     out.mkdir(exist_ok=True)

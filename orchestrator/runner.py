@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 from orchestrator.storage import Storage
+from orchestrator.trial_files import repair_trials
+from trainables.trial_record import RECORD_FILE
 from dcnn.families import family_of
 from search_spaces import Study, load_study, tuning_space
 
@@ -228,11 +230,19 @@ def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Storage) -
 
 
 def _prepare_resume(tune_dir: Storage) -> None:
-    """Tune's snapshot made safe to resume (orchestrator.tune_snapshot); what was repaired is said."""
+    """Tune's snapshot made safe to resume (orchestrator.tune_snapshot), and each trial's params.json and
+    result.json made whole from its checkpoint's record before Tune reads them back and appends to them
+    (orchestrator.trial_files); what was repaired is said."""
     from orchestrator.tune_snapshot import prepare_resume
 
     for note in prepare_resume(tune_dir):
         print(f"resume: {note}", flush=True)
+    _repair_trial_files(tune_dir, "resume")
+
+
+def _repair_trial_files(tune_dir: Storage, when: str) -> None:
+    for note in repair_trials(tune_dir):
+        print(f"{when}: repaired {note}", flush=True)
 
 
 def run_ablation(opts: AblateOptions) -> dict:
@@ -370,6 +380,7 @@ def _run_and_report(opts, ray, tuner, study, uri, exp_id, parent, experiment_dir
     with _without_tune_default_loggers():
         grid = tuner.fit()
     wall = time.time() - t0
+    _repair_trial_files(experiment_dir, "study")  # whatever Tune's last copies left behind, before the report
     errors = [r.error for r in grid if r.error is not None]
     print(f"study finished in {wall:.0f} s; {len(errors)} trial(s) errored", flush=True)
 
@@ -396,7 +407,8 @@ def _run_and_report(opts, ray, tuner, study, uri, exp_id, parent, experiment_dir
 
 
 # the files build_report reads: all a study in an object store downloads for its report
-REPORT_INPUTS = ("*/params.json", "*/result.json", "*/error.txt", "report/study.json", "report/mlflow_runs.json")
+REPORT_INPUTS = ("*/params.json", "*/result.json", "*/error.txt", f"*/checkpoint_*/{RECORD_FILE}", "report/study.json",
+                 "report/mlflow_runs.json")
 
 
 def report_study(study, publish=None) -> dict:

@@ -236,9 +236,10 @@ def preflight(opts, study, experiment: str, experiment_dir: Storage, tracking_ur
 
 
 def check_study_folder(path) -> Storage:
-    """`report PATH`: PATH (a folder or an object-store URI) must be a study folder whose trial folders are
-    readable; returns it resolved. A result.json with a line cut off (a kill during the write) is only
-    warned about: the rest of the file is valid data, and the report says what it kept."""
+    """`report PATH`: PATH (a folder or an object-store URI) must be a study folder holding trials; returns it
+    resolved. A trial's params.json or result.json cut off or emptied (a kill during the write) is only
+    warned about: the report rebuilds it from the trial's checkpoint record, or keeps what is whole, and
+    says which."""
     study = Storage.resolve(path, flag="report", absolute=False)
     if not study.exists():
         raise ValueError(f"report {study}: no such folder (expected a study folder STORAGE/EXPERIMENT)")
@@ -251,34 +252,18 @@ def check_study_folder(path) -> Storage:
         hint = (f"; did you mean {study / studies[0]}?" if studies else
                 " (Tune trial folders, each with params.json and result.json)")
         raise ValueError(f"report {study}: holds no trials{hint}")
-    for rel in params:
-        f = f"{study}/{rel}"
-        try:
-            config = json.loads(study.read_text(rel))
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise ValueError(f"report {study}: {f} is unreadable or not JSON ({e}); that trial folder was "
-                             f"cut off or edited: remove it or resume the study") from None
-        if not isinstance(config, dict):
-            raise ValueError(f"report {study}: {f} holds {type(config).__name__}, expected a trial's config "
-                             f"mapping; remove that trial folder or resume the study")
-    _warn_cut_results(study, [f for f in files if f.count("/") == 1 and f.endswith("/result.json")])
+    _warn_damaged_trials(study)
     return study
 
 
-def _warn_cut_results(study: Storage, results: list[str]) -> None:
-    """One warning per result.json holding lines that are not JSON (cut off by a kill during the write)."""
+def _warn_damaged_trials(study: Storage) -> None:
+    """One warning per trial folder whose files were cut off or emptied (a kill during Tune's copy): the
+    report rebuilds what the trial's checkpoint records (orchestrator/trial_files.py) and names the rest."""
     import logging
 
-    from orchestrator.report import parse_results
+    from orchestrator.trial_files import read_trials
 
     log = logging.getLogger("dcnn.orchestrator")
-    for rel in results:
-        try:
-            _, bad, total = parse_results(study.read_text(rel))
-        except (OSError, UnicodeDecodeError) as e:
-            log.warning("report: %s/%s is unreadable (%s); the report leaves that trial's results out", study, rel, e)
-            continue
-        if bad:
-            log.warning("report: %s/%s: line %s of %s cut off or not JSON (a kill during the write?); the "
-                        "report keeps the complete lines and names the file", study, rel,
-                        ", ".join(map(str, bad)), total)
+    for trial in read_trials(study):
+        if trial.notes:
+            log.warning("report: %s/%s: %s", study, trial.folder, trial.damaged)

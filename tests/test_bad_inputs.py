@@ -236,8 +236,8 @@ CASES = [
     ("report-file", ["report", "{d}/notes.txt"], "report {d}/notes.txt: is a file"),
     ("report-empty", ["report", "{d}/rep_empty"], "report {d}/rep_empty: holds no trials"),
     ("report-parent", ["report", "{d}/rep_parent"], "did you mean {d}/rep_parent/study1"),
-    ("report-empty-params", ["report", "{d}/rep_bad"], "{d}/rep_bad/trial_0/params.json is unreadable"),
-    ("report-params-list", ["report", "{d}/rep_list"], "{d}/rep_list/trial_0/params.json holds list"),
+    ("report-empty-params", ["report", "{d}/rep_bad"], "trial_0: params.json empty and no checkpoint records the trial: its config is lost"),
+    ("report-params-list", ["report", "{d}/rep_list"], "trial_0: params.json holds a list, not a trial's config mapping and no checkpoint records"),
     ("report-no-results", ["report", "{d}/rep_noresults"], "no finished trials to report"),
     # ---- train ----
     ("train-lr-negative", ["train", "--lr", "-1e-3"], "lr=-0.001 must be positive"),

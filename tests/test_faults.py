@@ -304,3 +304,198 @@ cp -r {disk}/results {tmp_path}/after_resume
     restored = [[line.split("checkpoint_")[-1][:6] for line in log.splitlines()
                  if "Restored on" in line and "from checkpoint" in line] for log in (first, resume)]
     assert restored[0] and restored[1] and set(restored[0] + restored[1]) == {"000000"}, restored
+
+
+# -- the kill matrix (issue 27): the driver SIGKILLed at every kind of moment, then --resume ----------------
+
+MATRIX_EPOCHS = 6
+CURVE_KEYS = ("energy_loss", "force_loss", "train_energy_loss", "train_force_loss")
+FINAL_KEYS = ("test_energy_loss", "test_force_loss", "diverged")
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return [x for x in path.read_text().splitlines() if x.strip()]
+    except OSError:
+        return []
+
+
+def _done_count(exp_dir: Path) -> int:
+    return sum(any('"done": true' in x for x in _lines(p)) for p in exp_dir.glob("*/result.json"))
+
+
+def _in_first_epoch(exp_dir: Path, start: dict) -> bool:
+    """A trial of this driver started and none reported an epoch yet.  Seen in the driver's staging folder
+    (Tune writes params.json there when a trial starts, and copies it to the study folder only with the first
+    results): RAY_TMPDIR/ray/session_latest/artifacts/<time>/<experiment>/driver_artifacts/<trial>/."""
+    root = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "session_latest" / "artifacts"
+    started = [p for p in root.glob(f"*/{exp_dir.name}/driver_artifacts/*/params.json")
+               if p.stat().st_mtime > start["t0"]]
+    return bool(started) and not any(_lines(p.parent / "result.json") for p in started)
+
+
+# moment -> condition on the study folder (and what it was when this driver started): kill when it holds
+MOMENTS = {
+    "first epoch": _in_first_epoch,
+    "mid-study": lambda d, start: any(3 <= len(_lines(p)) < MATRIX_EPOCHS for p in d.glob("*/result.json")),
+    "trial finishing": lambda d, start: _done_count(d) > start["done"],
+    "report": lambda d, start: (d / "report" / "mlflow_runs.json").exists(),
+}
+
+
+def _run_until(args, log_path, exp_dir, moment, delay, env):
+    """One driver: killed (its whole process group, Ray included) `delay` s after `moment` is seen, or left to
+    finish when the moment never comes; returns (killed, return code or None, seconds to the kill)."""
+    t0 = time.time()
+    start = {"done": _done_count(exp_dir), "t0": t0}
+    proc = cli(args, log_path, env=env, wait=False)
+    deadline = t0 + 240
+    while proc.poll() is None and time.time() < deadline:
+        if MOMENTS[moment](exp_dir, start):
+            time.sleep(delay)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return True, None, time.time() - t0
+        time.sleep(0.02)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"{moment}: the driver neither reached the moment nor ended in 240 s")
+    return False, proc.returncode, time.time() - t0
+
+
+def _trial_results(exp_dir: Path) -> dict:
+    """seed -> (per-epoch curve values, the final result's metrics), from the study folder, the last record of
+    an epoch counting (as the report reads it)."""
+    out = {}
+    for params in exp_dir.glob("*/params.json"):
+        seed = json.loads(params.read_text())["seed"]
+        rows = [json.loads(x) for x in _lines(params.parent / "result.json")]
+        by_epoch = {r["epoch"]: r for r in rows}
+        out[seed] = ({e: tuple(r[k] for k in CURVE_KEYS) for e, r in sorted(by_epoch.items())},
+                     tuple(rows[-1].get(k) for k in FINAL_KEYS))
+    return out
+
+
+def _same(a, b, rel=1e-9) -> bool:
+    """Equal within a relative tolerance (the same CPU gives equal floats; a wrong resume differs by far more)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k], rel) for k in a)
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(_same(x, y, rel) for x, y in zip(a, b))
+    return a == b or abs(a - b) <= rel * max(abs(a), abs(b))
+
+
+def test_driver_killed_at_every_moment_then_resumed(tmp_path, tracking_uri):
+    """Figure (issue 27): the driver SIGKILLed during the first epoch, mid-study, as a trial finishes and while
+    the report is written, in that order in one study, each kill followed by `--resume`; the chain run twice,
+    with the kill at once and 0.25 s after the moment (8 kills), the second time with Tune's snapshots rare.  Each study's trials then equal an unkilled
+    run's (every epoch's losses, the test errors), with one MLflow run per trial holding one point per epoch,
+    exit 0 and a full report with no damaged or unfinished trial."""
+    study = write_study(tmp_path / "matrix.yaml", ONE_ARM, REF, seeds=(0, 1, 2),
+                        fixed={"epochs": MATRIX_EPOCHS, "n_train": 1000})
+
+    def args(name):
+        return ["--study", study, "--storage", tmp_path / "res", "--tracking-uri", tracking_uri,
+                "--experiment", name, "--max-concurrent", "2"]
+
+    reference = cli(args("matrix-ref"), tmp_path / "ref.log")
+    assert reference.returncode == 0, (tmp_path / "ref.log").read_text()[-3000:]
+    expected = _trial_results(tmp_path / "res/matrix-ref")
+    assert sorted(expected) == [0, 1, 2] and all(len(c) == MATRIX_EPOCHS for c, _ in expected.values())
+
+    figures = []
+    # Tune snapshots the study (its experiment state, and each trial's params.json and result.json copied from the
+    # driver's staging folder) at most every TUNE_GLOBAL_CHECKPOINT_S, by default a period that grows with the
+    # study's size: the second chain has the stale snapshots of a large study, so its kills find finished trials
+    # recorded as running and result files epochs behind their checkpoints
+    for rep, (delay, env) in enumerate([(0.0, {}), (0.25, {"TUNE_GLOBAL_CHECKPOINT_S": "30"})]):
+        name = f"matrix-{rep}"
+        exp_dir = tmp_path / "res" / name
+        for k, moment in enumerate(MOMENTS):
+            extra = ["--resume"] if k else []
+            killed, rc, took = _run_until([*args(name), *extra], tmp_path / f"{name}-{k}.log", exp_dir, moment,
+                                           delay, env)
+            log = (tmp_path / f"{name}-{k}.log").read_text()
+            assert killed or rc == 0, log[-3000:]
+            figures.append(f"{name} {moment}: {'killed' if killed else 'finished'} after {took:.1f} s")
+            assert killed or moment != "first epoch", log[-3000:]
+        final = cli([*args(name), "--resume"], tmp_path / f"{name}-final.log", env=env)
+        log = (tmp_path / f"{name}-final.log").read_text()
+        assert final.returncode == 0, log[-3000:]
+        got = _trial_results(exp_dir)
+        assert sorted(got) == [0, 1, 2], got.keys()
+        for seed in expected:
+            assert _same(got[seed], expected[seed]), (name, seed, got[seed], expected[seed])
+        runs = trial_runs(tracking_uri, name)
+        assert sorted(runs) == [0, 1, 2]
+        for r in runs.values():
+            assert r.info.status == "FINISHED"
+            assert steps_per_key(tracking_uri, r.info.run_id) == {k: list(range(1, MATRIX_EPOCHS + 1)) for k in KEYS}
+        report = (exp_dir / "report" / "report.md").read_text()
+        assert "## Damaged or unfinished trials" not in report and "| **irelu+DN+LR** (ref) | 3/3 |" in report, report
+        trials = pd.read_csv(exp_dir / "report" / "trials.csv")
+        assert len(trials) == 3 and trials.finished.all()
+    print("\n".join(figures))
+    assert sum("killed" in f for f in figures) >= 6, figures  # the report moment can pass before the poll sees it
+
+
+def _mark_running(exp_dir: Path, seed: int) -> None:
+    """Tune's snapshot as a driver killed after the trial finished leaves it: the trial still RUNNING (its
+    status is plain JSON in experiment_state-*.json: trial_data[i][0]); the kept copy likewise."""
+    for state_file in exp_dir.glob("experiment_state-*.json"):
+        state = json.loads(state_file.read_text())
+        for entry in state["trial_data"]:
+            trial = json.loads(entry[0])
+            if trial["config"]["seed"] == seed:
+                trial["status"] = "RUNNING"
+                entry[0] = json.dumps(trial)
+        state_file.write_text(json.dumps(state))
+    (exp_dir / ".dcnn-tune-snapshot.json").unlink(missing_ok=True)
+
+
+def test_resume_rebuilds_what_a_kill_left_of_finished_trials(tmp_path, tracking_uri):
+    """Figure (issue 27, as found): a finished study, then the states a driver killed at the wrong instant
+    leaves, made exactly: seed 0 finished but recorded RUNNING, its params.json and result.json emptied (Tune's
+    copy cut by the kill); seed 1 recorded RUNNING with result.json two epochs behind its final checkpoint and
+    a line cut off; seed 2 untouched.  `report` builds from the checkpoints' records and says what it rebuilt;
+    `--resume` trains nothing again (no epoch past the last), rewrites the files whole and ends with a full
+    report: every epoch's losses and the test errors as before, one MLflow point per epoch."""
+    epochs = 4
+    study = write_study(tmp_path / "k.yaml", ONE_ARM, REF, seeds=(0, 1, 2), fixed={"epochs": epochs, "n_train": 60})
+    exp_dir = tmp_path / "res/kill-left"
+    args = ["--study", study, "--storage", tmp_path / "res", "--tracking-uri", tracking_uri, "--experiment",
+            "kill-left"]
+    assert cli(args, tmp_path / "first.log").returncode == 0, (tmp_path / "first.log").read_text()[-3000:]
+    before = _trial_results(exp_dir)
+    d0, d1 = trial_dir(exp_dir, 0), trial_dir(exp_dir, 1)
+    (d0 / "params.json").write_text("")
+    (d0 / "result.json").write_text("")
+    lines = _lines(d1 / "result.json")
+    (d1 / "result.json").write_text("\n".join(lines[: epochs - 2] + [lines[epochs - 2][:40]]))
+    _mark_running(exp_dir, 0), _mark_running(exp_dir, 1)
+
+    from orchestrator.cli import main
+
+    assert main(["report", str(exp_dir)]) == 0  # read-only: rebuilt in memory, named in the report
+    report = (exp_dir / "report/report.md").read_text()
+    assert f"- `{d0.name}`: params.json empty: rebuilt from checkpoint_" in report, report
+    assert f"result.json empty: epoch(s) 1, 2, 3, 4 rebuilt from checkpoint_" in report
+    assert (f"- `{d1.name}`: result.json: line 3 of 3 cut off or not JSON (a kill during the write?); kept the 2 "
+            f"complete line(s), last complete epoch 2; result.json lacked: epoch(s) 3, 4 rebuilt") in report
+    assert "| **irelu+DN+LR** (ref) | 3/3 |" in report and (d0 / "params.json").read_text() == ""
+
+    proc = cli([*args, "--resume"], tmp_path / "resume.log")
+    log = (tmp_path / "resume.log").read_text()
+    assert proc.returncode == 0, log[-3000:]
+    assert f"resume: repaired {d0.name}: params.json empty" in log and f"resume: repaired {d1.name}" in log
+    assert _same(_trial_results(exp_dir), before)  # nothing lost, nothing trained past the last epoch
+    for seed, d in ((0, d0), (1, d1)):  # the restored final checkpoint reported its final result again
+        assert result_epochs(d) == [1, 2, 3, 4, 4], (seed, result_epochs(d))
+    runs = trial_runs(tracking_uri, "kill-left")
+    assert sorted(runs) == [0, 1, 2]
+    for r in runs.values():
+        assert r.info.status == "FINISHED"
+        assert steps_per_key(tracking_uri, r.info.run_id) == {k: list(range(1, epochs + 1)) for k in KEYS}
+    report = (exp_dir / "report/report.md").read_text()
+    assert "## Damaged or unfinished trials" not in report and "| **irelu+DN+LR** (ref) | 3/3 |" in report

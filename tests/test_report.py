@@ -155,15 +155,15 @@ def test_a_result_file_cut_mid_write_is_named_and_its_complete_lines_kept(tmp_pa
     out = capsys.readouterr().out
     assert rc == 0
     assert "## Damaged or unfinished trials" in out
-    assert ("- `t_irelu+DN_2/result.json`: line 2 of 2 cut off or not JSON (a kill during the write?); kept the 1 "
+    assert ("- `t_irelu+DN_2`: result.json: line 2 of 2 cut off or not JSON (a kill during the write?); kept the 1 "
             "complete line(s), last complete epoch 1.") in out
-    assert ("- `t_isilu+DN+LR_1/result.json`: line 2 of 3 cut off or not JSON (a kill during the write?); kept the 2 "
+    assert ("- `t_isilu+DN+LR_1`: result.json: line 2 of 3 cut off or not JSON (a kill during the write?); kept the 2 "
             "complete line(s), last complete epoch 3.") in out
     assert "- ethanol · schnet · irelu+DN · seed 2: stopped after epoch 1" in out  # its final record was lost
     assert "isilu+DN+LR · seed 1:" not in out  # finished: its last line is whole
     assert "| irelu+DN | 4/5 |" in out and "| isilu+DN+LR | 5/5 |" in out
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert any("t_irelu+DN_2/result.json: line 2 of 2 cut off" in w for w in warned), warned
+    assert any("t_irelu+DN_2: result.json: line 2 of 2 cut off" in w for w in warned), warned
 
 
 def _killed_study(tmp_path, tracking_uri):

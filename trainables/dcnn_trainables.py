@@ -13,6 +13,7 @@ from ray import tune
 from dcnn.config import TrainConfig, resolve_config
 from dcnn.train import Trainer
 from search_spaces import LABEL_KEYS  # keys a study adds to label a trial; not training settings
+from trainables.trial_record import read_record, write_record
 
 CHECKPOINT_FILE = "trainer.pt"
 
@@ -113,14 +114,18 @@ def dcnn_trainable(config: dict) -> None:
     placement = _placement()
     trainer = _build_trainer(cfg, placement)
     checkpoint = tune.get_checkpoint()
+    reported: list[dict] = []  # every result so far: each checkpoint records them (trainables/trial_record.py)
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             trainer.load(Path(d) / CHECKPOINT_FILE)
+            reported = list((read_record(d) or {}).get("results", []))
+    trial_id = tune.get_context().get_trial_id() or ""
     while not trainer.done:
-        metrics = trainer.step()
+        reported.append(_epoch_metrics(trainer.step(), placement, trainer))
         with tempfile.TemporaryDirectory() as d:
+            write_record(d, config, trial_id, reported)
             trainer.save(Path(d) / CHECKPOINT_FILE)
-            tune.report(_epoch_metrics(metrics, placement, trainer), checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report(reported[-1], checkpoint=tune.Checkpoint.from_directory(d))
 
 
 FAULT_ENV = "DCNN_FAULT_INJECT"
@@ -215,8 +220,16 @@ class DCNNTrainable(tune.Trainable):
     def setup(self, config: dict) -> None:
         self._placement = _placement()
         self.trainer = _build_trainer(train_config_from_tune(config), self._placement)
+        self._reported: list[dict] = []  # every result so far: each checkpoint records them (trial_record.py)
 
     def step(self) -> dict:
+        if self.trainer.done:
+            # restored from its final checkpoint (a driver killed after the trial finished, before Tune
+            # recorded that): the trial is over; its final result is reported again, nothing is trained
+            # (a checkpoint older than trial records: the final model's test metrics computed again)
+            final = self._reported[-1] if self._reported else _epoch_metrics(
+                {**self.trainer.history[-1], **self.trainer.test()}, self._placement, self.trainer)
+            return {**final, "done": True}
         if _faults(self.config, "raise", self.trainer.epoch + 1):
             def broken(*args, **kwargs):
                 raise RuntimeError(f"injected fault: the model raised in epoch {self.trainer.epoch + 1}")
@@ -224,6 +237,7 @@ class DCNNTrainable(tune.Trainable):
         metrics = self.trainer.step()
         out = _epoch_metrics(metrics, self._placement, self.trainer)
         out["done"] = self.trainer.done
+        self._reported.append(out)
         return out
 
     def restore(self, checkpoint_path):
@@ -249,13 +263,17 @@ class DCNNTrainable(tune.Trainable):
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)  # epoch reported, its checkpoint not yet durable
+        write_record(checkpoint_dir, self.config, self.trial_id, self._reported)  # first: a whole trainer.pt has it
         self.trainer.save(Path(checkpoint_dir) / CHECKPOINT_FILE)
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         self.trainer.load(Path(checkpoint_dir) / CHECKPOINT_FILE)
+        record = read_record(checkpoint_dir)  # None for a checkpoint made before records existed
+        self._reported = [r for r in (record or {}).get("results", []) if r.get("epoch", 0) <= self.trainer.epoch]
 
     def reset_config(self, new_config: dict) -> bool:
         self._placement = _placement()
         self.trainer = _build_trainer(train_config_from_tune(new_config), self._placement)
+        self._reported = []
         self.config = new_config
         return True
