@@ -230,7 +230,7 @@ def resolve_config(config: "TrainConfig | typing.Mapping", base: str | None = No
         raise ValueError(f"size field(s) {foreign} do not apply to model {cfg.model!r}; its sizes are: "
                          f"{', '.join(sizes)}")
     family = FAMILIES[spec.family]
-    dataset = family.resolve_dataset(cfg.dataset or family.default_dataset(), base)
+    dataset = family.resolve(cfg.dataset or family.default_dataset(), base, model=cfg.model)
     return cfg if dataset == cfg.dataset else dataclasses.replace(cfg, dataset=dataset)
 
 

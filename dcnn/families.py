@@ -77,6 +77,27 @@ class TaskFamily:
     check_dataset: Callable[[str, dict], None]  # (dataset, settings) -> raises ValueError before compute
     dataset_label: Callable[[str], str]
     make_task: Callable = field(default=None)  # (TrainConfig, device) -> the family's Task
+    model_words: str = ""  # what its models are, and what data they take (a refusal's words)
+    data_words: Callable[[], str] = field(default=lambda: "")
+
+    def resolve(self, name, base=None, model: str = "") -> str:
+        """`resolve_dataset`, refusing another family's data by name: a molecule file given to a PINN model,
+        or a PDE problem to an interatomic potential, is the wrong kind of data, not a misspelt name."""
+        try:
+            return self.resolve_dataset(name, base)
+        except ValueError:
+            for other in FAMILIES.values():
+                if other is self:
+                    continue
+                try:
+                    other.resolve_dataset(name, base)
+                except ValueError:
+                    continue
+                raise ValueError(
+                    f"data set {str(name)!r} is {other.data_words()}, but model {model!r} is {self.model_words}, "
+                    f"which trains on {self.data_words()}; give it such data, or a model of the other kind "
+                    f"({', '.join(models_of(other))})") from None
+            raise
 
     def val_loss(self, metrics: dict) -> float:
         return float(sum(w * metrics[k] for k, w in self.objective.items()))
@@ -153,16 +174,20 @@ def _atoms_check(path: str, settings: dict) -> None:
 
 
 def _atoms_check_split(ds, path: str, settings: dict) -> None:
+    from dcnn.atomistic.molecules import SplitSizeError
     from dcnn.atomistic.task import split_frames
     from dcnn.config import TrainConfig
 
     cfg = TrainConfig.from_dict({k: v for k, v in settings.items() if k in TrainConfig.field_names()})
     try:
         split_frames(len(ds), cfg, ds)
-    except ValueError as e:
+    except SplitSizeError as e:  # only a size problem gets the size advice
         raise ValueError(f"{path}: too small for the split (n_train={cfg.n_train}, n_val={cfg.n_val}, "
                          f"n_test={cfg.n_test}, split={cfg.split}): {e}; lower n_train/n_val/n_test "
-                         f"(--set n_train=...) or use a larger data set") from None
+                         f"or use a larger data set") from None
+    except ValueError as e:  # a held-out element that is absent, everywhere or no element; sizes below zero
+        raise ValueError(f"split={cfg.split} (n_train={cfg.n_train}, n_val={cfg.n_val}, n_test={cfg.n_test}): "
+                         f"{e}") from None
 
 
 def _atoms_label(path: str) -> str:
@@ -171,6 +196,12 @@ def _atoms_label(path: str) -> str:
     bundled = {str(p): name for name, p in ATOMS_DATASETS.items()}
     file = str(path).split("?", 1)[0]
     return bundled.get(file, Path(file).stem)
+
+
+def _atoms_words() -> str:
+    from dcnn.atomistic.io import ATOMS_DATASETS
+
+    return f"atomistic data (a bundled name: {', '.join(ATOMS_DATASETS)}; or a data file)"
 
 
 def _atoms_task(config, device):
@@ -196,7 +227,9 @@ ATOMISTIC = TaskFamily(
     objective={"energy_loss": 1.0, "force_loss": 30.0},
     train_terms=("train_energy_loss", "train_force_loss"),
     default_dataset=_atoms_default, resolve_dataset=_atoms_resolve, dataset_info=_atoms_info,
-    check_dataset=_atoms_check, dataset_label=_atoms_label, make_task=_atoms_task)
+    check_dataset=_atoms_check, dataset_label=_atoms_label, make_task=_atoms_task,
+    model_words="an interatomic potential",
+    data_words=_atoms_words)
 
 
 # -- PINNs -------------------------------------------------------------------------------------------
@@ -218,6 +251,12 @@ def _pinn_check(name: str, settings: dict) -> None:
     from dcnn.pinn.problems import get_problem
 
     get_problem(name).reference()
+
+
+def _pinn_words() -> str:
+    from dcnn.pinn.problems import PROBLEM_NAMES
+
+    return f"a PDE problem ({', '.join(PROBLEM_NAMES)})"
 
 
 def _pinn_task(config, device):
@@ -243,9 +282,17 @@ PINN = TaskFamily(
     objective={"rel_l2": 1.0},
     train_terms=("train_pde_loss", "train_ic_loss", "train_bc_loss"),
     default_dataset=lambda: "burgers", resolve_dataset=_pinn_resolve, dataset_info=_pinn_info,
-    check_dataset=_pinn_check, dataset_label=lambda name: str(name), make_task=_pinn_task)
+    check_dataset=_pinn_check, dataset_label=lambda name: str(name), make_task=_pinn_task,
+    model_words="a physics-informed network", data_words=_pinn_words)
 
 FAMILIES = {"atomistic": ATOMISTIC, "pinn": PINN}  # by `ModelSpec.family`
+
+
+def models_of(family: TaskFamily) -> list[str]:
+    """The built-in models of a family."""
+    from dcnn.models import MODELS, get_spec
+
+    return [m for m in MODELS if FAMILIES[get_spec(m).family] is family]
 
 
 def family_of(model: str) -> TaskFamily:

@@ -91,8 +91,9 @@ class AblateOptions:
         if self.preset is not None:
             fixed["preset"] = self.preset
         base = load_study(self.study)
-        family = family_of((self.models or base.models)[0])  # data sets are files or PDE problems
-        datasets = None if self.datasets is None else [family.resolve_dataset(d) for d in self.datasets]
+        model = (self.models or base.models)[0]
+        family = family_of(model)  # data sets are files or PDE problems
+        datasets = None if self.datasets is None else [family.resolve(d, model=model) for d in self.datasets]
         study = base.with_overrides(models=self.models, seeds=self.seeds, fixed=fixed, datasets=datasets,
                                     split_seeds=self.split_seeds, shift=True if self.shift else None)
         for path in study.datasets:  # names the file (or problem) and what is wrong, before Ray starts

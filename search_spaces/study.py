@@ -148,6 +148,12 @@ class Study:
         if stray or not_sizes:
             raise ValueError(f"{where}: model_sizes " + (f"names models not in the study {stray}" if stray else
                              f"sets {not_sizes}, which are not sizes (those go in fixed)"))
+        for model in self.models:  # what every arm shares (fixed, --set, --preset): blamed on no arm
+            try:
+                resolve_config({**self.fixed_for(model), "model": model, "seed": self.seeds[0],
+                                "dataset": self.datasets[0]})
+            except ValueError as e:
+                raise ValueError(f"{where}: fixed settings (fixed, --set, --epochs, --preset) on {model}: {e}") from e
         for arm, model in itertools.product(self.arms, self.models):
             try:
                 resolve_config({**self.fixed_for(model), **arm.as_config(), "model": model, "seed": self.seeds[0],
@@ -387,7 +393,7 @@ def load_study(name_or_path: str) -> Study:
     datasets = _list(data, "datasets", where, str, [family.default_dataset()])
     study = Study(name=path.stem, arms=arms, reference=reference, models=models,
                   seeds=_list(data, "seeds", where, int, [0, 1, 2]),
-                  datasets=[family.resolve_dataset(d, path.parent) for d in datasets],
+                  datasets=[family.resolve(d, path.parent, model=models[0] if models else '') for d in datasets],
                   split_seeds=str(data.get("split_seeds", "fixed")), fixed=dict(fixed),
                   model_sizes=dict(data.get("model_sizes") or {}),
                   description=str(data.get("description", "")).strip(), source=where)

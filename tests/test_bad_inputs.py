@@ -49,6 +49,14 @@ def make_inputs(d: Path) -> None:
     np.savez(d / "bad_shape.npz", R=ds.positions, z=ds.numbers, E=ds.energies, F=ds.forces[:, :4])
     np.savez(d / "pickled.npz", R=np.array([{"a": 1}], dtype=object), z=ds.numbers, E=ds.energies,
              F=ds.forces)
+    good = (d / "small.npz").read_bytes()  # a member cut off (a copy that stopped): a damaged file, not a pickle
+    import zipfile
+
+    with zipfile.ZipFile(d / "small.npz") as src, zipfile.ZipFile(d / "cut_member.npz", "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            dst.writestr(item, data[: len(data) // 2] if item.filename == "F.npy" else data)
+    assert (d / "small.npz").read_bytes() == good
     (d / "folder").mkdir()
     (d / "notes.txt").write_text("my notes, not a checkpoint\n")
     (d / "malformed.xyz").write_text("3\ncomment\nC 0 0\nO 1.2 0 0 0\n")
@@ -180,6 +188,18 @@ CASES = [
     ("dataset-empty-unit", ["data", "info", "{d}/empty_unit.npz"], "{d}/empty_unit.npz: field 'energy_unit' is an empty array"),
     ("dataset-nan", ["ablate", "--dataset", "{d}/nan_labels.npz"], "{d}/nan_labels.npz: energies contain NaN"),
     ("dataset-too-small", ["ablate", "--dataset", "{d}/small.npz"], "{d}/small.npz: too small for the split"),
+    # issue 27: refusals whose words fit their cause (not another check's advice wrapped around it)
+    ("dataset-cut-member", ["data", "info", "{d}/cut_member.npz"], "{d}/cut_member.npz: unreadable npz (a damaged or cut-off array)"),
+    ("pinn-model-on-molecules", ["ablate", "--models", "fcn", "--dataset", "{d}/small.npz"],
+     "data set '{d}/small.npz' is atomistic data (a bundled name: ethanol, aspirin, catalysis; or a data file), but "
+     "model 'fcn' is a physics-informed network, which trains on a PDE problem"),
+    ("potential-on-pde", ["train", "--model", "schnet", "--dataset", "burgers"],
+     "data set 'burgers' is a PDE problem (advection, reaction_diffusion, burgers, diffusion_reaction), but model "
+     "'schnet' is an interatomic potential"),
+    ("split-ood-absent-element", ["ablate", "--set", "split=ood:Pt"],
+     "split=ood:Pt (n_train=800, n_val=200, n_test=400): "),
+    ("set-size-of-another-model", ["ablate", "--models", "fcn", "--datasets", "burgers", "--set", "filters=64"],
+     "fixed settings (fixed, --set, --epochs, --preset) on fcn: size field(s) ['filters'] do not apply"),
     ("storage-relative", ["ablate", "--storage", "relative/dir"], "--storage must be an absolute path"),
     ("storage-uri-credentials", ["ablate", "--storage", "s3://AKIDEXAMPLE:wJalrEXAMPLEKEY@bucket/x"], "--storage: the URI carries credentials; refusing it"),
     ("storage-uri-secret-query", ["ablate", "--storage", "s3://bucket/x?secret_key=wJalrEXAMPLEKEY"], "--storage: the URI carries credentials"),

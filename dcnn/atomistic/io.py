@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dcnn.atomistic.molecules import (BUNDLED_DATA_DIR, BUNDLED_DATASETS, DatasetError, load_dataset,
+from dcnn.atomistic.molecules import (BUNDLED_DATA_DIR, BUNDLED_DATASETS, DatasetError, load_dataset, npz_error,
                                       write_npz_deterministic)
 from dcnn.atomistic.dataset import AtomsDataset, offsets_from_counts
 from dcnn.atomistic.validate import validate_frames
@@ -120,10 +120,8 @@ def _load_npz(path: Path, head: bytes) -> AtomsDataset:
             arrays = {k: npz[k] for k in npz.files}
     except DatasetError:
         raise
-    except ValueError as e:  # object arrays need pickle: refused
-        raise DatasetError(f"{path}: unreadable npz (pickled objects are not accepted): {_first_line(e)}") from e
-    except Exception as e:
-        raise DatasetError(f"{path}: unreadable npz: {type(e).__name__}: {_first_line(e)}") from e
+    except Exception as e:  # object arrays (they need pickle: refused), a damaged member, not a zip
+        raise npz_error(path, e) from e
     missing = [k for k in _ATOMS_KEYS if k not in arrays]
     if missing:
         raise DatasetError(f"{path}: missing keys {missing} (variable-size layout {_LAYOUT}; or one molecule: "

@@ -41,6 +41,21 @@ class DatasetError(ValueError):
     """A data file that cannot be used, with the file and the problem in the message."""
 
 
+def npz_error(path, error: Exception) -> DatasetError:
+    """Why numpy could not read an npz, in words that fit the cause: object arrays (they need pickle, which
+    untrusted files never get) or a damaged, cut-off member (numpy says ValueError for both)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, ValueError) and ("allow_pickle" in text or "Object arrays" in text):
+        return DatasetError(f"{path}: unreadable npz (pickled objects are not accepted): {text}")
+    if isinstance(error, ValueError):
+        return DatasetError(f"{path}: unreadable npz (a damaged or cut-off array): {text}")
+    return DatasetError(f"{path}: unreadable npz: {type(error).__name__}: {text}")
+
+
+class SplitSizeError(ValueError):
+    """The split asks for more frames than the data set has (a refusal whose advice is: fewer, or more data)."""
+
+
 @dataclass
 class MoleculeDataset:
     """Frames of one molecule. positions/forces in Å and `energy_unit`/Å; energies in `energy_unit`."""
@@ -185,10 +200,8 @@ def _load_npz(path: str) -> MoleculeDataset:
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except ValueError as e:  # object arrays need pickle: refused
-        raise DatasetError(f"{path}: unreadable npz (pickled objects are not accepted): {e}") from e
-    except Exception as e:
-        raise DatasetError(f"{path}: unreadable npz: {e}") from e
+    except Exception as e:  # object arrays (they need pickle: refused), a damaged member, not a zip
+        raise npz_error(path, e) from e
     if all(k in arrays for k in _MD17_KEYS):
         keys = _MD17_KEYS
     elif all(k in arrays for k in _RMD17_KEYS):
@@ -298,7 +311,7 @@ def split_indices(n: int, seed: int, n_train: int | None = None, n_val: int | No
     if any(c < 0 for c in counts) or counts[0] == 0 or counts[1] == 0:
         raise ValueError(f"split sizes must be non-negative with n_train, n_val > 0, got {counts}")
     if sum(counts) > n:
-        raise ValueError(f"split sizes {counts} need {sum(counts)} frames but the data set has {n}")
+        raise SplitSizeError(f"split sizes {counts} need {sum(counts)} frames but the data set has {n}")
     perm = np.random.default_rng(seed).permutation(n)
     a, b = counts[0], counts[0] + counts[1]
     return perm[:a], perm[a:b], perm[b:b + counts[2]]
