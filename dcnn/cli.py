@@ -32,7 +32,7 @@ _CHOICES = {"activation": ACTIVATION_CHOICES, "scope": SCOPES, "dtype": DTYPES, 
 _FLAG_GROUPS = {
     "what to train": ("model", "preset", "activation", "scope", "denorm", "rescale", "rescale_factor", "shift",
                       "init", "seed"),
-    "optimisation": ("lr", "optimizer", "lr_schedule", "lr_min", "warmup_epochs", "plateau_factor",
+    "optimisation": ("lr", "optimizer", "lbfgs_epochs", "lr_schedule", "lr_min", "warmup_epochs", "plateau_factor",
                      "plateau_patience", "batch_size", "epochs", "force_weight"),
     "data": ("dataset", "split", "n_train", "n_val", "n_test", "split_seed", "eval_batch_size"),
     "PINN task (model fcn; --dataset names the PDE problem)": (

@@ -23,6 +23,12 @@ __all__ = ["MetricSpec", "TaskFamily", "FAMILIES", "ATOMISTIC", "PINN", "family_
 # that outputs zero (molecules: mean |E| and mean |F| of the test split; PINNs: the zero prediction, 1).
 # Against zero, not the mean: an energy offset not yet learned is a (bad) result, not a blow-up.
 BLOWUP_FACTOR = 10.0
+# The stall rule (issue 28): a trial whose training objective (epoch means) moved by less than this relative
+# amount from each of its first STALL_EPOCHS epochs to the next did not train: its optimizer never moved (a
+# collapsed initialisation's vanishing gradients, an optimizer stuck at its start).  Reported as such, never as
+# an arm's effect.  A moving trial's epoch means differ by far more (Adam, mini-batch or full-batch: ≥ 1e-4 here).
+STALL_TOLERANCE = 1e-6
+STALL_EPOCHS = 3
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,14 @@ class TaskFamily:
         if any(not math.isfinite(_number(result.get(m.test_key))) for m in self.metrics if m.main):
             return True  # (secondary metrics may be undefined by design: EFwT outside eV)
         return self.blown_up(result)
+
+    def stalled(self, history) -> bool:
+        """The stall rule on a trial's epoch metrics (`train_loss`, in order): its first STALL_EPOCHS epochs (at
+        least two) agree to STALL_TOLERANCE, relative.  Undecided (False) before a second epoch."""
+        losses = [_number(m.get("train_loss")) for m in history[:STALL_EPOCHS]]
+        if len(losses) < 2 or not all(math.isfinite(v) for v in losses):
+            return False
+        return all(abs(b - a) <= STALL_TOLERANCE * max(abs(a), abs(b), 1e-300) for a, b in zip(losses, losses[1:]))
 
     def nonfinite(self, metrics: dict) -> bool:
         """A training epoch's divergence: its loss, a training term or a main validation metric not finite."""

@@ -51,13 +51,10 @@ class Trainer:
         torch.manual_seed(config.seed)  # parameter initialisation
         self.task = task if task is not None else make_task(config, self.device)
         self.model = self.task.model
-        if config.optimizer == "lbfgs":  # PINNs (Raissi's Burgers, DeepXDE's second stage): full-batch L-BFGS,
-            # one iteration per step; max_eval bounds its line search (torch's default, 5/4·max_iter, would be 1: none)
-            self.optimizer = torch.optim.LBFGS(self.model.parameters(), lr=config.lr, max_iter=1, max_eval=6, history_size=50,
-                                               line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
-        else:
-            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=True)  # one kernel, not a loop over parameters
-        self.schedule = LRSchedule(config.lr_schedule, config.lr, config.epochs,
+        self.optimizer_kind = self._optimizer_kind(0)
+        self.optimizer = self._make_optimizer(self.optimizer_kind)
+        # the schedule spans the first optimizer's epochs (an L-BFGS phase after Adam keeps lr 1)
+        self.schedule = LRSchedule(config.lr_schedule, config.lr, config.epochs - config.lbfgs_epochs,
                                    self.task.steps_per_epoch(config.batch_size), lr_min=config.lr_min,
                                    warmup_epochs=config.warmup_epochs, plateau_factor=config.plateau_factor,
                                    plateau_patience=config.plateau_patience)
@@ -66,6 +63,20 @@ class Trainer:
         self.diverged = False
         self.diverged_epoch: Optional[int] = None
         self.history: list[dict] = []
+
+    def _optimizer_kind(self, epoch: int) -> str:
+        """The optimizer of an epoch (0-based): `optimizer`, or L-BFGS for the last `lbfgs_epochs` after Adam."""
+        cfg = self.config
+        return "lbfgs" if cfg.optimizer == "lbfgs" or epoch >= cfg.epochs - cfg.lbfgs_epochs else "adam"
+
+    def _make_optimizer(self, kind: str) -> torch.optim.Optimizer:
+        if kind == "lbfgs":  # PINNs (Raissi's Burgers, DeepXDE's second stage): full-batch L-BFGS, one iteration
+            # per step; max_eval bounds its line search (torch's default, 5/4·max_iter, would be 1: none). Alone it
+            # takes the config's lr (1 in the studies); after Adam, 1 (its lr is Adam's)
+            lr = self.config.lr if self.config.optimizer == "lbfgs" else 1.0
+            return torch.optim.LBFGS(self.model.parameters(), lr=lr, max_iter=1, max_eval=6, history_size=50,
+                                     line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
+        return torch.optim.Adam(self.model.parameters(), lr=self.config.lr, fused=True)  # one kernel, not a loop over parameters
 
     def _configure_cpu(self) -> None:
         """Threads and denormal flushing (dcnn/numerics.py) on the calling thread.  Called again by every
@@ -83,13 +94,17 @@ class Trainer:
         self._configure_cpu()
         self.model.train()
         cfg = self.config
+        kind = self._optimizer_kind(self.epoch)
+        if kind != self.optimizer_kind:  # Adam's epochs are over: L-BFGS from here (its own, fresh state)
+            self.optimizer_kind, self.optimizer = kind, self._make_optimizer(kind)
+        switched = cfg.optimizer != kind  # the second phase keeps its own lr
         sums: dict[str, torch.Tensor] = {}
         steps = 0
         for step, index in enumerate(self.task.batches(self.shuffle, cfg.batch_size)):
-            lr = self.schedule.lr_at(self.epoch, step)
+            lr = self.optimizer.param_groups[0]["lr"] if switched else self.schedule.lr_at(self.epoch, step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            if cfg.optimizer == "lbfgs":  # one iteration; the line search evaluates the loss again
+            if kind == "lbfgs":  # one iteration; the line search evaluates the loss again
                 last = {}
 
                 def closure():
@@ -117,8 +132,10 @@ class Trainer:
             self.diverged, self.diverged_epoch = True, self.epoch
         self.schedule.end_epoch(self.task.objective(metrics))  # plateau: the task's validation objective
         metrics.update(epoch=self.epoch, diverged=int(self.diverged), lr=lr, epoch_time_s=time.perf_counter() - t0,
+                       optimizer=kind,
                        denormals_flushed=int(self.denormals_flushed))
         self.history.append(metrics)
+        metrics["stalled"] = int(self.task.family.stalled(self.history))  # the family's rule, as it stands
         return metrics
 
     BUILD_KEYS = ("activations_replaced", "batchnorm_removed", "n_parameters", "init_layers_scaled")
@@ -145,12 +162,13 @@ class Trainer:
         else:
             out.update({f"test_{k}": v for k, v in self.task.evaluate("test").items()})
         out.update(diverged=int(family.diverged(out, nonfinite_in_training=self.diverged)),
-                   blew_up=int(family.blown_up(out)))
+                   blew_up=int(family.blown_up(out)), stalled=int(family.stalled(self.history)))
         return out
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "optimizer_kind": self.optimizer_kind,  # which optimizer's state this is (Adam, then L-BFGS)
                  "epoch": self.epoch, "diverged": self.diverged,
                  "diverged_epoch": -1 if self.diverged_epoch is None else self.diverged_epoch,
                  "shuffle_rng": self.shuffle.get_state(), "torch_rng": torch.get_rng_state(),
@@ -167,6 +185,9 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
+        kind = state.get("optimizer_kind", self.config.optimizer)  # the optimizer that saved it
+        if kind != self.optimizer_kind:
+            self.optimizer_kind, self.optimizer = kind, self._make_optimizer(kind)
         self.optimizer.load_state_dict(state["optimizer"])
         # the config's lr wins (PBT changes it between loads): the schedule sets every step's lr from it
         if "schedule" in state:

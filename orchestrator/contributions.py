@@ -210,8 +210,9 @@ def _noop(design: Design, arms: pd.DataFrame) -> tuple:
 def seed_entry(row, spec) -> tuple[float, bool]:
     """(log error, capped) of one trial for one metric. A diverged trial enters at the blow-up cap,
     log(BLOWUP_FACTOR × its zero-output scale), where its error is not finite or above the cap (as
-    measured otherwise); a failed or unfinished trial, or one without a cap, gives NaN (left out)."""
-    if not bool(row.get("finished", True)):
+    measured otherwise); a failed, unfinished or stalled trial (it never trained: the setup's failure, not a
+    factor's effect), or one without a cap, gives NaN (left out)."""
+    if not bool(row.get("finished", True)) or _number(row.get("stalled", 0)) == 1:
         return math.nan, False
     value = _number(row.get(spec.test_key))
     if int(_number(row.get("diverged")) or 0):

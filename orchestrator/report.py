@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dcnn.families import BLOWUP_FACTOR, family_of, family_of_config
+from dcnn.families import BLOWUP_FACTOR, STALL_EPOCHS, STALL_TOLERANCE, family_of, family_of_config
 from orchestrator import contributions
 from orchestrator.contributions import FACTOR_DEFAULTS
 from orchestrator.trial_files import read_trials
@@ -260,6 +260,7 @@ def scan(experiment_dir: Path, dataset_labels: dict | None = None) -> tuple[pd.D
         row = {"data": _label(config, labels), **{k: _factor(config, k) for k in FACTOR_COLUMNS + ["seed"]},
                "trial_id": trial_id, "mlflow_run_id": run_ids.get(trial_id, ""), "finished": finished,
                "epochs": last.get("epoch", 0), "diverged": int(last.get("diverged", 0)),
+               "stalled": int(last.get("stalled", 0) or 0),
                "error": "" if finished else error,
                "identical_to": "", "trial_dir": files.folder, "damaged": damaged}
         for m in specs:  # test value, baseline, blow-up scale, last validation value
@@ -312,8 +313,9 @@ def add_identical_arms(trials: pd.DataFrame, identical: dict) -> pd.DataFrame:
 
 def mark_divergence(trials: pd.DataFrame) -> pd.DataFrame:
     """`blew_up`: finished, finite, but above the family's blow-up scale; `diverged`: the trial said so, or
-    it finished and the family's rule says so (TaskFamily.diverged: non-finite or blown up); `ok`: finished
-    and not diverged."""
+    it finished and the family's rule says so (TaskFamily.diverged: non-finite or blown up); `stalled`: it
+    finished without diverging but never trained (TaskFamily.stalled, decided by the trainer); `ok`: finished,
+    neither diverged nor stalled."""
     t = trials.copy()
     family = task_family(t)
     finished = t.finished.astype(bool)
@@ -322,7 +324,9 @@ def mark_divergence(trials: pd.DataFrame) -> pd.DataFrame:
     ruled = np.array([family.diverged(r) for r in rows], dtype=bool)
     t["blew_up"] = (finished & blown).astype(int)
     t["diverged"] = ((t.diverged.astype(int) == 1) | (finished & ruled)).astype(int)
-    t["ok"] = finished & (t.diverged == 0)
+    stalled = t["stalled"].fillna(0).astype(int) == 1 if "stalled" in t else False
+    t["stalled"] = (finished & stalled & (t.diverged == 0)).astype(int)
+    t["ok"] = finished & (t.diverged == 0) & (t.stalled == 0)
     return t
 
 
@@ -385,7 +389,7 @@ def summarize(trials: pd.DataFrame, reference_arm: str) -> pd.DataFrame:
                "denorm": bool(g.denorm.iloc[0]), "rescale": bool(g.rescale.iloc[0]),
                "shift": bool(g["shift"].iloc[0]), "init": g["init"].iloc[0] if "init" in g else FACTOR_DEFAULTS["init"],
                "seeds": len(g), "n": len(ok),
-               "diverged": int(g.diverged.sum()), "blew_up": int(g.blew_up.sum()),
+               "diverged": int(g.diverged.sum()), "blew_up": int(g.blew_up.sum()), "stalled": int(g.stalled.sum()),
                "errored": int((~g.finished).sum()), "reference": arm == reference_arm,
                "identical_to": g.identical_to.iloc[0]}
         ref = trials[(trials.data == data) & (trials.model == model) & (trials.arm == reference_arm)]
@@ -493,8 +497,9 @@ def findings(summary: pd.DataFrame, reference_arm: str, units: dict, specs: tupl
         lines.append("")
         if not ref_rows.empty and ref_rows.iloc[0].n == 0:
             ref = ref_rows.iloc[0]
-            lines.append(f"- Reference {reference_arm}: no seed finished without diverging ({ref.diverged} diverged, "
-                         f"{ref.errored} failed of {ref.seeds}): nothing to compare with.")
+            lines.append(f"- Reference {reference_arm}: no seed finished without diverging or stalling "
+                         f"({ref.diverged} diverged, {ref.stalled} {_STALL_WORDS}, {ref.errored} failed of "
+                         f"{ref.seeds}): nothing to compare with.")
             lines.append("")
             continue
         if not ref_rows.empty:
@@ -511,6 +516,7 @@ def findings(summary: pd.DataFrame, reference_arm: str, units: dict, specs: tupl
                 said.append(text)
             lines.append(f"- Reference {reference_arm}: {', '.join(said)}, n = {ref.n}"
                          + (f", {ref.diverged} diverged" if ref.diverged else "")
+                         + (f", {ref.stalled} {_STALL_WORDS}" if ref.stalled else "")
                          + ("." if not unbeaten else "".join(
                              f"; its {m.error_phrase} is not below the {m.baseline_label} baseline, so {m.name} "
                              f"comparisons on this model say little" for m in unbeaten) + "."))
@@ -542,9 +548,17 @@ def findings(summary: pd.DataFrame, reference_arm: str, units: dict, specs: tupl
                                  f"p_adj = {fmt_p(r[f'{short}_p_holm'])})")
             div = (f"; {r['diverged']} of {r['seeds']} seeds diverged (reference: {ref.diverged} of {ref.seeds})"
                    if r["diverged"] or ref.diverged else "")
+            if r["stalled"]:  # the setup's failure (optimizer, initialisation, budget), not the arm's effect
+                div += (f"; {r['stalled']} of {r['seeds']} seeds {_STALL_WORDS}: a failure of the setup "
+                        f"(optimizer, initialisation, budget), not read as an effect of this change, and left out "
+                        f"of the comparison")
             lines.append(f"- {change} ({r['arm']}): {'; '.join(parts)}{div}.")
         lines.append("")
     return "\n".join(lines)
+
+
+_STALL_WORDS = "did not train (stalled: the optimizer never moved)"
+_STALL_BOUND = f"{STALL_TOLERANCE:.0e}".replace("e-0", "e-")  # 1e-6 (the tables use no exponent padding)
 
 
 def _intro(specs: tuple) -> str:
@@ -573,7 +587,10 @@ def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: di
              f"errors, Holm-adjusted within each data set × model × metric (**bold\\*** = p < {ALPHA}). "
              f"Diverged = non-finite, or an error above {BLOWUP_FACTOR:,.0f}× that of a model that outputs "
              "zero" + (" (mean |E|, mean |F|)" if {m.short for m in specs} == {"E", "F"} else "")
-             + ": counted, never averaged. ≡: identical by construction (run once).", ""]
+             + f": counted, never averaged. Stalled: the training loss did not move over the first {STALL_EPOCHS} "
+             f"epochs (relative change < {_STALL_BOUND}): the optimizer never moved, so the seed did not train; "
+             "counted (after the divergences), never averaged, and not read as the arm's effect. "
+             "≡: identical by construction (run once).", ""]
     for (data, model), g in summary.groupby(GROUP, sort=False):
         unit_words = [f"{m.name} in {m.unit_for(units.get(data))}" for m in specs if m.unit_for(units.get(data))]
         lines += [f"## {data} · {model}", ""] + ([f"{_sentence('; '.join(unit_words))}.", ""] if unit_words else [])
@@ -588,7 +605,8 @@ def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: di
             name = f"**{r.arm}** (ref)" if r.reference else r.arm
             if r.identical_to:
                 name += f" ≡ {r.identical_to}"
-            lines.append(f"| {name} | {r.n}/{r.seeds} | {r.diverged} |" + "".join(
+            failed = f"{r.diverged}" + (f" · {r.stalled} stalled" if r.stalled else "")
+            lines.append(f"| {name} | {r.n}/{r.seeds} | {failed} |" + "".join(
                 f" {fmt(r[f'{m.short}_mean'])} ± {fmt(r[f'{m.short}_std'], 2)} | "
                 f"{fmt(r[f'{m.short}_vs_baseline'], 2) if m.baseline else ''} | "
                 f"{'' if r.reference else _ratio(r, m.short)} | {'' if r.reference else _p(r, m.short)} |"

@@ -21,7 +21,7 @@ log = logging.getLogger("dcnn.orchestrator")
 warnings.filterwarnings("ignore", message=".*noload.*")
 
 METRIC_KEYS = ("energy_loss", "force_loss", "train_energy_loss", "train_force_loss", "train_loss",
-               "val_loss", "lr", "epoch_time_s", "diverged", "test_energy_loss", "test_force_loss",
+               "val_loss", "lr", "epoch_time_s", "diverged", "stalled", "test_energy_loss", "test_force_loss",
                "test_energy_baseline", "test_force_baseline",
                # cost (issue 11): data load + model build, compile, peak memory
                "setup_s", "compile_s", "compiled", "peak_rss_mib", "peak_cuda_mib",
@@ -292,8 +292,9 @@ class MLflowStudyLogger(tune.Callback):
     def _end_run(self, trial, status: str, error_text: str = "") -> None:
         run_id = self.run_for(trial)
         if status == "FINISHED":
-            diverged = bool((trial.last_result or {}).get("diverged"))
-            self.client.set_tag(run_id, "diverged", str(diverged).lower())
+            last = trial.last_result or {}
+            self.client.set_tag(run_id, "diverged", str(bool(last.get("diverged"))).lower())
+            self.client.set_tag(run_id, "stalled", str(bool(last.get("stalled"))).lower())  # did not train
         elif error_text:
             self.client.set_tag(run_id, "error", error_text[-4000:])
         self.client.set_terminated(run_id, status)

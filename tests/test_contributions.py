@@ -151,6 +151,7 @@ def test_a_diverged_seed_enters_at_the_blow_up_cap():
     ok = {**row, "diverged": 0, "test_energy_loss": 1.5}
     assert seed_entry(ok, energy) == (math.log(1.5), False)
     assert math.isnan(seed_entry({**ok, "finished": False}, energy)[0])  # unfinished: left out
+    assert math.isnan(seed_entry({**ok, "stalled": 1}, energy)[0])  # never trained: not a factor's effect
 
 
 def test_anova_f_is_the_balanced_design_computation():
