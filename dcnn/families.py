@@ -24,9 +24,11 @@ __all__ = ["MetricSpec", "TaskFamily", "FAMILIES", "ATOMISTIC", "PINN", "family_
 # Against zero, not the mean: an energy offset not yet learned is a (bad) result, not a blow-up.
 BLOWUP_FACTOR = 10.0
 # The stall rule (issue 28): a trial whose training objective (epoch means) moved by less than this relative
-# amount from each of its first STALL_EPOCHS epochs to the next did not train: its optimizer never moved (a
-# collapsed initialisation's vanishing gradients, an optimizer stuck at its start).  Reported as such, never as
-# an arm's effect.  A moving trial's epoch means differ by far more (Adam, mini-batch or full-batch: ≥ 1e-4 here).
+# amount from one epoch to the next within the first STALL_EPOCHS epochs of an optimizer's phase stopped
+# training there: the optimizer stopped moving (a collapsed initialisation's vanishing gradients at the start; L-BFGS unable to leave
+# where Adam left an IReLU net on Burgers, its line search failing on the kinks of IReLU'' in u_xx).  Reported
+# as such, never as an arm's effect; the trainer stops the trial there (it would not move again).  A moving
+# trial's epoch means differ by far more (Adam, L-BFGS, mini-batch or full-batch: ≥ 1e-4 here).
 STALL_TOLERANCE = 1e-6
 STALL_EPOCHS = 3
 
@@ -128,12 +130,23 @@ class TaskFamily:
         return self.blown_up(result)
 
     def stalled(self, history) -> bool:
-        """The stall rule on a trial's epoch metrics (`train_loss`, in order): its first STALL_EPOCHS epochs (at
-        least two) agree to STALL_TOLERANCE, relative.  Undecided (False) before a second epoch."""
-        losses = [_number(m.get("train_loss")) for m in history[:STALL_EPOCHS]]
-        if len(losses) < 2 or not all(math.isfinite(v) for v in losses):
-            return False
-        return all(abs(b - a) <= STALL_TOLERANCE * max(abs(a), abs(b), 1e-300) for a, b in zip(losses, losses[1:]))
+        """The stall rule on a trial's epoch metrics (`train_loss`, and `optimizer` where a trial switches, in
+        order): two consecutive epochs among the first STALL_EPOCHS of some optimizer's phase agree to
+        STALL_TOLERANCE, relative (its first epoch may still hold the few steps it took before it froze).
+        Undecided (False) before a phase's second epoch.  Its limit: an optimizer that converges to 1e-6 within
+        its first epochs (an L-BFGS phase after an Adam phase that had already converged) counts as stalled."""
+        phases: dict[int, list[float]] = {}
+        start = 0
+        for i, m in enumerate(history):
+            if i and m.get("optimizer") != history[i - 1].get("optimizer"):
+                start = i
+            phases.setdefault(start, []).append(_number(m.get("train_loss")))
+        for losses in phases.values():
+            losses = losses[:STALL_EPOCHS]
+            if all(math.isfinite(v) for v in losses) and any(
+                    abs(b - a) <= STALL_TOLERANCE * max(abs(a), abs(b), 1e-300) for a, b in zip(losses, losses[1:])):
+                return True
+        return False
 
     def nonfinite(self, metrics: dict) -> bool:
         """A training epoch's divergence: its loss, a training term or a main validation metric not finite."""

@@ -63,6 +63,7 @@ class Trainer:
         self.diverged = False
         self.diverged_epoch: Optional[int] = None
         self.history: list[dict] = []
+        self._lbfgs_prev_loss: Optional[float] = None  # L-BFGS's last iterate loss: a frozen iterate is restarted
 
     def _optimizer_kind(self, epoch: int) -> str:
         """The optimizer of an epoch (0-based): `optimizer`, or L-BFGS for the last `lbfgs_epochs` after Adam."""
@@ -86,7 +87,12 @@ class Trainer:
 
     @property
     def done(self) -> bool:
-        return self.diverged or self.epoch >= self.config.epochs
+        return self.diverged or self.stalled or self.epoch >= self.config.epochs
+
+    @property
+    def stalled(self) -> bool:
+        """The task family's stall rule on the epochs so far: the optimizer never moved (it will not start)."""
+        return self.task.family.stalled(self.history)
 
     def run_epoch(self) -> dict:
         """Train one epoch; return the epoch's metrics (validation and running train MAE)."""
@@ -99,7 +105,7 @@ class Trainer:
             self.optimizer_kind, self.optimizer = kind, self._make_optimizer(kind)
         switched = cfg.optimizer != kind  # the second phase keeps its own lr
         sums: dict[str, torch.Tensor] = {}
-        steps = 0
+        steps = restarts = 0
         for step, index in enumerate(self.task.batches(self.shuffle, cfg.batch_size)):
             lr = self.optimizer.param_groups[0]["lr"] if switched else self.schedule.lr_at(self.epoch, step)
             for group in self.optimizer.param_groups:
@@ -116,6 +122,14 @@ class Trainer:
 
                 self.optimizer.step(closure)
                 loss, terms = last["at_start"]
+                if float(loss) == self._lbfgs_prev_loss:
+                    # the iterate did not move: torch's L-BFGS would propose the same direction again (its history
+                    # gains no pair from a step not taken) and stay frozen; restart it from steepest descent (its
+                    # history cleared). Where the line search fails on that too (IReLU nets on Burgers after Adam:
+                    # kinks of IReLU'' in u_xx) the iterate stays put, and the stall rule ends the trial
+                    self.optimizer.state.clear()
+                    restarts += 1
+                self._lbfgs_prev_loss = float(loss)
             else:
                 loss, terms = self.task.loss(index)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -132,10 +146,10 @@ class Trainer:
             self.diverged, self.diverged_epoch = True, self.epoch
         self.schedule.end_epoch(self.task.objective(metrics))  # plateau: the task's validation objective
         metrics.update(epoch=self.epoch, diverged=int(self.diverged), lr=lr, epoch_time_s=time.perf_counter() - t0,
-                       optimizer=kind,
+                       optimizer=kind, lbfgs_restarts=restarts,
                        denormals_flushed=int(self.denormals_flushed))
         self.history.append(metrics)
-        metrics["stalled"] = int(self.task.family.stalled(self.history))  # the family's rule, as it stands
+        metrics["stalled"] = int(self.stalled)  # the family's rule, as it stands
         return metrics
 
     BUILD_KEYS = ("activations_replaced", "batchnorm_removed", "n_parameters", "init_layers_scaled")
@@ -162,13 +176,14 @@ class Trainer:
         else:
             out.update({f"test_{k}": v for k, v in self.task.evaluate("test").items()})
         out.update(diverged=int(family.diverged(out, nonfinite_in_training=self.diverged)),
-                   blew_up=int(family.blown_up(out)), stalled=int(family.stalled(self.history)))
+                   blew_up=int(family.blown_up(out)), stalled=int(self.stalled))
         return out
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "optimizer_kind": self.optimizer_kind,  # which optimizer's state this is (Adam, then L-BFGS)
+                 "lbfgs_prev_loss": self._lbfgs_prev_loss,
                  "epoch": self.epoch, "diverged": self.diverged,
                  "diverged_epoch": -1 if self.diverged_epoch is None else self.diverged_epoch,
                  "shuffle_rng": self.shuffle.get_state(), "torch_rng": torch.get_rng_state(),
@@ -189,6 +204,7 @@ class Trainer:
         if kind != self.optimizer_kind:
             self.optimizer_kind, self.optimizer = kind, self._make_optimizer(kind)
         self.optimizer.load_state_dict(state["optimizer"])
+        self._lbfgs_prev_loss = state.get("lbfgs_prev_loss")
         # the config's lr wins (PBT changes it between loads): the schedule sets every step's lr from it
         if "schedule" in state:
             self.schedule.load_state_dict(state["schedule"])

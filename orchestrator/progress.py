@@ -27,6 +27,8 @@ class StudyProgress(tune.Callback):
                  if m.main or math.isfinite(float(r.get(m.test_key, float("nan"))))]
         status = "DIVERGED" if r.get("diverged") else "test " + ", ".join(
             f"{m.short} {r.get(m.test_key, float('nan')):.4g}" for m in shown)
+        if r.get("stalled") and not r.get("diverged"):  # dcnn.families.TaskFamily.stalled
+            status = "STALLED (the optimizer stopped moving), " + status
         print(f"[{self.label}{self.done}/{self.total} · {time.time() - self.t0:.0f} s] "
               f"{trial_run_name(trial.config)}: {status} (epoch {r.get('epoch')})", flush=True)
 

@@ -557,7 +557,7 @@ def findings(summary: pd.DataFrame, reference_arm: str, units: dict, specs: tupl
     return "\n".join(lines)
 
 
-_STALL_WORDS = "did not train (stalled: the optimizer never moved)"
+_STALL_WORDS = "stalled (the optimizer stopped moving: at the start, or where Adam handed over to L-BFGS)"
 _STALL_BOUND = f"{STALL_TOLERANCE:.0e}".replace("e-0", "e-")  # 1e-6 (the tables use no exponent padding)
 
 
@@ -587,9 +587,10 @@ def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: di
              f"errors, Holm-adjusted within each data set × model × metric (**bold\\*** = p < {ALPHA}). "
              f"Diverged = non-finite, or an error above {BLOWUP_FACTOR:,.0f}× that of a model that outputs "
              "zero" + (" (mean |E|, mean |F|)" if {m.short for m in specs} == {"E", "F"} else "")
-             + f": counted, never averaged. Stalled: the training loss did not move over the first {STALL_EPOCHS} "
-             f"epochs (relative change < {_STALL_BOUND}): the optimizer never moved, so the seed did not train; "
-             "counted (after the divergences), never averaged, and not read as the arm's effect. "
+             + f": counted, never averaged. Stalled: the training loss stopped moving within the first "
+             f"{STALL_EPOCHS} epochs of an optimizer's phase (relative change < {_STALL_BOUND} from one epoch to "
+             "the next): the optimizer stopped, so the seed was not trained by it; counted (after the divergences), "
+             "never averaged, and not read as the arm's effect. "
              "≡: identical by construction (run once).", ""]
     for (data, model), g in summary.groupby(GROUP, sort=False):
         unit_words = [f"{m.name} in {m.unit_for(units.get(data))}" for m in specs if m.unit_for(units.get(data))]

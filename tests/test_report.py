@@ -286,3 +286,28 @@ def test_the_experiment_carries_the_study_description(tracking_uri, tmp_path):
     tags = c.get_experiment(old).tags
     assert tags["mlflow.note.content"] == "Full factorial, 5 activations × DN on/off × LR on/off."
     assert tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
+
+
+def test_stalled_seeds_are_counted_left_out_and_named_as_the_setups_failure(tmp_path):
+    """Issue 28: a seed whose optimizer never moved (the trainer's `stalled`, dcnn.families.TaskFamily.stalled) is
+    counted beside the divergences, enters no mean or comparison, and Findings says it did not train rather than
+    reading it as the arm's effect."""
+    root = _study(tmp_path, lambda arm, seed, rng: (1.0 + 0.1 * seed, 3.0))
+    for seed in range(3):  # three of isilu's five seeds never trained: their (bad) errors must not count
+        path = root / f"t_isilu+DN+LR_{seed}" / "result.json"
+        first, last = (json.loads(x) for x in path.read_text().splitlines())
+        last.update(stalled=1, test_energy_loss=2.5, test_force_loss=17.0)
+        path.write_text(json.dumps(first) + "\n" + json.dumps(last) + "\n")
+    report = build_report(root)
+    row = report["summary"].set_index("arm").loc["isilu+DN+LR"]
+    assert (row.n, row.stalled, row.diverged) == (2, 3, 0)
+    assert row.E_mean == pytest.approx(np.mean([1.3, 1.4]))  # seeds 3 and 4 only
+    md = report["markdown"]
+    assert "| isilu+DN+LR | 2/5 | 0 · 3 stalled |" in md
+    assert "the optimizer stopped, so the seed was not trained by it" in md  # the table's legend
+    line = next(x for x in report["findings"].splitlines() if x.startswith("- irelu → isilu (isilu+DN+LR)"))
+    assert ("3 of 5 seeds stalled (the optimizer stopped moving: at the start, or where Adam handed over to "
+            "L-BFGS): a failure of the setup (optimizer, initialisation, budget), not read as an effect of this "
+            "change") in line
+    trials = pd.read_csv(report["paths"]["trials"])
+    assert trials.set_index(["arm", "seed"]).stalled.loc["isilu+DN+LR"].tolist() == [1, 1, 1, 0, 0]

@@ -38,9 +38,12 @@ def test_search_spaces_are_the_designs(tmp_path):
     assert plan.identical_arms() == {"schnet": {"irelu+LR+LSUV": "irelu+DN+LR+LSUV", "irelu+LSUV": "irelu+DN+LSUV"}}
     assert len(plan.trial_configs()) == (8 + 6) * 3
     assert len(search_spaces.load_study("factorial").arms) == 20
-    # PINNs: the seed plan fits ≈ 10 min on 2 cores; pinn-full adds its two slow arms (README: PINNs)
+    # PINNs: the seed plan fits ≈ 10 min on 2 cores, both problems, the paper's Adam; pinn-full adds three arms
     pinn = [a.key for a in search_spaces.load_study("pinn-seed-plan").arms]
     assert pinn == ["tanh+DN", "irelu+DN", "irelu+DN+LSUV", "tanh+DN+LR"], pinn
+    for name in ("pinn-seed-plan", "pinn-full"):
+        study = search_spaces.load_study(name)
+        assert study.setting("optimizer") == "adam" and study.setting("lr") == 1e-3 and len(study.datasets) == 2
     assert [a.key for a in search_spaces.load_study("pinn-full").arms] == [
         "tanh+DN", "tanh+DN+LSUV", "irelu+DN", "irelu+DN+LSUV", "isilu+DN+LSUV", "tanh", "tanh+DN+LR"]
     assert len(search_spaces.load_study("stabilizers").arms) == 4
