@@ -194,9 +194,10 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs={self.warmup_epochs} must be fewer than epochs={self.epochs}")
         positive("n_test", allow_zero=True)
         positive("lbfgs_epochs", allow_zero=True)
-        if self.lbfgs_epochs and (self.optimizer != "adam" or self.lbfgs_epochs > self.epochs):
+        if self.lbfgs_epochs and (self.optimizer != "adam" or self.lbfgs_epochs >= self.epochs):
             raise ValueError(f"lbfgs_epochs={self.lbfgs_epochs} switches Adam to L-BFGS for the last epochs: it needs "
-                             f"optimizer=adam (got {self.optimizer}) and at most epochs={self.epochs}")
+                             f"optimizer=adam (got {self.optimizer}) and fewer than epochs={self.epochs} (L-BFGS "
+                             f"throughout is optimizer=lbfgs)")
         if self.optimizer == "lbfgs" and self.init == "lsuv":
             # measured (issue 28): IReLU FCN on advection from LSUV, L-BFGS alone: 0.5 % of the loss in 40 iterations
             raise ValueError("optimizer=lbfgs with init=lsuv: LSUV starts the readout at zero, where a PINN's loss is "
