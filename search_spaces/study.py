@@ -153,7 +153,8 @@ class Study:
                 resolve_config({**self.fixed_for(model), "model": model, "seed": self.seeds[0],
                                 "dataset": self.datasets[0]})
             except ValueError as e:
-                raise ValueError(f"{where}: fixed settings (fixed, --set, --epochs, --preset) on {model}: {e}") from e
+                raise ValueError(f"{where}: settings every arm shares (fixed, model_sizes, --set, --epochs, --preset) "
+                                 f"on {model}: {e}") from e
         for arm, model in itertools.product(self.arms, self.models):
             try:
                 resolve_config({**self.fixed_for(model), **arm.as_config(), "model": model, "seed": self.seeds[0],

@@ -199,7 +199,7 @@ CASES = [
     ("split-ood-absent-element", ["ablate", "--set", "split=ood:Pt"],
      "split=ood:Pt (n_train=800, n_val=200, n_test=400): "),
     ("set-size-of-another-model", ["ablate", "--models", "fcn", "--datasets", "burgers", "--set", "filters=64"],
-     "fixed settings (fixed, --set, --epochs, --preset) on fcn: size field(s) ['filters'] do not apply"),
+     "settings every arm shares (fixed, model_sizes, --set, --epochs, --preset) on fcn: size field(s) ['filters'] do not apply"),
     ("storage-relative", ["ablate", "--storage", "relative/dir"], "--storage must be an absolute path"),
     ("storage-uri-credentials", ["ablate", "--storage", "s3://AKIDEXAMPLE:wJalrEXAMPLEKEY@bucket/x"], "--storage: the URI carries credentials; refusing it"),
     ("storage-uri-secret-query", ["ablate", "--storage", "s3://bucket/x?secret_key=wJalrEXAMPLEKEY"], "--storage: the URI carries credentials"),

@@ -117,14 +117,21 @@ def test_killed_driver_then_resume(tmp_path, tracking_uri, ray_session):
     storage, exp_dir = tmp_path / "res", tmp_path / "res/killed-driver"
     args = ["--study", study, "--storage", storage, "--tracking-uri", tracking_uri, "--experiment", "killed-driver",
             "--max-concurrent", "1"]
+    t0 = time.time()
     proc = cli(args, tmp_path / "first.log", env={"TUNE_GLOBAL_CHECKPOINT_S": "1"}, wait=False)
-    deadline = time.time() + 180
-    while _finished(exp_dir) < 1 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.3)
-    time.sleep(1.5)  # the second trial is a few epochs in
+    deadline = t0 + 180
+    # killed once a trial has finished and the next is two epochs in, as the driver saw them (its staging folder:
+    # the study folder gets Tune's copies only every second, and these trials take about one)
+    while time.time() < deadline and proc.poll() is None:
+        staged = [_lines(p) for p in _staging(exp_dir, t0, "result.json")]
+        if any('"done": true' in x[-1] for x in staged if x) and \
+                any(len(x) >= 2 and '"done": true' not in x[-1] for x in staged):
+            break
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert _finished(exp_dir) in (1, 2), (tmp_path / "first.log").read_text()[-3000:]
+    done_at_kill = sum(bool(x) and '"done": true' in x[-1] for x in map(_lines, _staging(exp_dir, t0, "result.json")))
+    assert done_at_kill in (1, 2), (tmp_path / "first.log").read_text()[-3000:]
     plan = json.loads((exp_dir / "report/study.json").read_text())
     assert plan["seeds"] == [0, 1, 2] and plan["fixed"]["epochs"] == 12  # recorded when it started
     done_before = {p.parent.name: p.read_text() for p in exp_dir.glob("*/result.json") if '"done": true' in p.read_text()}
@@ -324,13 +331,17 @@ def _done_count(exp_dir: Path) -> int:
     return sum(any('"done": true' in x for x in _lines(p)) for p in exp_dir.glob("*/result.json"))
 
 
-def _in_first_epoch(exp_dir: Path, start: dict) -> bool:
-    """A trial of this driver started and none reported an epoch yet.  Seen in the driver's staging folder
-    (Tune writes params.json there when a trial starts, and copies it to the study folder only with the first
-    results): RAY_TMPDIR/ray/session_latest/artifacts/<time>/<experiment>/driver_artifacts/<trial>/."""
+def _staging(exp_dir: Path, since: float, name: str) -> list:
+    """A trial file as the running driver has it: Tune writes each trial's params.json (when it starts) and
+    result.json (at each result) in the driver's staging folder, and copies them to the study folder every few
+    seconds: RAY_TMPDIR/ray/session_latest/artifacts/<time>/<experiment>/driver_artifacts/<trial>/<name>."""
     root = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "session_latest" / "artifacts"
-    started = [p for p in root.glob(f"*/{exp_dir.name}/driver_artifacts/*/params.json")
-               if p.stat().st_mtime > start["t0"]]
+    return [p for p in root.glob(f"*/{exp_dir.name}/driver_artifacts/*/{name}") if p.stat().st_mtime > since]
+
+
+def _in_first_epoch(exp_dir: Path, start: dict) -> bool:
+    """A trial of this driver started and none reported an epoch yet."""
+    started = _staging(exp_dir, start["t0"], "params.json")
     return bool(started) and not any(_lines(p.parent / "result.json") for p in started)
 
 

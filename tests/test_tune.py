@@ -95,7 +95,8 @@ def test_search_spaces_are_the_designs(tmp_path):
     ("designs: [{activation: [irelu], denorm: [true], rescale: [true]}]\nmodel_sizes: {cgcnn: {lr: 0.1}}",
      r"model_sizes sets \['lr'\], which are not sizes"),
     ("designs: [{activation: [irelu], denorm: [true], rescale: [true]}]\nmodel_sizes: {schnet: {readout: sum}}",
-     r"arm irelu\+DN\+LR on schnet: size field\(s\) \['readout'\] do not apply"),
+     r"settings every arm shares \(fixed, model_sizes, --set, --epochs, --preset\) on schnet: size field\(s\) "
+     r"\['readout'\] do not apply"),
     ("designs: [{activation: [relu2], denorm: [true], rescale: [true]}]", "activation 'relu2' is not one of"),
     ("designs: [{activation: [irelu], denorm: [maybe], rescale: [true]}]", "denorm must be true or false"),
     ("designs: [{activation: [irelu], dropout: [0.1], denorm: [true], rescale: [true]}]", r"unknown factor\(s\) \['dropout'\]"),
