@@ -327,6 +327,13 @@ def _lines(path: Path) -> list[str]:
         return []
 
 
+def _written_since(path: Path, t0: float) -> bool:
+    try:
+        return path.stat().st_mtime > t0
+    except OSError:
+        return False
+
+
 def _done_count(exp_dir: Path) -> int:
     return sum(any('"done": true' in x for x in _lines(p)) for p in exp_dir.glob("*/result.json"))
 
@@ -350,7 +357,7 @@ MOMENTS = {
     "first epoch": _in_first_epoch,
     "mid-study": lambda d, start: any(3 <= len(_lines(p)) < MATRIX_EPOCHS for p in d.glob("*/result.json")),
     "trial finishing": lambda d, start: _done_count(d) > start["done"],
-    "report": lambda d, start: (d / "report" / "mlflow_runs.json").exists(),
+    "report": lambda d, start: _written_since(d / "report" / "mlflow_runs.json", start["t0"]),  # just before it
 }
 
 
