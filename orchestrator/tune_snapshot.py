@@ -74,9 +74,16 @@ class SnapshotKeeper(tune.Callback):
         self._seen: dict[str, int] = {}
         self._last = 0.0
         self._cost = 0.0  # seconds the last copy took
+        self._due = False  # a trial checkpointed since the last copy
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        # the next copy is due at once: a copy older than every checkpoint of a trial would make --resume start
+        # that trial from nothing (a full disk stops the copies right after; tests/test_faults.py)
+        self._due = True
 
     def on_step_end(self, iteration, trials, **info):
-        if time.monotonic() - self._last >= max(self.every_s, self._cost / KEEP_TIME_SHARE):
+        waited = time.monotonic() - self._last
+        if waited >= self._cost / KEEP_TIME_SHARE and (self._due or waited >= self.every_s):
             self._keep(trials)
 
     def on_experiment_end(self, trials, **info):
@@ -103,6 +110,7 @@ class SnapshotKeeper(tune.Callback):
             return
         self._seen = stamp
         self._cost = time.monotonic() - start
+        self._due = False
 
 
 def prepare_resume(experiment_dir) -> list[str]:
