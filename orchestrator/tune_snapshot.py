@@ -75,6 +75,20 @@ class SnapshotKeeper(tune.Callback):
         self._last = 0.0
         self._cost = 0.0  # seconds the last copy took
         self._due = False  # a trial checkpointed since the last copy
+        self._trials = None
+
+    def on_step_begin(self, iteration, trials, **info):
+        self._trials = trials
+
+    def get_state(self):
+        """Tune asks every callback for its state right after writing its own to the staging folder and before
+        copying that folder over the stored one (ray/tune/execution/tune_controller.py: save_to_dir): the one
+        moment at which the copy kept here is never older than a stored file a kill could cut.  Nothing of
+        this callback's own needs saving (None)."""
+        waited = time.monotonic() - self._last
+        if self._trials and (self._due or not self._seen) and waited >= self._cost / KEEP_TIME_SHARE:
+            self._keep(self._trials)  # after a checkpoint, and the very first state
+        return None
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         # the next copy is due at once: a copy older than every checkpoint of a trial would make --resume start
