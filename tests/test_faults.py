@@ -6,8 +6,9 @@
 - the MLflow server stopped mid-study for a few seconds, then started again on the same store;
 - the disk of --storage read-only or full.
 
-Faults are injected into the class trainable through $DCNN_FAULT_INJECT (trainables/dcnn_trainables.py),
-which the study's Ray workers inherit from the driver process.
+Faults are injected by a test-only subclass of the class trainable (tests/fault_trainable.py), which the
+study runs through $DCNN_TRAINABLE, with the faults in $DCNN_FAULT_INJECT; the study's Ray workers inherit
+both, and the PYTHONPATH that finds it, from the driver process.  The production trainable knows of no test.
 """
 import json
 import os
@@ -25,6 +26,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, write_study
+from fault_trainable import fault_env
 
 REF = {"activation": "irelu", "denorm": True, "rescale": True}
 ONE_ARM = [{"activation": ["irelu"], "denorm": [True], "rescale": [True]}]
@@ -74,7 +76,7 @@ def test_killed_worker_and_raising_model(tmp_path, tracking_uri):
     faults = [{"action": "kill", "epoch": 2, "where": {"seed": 0}, "once": str(marker)},
               {"action": "raise", "epoch": 2, "where": {"seed": 1}}]
     proc = cli(["--study", study, "--storage", tmp_path / "res", "--tracking-uri", tracking_uri,
-                "--experiment", "faults"], tmp_path / "run.log", env={"DCNN_FAULT_INJECT": json.dumps(faults)})
+                "--experiment", "faults"], tmp_path / "run.log", env=fault_env(faults))
     log = (tmp_path / "run.log").read_text()
     assert proc.returncode == 1, log[-3000:]  # a trial errored: non-zero, after the study finished
     assert marker.exists(), "the worker was never killed"
@@ -272,13 +274,16 @@ def test_disk_fills_mid_study(tmp_path):
     disk, uri = tmp_path / "disk", f"sqlite:///{tmp_path / 'mlflow.db'}"
     disk.mkdir()
     study = write_study(tmp_path / "one.yaml", ONE_ARM, REF, seeds=(0,), fixed={"epochs": 3})
-    faults = json.dumps([{"action": "fill", "epoch": 2, "where": {"seed": 0}, "path": str(disk / "filler")}])
-    ablate = (f"PYTHONPATH={ROOT} {sys.executable} -m orchestrator.cli ablate --address local --study {study} "
-              f"--storage {disk}/results --tracking-uri {uri} --experiment fill")
+    env = fault_env([{"action": "fill", "epoch": 2, "where": {"seed": 0}, "path": str(disk / "filler")}])
+    # both runs with the fault trainable (Tune resumes a study only with the trainable it started with), the
+    # faults only in the first
+    ablate = (f"DCNN_TRAINABLE={env['DCNN_TRAINABLE']} PYTHONPATH={env['PYTHONPATH']} {sys.executable} -m "
+              f"orchestrator.cli ablate --address local --study {study} --storage {disk}/results "
+              f"--tracking-uri {uri} --experiment fill")
     check = f"PYTHONPATH={ROOT} {sys.executable} {Path(__file__).parent / 'disk_check.py'} {uri} {disk}/results/fill"
     script = f"""
 mount -t tmpfs -o size=80m tmpfs {disk} || exit 91
-DCNN_FAULT_INJECT='{faults}' {ablate} > {tmp_path}/first.log 2>&1; echo "first rc=$?"
+DCNN_FAULT_INJECT='{env["DCNN_FAULT_INJECT"]}' {ablate} > {tmp_path}/first.log 2>&1; echo "first rc=$?"
 {check} after-fill
 cp -r {disk}/results {tmp_path}/after_first
 rm -f {disk}/filler

@@ -138,3 +138,25 @@ def test_class_trainable_restores_the_newest_checkpoint_when_the_named_one_is_go
     config = {**CONFIG, "epochs": 4, "dataset": str(ROOT / "data/ethanol-gfn2-500K.npz")}
     run = ray.remote(num_cpus=1)(_restore_after_checkpoint_deleted)  # trainables run in Ray workers
     assert ray.get(run.remote(config, tmp_path)) == (2, 2, True)
+
+
+def test_study_trainable_is_dcnn_trainable_or_the_subclass_dcnn_trainable_names(monkeypatch):
+    """$DCNN_TRAINABLE is how a study runs a subclass of the class trainable (the fault tests' fault injection
+    is one): unset, the study runs DCNNTrainable; set, the class it names; a name that does not import, or a
+    class that is not a DCNNTrainable (whose checkpoints, records and resume a study relies on), is refused
+    with the variable named rather than failing inside Tune."""
+    import trainables
+    from trainables.dcnn_trainables import DCNNTrainable as Base
+
+    monkeypatch.delenv("DCNN_TRAINABLE", raising=False)
+    assert trainables.study_trainable() is Base and trainables.DCNNTrainable is Base
+    monkeypatch.setenv("DCNN_TRAINABLE", "fault_trainable:FaultInjectingTrainable")
+    from fault_trainable import FaultInjectingTrainable
+
+    assert trainables.study_trainable() is FaultInjectingTrainable and issubclass(FaultInjectingTrainable, Base)
+    assert trainables.DCNNTrainable is FaultInjectingTrainable  # the runner's lookup today (orchestrator/runner.py)
+    for bad, says in [("no_such_module:X", "does not import"), ("fault_trainable:Nope", "does not import"),
+                      ("fault_trainable", "must name a subclass"), ("ray.tune:Trainable", "must name a subclass")]:
+        monkeypatch.setenv("DCNN_TRAINABLE", bad)
+        with pytest.raises(ValueError, match=f"DCNN_TRAINABLE='{bad}' {says}"):
+            trainables.study_trainable()

@@ -128,39 +128,6 @@ def dcnn_trainable(config: dict) -> None:
             tune.report(reported[-1], checkpoint=tune.Checkpoint.from_directory(d))
 
 
-FAULT_ENV = "DCNN_FAULT_INJECT"
-
-
-def _faults(config: dict, action: str, epoch: int) -> list[dict]:
-    """Fault injection for the fault tests (issue 8), off unless $DCNN_FAULT_INJECT is set in the driver
-    (Ray workers inherit it): a JSON list of {"action": "kill"|"raise"|"fill", "epoch": k, "where": {config
-    key: value}, "once": marker file, "path": file}.  "kill" SIGKILLs the trial's worker after epoch k was
-    reported and before its checkpoint is written; "raise" makes the model's forward raise in epoch k;
-    "fill" fills the disk holding `path` (writing that file until the disk is full) just before epoch k's
-    checkpoint is written."""
-    import json
-
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return []
-    out = []
-    for f in json.loads(spec):
-        if f.get("action") != action or int(f.get("epoch", 1)) != epoch:
-            continue
-        if any(str(config.get(k)) != str(v) for k, v in (f.get("where") or {}).items()):
-            continue
-        once = f.get("once")
-        if once:
-            try:
-                fd = os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                continue
-            os.write(fd, f"{action} at epoch {epoch} pid {os.getpid()} {time.time()}\n".encode())
-            os.close(fd)
-        out.append(f)
-    return out
-
-
 def _complete(fs, path: str) -> bool:
     """Whether `path` holds a whole trainer checkpoint: torch.save writes a zip archive, whose end record
     (the last bytes) is missing when the write or an upload was cut off (a full disk, a kill)."""
@@ -201,19 +168,6 @@ def _newest_checkpoint_instead_of(checkpoint):
     return tune.Checkpoint(candidates[-1], filesystem=fs) if candidates else None
 
 
-def _fill_disk(path: str) -> None:
-    """Fault injection: append zeros to `path` until its disk is full (the "fill" fault)."""
-    chunk = b"\0" * (1 << 20)
-    with open(path, "ab", buffering=0) as fh:
-        while True:
-            try:
-                fh.write(chunk)
-            except OSError:
-                chunk = chunk[: len(chunk) // 2]
-                if len(chunk) < 512:
-                    return
-
-
 class DCNNTrainable(tune.Trainable):
     """Class trainable: one epoch per `step()`; supports reuse_actors (reset_config) and PBT."""
 
@@ -230,10 +184,6 @@ class DCNNTrainable(tune.Trainable):
             final = self._reported[-1] if self._reported else _epoch_metrics(
                 {**self.trainer.history[-1], **self.trainer.test()}, self._placement, self.trainer)
             return {**final, "done": True}
-        if _faults(self.config, "raise", self.trainer.epoch + 1):
-            def broken(*args, **kwargs):
-                raise RuntimeError(f"injected fault: the model raised in epoch {self.trainer.epoch + 1}")
-            self.trainer.model.forward = broken
         metrics = self.trainer.step()
         out = _epoch_metrics(metrics, self._placement, self.trainer)
         out["done"] = self.trainer.done
@@ -257,12 +207,6 @@ class DCNNTrainable(tune.Trainable):
         self._iteration = self.trainer.epoch  # Tune counts one iteration per epoch
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
-        for fault in _faults(self.config, "fill", self.trainer.epoch):
-            _fill_disk(fault["path"])
-        if _faults(self.config, "kill", self.trainer.epoch):
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)  # epoch reported, its checkpoint not yet durable
         write_record(checkpoint_dir, self.config, self.trial_id, self._reported)  # first: a whole trainer.pt has it
         self.trainer.save(Path(checkpoint_dir) / CHECKPOINT_FILE)
 
