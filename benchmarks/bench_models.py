@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.batches import C, TrainingBatches
-from dcnn.families import ATOMISTIC, family_of
+from dcnn.atomistic.family import ATOMISTIC
+from dcnn.registry import family_of
 from dcnn.models import MODEL_NAMES, MODELS, build_model, energy_and_forces
 from dcnn.numerics import configure_cpu
 

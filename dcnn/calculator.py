@@ -27,9 +27,10 @@ from dcnn.atomistic.dataset import AtomsDataset, offsets_from_counts
 from dcnn.atomistic.graph import collate
 from dcnn.atomistic.labels import AtomsLabelTransform
 from dcnn.atomistic.neighbors import DatasetNeighbors
-from dcnn.config import TrainConfig, resolve_config
 from dcnn.atomistic.molecules import to_energy_unit
+from dcnn.config import TrainConfig
 from dcnn.models import build_model, denormalize, prepare
+from dcnn.registry import resolve_config
 
 __all__ = ["DCNNCalculator", "load_potential"]
 
@@ -45,6 +46,8 @@ def load_potential(checkpoint_path: str | os.PathLike, device: str = "cpu"):
     if not info or info.get("family") != "atomistic":
         raise ValueError(f"{checkpoint_path}: holds no interatomic potential (written by another task family, "
                          f"or by a version without the calculator's inference record)")
+    # the stored config's flat form; a checkpoint written before sizes were one mapping holds them as bare keys
+    # (hidden, cutoff, ...), which from_dict reads as sizes
     config = TrainConfig.from_dict({**state["config"], "dataset": "", "device": str(device)})
     config = resolve_config(dataclasses.replace(config, dataset=""))  # the model's spec; no data file needed
     data = {"elements": tuple(info["elements"]), "n_atoms": info.get("n_atoms")}

@@ -15,17 +15,20 @@ from pathlib import Path
 
 import yaml
 
-from dcnn.compiled import COMPILE_MODES
-from dcnn.config import ACTIVATION_CHOICES, DTYPES, OPTIMIZERS, SCOPES, TrainConfig, resolve_config
-from dcnn.init import INIT_MODES
-from dcnn.models.cgcnn import READOUTS
-from dcnn.schedules import SCHEDULES
 from dcnn.atomistic.molecules import DatasetError
+from dcnn.config import (ACTIVATION_CHOICES, COMPILE_MODES, DTYPES, LEGACY_SIZE_NAMES, OPTIMIZERS, SCOPES, SIZE_PREFIX,
+                         TrainConfig)
+from dcnn.init import INIT_MODES
+from dcnn.models import BUILTIN_SPECS
 from dcnn.outputs import check_output, same_file
+from dcnn.registry import family_of, resolve_config
+from dcnn.schedules import SCHEDULES
+from dcnn.train import train
 
-# model and preset: TrainConfig checks them (plug-ins bring their own names and presets)
+# model and preset: TrainConfig checks them (plug-ins bring their own names and presets); a size's values: its
+# model's spec (size_choices)
 _CHOICES = {"activation": ACTIVATION_CHOICES, "scope": SCOPES, "dtype": DTYPES, "compile": COMPILE_MODES,
-            "init": INIT_MODES, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES, "readout": READOUTS}
+            "init": INIT_MODES, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES}
 
 
 # the train command's flags in groups (`--help`), by TrainConfig field; size fields get a group per model
@@ -41,60 +44,113 @@ _FLAG_GROUPS = {
 }
 
 
+def _builtin_sizes() -> dict[str, object]:
+    """{size: its `small` value in the first built-in model that has it}: the built-in sizes, each with a flag
+    of its own (--cutoff 5); any model's size, a plug-in's too, is `--size NAME=VALUE`."""
+    out: dict[str, object] = {}
+    for spec in BUILTIN_SPECS.values():
+        for name, value in spec.presets["small"].items():
+            out.setdefault(name, value)
+    return out
+
+
 def _size_groups() -> list[tuple[str, str, list[str]]]:
-    """(title, description, flags) per built-in model: the sizes only it has, and one group for sizes several
+    """(title, description, sizes) per built-in model: the sizes only it has, and one group for sizes several
     models share (each flag once: argparse has no flag in two groups); descriptions list every size of a
     model with its `small` preset value."""
-    from dcnn.config import SIZE_FIELDS
-    from dcnn.models import BUILTIN_SPECS
-
-    users = {f: [m for m, spec in BUILTIN_SPECS.items() if f in spec.presets["small"]] for f in SIZE_FIELDS}
+    users = {n: [m for m, spec in BUILTIN_SPECS.items() if n in spec.presets["small"]] for n in _builtin_sizes()}
     groups = []
     for model, spec in BUILTIN_SPECS.items():
         sizes = spec.presets["small"]
-        own = [f for f in SIZE_FIELDS if users[f] == [model]]
-        shared = [f for f in sizes if f not in own]
-        text = ", ".join(f"--{f.replace('_', '-')} {v}" for f, v in sizes.items())
+        own = [n for n in users if users[n] == [model]]
+        shared = [n for n in sizes if n not in own]
+        text = ", ".join(f"--{n.replace('_', '-')} {v}" for n, v in sizes.items())
         groups.append((f"{model} sizes", f"small preset: {text}" + (f" (shared flags: "
-                       f"{', '.join('--' + f.replace('_', '-') for f in shared)})" if shared else ""), own))
-    shared_all = [f for f in SIZE_FIELDS if len(users[f]) > 1]
+                       f"{', '.join('--' + n.replace('_', '-') for n in shared)})" if shared else ""), own))
+    shared_all = [n for n in users if len(users[n]) > 1]
     groups.append(("sizes shared by several models", "a size applies to the models that have it (see the groups "
-                   "above); unset: the preset's value", shared_all))
+                   "above); unset: the preset's value; any size of any model (a plug-in's own too): "
+                   "--size NAME=VALUE", shared_all))
     return groups
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (default None = 'not given', so YAML values are not overridden), in
-    groups: what to train, optimisation, data, the PINN task, runtime, then each model's sizes."""
-    from dcnn.config import SIZE_FIELDS
-
+    groups: what to train, optimisation, data, the PINN task, runtime, then each built-in model's sizes
+    (dest `size.NAME`) and `--size NAME=VALUE` for any size."""
     hints = typing.get_type_hints(TrainConfig)
-    by_name = {f.name: f for f in fields(TrainConfig)}
-    users = {}
-    for title, description, names in _size_groups():
-        for n in names:
-            users[n] = (title, description)
-    placed = {n for names in _FLAG_GROUPS.values() for n in names} | set(SIZE_FIELDS)
+    by_name = {f.name: f for f in fields(TrainConfig) if f.name != "sizes"}
+    placed = {n for names in _FLAG_GROUPS.values() for n in names}
     missing = sorted(set(by_name) - placed)
     if missing:  # a new TrainConfig field must be given a group (tested)
         raise RuntimeError(f"TrainConfig fields without a --help group: {missing}")
-    groups = [(title, None, names) for title, names in _FLAG_GROUPS.items()] + _size_groups()
-    for title, description, names in groups:
-        group = p.add_argument_group(title, description)
+    for title, names in _FLAG_GROUPS.items():
+        group = p.add_argument_group(title)
         for name in names:
             f = by_name[name]
             kind = hints[f.name]
             if typing.get_origin(kind) is typing.Union:
                 kind = next(a for a in typing.get_args(kind) if a is not type(None))
-            flag = "--" + f.name.replace("_", "-")
-            default = "the preset's" if name in SIZE_FIELDS else f.default
-            if kind is bool:
-                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                   help=f"(default {default})")
-            else:
-                group.add_argument(flag, dest=f.name, type=kind, default=None, choices=_CHOICES.get(f.name),
-                                   metavar=None if f.name in _CHOICES else f.name.upper(),
-                                   help=f"(default {default})")
+            _add_flag(group, name, f.name, kind, f"(default {f.default})", _CHOICES.get(f.name))
+    builtin = _builtin_sizes()
+    choices = {n: c for spec in BUILTIN_SPECS.values() for n, c in spec.size_choices.items()}
+    for title, description, names in _size_groups():
+        group = p.add_argument_group(title, description)
+        for name in names:
+            _add_flag(group, name, SIZE_PREFIX + name, type(builtin[name]), "(default the preset's)", choices.get(name))
+    group.add_argument("--size", dest="size_values", action="append", default=[], metavar="NAME=VALUE",  # (shared)
+                   help="a size of the model (any model: a plug-in's own too), e.g. --size cutoff=5 --size width=64; "
+                        "the model's spec says which names it has and what values they take")
+
+
+def _add_flag(group, name: str, dest: str, kind, help: str, choices=None) -> None:
+    flag = "--" + name.replace("_", "-")
+    if kind is bool:
+        group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help)
+    else:
+        group.add_argument(flag, dest=dest, type=kind, default=None, choices=choices,
+                           metavar=None if choices else name.upper(), help=help)
+
+
+def _size_values(args: argparse.Namespace) -> dict:
+    """{size.NAME: value} of `--size NAME=VALUE` (VALUE read as YAML: 5 an int, 5.5 a float, true, sum) and the
+    built-in size flags; a size given twice is refused."""
+    out: dict = {}
+    for text in getattr(args, "size_values", None) or ():
+        name, eq, raw = text.partition("=")
+        name = name.strip()
+        if not eq or not name.isidentifier() or not raw.strip():
+            raise ValueError(f"--size {text!r}: expected NAME=VALUE with a size name of the model (e.g. --size "
+                             f"cutoff=5)")
+        key = SIZE_PREFIX + name
+        value = yaml.safe_load(raw)
+        if key in out and out[key] != value:
+            raise ValueError(f"--size {name}= is given twice ({out[key]!r} and {value!r}): give it once")
+        out[key] = value
+    for name in _builtin_sizes():
+        value = getattr(args, SIZE_PREFIX + name, None)
+        if value is None:
+            continue
+        key = SIZE_PREFIX + name
+        if key in out and out[key] != value:
+            raise ValueError(f"--{name.replace('_', '-')} {value} contradicts --size {name}={out[key]!r}: give one "
+                             f"of them")
+        out[key] = value
+    return out
+
+
+def _flat(values: dict) -> dict:
+    """A config mapping with its sizes as `size.NAME` keys (bare legacy names and a `sizes` mapping in a YAML
+    file), so flags can override them key by key."""
+    out = {}
+    for key, value in values.items():
+        if key == "sizes" and isinstance(value, dict):
+            out.update({SIZE_PREFIX + str(k): v for k, v in value.items()})
+        elif key in LEGACY_SIZE_NAMES:
+            out[SIZE_PREFIX + key] = value
+        else:
+            out[key] = value
+    return out
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -107,14 +163,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             raise ValueError(f"{path}: cannot read config: {e}") from e
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping of TrainConfig keys, got {type(loaded).__name__}")
-        known = {f.name for f in fields(TrainConfig)}
-        unknown = sorted(str(k) for k in loaded if k not in known)
+        unknown = sorted(str(k) for k in loaded if not (isinstance(k, str) and (TrainConfig.is_key(k) or k == "sizes")))
         if unknown:
             raise ValueError(f"--config {path}: unknown config key(s) {unknown}; known keys: "
-                             f"{', '.join(sorted(known))}")
-        values.update(loaded)
+                             f"{', '.join(sorted(n for n in TrainConfig.field_names() if n != 'sizes'))} and "
+                             f"{SIZE_PREFIX}NAME for a size of the model")
+        values.update(_flat(loaded))
     values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                   if getattr(args, f.name, None) is not None})
+                   if f.name != "sizes" and getattr(args, f.name, None) is not None})
+    values.update(_size_values(args))
     return resolve_config(values)
 
 
@@ -149,6 +206,10 @@ def load_checkpoint_file(path, flag: str = "--resume") -> dict:
 
 def check_resume_config(state: dict, cfg: TrainConfig, path) -> None:
     old = state.get("config") or {}
+    try:  # in today's flat form: a checkpoint written before sizes were one mapping holds them as bare keys
+        old = TrainConfig.from_dict(old).to_dict()
+    except ValueError:  # compared as stored
+        pass
     new = cfg.to_dict()
     diffs = [f"{k}: {old.get(k)!r} → {new[k]!r}" for k in new
              if k not in _RESUMABLE_CHANGES and k in old and old.get(k) != new[k]]
@@ -161,10 +222,8 @@ def check_resume_config(state: dict, cfg: TrainConfig, path) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train one model.  Its task family (dcnn.families) checks the data set and the split before any model
-    is built, names the data in the header and the metrics in each epoch's line."""
-    from dcnn.families import family_of
-
+    """Train one model.  Its task family (dcnn.registry.family_of) checks the data set and the split before any
+    model is built, names the data in the header and the metrics in each epoch's line."""
     cfg = config_from_args(args)
     family = family_of(cfg.model)
     if args.resume:
@@ -194,8 +253,6 @@ def cmd_train(args: argparse.Namespace) -> int:
               + ("  DIVERGED" if m["diverged"] else ""), file=sys.stderr, flush=True)
         if args.checkpoint:
             trainer.save(args.checkpoint)
-
-    from dcnn.train import train
 
     summary = train(cfg, on_epoch=on_epoch, resume_from=args.resume)
     print(json.dumps(summary, indent=2, default=str, ensure_ascii=False))

@@ -39,15 +39,14 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from dcnn.batchnorm import batch_statistics_as_outputs, fold_running_statistics
 from dcnn.atomistic.graph import AtomicGraph
+from dcnn.batchnorm import batch_statistics_as_outputs, fold_running_statistics
+from dcnn.config import COMPILE_MODES  # the values of TrainConfig.compile (re-exported: orchestrator/cli.py)
 from dcnn.models import energy_and_forces
 
 __all__ = ["EnergyForces", "make_energy_forces", "COMPILE_MODES", "compile_cache_dir", "GraphRecords"]
 
 log = logging.getLogger("dcnn")
-
-COMPILE_MODES = ("off", "on", "auto")
 
 
 def compile_cache_dir() -> Path:

@@ -1,16 +1,19 @@
-"""TrainConfig: the one typed, validated description of a training run (flat, so Tune/MLflow can use it)."""
+"""TrainConfig: the one typed, validated description of a training run (flat, so Tune/MLflow can use it).
+
+A record: it imports no model and reads no file.  The names in it (the model's spec, its preset and sizes, the
+data set) are resolved by `dcnn.registry.resolve_config`, once, where a run starts.
+"""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from dcnn.activations import ACTIVATION_NAMES
-from dcnn.compiled import COMPILE_MODES
 from dcnn.init import INIT_MODES
-from dcnn.models.cgcnn import READOUTS
 from dcnn.schedules import SCHEDULES
 
 ACTIVATION_CHOICES = ("original",) + ACTIVATION_NAMES
@@ -18,18 +21,28 @@ SCOPES = ("paper", "all")  # where activations are swapped: the paper's placemen
 DTYPES = ("float32", "float64")
 OPTIMIZERS = ("adam", "lbfgs")
 SPLITS = ("random",)  # besides "ood:ELEMENT" (a held-out element: dcnn.atomistic.splits.ood_split)
-SIZE_FIELDS = ("hidden", "filters", "interactions", "gaussians", "cutoff",
-               "embedding", "convs", "fc", "fc_layers",
-               # ForceNet sizes
-               "depth_mlp_edge", "depth_mlp_node",
-               # DimeNet++ sizes
-               "blocks", "int_emb", "basis_emb", "out_emb", "spherical", "radial",
-               # GemNet-T sizes (and blocks, spherical, radial, cutoff above)
-               "emb_atom", "emb_edge", "emb_trip", "emb_rbf", "emb_cbf", "emb_bil_trip",
-               # PINN FCN sizes
-               "hidden_layers", "batchnorm",
-               # CGCNN's readout: "mean" (the paper's, intensive) or "sum" (extensive, for data of many sizes)
-               "readout")
+# the energy+force step: eager, traced and compiled, or compiled when the timed eager steps say it pays back
+# (dcnn/compiled.py)
+COMPILE_MODES = ("off", "on", "auto")
+# A model size's flat key (Tune, MLflow, --set, a study's YAML): `size.NAME`, e.g. size.cutoff.  Which names
+# a model has is its ModelSpec's to say (dcnn.models.plugins.ModelSpec.size_names): plug-ins bring their own.
+SIZE_PREFIX = "size."
+# The built-in models' sizes, which were TrainConfig fields of their own before sizes became one mapping:
+# `from_dict` still reads them as bare keys (studies, checkpoints and --resume written before)
+LEGACY_SIZE_NAMES = ("hidden", "filters", "interactions", "gaussians", "cutoff",
+                     "embedding", "convs", "fc", "fc_layers",
+                     # ForceNet sizes
+                     "depth_mlp_edge", "depth_mlp_node",
+                     # DimeNet++ sizes
+                     "blocks", "int_emb", "basis_emb", "out_emb", "spherical", "radial",
+                     # GemNet-T sizes (and blocks, spherical, radial, cutoff above)
+                     "emb_atom", "emb_edge", "emb_trip", "emb_rbf", "emb_cbf", "emb_bil_trip",
+                     # PINN FCN sizes
+                     "hidden_layers", "batchnorm",
+                     # CGCNN's readout: "mean" (the paper's, intensive) or "sum" (extensive, for data of many sizes)
+                     "readout")
+SIZE_FIELDS = LEGACY_SIZE_NAMES  # issue 23, transitional: the old name, until search_spaces/study.py switches
+_SIZE_VALUE_TYPES = (bool, int, float, str)
 
 
 @dataclass
@@ -77,38 +90,9 @@ class TrainConfig:
     n_val: typing.Optional[int] = 200
     n_test: typing.Optional[int] = 400
     split_seed: typing.Optional[int] = None  # None: the same split for every seed (seed 0)
-    # model sizes (None: the preset's value)
-    hidden: typing.Optional[int] = None
-    filters: typing.Optional[int] = None
-    interactions: typing.Optional[int] = None
-    gaussians: typing.Optional[int] = None
-    cutoff: typing.Optional[float] = None
-    embedding: typing.Optional[int] = None
-    convs: typing.Optional[int] = None
-    fc: typing.Optional[int] = None
-    fc_layers: typing.Optional[int] = None
-    # ForceNet sizes
-    depth_mlp_edge: typing.Optional[int] = None
-    depth_mlp_node: typing.Optional[int] = None
-    # DimeNet++ sizes
-    blocks: typing.Optional[int] = None
-    int_emb: typing.Optional[int] = None
-    basis_emb: typing.Optional[int] = None
-    out_emb: typing.Optional[int] = None
-    spherical: typing.Optional[int] = None
-    radial: typing.Optional[int] = None
-    # GemNet-T sizes
-    emb_atom: typing.Optional[int] = None
-    emb_edge: typing.Optional[int] = None
-    emb_trip: typing.Optional[int] = None
-    emb_rbf: typing.Optional[int] = None
-    emb_cbf: typing.Optional[int] = None
-    emb_bil_trip: typing.Optional[int] = None
-    # PINN FCN sizes (width is `hidden`)
-    hidden_layers: typing.Optional[int] = None
-    batchnorm: typing.Optional[bool] = None  # BatchNorm after each hidden activation (what DN removes)
-    # CGCNN readout (mean | sum)
-    readout: typing.Optional[str] = None
+    # model sizes by name (size.NAME in flat form), over the preset's; empty: the preset's.  Which names apply
+    # and which values they take is the model's ModelSpec's to say (checked by dcnn.registry.resolve_config)
+    sizes: dict = field(default_factory=dict)
     # PINN task (model fcn; `dataset` names the PDE problem, see dcnn/pinn/problems.py). An epoch is
     # `steps_per_epoch` Adam steps; n_train/n_val/n_test and batch_size do not apply.
     n_collocation: int = 2000  # interior points (scrambled Sobol, fixed per seed)
@@ -135,18 +119,65 @@ class TrainConfig:
     # -- construction from untyped mappings (YAML, Tune configs) --------------------------------
     @classmethod
     def from_dict(cls, values: typing.Mapping) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
+        """From the flat form (`to_dict`, a Tune config, a YAML mapping): sizes as `size.NAME` keys, as bare
+        legacy names (LEGACY_SIZE_NAMES: studies and checkpoints written before) or as one `sizes` mapping;
+        a size given None is the preset's (not set)."""
+        values = dict(values)
+        nested = values.pop("sizes", None) or {}
+        if not isinstance(nested, typing.Mapping):
+            raise ValueError(f"sizes={nested!r} must map size names to values")
+        sizes = dict(nested)
+        for key in list(values):
+            if not isinstance(key, str):
+                continue
+            if key.startswith(SIZE_PREFIX):
+                name = key[len(SIZE_PREFIX):]
+            elif key in LEGACY_SIZE_NAMES:
+                name = key
+            else:
+                continue
+            value = values.pop(key)
+            if value is None:
+                continue
+            if name in sizes and sizes[name] != value:
+                raise ValueError(f"size {name!r} is given twice with different values ({sizes[name]!r} and "
+                                 f"{key}={value!r}); give it once, as {SIZE_PREFIX}{name}")
+            sizes[name] = value
+        known = {f.name for f in fields(cls)} - {"sizes"}
+        unknown = sorted(map(str, set(values) - known))
         if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; known keys: {', '.join(sorted(known))}")
-        return cls(**dict(values))
+            raise ValueError(f"unknown config key(s) {unknown}; known keys: {', '.join(sorted(known))} and "
+                             f"{SIZE_PREFIX}NAME for a size of the model")
+        return cls(**values, sizes=sizes)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The flat form (Tune, MLflow, checkpoints): one scalar per key, each size as `size.NAME`."""
+        out = {}
+        for f in fields(self):
+            if f.name == "sizes":
+                out.update({SIZE_PREFIX + k: v for k, v in self.sizes.items()})
+            else:
+                out[f.name] = getattr(self, f.name)
+        return out
+
+    @classmethod
+    def is_key(cls, key: str) -> bool:
+        """Whether `from_dict` takes `key`: a field, `size.NAME`, or a legacy bare size name."""
+        return (key in cls.field_names() and key != "sizes") or key in LEGACY_SIZE_NAMES or \
+            (key.startswith(SIZE_PREFIX) and key[len(SIZE_PREFIX):].isidentifier())
+
+    @property
+    def resolved(self) -> bool:
+        """Whether `dcnn.registry.resolve_config` made this config (the Trainer then resolves it no more; a
+        copy by dataclasses.replace is unresolved again, so change a resolved config that way, not in place)."""
+        return self.__dict__.get("_resolved", False)
 
     def _coerce(self):
         hints = typing.get_type_hints(type(self))
+        self.sizes = _coerce_sizes(self.sizes)
         for f in fields(self):
+            if f.name == "sizes":
+                continue
             value = getattr(self, f.name)
             kind = hints[f.name]
             optional = typing.get_origin(kind) is typing.Union
@@ -154,7 +185,7 @@ class TrainConfig:
                 if value is None:
                     continue
                 kind = next(a for a in typing.get_args(kind) if a is not type(None))
-            setattr(self, f.name, _coerce_value(f.name, value, kind))
+            setattr(self, f.name, coerce_value(f.name, value, kind))
 
     def _validate(self):
         def choice(name, allowed):
@@ -178,8 +209,7 @@ class TrainConfig:
         if not (self.device in ("auto", "cpu", "cuda") or
                 (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ValueError(f"device={self.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
-        for name in ("rescale_factor", "lr", "batch_size", "epochs", "eval_batch_size", "threads",
-                     *(n for n in SIZE_FIELDS if n not in ("batchnorm", "readout")), "n_train", "n_val",
+        for name in ("rescale_factor", "lr", "batch_size", "epochs", "eval_batch_size", "threads", "n_train", "n_val",
                      "n_collocation", "n_initial", "n_boundary", "collocation_batch", "steps_per_epoch"):
             positive(name)
         positive("force_weight", allow_zero=True)
@@ -204,8 +234,6 @@ class TrainConfig:
                              "ill-conditioned (for IReLU the PDE residual's curvature along the output weights is ~1e3 × "
                              "the initial condition's) and L-BFGS alone barely moves; use optimizer=adam, with "
                              "lbfgs_epochs=N to finish with L-BFGS (the paper's Adam, then L-BFGS)")
-        if self.readout is not None and self.readout not in READOUTS:
-            raise ValueError(f"readout={self.readout!r} is not allowed; choose one of: {', '.join(READOUTS)}")
         if not self.model:
             raise ValueError("model must name a model (a built-in such as schnet, or a plug-in module:attribute)")
         if not (self.split in SPLITS or (self.split.startswith("ood:") and len(self.split) > 4)):
@@ -213,42 +241,35 @@ class TrainConfig:
                              f"frame holding the element is the test split)")
 
     def model_sizes(self) -> dict:
-        return {n: getattr(self, n) for n in SIZE_FIELDS if getattr(self, n) is not None}
+        """The sizes set, by name (what `build_model` takes over the preset's)."""
+        return dict(self.sizes)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
 
 
-def resolve_config(config: "TrainConfig | typing.Mapping", base: str | None = None) -> TrainConfig:
-    """The one place where names and files of a config are resolved (the CLI, the trainables, the study and
-    the Trainer call it; a TrainConfig itself is a pure, validated record): the model's spec (built-in,
-    optional built-in, plug-in `module:attr` or entry point, imported here), its preset and the size fields
-    that apply to it, its task family's default data set when none is given, and the data set made absolute
-    (relative paths against `base`, default the working directory; trials run in folders of their own) or,
-    for a PINN, the problem's canonical name.  Idempotent."""
-    from dcnn.families import FAMILIES
-    from dcnn.models import UnknownModelError, get_spec, model_names
-
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
-    try:
-        spec = get_spec(cfg.model)
-    except UnknownModelError:
-        raise ValueError(f"model={cfg.model!r} is not allowed; choose one of: {', '.join(model_names())} "
-                         f"(or a plug-in package.module:attribute)") from None
-    if cfg.preset not in spec.presets:
-        raise ValueError(f"preset={cfg.preset!r} is not allowed; choose one of: {', '.join(spec.presets)}")
-    sizes = set(spec.presets[cfg.preset])
-    foreign = [n for n in SIZE_FIELDS if getattr(cfg, n) is not None and n not in sizes]
-    if foreign:
-        raise ValueError(f"size field(s) {foreign} do not apply to model {cfg.model!r}; its sizes are: "
-                         f"{', '.join(sizes)}")
-    family = FAMILIES[spec.family]
-    dataset = family.resolve(cfg.dataset or family.default_dataset(), base, model=cfg.model)
-    return cfg if dataset == cfg.dataset else dataclasses.replace(cfg, dataset=dataset)
+def _coerce_sizes(sizes) -> dict:
+    """Size names and plain values (numpy scalars become Python's; None, the preset's, is dropped).  Their
+    types and ranges are the model's to check (ModelSpec.sizes), which knows what each size is."""
+    if not isinstance(sizes, typing.Mapping):
+        raise ValueError(f"sizes={sizes!r} must map size names to values")
+    out = {}
+    for name, value in sizes.items():
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise ValueError(f"size name {name!r} is not a parameter name (sizes are keyword parameters of the "
+                             f"model's build)")
+        if value is None:
+            continue
+        if hasattr(value, "item") and not isinstance(value, _SIZE_VALUE_TYPES):  # numpy scalars
+            value = value.item()
+        if not isinstance(value, _SIZE_VALUE_TYPES):
+            raise ValueError(f"{SIZE_PREFIX}{name}={value!r} must be a number, a string or a boolean")
+        out[name] = value
+    return out
 
 
-def _coerce_value(name: str, value, kind):
+def coerce_value(name: str, value, kind):
     """Accept what YAML/Tune hand us (numpy scalars, '1e-4' strings, 3.0 for 3) but nothing ambiguous."""
     try:
         if kind is bool:
@@ -278,3 +299,12 @@ def _coerce_value(name: str, value, kind):
     else:
         return value
     raise ValueError(f"{name}={value!r} is not a valid {kind.__name__}")
+
+
+def __getattr__(name: str):
+    """issue 23, transitional: `resolve_config` moved to dcnn.registry (it needs the models and task families,
+    which build on this module), still reachable here for search_spaces/study.py, orchestrator/tracking.py and
+    orchestrator/validate.py until they import it from there."""
+    if name == "resolve_config":
+        return importlib.import_module("dcnn.registry").resolve_config
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

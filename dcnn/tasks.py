@@ -1,9 +1,10 @@
 """Tasks: what the generic training loop trains on (data, model, loss terms, metrics).
 
 The loop in `dcnn.train` only needs the `Task` protocol below; what a task measures (metric names, units,
-baselines, the validation objective) is declared by its family (dcnn/families.py), so the loop, the
-trainables and the report read it from there.  The tasks themselves: `dcnn.atomistic.task.AtomisticTask`
-(interatomic potentials on any atomistic data) and `dcnn.pinn.task.PINNTask`.
+baselines, the validation objective) is declared by its family (the types: dcnn/families.py), so the loop,
+the trainables and the report read it from there.  The tasks themselves: `dcnn.atomistic.task.AtomisticTask`
+(interatomic potentials on any atomistic data) and `dcnn.pinn.task.PINNTask`; `dcnn.registry.make_task`
+builds the one a config's model trains.
 """
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from typing import Iterator, Protocol
 import torch
 from torch import nn
 
-from dcnn.config import TrainConfig
-from dcnn.families import TaskFamily, family_of
+from dcnn.families import TaskFamily
 
 
 class Task(Protocol):
@@ -39,8 +39,3 @@ class Task(Protocol):
 
     def evaluate(self, split: str) -> dict[str, float]:
         """Metrics in physical units on 'train', 'val' or 'test'."""
-
-
-def make_task(config: TrainConfig, device: torch.device) -> Task:
-    """The Task of a config: its model's family builds it (dcnn.families: the one place that dispatches)."""
-    return family_of(config.model).make_task(config, device)

@@ -14,10 +14,11 @@ from typing import Callable, Optional
 
 import torch
 
-from dcnn.config import TrainConfig, resolve_config
+from dcnn.config import TrainConfig
 from dcnn.numerics import configure_cpu
+from dcnn.registry import make_task, resolve_config
 from dcnn.schedules import LRSchedule
-from dcnn.tasks import Task, make_task
+from dcnn.tasks import Task
 
 __all__ = ["TrainConfig", "Trainer", "train", "resolve_device"]
 
@@ -44,7 +45,10 @@ class Trainer:
     """Adam on a Task's loss, one epoch per `run_epoch()`; `save`/`load` checkpoint everything."""
 
     def __init__(self, config: TrainConfig, task: Optional[Task] = None):
-        config = resolve_config(config)  # the model's spec and the data set (idempotent)
+        """`config` as `dcnn.registry.resolve_config` made it, where the run started (the CLI, a trainable):
+        resolved once per trial.  A config nobody resolved (a script's TrainConfig(...)) is resolved here."""
+        if not config.resolved:
+            config = resolve_config(config)
         self.config = config
         self._configure_cpu()  # before any compute: data, model build, initialisation
         self.device = resolve_device(config.device)

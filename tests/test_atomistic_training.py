@@ -12,7 +12,8 @@ import torch
 
 from dcnn.config import TrainConfig
 from dcnn.models import MODEL_NAMES
-from dcnn.families import ATOMISTIC, family_of
+from dcnn.atomistic.family import ATOMISTIC
+from dcnn.registry import family_of
 from dcnn.train import Trainer, train
 
 POTENTIALS = [m for m in MODEL_NAMES if family_of(m) is ATOMISTIC]

@@ -15,7 +15,8 @@ from conftest import positions
 from dcnn.activations import INTEGRATED_ACTIVATIONS, replace_activations
 from dcnn.atomistic.graph import molecule_graph
 from dcnn.compiled import AutoDecision, EnergyForces
-from dcnn.families import ATOMISTIC, family_of
+from dcnn.atomistic.family import ATOMISTIC
+from dcnn.registry import family_of
 from dcnn.models import MODEL_NAMES, build_model, denormalize, energy_and_forces, has_normalization, prepare
 
 # small graphs trace fast; a model added later without an entry here is tested at its `small` preset

@@ -11,10 +11,11 @@ from dcnn.activations import count_activations, replace_activations
 from dcnn.atomistic.dataset import AtomsDataset
 from dcnn.atomistic.graph import collate
 from dcnn.atomistic.neighbors import DatasetNeighbors
-from dcnn.config import TrainConfig, resolve_config
+from dcnn.config import TrainConfig
 from dcnn.atomistic.molecules import load_dataset
 from dcnn.models import build_model, denormalize, energy_and_forces, get_spec
 from dcnn.models.forcenet import FORCENET_PRESETS
+from dcnn.registry import resolve_config
 from conftest import (assert_batch_of_one, assert_periodic_physics, assert_symmetries, atoms_graph,
                       central_difference_forces, dense_ef, dense_energy, positions, slab_with_adsorbate)
 
@@ -235,10 +236,10 @@ def test_presets_sizes_and_config_fields():
     assert FORCENET_PRESETS["paper"]["depth_mlp_edge"] == 2 and FORCENET_PRESETS["paper"]["depth_mlp_node"] == 1
     m = build_model("forcenet", "small", hidden=16, depth_mlp_edge=1)
     assert m.embedding.embedding_dim == 16 and len(m.interactions[0].mlp_edge) == 3
-    cfg = TrainConfig(model="forcenet", depth_mlp_edge=3, hidden=32)
+    cfg = TrainConfig(model="forcenet", sizes={"depth_mlp_edge": 3, "hidden": 32})
     assert cfg.model_sizes() == {"hidden": 32, "depth_mlp_edge": 3}
     with pytest.raises(ValueError, match="do not apply"):
-        resolve_config(TrainConfig(model="schnet", depth_mlp_node=2))
+        resolve_config(TrainConfig(model="schnet", sizes={"depth_mlp_node": 2}))
     with pytest.raises(ValueError, match="unknown size"):
         build_model("forcenet", "small", filters=3)
 

@@ -309,7 +309,9 @@ def test_lbfgs_alone_from_lsuv_and_misplaced_switches_are_refused():
 
 
 def test_stall_rule():
-    from dcnn.families import ATOMISTIC, PINN, STALL_EPOCHS
+    from dcnn.atomistic.family import ATOMISTIC
+    from dcnn.families import STALL_EPOCHS
+    from dcnn.pinn.family import PINN
 
     frozen = [{"train_loss": 0.499}, {"train_loss": 0.499 * (1 + 5e-7)}, {"train_loss": 0.499}]
     moving = [{"train_loss": 0.499}, {"train_loss": 0.4989}, {"train_loss": 0.49}]

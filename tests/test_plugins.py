@@ -169,16 +169,17 @@ def test_broken_plugin_is_refused_before_ray(case, changes, message, plugin_dir,
 def test_presets_and_sizes_of_a_plugin(plugin_dir):
     """Sizes the presets declare pass through TrainConfig; others, and unknown presets, are refused (when
     the config is resolved: `resolve_config`, which the CLI, the trainables, the study and the Trainer call)."""
-    from dcnn.config import TrainConfig, resolve_config
+    from dcnn.config import TrainConfig
+    from dcnn.registry import resolve_config
     from dcnn.models import build_model, default_activation
 
     name = write_plugin(plugin_dir, PRESETS='{"small": {"hidden": 16, "cutoff": 5.0}, "wide": {"hidden": 64, "cutoff": 5.0}}')
-    cfg = TrainConfig(model=name, hidden=8)
+    cfg = TrainConfig(model=name, sizes={"hidden": 8})
     assert build_model(name, cfg.preset, **cfg.model_sizes()).filter[0].out_features == 8
     assert build_model(name, "wide").filter[0].out_features == 64
     assert default_activation(name) == "silu"
     with pytest.raises(ValueError, match=r"size field\(s\) \['filters'\] do not apply"):
-        resolve_config(TrainConfig(model=name, filters=8))
+        resolve_config(TrainConfig(model=name, sizes={"filters": 8}))
     with pytest.raises(ValueError, match="preset='paper' is not allowed; choose one of: small, wide"):
         resolve_config(TrainConfig(model=name, preset="paper"))
     from orchestrator.validate import check_set  # --set preset=wide: left to the study's models to judge
@@ -189,7 +190,8 @@ def test_entry_point_discovery(tmp_path, monkeypatch):
     """A distribution's `dcnn_ablate.models` entry points name models, found by importlib.metadata on
     sys.path (a real dist-info folder, as pip writes it), also when the target is a function."""
     from dcnn.config import TrainConfig
-    from dcnn.models import build_model, check_plugin, get_spec, model_names
+    from dcnn.models import build_model, get_spec, model_names
+    from dcnn.plugin_check import check_plugin
     from search_spaces.study import load_study
 
     pkg = write_plugin(tmp_path).split(".")[0]
@@ -289,7 +291,8 @@ def test_third_party_model_with_its_own_activation_class_is_ablated(plugin_dir, 
     from torch_geometric.nn.models.schnet import ShiftedSoftplus
 
     from dcnn.activations import count_activations, replace_activations
-    from dcnn.models import build_model, check_plugin
+    from dcnn.models import build_model
+    from dcnn.plugin_check import check_plugin
 
     name = _pyg_plugin(plugin_dir, placement, types, interactions=3)
     found = check_plugin(name)
@@ -371,7 +374,8 @@ def test_a_dense_layout_plugin_still_trains_on_one_molecule_and_is_refused_on_sl
     of slabs says why it cannot take them instead of failing inside the model."""
     from dcnn.activations import count_activations
     from dcnn.config import TrainConfig
-    from dcnn.models import build_model, check_plugin
+    from dcnn.models import build_model
+    from dcnn.plugin_check import check_plugin
     from dcnn.train import train
 
     name = f"denseplug{next(_ids)}"

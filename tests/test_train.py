@@ -18,7 +18,7 @@ FAST = dict(n_train=60, n_val=20, n_test=20, batch_size=20)
 def test_config_validation_names_field_and_choices():
     """A TrainConfig validates its own fields; names and files (model, preset, sizes, data set) are resolved
     by `resolve_config`, which imports the model's spec and touches the file system (a TrainConfig never does)."""
-    from dcnn.config import resolve_config
+    from dcnn.registry import resolve_config
 
     with pytest.raises(ValueError, match=r"model='painn' is not allowed; choose one of: schnet, cgcnn"):
         resolve_config(TrainConfig(model="painn"))
@@ -35,7 +35,7 @@ def test_config_validation_names_field_and_choices():
     with pytest.raises(ValueError, match=r"unknown config key\(s\) \['learning_rate'\]"):
         TrainConfig.from_dict({"learning_rate": 1e-3})
     with pytest.raises(ValueError, match=r"do not apply to model 'schnet'"):
-        resolve_config(TrainConfig(model="schnet", fc_layers=2))
+        resolve_config(TrainConfig(model="schnet", sizes={"fc_layers": 2}))
     with pytest.raises(ValueError, match=r"split='by-size' is not allowed; choose random, or ood:ELEMENT"):
         TrainConfig(split="by-size")
     resolved = resolve_config(TrainConfig(model="fcn"))
@@ -124,7 +124,8 @@ def test_a_finite_blow_up_is_diverged_by_the_one_rule(tmp_path):
     """Finite but absurd errors (C = 1e9 makes every prediction ≈ 1e9 × the net's O(1) output, and lr 1e-12
     keeps it there) count as diverged in the trainer's summary, in `dcnn-ablate train`'s JSON and exit
     status, and by the same family rule the report applies to a result row."""
-    from dcnn.families import BLOWUP_FACTOR, ATOMISTIC
+    from dcnn.atomistic.family import ATOMISTIC
+    from dcnn.families import BLOWUP_FACTOR
 
     cfg = dict(model="schnet", rescale=True, rescale_factor=1e9, lr=1e-12, lr_schedule="constant", epochs=1, **FAST)
     out = train(TrainConfig(**cfg))

@@ -10,7 +10,8 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from dcnn.config import TrainConfig, resolve_config
+from dcnn.config import TrainConfig
+from dcnn.registry import resolve_config  # once per trial, here: the Trainer takes the resolved config as it is
 from dcnn.train import Trainer
 from search_spaces import LABEL_KEYS  # keys a study adds to label a trial; not training settings
 from trainables.trial_record import read_record, write_record

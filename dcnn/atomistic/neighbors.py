@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dcnn.atomistic.dataset import AtomsDataset, offsets_from_counts
+from dcnn.atomistic.dataset import AtomsDataset, concat_ranges, offsets_from_counts
 
 __all__ = ["neighbor_list", "paired", "DatasetNeighbors", "cache_dir", "content_hash"]
 
@@ -141,8 +141,6 @@ class DatasetNeighbors:
 
     def subset(self, index: np.ndarray) -> "DatasetNeighbors":
         """The lists of frames `index` (in that order), as for `AtomsDataset.subset`."""
-        from dcnn.atomistic.dataset import concat_ranges
-
         index = np.asarray(index, dtype=np.int64)
         edges = concat_ranges(self.offsets[:-1][index], self.n_edges[index])
         return DatasetNeighbors(self.i[edges], self.j[edges], self.shifts[edges],

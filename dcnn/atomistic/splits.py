@@ -1,4 +1,5 @@
-"""Out-of-distribution splits by composition: hold out every frame that contains an element.
+"""A data set's (train, val, test) frames (`split_frames`: seeded counts, or the paper's fractions) and
+out-of-distribution splits by composition: hold out every frame that contains an element.
 
 OC20/OC22 report "out-of-distribution" test sets (unseen adsorbates or catalysts) next to in-distribution
 ones; the bundled EMT slabs allow the same question — does a model (and its label transform) generalise to
@@ -10,8 +11,10 @@ import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
 from dcnn.atomistic.dataset import AtomsDataset
+from dcnn.atomistic.molecules import split_indices
+from dcnn.config import TrainConfig
 
-__all__ = ["ood_split"]
+__all__ = ["ood_split", "split_frames"]
 
 
 def ood_split(dataset: AtomsDataset, hold_out: str | int) -> tuple[np.ndarray, np.ndarray]:
@@ -36,3 +39,19 @@ def ood_split(dataset: AtomsDataset, hold_out: str | int) -> tuple[np.ndarray, n
         raise ValueError(f"{dataset.source or dataset.name}: every frame contains {chemical_symbols[z]}: holding "
                          f"it out leaves nothing to train on")
     return np.flatnonzero(~has), np.flatnonzero(has)
+
+
+def split_frames(n: int, config: TrainConfig, dataset: AtomsDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) frame indices: seeded random counts (or the paper's 80/10/10 fractions), or with
+    `split = "ood:<element>"` every frame containing the element as the test split and the others split
+    into train and validation (OC20/OC22's out-of-distribution test sets)."""
+    seed = config.split_seed if config.split_seed is not None else 0
+    if config.split.startswith("ood:"):
+        rest, test = ood_split(dataset, config.split[4:])
+        n_val = config.n_val if config.n_val is not None else int(round(0.1 * len(rest)))
+        n_train = config.n_train if config.n_train is not None else len(rest) - n_val
+        train, val, _ = split_indices(len(rest), seed, n_train, n_val, 0)
+        if config.n_test is not None and config.n_test < len(test):
+            test = np.sort(np.random.default_rng(seed).permutation(test)[:config.n_test])
+        return rest[train], rest[val], test
+    return split_indices(n, seed, config.n_train, config.n_val, config.n_test)

@@ -22,19 +22,19 @@ from torch import nn
 
 from dcnn.activations import replace_activations
 from dcnn.atomistic.dataset import AtomsDataset
+from dcnn.atomistic.family import ATOMISTIC
 from dcnn.atomistic.graph import GraphStore
 from dcnn.atomistic.io import load_atoms
 from dcnn.atomistic.labels import AtomsLabelTransform, baselines
 from dcnn.atomistic.metrics import EFWT_ENERGY_EV, EFWT_FORCE_EV_PER_A
 from dcnn.atomistic.neighbors import DatasetNeighbors
-from dcnn.atomistic.splits import ood_split
+from dcnn.atomistic.splits import split_frames
 from dcnn.compiled import make_energy_forces
 from dcnn.config import TrainConfig
-from dcnn.atomistic.molecules import split_indices
 from dcnn.init import INIT_BATCHES, initialise_
 from dcnn.models import MAX_Z, build_model, default_activation, denormalize, prepare
 
-__all__ = ["AtomisticTask", "neighbors_for", "split_frames"]
+__all__ = ["AtomisticTask", "neighbors_for", "split_frames"]  # split_frames from dcnn.atomistic.splits
 
 SPLITS = ("train", "val", "test")
 
@@ -55,28 +55,10 @@ def neighbors_for(dataset: AtomsDataset, model: nn.Module) -> DatasetNeighbors:
     return DatasetNeighbors.get(dataset, float(cutoff), disk=True)
 
 
-def split_frames(n: int, config: TrainConfig, dataset: AtomsDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train, val, test) frame indices: seeded random counts (or the paper's 80/10/10 fractions), or with
-    `split = "ood:<element>"` every frame containing the element as the test split and the others split
-    into train and validation (OC20/OC22's out-of-distribution test sets)."""
-    seed = config.split_seed if config.split_seed is not None else 0
-    if config.split.startswith("ood:"):
-        rest, test = ood_split(dataset, config.split[4:])
-        n_val = config.n_val if config.n_val is not None else int(round(0.1 * len(rest)))
-        n_train = config.n_train if config.n_train is not None else len(rest) - n_val
-        train, val, _ = split_indices(len(rest), seed, n_train, n_val, 0)
-        if config.n_test is not None and config.n_test < len(test):
-            test = np.sort(np.random.default_rng(seed).permutation(test)[:config.n_test])
-        return rest[train], rest[val], test
-    return split_indices(n, seed, config.n_train, config.n_val, config.n_test)
-
-
 class AtomisticTask:
     """Energy + force training of an interatomic potential (the `atomistic` task family)."""
 
     def __init__(self, config: TrainConfig, device: torch.device, dataset: AtomsDataset | None = None):
-        from dcnn.families import ATOMISTIC
-
         self.family = ATOMISTIC
         self.config = config
         self.device = device

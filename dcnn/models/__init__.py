@@ -1,5 +1,13 @@
-"""Energy models E(positions, numbers) and what the trainer does to them (denormalize, forces)."""
+"""Energy models E(positions, numbers) and what the trainer does to them (denormalize, forces).
+
+Built-in models by name (`BUILTIN_SPECS`, the same `ModelSpec` a plug-in brings) and the name → spec lookup the
+tasks build with; which task family a model trains in and the plug-in check live above, in dcnn/registry.py
+and dcnn/plugin_check.py.
+"""
 from __future__ import annotations
+
+import dataclasses
+import importlib
 
 import torch
 from torch import nn
@@ -9,7 +17,7 @@ from dcnn.models.dimenetpp import DIMENETPP_PRESETS, DimeNetPP
 from dcnn.models.fcn import FCN, FCN_PRESETS
 from dcnn.models.forcenet import FORCENET_PRESETS, ForceNet
 from dcnn.models.gemnet_t import GEMNET_T_PRESETS, GemNetT
-from dcnn.models.plugins import ModelSpec, UnknownModelError, check_model, known_names, resolve
+from dcnn.models.plugins import ModelSpec, UnknownModelError, known_names, resolve
 from dcnn.models.schnet import SCHNET_PRESETS, SchNet
 
 # name -> (class, presets, original activation, task family)
@@ -21,15 +29,26 @@ MODELS = {"schnet": (SchNet, SCHNET_PRESETS, "ssp", "atomistic"), "cgcnn": (CGCN
           "fcn": (FCN, FCN_PRESETS, "tanh", "pinn")}
 MODEL_NAMES = tuple(MODELS)
 PRESET_NAMES = ("small", "paper")
-# one registry path: built-ins are ModelSpecs like plug-ins (dcnn/models/plugins.py), placed by their class's
-# paper_activation_scope
-BUILTIN_SPECS = {name: ModelSpec(cls, presets, act, cls.paper_activation_scope, name=name, family=family)
+
+
+def _builtin_spec(name: str, cls, presets: dict, activation: str, family: str) -> ModelSpec:
+    """A built-in's ModelSpec, from its class: placement (`paper_activation_scope`), the build arguments the task
+    sets (`task_args`) and the values of its sizes (`size_choices`); every number in its presets is a width,
+    a count or a length, so positive."""
+    numeric = dict.fromkeys(k for p in presets.values() for k, v in p.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool))
+    return ModelSpec(cls, presets, activation, cls.paper_activation_scope, name=name, family=family,
+                     task_args=cls.task_args, size_choices=getattr(cls, "size_choices", {}),
+                     positive_sizes=tuple(numeric))
+
+
+# one registry path: built-ins are ModelSpecs like plug-ins (dcnn/models/plugins.py)
+BUILTIN_SPECS = {name: _builtin_spec(name, cls, presets, act, family)
                  for name, (cls, presets, act, family) in MODELS.items()}
 
 __all__ = ["SchNet", "CGCNN", "ForceNet", "DimeNetPP", "GemNetT", "FCN", "MODELS", "MODEL_NAMES", "PRESET_NAMES", "build_model",
            "default_activation", "denormalize", "energy_and_forces", "prepare",
-           "has_normalization", "MAX_Z", "ModelSpec", "get_spec", "model_names", "check_plugin",
-           "UnknownModelError"]
+           "has_normalization", "MAX_Z", "ModelSpec", "get_spec", "model_names", "UnknownModelError"]
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -40,12 +59,6 @@ def get_spec(name: str) -> ModelSpec:
 def model_names() -> list[str]:
     """Every plain model name (built-ins, optional built-ins, installed entry points) for messages."""
     return known_names(BUILTIN_SPECS)
-
-
-def check_plugin(name: str, preset: str = "small", sizes: dict | None = None, dataset: str | None = None) -> dict:
-    """The plug-in contract of one model (dcnn.models.plugins.check_model), before any training starts, on a
-    graph of `dataset`'s first frames (or a small molecule)."""
-    return check_model(name, get_spec, preset, sizes, dataset)
 
 
 def default_activation(model: str) -> str:
@@ -99,8 +112,6 @@ def energy_and_forces(model: nn.Module, graph, create_graph: bool) -> tuple[torc
     """E [B] and F = −∂E/∂positions [A, 3] of an AtomicGraph (dcnn.atomistic.graph): the one place forces
     are made (NequIP's design: models return energy, a generic wrapper takes its gradient); through the edge
     vectors, so periodic images get their forces too.  `create_graph=True` when F enters a training loss."""
-    import dataclasses
-
     graph = prepare(model, graph)
     with torch.enable_grad():
         if not graph.positions.requires_grad:
@@ -108,3 +119,11 @@ def energy_and_forces(model: nn.Module, graph, create_graph: bool) -> tuple[torc
         energy = model(graph)
         (grad,) = torch.autograd.grad(energy.sum(), graph.positions, create_graph=create_graph)
     return energy, -grad
+
+
+def __getattr__(name: str):
+    """issue 23, transitional: `check_plugin` moved to dcnn.plugin_check (it needs the tasks, which build on this
+    package), still reachable here for orchestrator/validate.py until it imports it from there."""
+    if name == "check_plugin":
+        return importlib.import_module("dcnn.plugin_check").check_plugin
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

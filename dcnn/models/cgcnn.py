@@ -104,6 +104,8 @@ class CGCNN(nn.Module):
     shapes, so a checkpoint loads into either)."""
 
     paper_activation_scope = ("head",)  # the paper swaps activations only in the dense head
+    task_args = ("max_z",)  # the element-embedding size (dcnn.models.MAX_Z): not a size a study varies
+    size_choices = {"readout": READOUTS}
 
     def __init__(self, embedding=64, convs=3, fc=64, fc_layers=3, gaussians=50, cutoff=6.0,
                  activation="softplus", max_z=100, readout: str = "mean"):

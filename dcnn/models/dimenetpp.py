@@ -321,6 +321,7 @@ class DimeNetPP(nn.Module):
     """Energy model E(graph): DimeNet++ with SiLU (swish) activations."""
 
     paper_activation_scope = ("output_blocks",)  # the paper swaps activations in the output blocks only
+    task_args = ("max_z",)  # the element-embedding size (dcnn.models.MAX_Z): not a size a study varies
 
     def __init__(self, hidden=32, blocks=2, int_emb=16, basis_emb=8, out_emb=32, spherical=5, radial=4,
                  cutoff=6.0, envelope_exponent=5, before_skip=1, after_skip=2, output_layers=3,

@@ -20,6 +20,7 @@ FCN_PRESETS = {
 class FCN(nn.Module):
     # the paper replaces the activation of every hidden layer
     paper_activation_scope = ("",)
+    task_args = ("in_dim", "out_dim", "lower", "upper")  # the PDE problem's, set by the PINN task
 
     def __init__(self, hidden: int = 40, hidden_layers: int = 6, batchnorm: bool = True, in_dim: int = 2,
                  out_dim: int = 1, lower=None, upper=None):

@@ -128,6 +128,7 @@ class ForceNet(nn.Module):
     """Energy model E(graph) → energies [B] (dcnn.atomistic.graph.AtomicGraph, positions in Å)."""
 
     paper_activation_scope = ("interactions", "output")  # edge- and node-MLP activations, output activation
+    task_args = ("max_z",)  # the element-embedding size (dcnn.models.MAX_Z): not a size a study varies
 
     def __init__(self, hidden=64, interactions=3, gaussians=25, cutoff=6.0, depth_mlp_edge=2,
                  depth_mlp_node=1, activation="silu", max_z=100):

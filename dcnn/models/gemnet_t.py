@@ -398,6 +398,7 @@ class GemNetT(nn.Module):
     """Energy model E(graph): GemNet-T with ScaledSiLU, forces by autograd."""
 
     paper_activation_scope = ("out_blocks",)  # the paper swaps the output blocks' activations only
+    task_args = ("max_z",)  # the element-embedding size (dcnn.models.MAX_Z): not a size a study varies
 
     def __init__(self, blocks=2, emb_atom=32, emb_edge=32, emb_trip=16, emb_rbf=8, emb_cbf=8, emb_bil_trip=16,
                  spherical=5, radial=16, cutoff=6.0, before_skip=1, after_skip=2, concat=1, num_atom=3,

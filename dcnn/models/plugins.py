@@ -16,8 +16,11 @@ The spec says what the trainer must know about a model it did not write:
   are −∂E/∂positions and the stress ∂E/∂strain by autograd, done by us).  A module written for the older
   dense layout, `forward(positions [B, N, 3], numbers [N])`, still works on one molecule's frames
   (`DenseInput`), and is refused clearly on variable-size or periodic data;
-* `presets`: size sets by name, at least `small`; a TrainConfig size field (`hidden`, `cutoff`, ...)
-  overrides the preset value of the same name, and a size the presets do not list is refused;
+* `presets`: size sets by name, at least `small`.  A model's sizes are its presets' keys and the keyword
+  parameters of `build` (less `data_args`, `task_args` and `activation`); a study or the CLI sets one as
+  `size.NAME` (TrainConfig.sizes), which overrides the preset's value, and any other name is refused.  A
+  value is converted to the type of the preset's (or the parameter default's) value; `size_choices` and
+  `positive_sizes` say which values a size takes (checked before any training starts);
 * `original_activation`: the name of the activation the model uses (what `activation: original` means:
   the model is left as it is), one of `dcnn.activations.BASE_ACTIVATIONS` or the class name of a torch
   activation or of one of `activation_types` (e.g. "mish", "shiftedsoftplus");
@@ -32,14 +35,17 @@ The spec says what the trainer must know about a model it did not write:
 * `data_args`: names among `DATA_ARGS` that `build` also receives from the data set (e.g. `elements`,
   the sorted atomic numbers, for a model with per-element weights); without data they are not passed.
 
-`check_model` (run by `dcnn-ablate ablate` before Ray starts, for every model that is not built in)
-imports the plug-in, builds it, runs one forward and backward on two frames of the data set and checks
-the placement, so a broken plug-in fails in seconds with its name and the cause, not in every worker.
+`dcnn.plugin_check.check_plugin` (run by `dcnn-ablate ablate` before Ray starts, for every model that is not
+built in) imports the plug-in, builds it, runs one forward and backward on two frames of the data set and
+checks the placement, so a broken plug-in fails in seconds with its name and the cause, not in every worker.
+This module imports nothing of the project above dcnn.activations and dcnn.config: the model classes and
+the registry build on it.
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import fnmatch
+import math
 import hashlib
 import importlib
 import importlib.metadata
@@ -54,14 +60,19 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import nn
 
+from dcnn.activations import BASE_ACTIVATIONS, TORCH_ACTIVATION_TYPES
+from dcnn.config import coerce_value
+
 ENTRY_POINT_GROUP = "dcnn_ablate.models"
 DATA_ARGS = ("elements", "n_atoms")
 # optional built-ins: resolved like plug-ins, so `import dcnn` never imports their (extra) dependencies
 OPTIONAL_MODELS = {"mace": ("dcnn.models.mace:spec", "mace")}
 
 __all__ = ["ModelSpec", "ENTRY_POINT_GROUP", "DATA_ARGS", "OPTIONAL_MODELS", "resolve", "is_plugin",
-           "check_model", "plugin_search_path", "safe_name", "ModelPluginError", "UnknownModelError",
-           "known_names"]
+           "plugin_search_path", "safe_name", "ModelPluginError", "UnknownModelError", "known_names",
+           "as_written", "NOT_SIZES"]
+# build's keyword parameters that are never sizes: the activation is the study's factor (swapped after the build)
+NOT_SIZES = ("activation",)
 
 
 class ModelPluginError(ValueError):
@@ -86,14 +97,19 @@ class ModelSpec:
     # the model's own activation classes (PyG's/SchNetPack's ShiftedSoftplus, fairchem's ScaledSiLU), swapped
     # like torch's wherever the placement reaches them
     activation_types: tuple = ()
-    # the task family it trains in (dcnn.families.FAMILIES): "atomistic" (forward(graph) -> energies) or
+    # the task family it trains in (dcnn.registry.FAMILIES): "atomistic" (forward(graph) -> energies) or
     # "pinn" (forward(points) -> fields)
     family: str = "atomistic"
+    # build's keyword parameters the task sets (never sizes a study varies): an embedding table's size, a
+    # PINN's input and output dimensions
+    task_args: tuple = ()
+    # the values a size may take, by name (CGCNN's readout: mean | sum)
+    size_choices: Mapping[str, tuple] = field(default_factory=dict)
+    # sizes that must be positive numbers (widths, counts, cutoffs)
+    positive_sizes: tuple = ()
 
     def problems(self) -> list[str]:
-        """What is wrong with the spec itself (empty when nothing)."""
-        from dcnn.activations import BASE_ACTIVATIONS
-
+        """What is wrong with the spec itself (empty when nothing; its family is the registry's to judge)."""
         out = []
         if not callable(self.build):
             out.append(f"build {self.build!r} is not callable")
@@ -103,11 +119,16 @@ class ModelSpec:
             for k, v in self.presets.items():
                 if not isinstance(v, Mapping):
                     out.append(f"preset {k!r} must be a mapping of sizes, got {v!r}")
+        for name in ("task_args", "positive_sizes"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(a, str) for a in value):
+                out.append(f"{name} must be a tuple of parameter names, got {value!r}")
+        if not isinstance(self.size_choices, Mapping) or any(isinstance(v, str) or not isinstance(v, (tuple, list))
+                                                             for v in self.size_choices.values()):
+            out.append(f"size_choices must map size names to tuples of values, got {self.size_choices!r}")
         bad_types = [t for t in self.activation_types if not (isinstance(t, type) and issubclass(t, nn.Module))]
         if isinstance(self.activation_types, (str, type)) or bad_types:
             out.append(f"activation_types must be a tuple of torch.nn.Module classes, got {self.activation_types!r}")
-        from dcnn.activations import TORCH_ACTIVATION_TYPES
-
         own = {t.__name__.lower() for t in (*TORCH_ACTIVATION_TYPES, *(t for t in self.activation_types
                                                                        if isinstance(t, type)))}
         if self.original_activation not in BASE_ACTIVATIONS and str(self.original_activation).lower() not in own:
@@ -116,10 +137,6 @@ class ModelSpec:
                        f"(by class name, e.g. 'mish', 'shiftedsoftplus')")
         if isinstance(self.paper_placement, str) or not all(isinstance(p, str) for p in self.paper_placement):
             out.append(f"paper_placement must be a tuple of submodule paths, got {self.paper_placement!r}")
-        from dcnn.families import FAMILIES
-
-        if self.family not in FAMILIES:
-            out.append(f"family {self.family!r} is not one of {', '.join(FAMILIES)}")
         bad = [a for a in self.data_args if a not in DATA_ARGS]
         if bad:
             out.append(f"data_args {bad} unknown; known: {', '.join(DATA_ARGS)}")
@@ -132,16 +149,54 @@ class ModelSpec:
             out.append(f"build needs defaults for its data_args {no_default} (it is also built without data)")
         return out
 
+    def size_names(self) -> tuple[str, ...]:
+        """The sizes a study or the CLI may set (`size.NAME`): the presets' keys, then build's other keyword
+        parameters (a plug-in's own knobs need no preset entry), less data_args, task_args and NOT_SIZES."""
+        names = dict.fromkeys(k for p in self.presets.values() if isinstance(p, Mapping) for k in p)
+        try:
+            params = inspect.signature(self.build).parameters.values()
+        except (TypeError, ValueError):  # a builtin or C callable: its presets say it all
+            params = ()
+        names.update(dict.fromkeys(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)))
+        skip = {*self.data_args, *self.task_args, *NOT_SIZES}
+        return tuple(n for n in names if n not in skip)
+
     def sizes(self, preset: str, overrides: Mapping[str, Any]) -> dict:
-        """The preset's sizes with `overrides` (None values ignored); unknown preset or size → ValueError."""
+        """The preset's sizes with `overrides` (None values ignored), each converted to the type of the value
+        it replaces and checked (`size_choices`, `positive_sizes`); unknown preset, size or value → ValueError."""
         if preset not in self.presets:
             raise ValueError(f"unknown preset {preset!r} for model {self.name!r}; known: {', '.join(self.presets)}")
         sizes = dict(self.presets[preset])
-        unknown = set(overrides) - set(sizes)
+        names = self.size_names()
+        unknown = set(overrides) - set(names)
         if unknown:
-            raise ValueError(f"unknown size(s) {sorted(unknown)} for model {self.name!r}; known: {', '.join(sizes)}")
-        sizes.update({k: v for k, v in overrides.items() if v is not None})
+            raise ValueError(f"unknown size(s) {sorted(unknown)} for model {self.name!r}; known: {', '.join(names)}")
+        defaults = self._defaults()
+        for name, value in overrides.items():
+            if value is not None:
+                sizes[name] = self._checked_size(name, value, sizes.get(name, defaults.get(name)))
         return sizes
+
+    def _defaults(self) -> dict:
+        try:
+            params = inspect.signature(self.build).parameters.values()
+        except (TypeError, ValueError):
+            return {}
+        return {p.name: p.default for p in params if p.default is not p.empty}
+
+    def _checked_size(self, name: str, value, like):
+        """`value` as the type of `like` (the preset's value or build's default: 32.0 → 32 for a width,
+        "true" → True for a switch), then in `size_choices` and positive where `positive_sizes` says so."""
+        if type(like) in (bool, int, float, str):
+            value = coerce_value(f"size {name}", value, type(like))
+        choices = self.size_choices.get(name)
+        if choices is not None and value not in choices:
+            raise ValueError(f"size {name}={value!r} is not allowed for model {self.name!r}; choose one of: "
+                             f"{', '.join(map(str, choices))}")
+        if name in self.positive_sizes and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                                and math.isfinite(value) and value > 0):
+            raise ValueError(f"size {name}={value!r} must be positive (model {self.name!r})")
+        return value
 
     def instantiate(self, preset: str = "small", data: Optional[Mapping[str, Any]] = None, **overrides) -> nn.Module:
         """Build the model and resolve its paper placement onto it (`paper_activation_scope`)."""
@@ -161,7 +216,7 @@ class ModelSpec:
         return model
 
 
-def _as_written(model: nn.Module) -> nn.Module:
+def as_written(model: nn.Module) -> nn.Module:
     """The plug-in's own module (inside a DenseInput), with the placement in its own paths."""
     if not getattr(model, "dense_layout", False):
         return model
@@ -266,9 +321,9 @@ def _as_spec(name: str, obj, how: str) -> ModelSpec:
     problems = obj.problems()
     if problems:
         raise ModelPluginError(f"model {name!r} ({how}): bad ModelSpec: " + "; ".join(problems))
-    return ModelSpec(obj.build, obj.presets, obj.original_activation, tuple(obj.paper_placement),
-                     tuple(obj.data_args), obj.description, name=name, activation_types=tuple(obj.activation_types),
-                     family=obj.family)
+    return dataclasses.replace(obj, name=name, paper_placement=tuple(obj.paper_placement),
+                               data_args=tuple(obj.data_args), activation_types=tuple(obj.activation_types),
+                               task_args=tuple(obj.task_args), positive_sizes=tuple(obj.positive_sizes))
 
 
 def entry_points() -> dict:
@@ -335,118 +390,3 @@ def safe_name(name: str) -> str:
     if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name):
         return name
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_") + "-" + hashlib.sha1(name.encode()).hexdigest()[:6]
-
-
-def _check_graph(dataset: Optional[str], model: nn.Module):
-    """The graph a plug-in is checked on: the first two frames of the study's data set (as the task would
-    batch them: complete graph for one molecule, radius graph at the model's cutoff otherwise), or a small
-    bent molecule without data, in float64."""
-    import numpy as np
-
-    from dcnn.atomistic.dataset import AtomsDataset
-    from dcnn.atomistic.graph import collate, molecule_graph
-
-    if dataset is None:
-        pos = torch.tensor([[[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0], [0.3, -0.5, 1.2]]],
-                           dtype=torch.float64)
-        pos = torch.cat([pos, pos + 0.05 * torch.randn(1, 4, 3, generator=torch.Generator().manual_seed(0),
-                                                       dtype=torch.float64)])
-        return molecule_graph(pos, torch.tensor([8, 1, 1, 6]))
-    from dcnn.atomistic.io import load_atoms
-    from dcnn.atomistic.task import neighbors_for
-
-    full: AtomsDataset = load_atoms(dataset)
-    ds = full.subset(np.arange(min(2, len(full))))
-    graph, _, _ = collate(ds, neighbors_for(ds, model), np.arange(len(ds)), dtype=torch.float64)
-    return graph
-
-
-def check_model(name: str, spec_of: Callable[[str], ModelSpec], preset: str = "small",
-                sizes: Optional[Mapping[str, Any]] = None, dataset: Optional[str] = None) -> dict:
-    """The contract of one model, checked on CPU in float64: builds, placement finds activations, E is
-    one finite number per structure and differentiable w.r.t. positions, on a graph of the study's data
-    (`dataset`) or a small molecule. Returns what it found; raises ModelPluginError naming the model and
-    what broke."""
-    from dcnn.activations import _targets, is_activation, replace_activations
-
-    spec = spec_of(name)
-    where = f"model {name!r}"
-    if spec.family != "atomistic":  # a PINN net: built and placed here; its task checks the problem
-        model = spec.instantiate(preset, None, **dict(sizes or {}))
-        return {"activations": len(_targets(model, "all")), "paper_activations": len(_targets(model, "paper")),
-                "n_parameters": sum(p.numel() for p in model.parameters())}
-
-    def build(data):
-        try:
-            return spec.instantiate(preset, data, **dict(sizes or {}))
-        except ModelPluginError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise ModelPluginError(f"{where}: building preset {preset!r} failed: {type(e).__name__}: {e}") from e
-
-    probe = build(None)  # to know its cutoff for the data's graph
-    graph = _check_graph(dataset, probe)
-    data = {"elements": tuple(sorted({int(z) for z in graph.numbers.tolist()})),
-            "n_atoms": int(graph.n_atoms.max())}
-    model = build(data)
-    types = tuple(spec.activation_types)
-    own = _as_written(model)  # placement messages in the plug-in's own module paths
-    try:
-        n_all, n_placed = len(_targets(own, "all")), len(_targets(own, "paper"))
-    except ValueError as e:  # a placement path naming a module with parameters
-        raise ModelPluginError(f"{where}: {e}") from None
-    if n_all == 0 and not n_placed:
-        raise ModelPluginError(f"{where}: has no activation module the ablation can swap (swappable: "
-                               f"dcnn.activations.get_activation(...) modules, torch.nn activations such as "
-                               f"nn.SiLU or nn.Mish, the model's own classes listed in ModelSpec(activation_types="
-                               f"(...)), and any module a paper_placement path names; a functional call like "
-                               f"F.silu(x) cannot be swapped)")
-    for path in own.paper_activation_scope:
-        sub = own.get_submodule(path) if path else own
-        if list(sub.children()):
-            if not any(is_activation(m, types) for m in list(sub.modules())[1:]):
-                raise ModelPluginError(f"{where}: paper_placement {path!r} holds no activation module to swap "
-                                       f"(found {', '.join(sorted({type(m).__name__ for m in sub.modules()})[:6])}; "
-                                       f"name the activation modules themselves, e.g. {path}.1, or list the "
-                                       f"model's own activation class in ModelSpec(activation_types=(...)))")
-    try:  # a copy is much cheaper than a second build for some models (MACE generates code when built)
-        twin = copy.deepcopy(model)
-    except Exception:  # noqa: BLE001 - a model that cannot be copied is built again
-        twin = build(data)
-    n_paper = replace_activations(twin, "irelu", "paper").replaced_activations
-
-    import dataclasses
-
-    from dcnn.models import prepare
-
-    model = model.to(torch.float64)
-    b = graph.n_structures
-    graph = prepare(model, graph)
-    pos = graph.positions.detach().clone().requires_grad_(True)
-    graph = dataclasses.replace(graph, positions=pos)
-    try:
-        energy = model(graph)
-    except Exception as e:  # noqa: BLE001
-        call = ("forward(positions [B, N, 3], numbers [N])" if getattr(model, "dense_layout", False)
-                else "forward(graph)")
-        raise ModelPluginError(f"{where}: {call} failed on a batch of {b} frames: {type(e).__name__}: {e}") from e
-    if not isinstance(energy, torch.Tensor):
-        raise ModelPluginError(f"{where}: forward returned {type(energy).__name__}, expected the energy tensor [B]")
-    if tuple(energy.shape) != (b,):
-        raise ModelPluginError(f"{where}: forward returned shape {tuple(energy.shape)} for {b} frames; "
-                               f"expected one energy per frame, shape ({b},)")
-    if not torch.isfinite(energy).all():
-        raise ModelPluginError(f"{where}: forward returned non-finite energies {energy.tolist()}")
-    grad = None
-    if energy.requires_grad:
-        (grad,) = torch.autograd.grad(energy.sum(), pos, allow_unused=True)
-    if grad is None or not torch.any(grad != 0):
-        raise ModelPluginError(f"{where}: the energy is not differentiable w.r.t. positions (gradient "
-                               f"{'None' if grad is None else 'zero'}); forces are −∂E/∂positions, so the "
-                               f"forward must use graph.positions (no .detach(), .numpy(), torch.no_grad() or "
-                               f"positions copied into a new tensor)")
-    forces = -grad
-    if not torch.isfinite(forces).all():
-        raise ModelPluginError(f"{where}: non-finite forces (gradient of the energy w.r.t. positions)")
-    return {"activations": n_all, "paper_activations": n_paper,
-            "n_parameters": sum(p.numel() for p in model.parameters())}

@@ -52,6 +52,7 @@ class SchNet(nn.Module):
     """Energy model E(graph) with shifted-softplus activations throughout."""
 
     paper_activation_scope = ("",)  # the paper puts IReLU everywhere in SchNet
+    task_args = ("max_z",)  # the element-embedding size (dcnn.models.MAX_Z): not a size a study varies
 
     def __init__(self, hidden=64, filters=64, interactions=3, gaussians=50, cutoff=6.0,
                  activation="ssp", max_z=100):

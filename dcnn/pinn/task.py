@@ -14,16 +14,15 @@ gets C² and k becomes k/C). All metrics use u = C·v, so they are in u's units 
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
 from dcnn.activations import replace_activations
 from dcnn.config import TrainConfig
-from dcnn.families import PINN
 from dcnn.init import initialise_
-from dcnn.models import denormalize
-from dcnn.models.fcn import FCN, FCN_PRESETS
+from dcnn.models import denormalize, get_spec
+from dcnn.models.fcn import FCN
+from dcnn.pinn.family import PINN
 from dcnn.pinn.problems import Problem, get_problem, grad
 
 
@@ -81,7 +80,7 @@ class PINNTask:
         self.residual_points = {"val": t(sobol(500, lo, hi, seed + 1000)), "train": t(sobol(500, lo, hi, seed + 1000)),
                                 "test": t(sobol(2000, lo, hi, 12345))}  # one test set for every seed
 
-        sizes = {**FCN_PRESETS[config.preset], **config.model_sizes()}
+        sizes = get_spec(config.model).sizes(config.preset, config.sizes)  # the preset's, with the config's
         model = FCN(**sizes, in_dim=p.dim, out_dim=p.n_fields, lower=p.lower, upper=p.upper)
         replaced = 0
         if config.activation != "original":
