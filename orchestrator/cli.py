@@ -11,6 +11,7 @@ import yaml
 from dcnn import cli as dcnn_cli
 from dcnn.compiled import COMPILE_MODES
 from orchestrator.runner import SCHEDULERS, AblateOptions
+from search_spaces.factors import BUILTIN
 
 
 def _csv(kind, flag: str):
@@ -68,7 +69,8 @@ def cmd_ablate(args) -> int:
 
     opts = AblateOptions(
         study=args.study, models=args.models, datasets=args.datasets, seeds=args.seeds, epochs=args.epochs,
-        split_seeds=args.split_seeds, shift=args.shift,
+        split_seeds=args.split_seeds,
+        switch_on=tuple(f.key for f in BUILTIN.values() if f.shortcut and getattr(args, f.key)),
         preset=args.preset, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         max_concurrent=args.max_concurrent, address=args.address, storage=args.storage,
         tracking_uri=args.tracking_uri, experiment=args.experiment, resume=args.resume,
@@ -146,8 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fixed: one train/val/test split for every seed (CIs cover initialisation and batch "
                         "order); vary: the split follows the seed (CIs include split variance). Default: the "
                         "study's, else fixed")
-    a.add_argument("--shift", action="store_true",
-                   help="add the per-species energy shift (ES) to every arm of the study")
+    for f in BUILTIN.values():  # a factor's shortcut: its "on" level on every arm (--shift: ES added)
+        if f.shortcut:
+            a.add_argument(f.shortcut, dest=f.key, action="store_true",
+                           help=f"add {f.name} ({f.help}) to every arm of the study")
     a.add_argument("--epochs", type=int)
     a.add_argument("--preset", choices=("small", "paper"))
     a.add_argument("--cpus-per-trial", type=float, default=1.0)

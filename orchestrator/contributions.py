@@ -9,8 +9,10 @@ components can be switched on. Shares add up to the total, an interaction is spl
 components that make it, and on the log scale a share is a factor on the geometric-mean error.
 
 A factorial ANOVA (statsmodels, main effects and two-way interactions) on the same log errors says which
-effects the seeds resolve. The component definitions are one table (COMPONENTS): nothing below knows
-a factor by name.
+effects the seeds resolve, and where a factor has more than two levels (five activations, three force
+weights), an ANOVA over every level of the largest full grid of levels the arms hold. The components come
+from the factor declarations (search_spaces/factors.py: the built-ins' `component`, and a study's own
+factor with two levels): nothing below knows a factor by name.
 """
 from __future__ import annotations
 
@@ -24,20 +26,24 @@ import numpy as np
 import pandas as pd
 
 from dcnn.families import BLOWUP_FACTOR
-
-REFERENCE = "<the reference arm's level>"  # a component's "on" level taken from the reference arm
+from orchestrator.report_format import fmt, fmt_p
+from search_spaces import factors as factor_decl
+from search_spaces.factors import BUILTIN, REFERENCE, Factor, level_text
 
 
 @dataclass(frozen=True)
 class Component:
     """A binary part of the method: `key` is the trials' column (a study factor), `on` the level with the
-    component (REFERENCE: whatever the reference arm has, e.g. its activation), `off` the level without."""
+    component (REFERENCE: whatever the reference arm has, e.g. its activation), `off` the level without;
+    `arrow`: a row says 'activation original → irelu' rather than 'DN added'."""
 
     key: str
     label: str  # in tables and on the plot: "DN"
     on: object
     off: object
     added: str = "added"  # how a row says the component is switched on: "DN added"
+    arrow: bool = False
+    factor: Factor | None = None
 
     def levels(self, reference_row) -> tuple:
         """(on, off) for this study: REFERENCE resolves to the reference arm's own level."""
@@ -46,21 +52,36 @@ class Component:
 
     def change(self, on, off) -> str:
         """What switching the component on means, in words: 'activation original → irelu', 'DN added'."""
-        return f"{self.label} {off} → {on}" if self.on is REFERENCE else f"{self.label} {self.added}"
+        return f"{self.label} {pretty(off)} → {pretty(on)}" if self.arrow else f"{self.label} {self.added}"
 
 
-# The method's binary components, in the order tables and the waterfall list them. activation: the
-# reference arm's (integrated) activation vs the architecture's own; DN: BatchNorm deleted; LR: labels
-# divided by C; ES: per-species energy shift; LSUV: data-dependent initialisation vs the default one.
-COMPONENTS = (
-    Component("activation", "activation", on=REFERENCE, off="original"),
-    Component("denorm", "DN", on=True, off=False),
-    Component("rescale", "LR", on=True, off=False),
-    Component("shift", "ES", on=True, off=False),
-    Component("init", "LSUV", on="lsuv", off="default", added="init"),
-)
-# the level of a factor a study's trials do not carry (studies before ES or LSUV existed)
-FACTOR_DEFAULTS = {"shift": False, "init": "default"}
+def _builtin_component(f: Factor) -> Component:
+    on, off = f.component
+    return Component(f.key, f.component_label or f.name, on, off, f.added, arrow=on is REFERENCE, factor=f)
+
+
+# The method's binary components, in the order tables and the waterfall list them (the built-in factors'
+# declarations): activation: the reference arm's (integrated) activation vs the architecture's own; DN:
+# BatchNorm deleted; LR: labels divided by C; ES: per-species energy shift; LSUV: LSUV vs the default init.
+COMPONENTS = tuple(_builtin_component(f) for f in BUILTIN.values() if f.component)
+
+
+def components_for(arms: pd.DataFrame, reference: str, factors: tuple) -> tuple:
+    """The built-in components, then each of the study's own factors that has exactly two levels among
+    `arms` (on: the reference arm's level, off: the other)."""
+    out = list(COMPONENTS)
+    ref_rows = arms[arms.arm == reference]
+    for f in factors:
+        if f.builtin or f.key not in arms or ref_rows.empty:
+            continue
+        levels = list(dict.fromkeys(arms[f.key].astype(str)))
+        on = str(ref_rows.iloc[0][f.key])
+        if len(levels) == 2 and on in levels:
+            off = next(x for x in levels if x != on)
+            out.append(Component(f.key, f.name, on, off, arrow=True, factor=f))
+    return tuple(out)
+
+
 MIN_K = 2  # k = 1 is one pairwise comparison: the report's table says it already
 MAX_METRICS = 2  # the section covers the family's first metrics (molecules: E and F; PINNs: relL2, nRMSE)
 N_BOOT = 2000
@@ -70,11 +91,10 @@ ROUGH_BELOW = 5  # fewer seeds than this: few distinct bootstrap resamples, the 
 
 
 def level_of(row, component: Component):
-    """A trial's (or arm's) level of a component, normalised: a bool for on/off flags, else a string;
-    a column the study does not carry reads as FACTOR_DEFAULTS."""
-    value = row.get(component.key) if hasattr(row, "get") else None
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        value = FACTOR_DEFAULTS.get(component.key)
+    """A trial's (or arm's) level of a component, normalised: a bool for on/off flags, else a string; a
+    column the study does not carry reads as the factor's default (search_spaces/factors.level_of)."""
+    f = component.factor or factor_decl.factor(component.key)
+    value = factor_decl.level_of(row, f)
     return bool(value) if isinstance(component.off, bool) else str(value)
 
 
@@ -149,6 +169,32 @@ class Design:
     @property
     def all_on(self) -> str:
         return self.cells[-1]
+
+
+def _at_reference(arms: pd.DataFrame, reference: str, others: list) -> tuple[pd.DataFrame, dict]:
+    """The arms whose factors that are no component (a force weight of three levels) sit at the reference
+    arm's level, and {name: that level} for those that vary (the design holds them there)."""
+    ref_rows = arms[arms.arm == reference]
+    if ref_rows.empty or not others:
+        return arms, {}
+    keep = np.ones(len(arms), dtype=bool)
+    held = {}
+    for f in others:
+        column = arms[f.key].astype(str)
+        ref = str(ref_rows.iloc[0][f.key])
+        keep &= (column == ref).to_numpy()
+        if column.nunique() > 1:
+            held[f.name] = pretty(ref)
+    return arms[keep], held
+
+
+def pretty(level) -> str:
+    """A level read back from a table (a string) as an arm's key writes it: '30.0' → '30', 'True' → 'true'."""
+    text = str(level)
+    try:
+        return level_text(float(text)) if text.lower() not in ("nan", "inf", "-inf") else text
+    except ValueError:
+        return text
 
 
 def find_design(arms: pd.DataFrame, reference: str, components: tuple = COMPONENTS,
@@ -259,11 +305,16 @@ def analyse(trials: pd.DataFrame, reference_arm: str, specs: tuple, group=("data
     whose arms hold a full design with k ≥ MIN_K."""
     specs = tuple(specs)[:MAX_METRICS]
     out = []
-    columns = ["arm", *[c.key for c in COMPONENTS if c.key in trials], "identical_to"]
+    factors = factor_decl.study_factors(trials)
+    columns = ["arm", *[f.key for f in factors if f.key in trials], "identical_to"]
     for (data, model), g in trials.groupby(list(group), sort=False):
         arms = g.reindex(columns=columns).drop_duplicates("arm")
-        design = find_design(arms, reference_arm)
+        components = components_for(arms, reference_arm, factors)
+        arms, held = _at_reference(arms, reference_arm, [f for f in factors if f.key in arms
+                                                           and f.key not in {c.key for c in components}])
+        design = find_design(arms, reference_arm, components)
         if design is not None:
+            design.held = {**design.held, **held}
             out.append(_analyse(g, design, specs, str(data), str(model)))
     return out
 
@@ -339,8 +390,8 @@ def factorial_anova(logs: np.ndarray, design: Design) -> tuple[pd.DataFrame | No
         if any((mask >> i & 1) != (design.reference_mask >> i & 1) for i in design.noop):
             continue
         for y in logs[mask]:
-            rows.append({"y": y, **{design.components[i].key: "on" if mask >> i & 1 else "off" for i in keep}})
-    terms = [f"C({design.components[i].key})" for i in keep]
+            rows.append({"y": y, **{f"c{i}": "on" if mask >> i & 1 else "off" for i in keep}})
+    terms = [f"C(c{i})" for i in keep]  # column names patsy can read (a factor key may be size.cutoff)
     formula = "y ~ " + (f"({' + '.join(terms)})**2" if len(terms) > 1 else terms[0])
     frame = pd.DataFrame(rows)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -349,7 +400,7 @@ def factorial_anova(logs: np.ndarray, design: Design) -> tuple[pd.DataFrame | No
         if fit.df_resid <= 0:
             return None, f"no residual degrees of freedom with {logs.shape[1]} seed(s): no test"
         table = anova_lm(fit, typ=2)
-    labels = {f"C({c.key})": c.label for c in design.components}
+    labels = {f"C(c{i})": c.label for i, c in enumerate(design.components)}
     out = pd.DataFrame({"effect": [" × ".join(labels.get(t, t) for t in name.split(":")) for name in table.index],
                         "df": table["df"].to_numpy(float), "F": table["F"].to_numpy(float),
                         "p": table["PR(>F)"].to_numpy(float)})
@@ -362,10 +413,146 @@ def factorial_anova(logs: np.ndarray, design: Design) -> tuple[pd.DataFrame | No
     return out[out.effect != "Residual"].reset_index(drop=True), note
 
 
+# -- every level: the ANOVA over the largest full grid --------------------------------------------------
+@dataclass
+class Grid:
+    """A full factorial over `factors`' levels among one (data set, model)'s arms (every other factor at the
+    reference arm's level): `cells` maps each combination of levels to its arm."""
+
+    data: str
+    model: str
+    factors: tuple  # Factor
+    levels: tuple  # per factor: its levels (str)
+    cells: dict  # tuple of levels -> arm
+    specs: tuple = ()
+    anova: dict = field(default_factory=dict)  # slug -> DataFrame(effect, df, F, p) or None
+    note: dict = field(default_factory=dict)  # slug -> residual df, cells' seed counts, or why no test
+
+    @property
+    def words(self) -> str:
+        def said(f, level):
+            return {"True": "on", "False": "off"}.get(level, level) if f.said == "flag" else pretty(level)
+
+        return " × ".join(f"{f.name} ({', '.join(said(f, x) for x in lv)})" for f, lv in zip(self.factors, self.levels))
+
+
+def find_grid(arms: pd.DataFrame, reference: str, factors: tuple) -> tuple | None:
+    """(factors, levels, cells) of the largest full grid of levels of two or more factors among `arms`
+    (others at the reference's level) holding a factor with more than two levels; None when there is none
+    (one factor alone is the Findings' pairwise comparisons; all binary, the 2^k design's ANOVA). Factors a model ignores
+    by construction (DN without BatchNorm: the arms carry an `identical_to` twin) are left out."""
+    arms = arms.drop_duplicates("arm")
+    ref_rows = arms[arms.arm == reference]
+    if ref_rows.empty:
+        return None
+    twins = arms.get("identical_to", pd.Series([""] * len(arms), index=arms.index)).fillna("").astype(bool)
+    run = arms[~twins]
+    table = {f.key: run[f.key].astype(str) for f in factors if f.key in run}
+    ref = {k: str(ref_rows.iloc[0][k]) for k in table}
+    candidates = [f for f in factors if f.key in table and table[f.key].nunique() > 1
+                  and not (f.same_without_batchnorm and twins.any())]
+    for size in range(len(candidates), 1, -1):
+        for combo in itertools.combinations(candidates, size):
+            held = [k for k in table if k not in {f.key for f in combo}]
+            inside = run[np.logical_and.reduce([table[k] == ref[k] for k in held])] if held else run
+            levels = tuple(tuple(dict.fromkeys(inside[f.key].astype(str))) for f in combo)
+            if any(len(lv) < 2 for lv in levels) or all(len(lv) == 2 for lv in levels):
+                continue
+            have = {tuple(str(r[f.key]) for f in combo): r.arm for _, r in inside.iterrows()}
+            cells = {c: have.get(c) for c in itertools.product(*levels)}
+            if all(cells.values()):
+                return combo, levels, cells
+    return None
+
+
+def analyse_grids(trials: pd.DataFrame, reference_arm: str, specs: tuple, group=("data", "model")) -> list[Grid]:
+    """A Grid with its ANOVA for every (data set, model) whose arms hold one (find_grid)."""
+    specs = tuple(specs)[:MAX_METRICS]
+    factors = factor_decl.study_factors(trials)
+    columns = ["arm", *[f.key for f in factors if f.key in trials], "identical_to"]
+    out = []
+    for (data, model), g in trials.groupby(list(group), sort=False):
+        found = find_grid(g.reindex(columns=columns), reference_arm, factors)
+        if found is None:
+            continue
+        grid = Grid(str(data), str(model), *found, specs=specs)
+        for spec in specs:
+            grid.anova[spec.slug], grid.note[spec.slug] = _grid_anova(g, grid, spec)
+        out.append(grid)
+    return out
+
+
+def _grid_anova(g: pd.DataFrame, grid: Grid, spec) -> tuple[pd.DataFrame | None, str]:
+    """Type-2 ANOVA of log errors over the grid's cells: main effects and two-way interactions, every
+    finished seed of every cell (seed_entry's rules for diverged and stalled seeds)."""
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+
+    rows, counts = [], []
+    names = [f"f{i}" for i in range(len(grid.factors))]
+    for combo, arm in grid.cells.items():
+        n = 0
+        for _, row in g[g.arm == arm].iterrows():
+            y, _ = seed_entry(row, spec)
+            if math.isfinite(y):
+                rows.append({"y": y, **dict(zip(names, combo))})
+                n += 1
+        counts.append(n)
+    if min(counts) == 0:
+        return None, "some cell has no finished seed: no test"
+    terms = [f"C({n})" for n in names]
+    formula = "y ~ " + (f"({' + '.join(terms)})**2" if len(terms) > 1 else terms[0])
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        fit = smf.ols(formula, pd.DataFrame(rows)).fit()
+        if fit.df_resid <= 0:
+            return None, f"no residual degrees of freedom with {min(counts)}–{max(counts)} seed(s) per cell: no test"
+        table = anova_lm(fit, typ=2)
+    labels = {f"C({n})": f.name for n, f in zip(names, grid.factors)}
+    out = pd.DataFrame({"effect": [" × ".join(labels.get(t, t) for t in name.split(":")) for name in table.index],
+                        "df": table["df"].to_numpy(float), "F": table["F"].to_numpy(float),
+                        "p": table["PR(>F)"].to_numpy(float)})
+    seeds = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
+    return out[out.effect != "Residual"].reset_index(drop=True), f"residual df {int(fit.df_resid)}; {seeds} seed(s) per cell"
+
+
+def grids_markdown(grids: list[Grid]) -> str:
+    """The Contributions' "every level" part: per (data set, model) its grid and ANOVA tables."""
+    if not grids:
+        return ""
+    lines = ["### Every level", "",
+             "Where a factor has more than two levels: a type-2 ANOVA (statsmodels OLS, main effects and two-way "
+             "interactions, p unadjusted) of log(test error) over the largest full grid of levels the arms hold, "
+             "every other factor at the reference arm's level; each level against the reference is in the "
+             "Findings.", ""]
+    for grid in grids:
+        lines += [f"**{grid.data} · {grid.model}**: {len(grid.cells)} cells over {grid.words}.", ""]
+        for spec in grid.specs:
+            table, note = grid.anova[spec.slug], grid.note[spec.slug]
+            lines += [f"ANOVA of log {spec.name}{' ' + spec.stat if spec.stat else ''} ({note}):", ""]
+            if table is None:
+                continue
+            lines += ["| effect | df | F | p |", "|---|---|---|---|"]
+            lines += [f"| {r.effect} | {int(r.df)} | {_fmt(r.F)} | {fmt_p(r.p)} |" for r in table.itertuples()]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def grids_frame(grids: list[Grid]) -> pd.DataFrame:
+    """contributions.csv rows of the grids' ANOVA: row = grid_anova."""
+    rows = []
+    for grid in grids:
+        for spec in grid.specs:
+            table = grid.anova[spec.slug]
+            for r in ([] if table is None else table.itertuples()):
+                rows.append({"data": grid.data, "model": grid.model, "row": "grid_anova", "metric": spec.slug,
+                             "components": " × ".join(f.name for f in grid.factors), "component": r.effect,
+                             "df": r.df, "F": r.F, "p": r.p, "note": grid.note[spec.slug]})
+    return pd.DataFrame(rows)
+
+
 # -- output -------------------------------------------------------------------------------------------
 def _fmt(x, sig: int = 3) -> str:
-    from orchestrator.report import fmt
-
     return fmt(x, sig)
 
 
@@ -396,15 +583,17 @@ def intro() -> str:
         "interactions, type-2 sums of squares (statsmodels), p unadjusted.\n")
 
 
-def to_markdown(analyses: list[Analysis], units: dict) -> str:
-    """The report's Contributions section (empty when no data set × model holds a design)."""
-    if not analyses:
+def to_markdown(analyses: list[Analysis], units: dict, grids: list[Grid] = ()) -> str:
+    """The report's Contributions section (empty when no data set × model holds a design or a grid)."""
+    if not analyses and not grids:
         return ""
     parts = [intro()]
     for a in analyses:
         parts.append(_markdown_one(a, units.get(a.data)))
     if any(a.computable for a in analyses):
         parts.append("![contributions per component](contributions.png)\n")
+    if grids:
+        parts.append(grids_markdown(list(grids)))
     return "\n".join(parts)
 
 
@@ -464,8 +653,6 @@ def _markdown_one(a: Analysis, units) -> str:
         if table is None:
             continue
         lines += ["| effect | df | F | p |", "|---|---|---|---|"]
-        from orchestrator.report import fmt_p
-
         lines += [f"| {r.effect} | {int(r.df)} | {_fmt(r.F)} | {fmt_p(r.p)} |" for r in table.itertuples()]
         lines.append("")
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from orchestrator.trial_files import repair_trials
 from trainables.trial_record import RECORD_FILE
 from dcnn.families import family_of
 from search_spaces import Study, load_study, tuning_space
+from search_spaces.factors import BUILTIN
 
 log = logging.getLogger("dcnn.orchestrator")
 SCHEDULERS = ("fifo", "asha")
@@ -30,7 +31,7 @@ class AblateOptions:
     datasets: Optional[list] = None  # bundled names or paths (default: the study's, else bundled ethanol)
     seeds: Optional[list] = None
     split_seeds: Optional[str] = None  # fixed | vary (default: the study's, else fixed)
-    shift: bool = False  # add the per-species energy shift to every arm
+    switch_on: tuple = ()  # factors (keys) set to their "on" level on every arm: `--shift` (search_spaces/factors.py)
     epochs: Optional[int] = None
     preset: Optional[str] = None
     cpus_per_trial: float = 1.0
@@ -95,7 +96,8 @@ class AblateOptions:
         family = family_of(model)  # data sets are files or PDE problems
         datasets = None if self.datasets is None else [family.resolve(d, model=model) for d in self.datasets]
         study = base.with_overrides(models=self.models, seeds=self.seeds, fixed=fixed, datasets=datasets,
-                                    split_seeds=self.split_seeds, shift=True if self.shift else None)
+                                    split_seeds=self.split_seeds,
+                                    levels={k: BUILTIN[k].component[0] for k in self.switch_on})
         for path in study.datasets:  # names the file (or problem) and what is wrong, before Ray starts
             study.family.check_dataset(path, {})
         return study
@@ -457,7 +459,9 @@ def _study_record(study: Study, identical: dict, uri: str, experiment: str, pare
     datasets = {}
     for d in study.datasets:
         datasets[d] = {"label": study.dataset_labels()[d], **study.family.dataset_info(d)}
-    return {"identical": identical, "dataset_info": datasets, "units": next(iter(datasets.values()))["units"],
+    levels = {a.key: {k: v for k, v in a.levels} for a in study.arms}  # the report's factor columns of twins
+    return {"identical": identical, "dataset_info": datasets, "factors": [f.key for f in study.factors],
+            "arm_levels": levels, "units": next(iter(datasets.values()))["units"],
             "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent, "best_hyperparameters": {},
             "settings": {k: study.setting(k) for k in ("epochs", "lr", "lr_schedule", "lr_min", "rescale_factor",
                                                       "force_weight", "n_train", "n_val", "n_test", "preset")}}

@@ -33,6 +33,11 @@ _PLACEMENT_TAGS = ("node_id", "hostname", "node_ip", "gpu_ids", "cuda_visible_de
 TRIAL_TAG = "dcnn.trial_id"
 
 
+def _own_factors(config: dict) -> list[str]:
+    """The study's own factors a trial lists (`factors`: force_weight,size.cutoff), tagged like the built-ins."""
+    return [k for k in str(config.get("factors") or "").split(",") if k]
+
+
 def default_tracking_uri(storage: Path) -> str:
     return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
 
@@ -227,7 +232,8 @@ class MLflowStudyLogger(tune.Callback):
             cfg = trial.config
             tags = {TRIAL_TAG: tid, "mlflow.parentRunId": self.parent_run_id,
                     "dcnn.study": self.study_name, "dcnn.role": "trial", "trial_name": str(trial),
-                    **{k: str(cfg.get(k)) for k in ("model", *FACTORS, "seed", "arm", "phase", "data") if k in cfg}}
+                    **{k: str(cfg.get(k)) for k in ("model", *FACTORS, *_own_factors(cfg), "seed", "arm", "phase", "data")
+                       if k in cfg}}
             run = self.client.create_run(self.experiment_id, run_name=trial_run_name(cfg), tags=tags)
             run_id = run.info.run_id
             from mlflow.entities import Param

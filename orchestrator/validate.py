@@ -52,6 +52,7 @@ def check_set(values: dict, flags: dict | None = None) -> None:
     from dcnn.config import TrainConfig, resolve_config
     from dcnn.models import MODEL_NAMES
     from search_spaces import FACTORS
+    from search_spaces.factors import SIZE_PREFIX
 
     own_flag = {"dataset": "--datasets ethanol,FILE", "seed": "--seeds 0,1,2", "model": "--models schnet,cgcnn",
                 "split_seed": "--split-seeds fixed|vary"}
@@ -64,6 +65,8 @@ def check_set(values: dict, flags: dict | None = None) -> None:
         if key in FACTORS:
             raise ValueError(f"--set {key}={value!r}: {key} is a factor of the study (its arms); write a "
                              f"study YAML file with the levels you want and pass it with --study")
+        if key.startswith(SIZE_PREFIX):  # a model size (a plug-in's own too): checked on each model by the study
+            continue
         if key not in known:
             raise ValueError(f"--set {key}={value!r}: unknown key {key!r}; TrainConfig keys are: "
                              f"{', '.join(sorted(known - set(own_flag)))}")

@@ -5,59 +5,115 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
-from dcnn.config import ACTIVATION_CHOICES, SIZE_FIELDS, TrainConfig, resolve_config
+from dcnn.config import SIZE_FIELDS, TrainConfig, resolve_config
 from dcnn.atomistic.molecules import DEFAULT_DATASET
 from dcnn.families import family_of
-from dcnn.init import INIT_MODES
 from dcnn.models import get_spec, has_normalization, model_names
+from search_spaces.factors import BUILTIN, REQUIRED, Factor, factor, level_of
 
 STUDY_DIR = Path(__file__).resolve().parent / "studies"
-FACTORS = ("activation", "denorm", "rescale", "shift", "init")
-# a design that does not name the shift or init factor runs without ES, from the architecture's own init
-FACTOR_DEFAULTS = {"shift": False, "init": "default"}
-INIT_LABELS = {"default": "", "lsuv": "LSUV"}  # how an arm's key and label name its init (one per INIT_MODES)
+FACTORS = tuple(BUILTIN)
+_FIELD_DEFAULTS = TrainConfig().to_dict()  # the built-in factors' keys (search_spaces/factors.py declares them)
 SPLIT_SEEDS = ("fixed", "vary")
 # Keys a study adds to a Tune config to label a trial (not TrainConfig settings); plugin_path: folders
-# a trial puts on sys.path before it resolves a plug-in model (runner.plugin_path).
-LABEL_KEYS = ("arm", "study", "phase", "cell", "data", "plugin_path")
+# a trial puts on sys.path before it resolves a plug-in model (runner.plugin_path); factors: the keys of a
+# study's factors beyond the built-ins (force_weight,size.cutoff), so a trial's name and tags show them.
+LABEL_KEYS = ("arm", "study", "phase", "cell", "data", "plugin_path", "factors")
 _STUDY_KEYS = {"description", "reference", "designs", "models", "seeds", "fixed", "datasets", "split_seeds",
                "model_sizes"}
 
 
-@dataclass(frozen=True)
 class Arm:
-    """One combination of the factors.  DN = denormalization, LR = label rescaling, ES = per-species
-    energy shift, LSUV = data-dependent initialisation (init="lsuv", dcnn/init.py)."""
+    """One combination of the factors' levels (search_spaces/factors.py): `irelu+DN+LR+LSUV`.
 
-    activation: str
-    denorm: bool
-    rescale: bool
-    shift: bool = False
-    init: str = "default"
+    DN = denormalization, LR = label rescaling, ES = per-species energy shift, LSUV = data-dependent
+    initialisation; a study's own factors follow (`irelu+DN+LR+force_weight=10`). Two arms are the same
+    arm when their keys are. `Arm("irelu", True, True)` builds one of the built-ins (ES off, default
+    init); `Arm.of({...})` one of any factors.
+    """
+
+    __slots__ = ("levels",)
+
+    def __init__(self, activation: str, denorm: bool, rescale: bool, shift: bool = False, init: str = "default",
+                 **others):
+        levels = {"activation": activation, "denorm": denorm, "rescale": rescale, "shift": shift, "init": init}
+        for name, level in others.items():
+            levels[factor(name).key] = level
+        object.__setattr__(self, "levels", _ordered(levels))
+
+    @classmethod
+    def of(cls, levels: dict) -> "Arm":
+        """An arm from {factor key: level}; built-ins not given take their default, None = the study's setting."""
+        arm = cls.__new__(cls)
+        full = {k: (f.default if f.default != REQUIRED else None) for k, f in BUILTIN.items()}
+        object.__setattr__(arm, "levels", _ordered({**full, **levels}))
+        return arm
 
     @classmethod
     def from_config(cls, config: dict) -> "Arm":
-        return cls(str(config.get("activation")), bool(config.get("denorm")), bool(config.get("rescale")),
-                   bool(config.get("shift", False)), str(config.get("init") or FACTOR_DEFAULTS["init"]))
+        """The arm of a trial's config (the built-ins, and the study's own factors it lists under `factors`)."""
+        own = [k for k in str(config.get("factors") or "").split(",") if k]
+        return cls.of({**{k: level_of(config, f) for k, f in BUILTIN.items()}, **{k: config.get(k) for k in own}})
 
-    def _stabilizers(self) -> list[str]:
-        return (["DN"] * self.denorm + ["LR"] * self.rescale + ["ES"] * self.shift
-                + [INIT_LABELS[self.init]] * bool(INIT_LABELS[self.init]))
+    def __setattr__(self, name, value):
+        raise AttributeError("an Arm is immutable: use arm.with_levels(...)")
+
+    def __getattr__(self, name: str):
+        levels = object.__getattribute__(self, "levels")
+        for key, level in levels:
+            if key == name:
+                return level
+        raise AttributeError(name)
+
+    def get(self, key: str, default=None):
+        return dict(self.levels).get(key, default)
+
+    def with_levels(self, levels: dict) -> "Arm":
+        return Arm.of({**dict(self.levels), **levels})
+
+    @property
+    def factor_keys(self) -> tuple[str, ...]:
+        return tuple(k for k, _ in self.levels)
+
+    def _tags(self) -> list[str]:
+        return [t for k, v in self.levels[1:] if (t := _factor_of(k).tag(v))]
 
     @property
     def key(self) -> str:
-        """Stable machine name, e.g. 'irelu+DN+LR', 'isilu+LR', 'irelu', 'irelu+LR+ES', 'irelu+DN+LR+LSUV'."""
-        return "+".join([self.activation] + self._stabilizers())
+        """Stable machine name, e.g. 'irelu+DN+LR', 'isilu+LR', 'irelu', 'irelu+LR+ES', 'irelu+DN+LR+LSUV',
+        'irelu+DN+LR+force_weight=10'."""
+        return "+".join([str(self.levels[0][1])] + self._tags())
 
     @property
     def label(self) -> str:
         """Readable name, e.g. 'irelu · DN+LR', 'irelu · no DN, no LR'."""
-        parts = self._stabilizers()
-        return f"{self.activation} · {'+'.join(parts) if parts else 'no DN, no LR'}"
+        parts = self._tags()
+        return f"{self.levels[0][1]} · {'+'.join(parts) if parts else 'no DN, no LR'}"
 
     def as_config(self) -> dict:
-        return {"activation": self.activation, "denorm": self.denorm, "rescale": self.rescale,
-                "shift": self.shift, "init": self.init}
+        """The config keys the arm sets (a level of None — the study's setting — sets none)."""
+        return {k: v for k, v in self.levels if v is not None}
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Arm) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return f"Arm({self.key})"
+
+    def __reduce__(self):  # picklable for Ray
+        return (Arm.of, (dict(self.levels),))
+
+
+def _factor_of(key: str) -> Factor:
+    return BUILTIN.get(key) or factor(key)
+
+
+def _ordered(levels: dict) -> tuple:
+    """Built-ins first in their declared order, then the study's own factors in the order given."""
+    return tuple([(k, levels[k]) for k in BUILTIN if k in levels] + [(k, v) for k, v in levels.items() if k not in BUILTIN])
 
 
 def trial_name(config: dict) -> str:
@@ -88,14 +144,23 @@ class Study:
         """The TrainConfig keys a trial of `model` gets from the study: `fixed`, then its `model_sizes`."""
         return {**self.fixed, **self.model_sizes.get(model, {})}
 
+    @property
+    def factors(self) -> tuple[Factor, ...]:
+        """The study's factors: the built-ins, then its own (any TrainConfig key or model size its designs vary)."""
+        return tuple(_factor_of(k) for k in self.reference.factor_keys)
+
+    @property
+    def own_factors(self) -> tuple[Factor, ...]:
+        return tuple(f for f in self.factors if not f.builtin)
+
     def with_overrides(self, models=None, seeds=None, fixed=None, datasets=None, split_seeds=None,
-                       shift=None) -> "Study":
+                       levels=None) -> "Study":
         """The study with command-line overrides; `None` keeps the study's value (an empty list is an
-        error, not 'keep'). `shift=True` adds the per-species energy shift to every arm."""
+        error, not 'keep'). `levels` ({factor key: level}) sets a factor on every arm (`--shift`: ES added)."""
         arms, reference = self.arms, self.reference
-        if shift is not None:
-            arms = list(dict.fromkeys(replace(a, shift=bool(shift)) for a in self.arms))
-            reference = replace(self.reference, shift=bool(shift))
+        if levels:
+            arms = list(dict.fromkeys(a.with_levels(levels) for a in self.arms))
+            reference = self.reference.with_levels(levels)
         s = replace(self, arms=arms, reference=reference,
                     models=list(self.models if models is None else models),
                     seeds=list(self.seeds if seeds is None else seeds),
@@ -136,6 +201,9 @@ class Study:
         if self.split_seeds not in SPLIT_SEEDS:
             raise ValueError(f"{where}: split_seeds {self.split_seeds!r}: choose one of {', '.join(SPLIT_SEEDS)}")
         bad_fixed = [k for k in self.fixed if k in FACTORS + ("model", "seed", "dataset") + LABEL_KEYS]
+        keys = {a.factor_keys for a in self.arms}
+        if len(keys) > 1 or keys != {self.reference.factor_keys}:
+            raise ValueError(f"{where}: arms carry different factors {sorted(keys)}: build arms with Study's loader")
         if bad_fixed:
             raise ValueError(f"{where}: fixed must not set the study's axes {bad_fixed} (use the study's "
                              f"designs, models, seeds and datasets)")
@@ -191,9 +259,10 @@ class Study:
             if has_normalization(model, cfg.preset, **cfg.model_sizes()):
                 continue
             seen: dict[Arm, str] = {}
+            same = {f.key: f.component[1] for f in self.factors if f.same_without_batchnorm}
             # the reference runs itself, never as another arm's twin
             for arm in sorted(self.arms, key=lambda a: a != self.reference):
-                canonical = replace(arm, denorm=False)
+                canonical = arm.with_levels(same)
                 if canonical in seen:
                     out.setdefault(model, {})[arm.key] = seen[canonical]
                 else:
@@ -204,6 +273,11 @@ class Study:
         """The (model, arm) pairs that run: every pair but the identical-by-construction twins."""
         skip = self.identical_arms()
         return [(model, arm) for arm in self.arms for model in self.models if arm.key not in skip.get(model, {})]
+
+    def _factors_label(self) -> dict:
+        """`factors`: the study's own factors' keys, so a trial's name and tags show them (none: no key)."""
+        own = [f.key for f in self.own_factors]
+        return {"factors": ",".join(own)} if own else {}
 
     def dataset_labels(self) -> dict[str, str]:
         """Short names of the data sets (bundled name, else file stem), for run names and report headings."""
@@ -221,7 +295,7 @@ class Study:
         out = []
         for (model, arm), dataset, seed in itertools.product(self.cells(), self.datasets, self.seeds):
             cfg = {**self.fixed_for(model), **arm.as_config(), "arm": arm.key, "model": model, "seed": seed,
-                   "dataset": dataset, "study": self.name}
+                   "dataset": dataset, "study": self.name, **self._factors_label()}
             if len(self.datasets) > 1:
                 cfg["data"] = labels[dataset]
             if self.split_seeds == "vary":
@@ -249,8 +323,10 @@ class Study:
         else:
             space["arm"] = tune.grid_search([a.key for a in self.arms])
             space["model"] = tune.grid_search(list(self.models))
-        for factor in FACTORS:
-            space[factor] = tune.sample_from(ArmFactor(table, factor))
+        for f in self.factors:
+            fallback = {m: self.fixed_for(m).get(f.key) for m in self.models}
+            space[f.key] = tune.sample_from(ArmFactor(table, f.key, fallback))
+        space.update(self._factors_label())
         for size in sorted({k for v in self.model_sizes.values() for k in v}):
             space[size] = tune.sample_from(ModelSize(self.model_sizes, size))
         if self.split_seeds == "vary":
@@ -259,13 +335,20 @@ class Study:
 
 
 class ArmFactor:
-    """`tune.sample_from` callable: the value of one factor for the trial's arm (picklable)."""
+    """`tune.sample_from` callable: the value of one factor for the trial's arm; an arm that leaves it at
+    the study's setting gets the study's `fixed` value for the trial's model (None: TrainConfig's default
+    or the preset's size) (picklable)."""
 
-    def __init__(self, table: dict, factor: str):
-        self.table, self.factor = table, factor
+    def __init__(self, table: dict, factor: str, fallback: dict | None = None):
+        self.table, self.factor, self.fallback = table, factor, fallback or {}
 
     def __call__(self, config: dict) -> object:
-        return self.table[config["arm"]][self.factor]
+        value = self.table[config["arm"]].get(self.factor)
+        if value is None:
+            value = self.fallback.get(config["model"])
+        if value is None and self.factor in _FIELD_DEFAULTS:
+            value = _FIELD_DEFAULTS[self.factor]
+        return value
 
     def __repr__(self) -> str:
         return f"ArmFactor({self.factor})"
@@ -313,24 +396,40 @@ class SplitSeed:
         return int(config["seed"])
 
 
-def _arm(values, where: str) -> Arm:
+def _levels(values, where: str, sizes: tuple) -> dict:
+    """{factor key: level} of one combination a design or the reference names; built-ins it does not name
+    take their default (a missing required one is an error), its own factors are checked by TrainConfig."""
     if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping of factors ({', '.join(FACTORS)}), got {values!r}")
-    unknown = set(values) - set(FACTORS)
+        raise ValueError(f"{where}: expected a mapping of factors ({', '.join(FACTORS)}, or any TrainConfig key "
+                         f"or model size), got {values!r}")
+    known, unknown = {}, []
+    for name in values:
+        try:
+            known[name] = factor(str(name), sizes)
+        except ValueError as e:
+            unknown.append((name, str(e)))
+    if len(unknown) == 1 and not unknown[0][1].startswith("unknown factor"):
+        raise ValueError(f"{where}: {unknown[0][1]}")  # an axis named as a factor
     if unknown:
-        raise ValueError(f"{where}: unknown factor(s) {sorted(unknown)}; factors are {', '.join(FACTORS)}")
-    values = {**FACTOR_DEFAULTS, **values}
-    missing = [f for f in FACTORS if f not in values]
+        raise ValueError(f"{where}: unknown factor(s) {sorted(str(n) for n, _ in unknown)}; factors are "
+                         f"{', '.join(FACTORS)}, any TrainConfig key (force_weight, lr, …) or a model size "
+                         f"(size.NAME" + (f"; the study's models have {', '.join(sizes)}" if sizes else "") + ")")
+    out = {known[name].key: known[name].normalize(level, where) for name, level in values.items()}
+    missing = [k for k, f in BUILTIN.items() if f.default == REQUIRED and k not in out]
     if missing:
         raise ValueError(f"{where}: missing factor(s) {missing}")
-    if values["activation"] not in ACTIVATION_CHOICES:
-        raise ValueError(f"{where}: activation {values['activation']!r} is not one of {', '.join(ACTIVATION_CHOICES)}")
-    for f in ("denorm", "rescale", "shift"):
-        if not isinstance(values[f], bool):
-            raise ValueError(f"{where}: {f} must be true or false, got {values[f]!r}")
-    if values["init"] not in INIT_MODES:
-        raise ValueError(f"{where}: init {values['init']!r} is not one of {', '.join(INIT_MODES)}")
-    return Arm(values["activation"], values["denorm"], values["rescale"], values["shift"], values["init"])
+    return {**{k: f.default for k, f in BUILTIN.items() if f.default != REQUIRED}, **out}
+
+
+def _size_names(models: list[str]) -> tuple:
+    """The size names of the study's models (their presets' keys), so a design may say `cutoff` for `size.cutoff`."""
+    names = {}
+    for model in models:
+        try:
+            names.update(dict.fromkeys(k for preset in get_spec(model).presets.values() for k in preset))
+        except ValueError:
+            pass  # Study.validate names the unknown model
+    return tuple(names)
 
 
 def _list(data: dict, key: str, where: str, kind: type, default: list) -> list:
@@ -368,28 +467,28 @@ def load_study(name_or_path: str) -> Study:
         raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_STUDY_KEYS)}")
     if not isinstance(data.get("designs"), list) or not data["designs"]:
         raise ValueError(f"{where}: 'designs' must be a non-empty list of factor grids")
-    arms: list[Arm] = []
+    models = _list(data, "models", where, str, ["schnet", "cgcnn"])
+    sizes = _size_names(models)
+    combos: list[dict] = []
     for k, design in enumerate(data["designs"]):
         if not isinstance(design, dict):
             raise ValueError(f"{where}: designs[{k}] must map factors to lists of levels")
         grid = {f: v if isinstance(v, list) else [v] for f, v in design.items()}
-        unknown = set(grid) - set(FACTORS)
-        if unknown:
-            raise ValueError(f"{where}: designs[{k}]: unknown factor(s) {sorted(unknown)}; "
-                             f"factors are {', '.join(FACTORS)}")
-        for combo in itertools.product(*(grid.get(f, [None]) for f in FACTORS)):
-            values = {f: v for f, v in zip(FACTORS, combo) if v is not None}
-            arm = _arm(values, f"{where}: designs[{k}]")
-            if arm not in arms:  # shared arms run once
-                arms.append(arm)
-    reference = _arm(data.get("reference") or {"activation": "irelu", "denorm": True, "rescale": True},
-                     f"{where}: reference")
+        grid = {f: grid[f] for f in sorted(grid, key=lambda f: list(BUILTIN).index(f) if f in BUILTIN else len(BUILTIN))}
+        for combo in itertools.product(*grid.values()):
+            combos.append(_levels(dict(zip(grid, combo)), f"{where}: designs[{k}]", sizes))
+    reference_levels = _levels(data.get("reference") or {"activation": "irelu", "denorm": True, "rescale": True},
+                               f"{where}: reference", sizes)
+    # every arm carries every factor of the study: one a design does not name stays at the study's setting (None)
+    own = list(dict.fromkeys(k for c in [*combos, reference_levels] for k in c if k not in BUILTIN))
+    blank = dict.fromkeys(own)
+    arms: list[Arm] = list(dict.fromkeys(Arm.of({**blank, **c}) for c in combos))  # shared arms run once
+    reference = Arm.of({**blank, **reference_levels})
     if reference not in arms:
         raise ValueError(f"{where}: the reference arm {reference.key} is not among the study's arms")
     fixed = data.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise ValueError(f"{where}: fixed must map TrainConfig keys to values, got {fixed!r}")
-    models = _list(data, "models", where, str, ["schnet", "cgcnn"])
     family = family_of(models[0]) if models else family_of("")
     datasets = _list(data, "datasets", where, str, [family.default_dataset()])
     study = Study(name=path.stem, arms=arms, reference=reference, models=models,

@@ -51,7 +51,7 @@ def test_search_spaces_are_the_designs(tmp_path):
     assert {a.key for a in pre.arms} == {"irelu+DN+LR", "irelu+DN+LR+ES", "irelu+DN", "irelu+DN+ES",
                                          "irelu+LR", "irelu+LR+ES", "irelu", "irelu+ES"}
     assert len(pre.trial_configs()) == (8 + 4) * 3
-    assert search_spaces.load_study("seed-plan").with_overrides(shift=True).reference.key == "irelu+DN+LR+ES+LSUV"
+    assert search_spaces.load_study("seed-plan").with_overrides(levels={"shift": True}).reference.key == "irelu+DN+LR+ES+LSUV"
     # the reference is never the skipped twin, whatever order the study file lists DN in; sizes as TrainConfig reads them
     reordered = search_spaces.Study(name="r", arms=[search_spaces.Arm("irelu", False, True), search_spaces.Arm("irelu", True, True)],
                                     reference=search_spaces.Arm("irelu", True, True), models=["schnet"],
