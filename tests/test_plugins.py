@@ -186,6 +186,47 @@ def test_presets_and_sizes_of_a_plugin(plugin_dir):
     check_set({"preset": "wide"})
 
 
+# a plug-in whose head width is a keyword of its class and in none of its presets: a size all the same
+OWN_SIZE = """
+class WideHead(PairNet):
+    def __init__(self, hidden=16, cutoff=5.0, head_width=16):
+        super().__init__(hidden, cutoff)
+        self.head = nn.Sequential(nn.Linear(hidden, head_width), nn.SiLU(), nn.Linear(head_width, 1))
+
+wide = ModelSpec(build=WideHead, presets={"small": {"hidden": 16, "cutoff": 5.0}}, original_activation="silu",
+                 paper_placement=("filter",))
+"""
+
+
+def test_a_plugins_own_size_is_set_by_name(plugin_dir, capsys):
+    """issue 23: a size a plug-in's build takes (not one of ours, not in its presets) set as `size.head_width`
+    (a study's flat key, Tune's, MLflow's), as a `sizes` mapping, or `--size head_width=24` reaches the built
+    model, converted to the type of build's default; a size it lacks is refused naming the model and its sizes."""
+    from dcnn.cli import build_parser, config_from_args
+    from dcnn.config import TrainConfig
+    from dcnn.registry import get_spec, resolve_config
+    from dcnn.train import Trainer
+    from trainables.dcnn_trainables import train_config_from_tune
+
+    name = write_plugin(plugin_dir, EXTRA=OWN_SIZE).replace(":spec", ":wide")
+    assert get_spec(name).size_names() == ("hidden", "cutoff", "head_width")
+    fast = {"model": name, "n_train": 20, "n_val": 10, "n_test": 10, "epochs": 1, "compile": "off"}
+    cfg = train_config_from_tune({**fast, "size.head_width": 24.0, "arm": "x"})  # as a trial gets it
+    assert cfg.sizes == {"head_width": 24} and type(cfg.sizes["head_width"]) is int and cfg.resolved
+    assert cfg.to_dict()["size.head_width"] == 24 and "sizes" not in cfg.to_dict()
+    trainer = Trainer(cfg)
+    assert trainer.config is cfg  # resolved once, by the trainable
+    assert trainer.model.head[0].out_features == 24 and trainer.task.info["n_parameters"] > 0
+    assert resolve_config(TrainConfig.from_dict({**fast, "sizes": {"head_width": 8}})).model_sizes() == {"head_width": 8}
+    args = build_parser().parse_args(["train", "--model", name, "--size", "head_width=12", "--hidden", "8"])
+    assert config_from_args(args).sizes == {"head_width": 12, "hidden": 8}
+    with pytest.raises(ValueError, match=rf"size field\(s\) \['filters'\] do not apply to model '{name}'; its sizes "
+                                         rf"are: hidden, cutoff, head_width"):
+        resolve_config({**fast, "size.filters": 8})
+    with pytest.raises(ValueError, match="size head_width='wide' is not a valid int"):
+        resolve_config({**fast, "size.head_width": "wide"})
+
+
 def test_entry_point_discovery(tmp_path, monkeypatch):
     """A distribution's `dcnn_ablate.models` entry points name models, found by importlib.metadata on
     sys.path (a real dist-info folder, as pip writes it), also when the target is a function."""

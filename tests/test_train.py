@@ -332,19 +332,23 @@ def test_atomic_reference_energies_by_least_squares():
 
 def test_train_help_groups_flags_by_what_they_set_and_sizes_by_model():
     """`dcnn-ablate train --help`: every TrainConfig key once, in a group; a model's own sizes under its
-    name (with its small preset's values), sizes several models share in one group."""
+    name (with its small preset's values), sizes several models share in one group, with `--size NAME=VALUE`
+    for any size (a plug-in's own too)."""
     from dataclasses import fields
 
     from dcnn.cli import build_parser
+    from dcnn.config import LEGACY_SIZE_NAMES
 
     parser = build_parser()
     train = parser._subparsers._group_actions[0].choices["train"]
     groups = {g.title: [a.dest for a in g._group_actions] for g in train._action_groups}
-    assert "filters" in groups["schnet sizes"] and "emb_trip" in groups["gemnet_t sizes"]
-    assert "int_emb" in groups["dimenetpp sizes"] and "cutoff" in groups["sizes shared by several models"]
+    assert "size.filters" in groups["schnet sizes"] and "size.emb_trip" in groups["gemnet_t sizes"]
+    assert "size.int_emb" in groups["dimenetpp sizes"] and "size.cutoff" in groups["sizes shared by several models"]
+    assert "size_values" in groups["sizes shared by several models"]  # --size NAME=VALUE
     assert "init" in groups["what to train"] and "flush_denormals" in groups["where and how it runs"]
     placed = [d for title, dests in groups.items() if title not in ("options", "positional arguments")
               for d in dests]
-    assert sorted(placed) == sorted(f.name for f in fields(TrainConfig))  # each key exactly once
+    keys = [f.name for f in fields(TrainConfig) if f.name != "sizes"] + [f"size.{n}" for n in LEGACY_SIZE_NAMES]
+    assert sorted(placed) == sorted(keys + ["size_values"])  # each key exactly once
     text = train.format_help()
     assert "small preset: --hidden 64, --filters 64, --interactions 3" in text
