@@ -16,10 +16,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from dcnn.config import ACTIVATION_CHOICES, TrainConfig
+from dcnn.config import ACTIVATION_CHOICES, SIZE_PREFIX, TrainConfig
 from dcnn.init import INIT_MODES
-
-SIZE_PREFIX = "size."  # a model size's flat config key: size.cutoff
 
 REQUIRED = "<required>"  # a built-in level every design must name (no level goes without saying)
 REFERENCE = "<the reference arm's level>"  # a Contributions component's "on" level taken from the reference arm

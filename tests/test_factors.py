@@ -139,9 +139,13 @@ def test_report_findings_and_anova_over_a_studys_own_factors(tmp_path):
 
 # -- end to end on Ray: a TrainConfig key, a model size and a built-in; a plug-in's own size ----------------
 def test_a_study_of_force_weight_cutoff_and_lr_runs_end_to_end(ray_session, tracking_uri, tmp_path):
-    study = write_study(tmp_path / "knobs.yaml", [{"activation": ["irelu"], "denorm": [True], "rescale": [True, False],
-                                                   "force_weight": [10, 30, 100], "cutoff": [4.0, 5.0]}],
-                        {**REF, "force_weight": 30, "cutoff": 5.0}, seeds=(0, 1), fixed={"epochs": 1})
+    study = tmp_path / "knobs.yaml"  # the factors in the order written (not sorted): the arms' keys follow it
+    study.write_text(yaml.safe_dump({
+        "designs": [{"activation": ["irelu"], "denorm": [True], "rescale": [True, False],
+                     "force_weight": [10, 30, 100], "cutoff": [4.0, 5.0]}],
+        "reference": {**REF, "force_weight": 30, "cutoff": 5.0}, "models": ["schnet"], "seeds": [0, 1],
+        "fixed": {**TINY, "epochs": 1}}, sort_keys=False))
+    study = str(study)
     report = run_ablation(AblateOptions(study=study, storage=str(tmp_path / "res"), tracking_uri=tracking_uri,
                                         experiment="knobs", quiet=True))
     summary, md = report["summary"], report["markdown"]
@@ -200,15 +204,15 @@ def test_a_plugins_own_size_is_a_factor_of_a_study(ray_session, tracking_uri, tm
     (pkg / "potentials.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
     model = "basisplug.potentials:spec"
-    arm = {"activation": "irelu", "denorm": True, "rescale": True}
+    arm = {"activation": "irelu", "denorm": True, "rescale": False, "shift": True}  # ES, no LR: one epoch trains it
     study = write_study(tmp_path / "plug.yaml", [{**{k: [v] for k, v in arm.items()}, "basis": [4, 16]}],
                         {**arm, "basis": 4}, models=(model,), fixed={"epochs": 1})
-    assert [a.key for a in search_spaces.load_study(study).arms] == ["irelu+DN+LR+basis=4", "irelu+DN+LR+basis=16"]
+    assert [a.key for a in search_spaces.load_study(study).arms] == ["irelu+DN+ES+basis=4", "irelu+DN+ES+basis=16"]
     report = run_ablation(AblateOptions(study=study, storage=str(tmp_path / "res"), tracking_uri=tracking_uri,
                                         experiment="plug-size", quiet=True))
     trials = pd.read_csv(report["paths"]["trials"]).set_index("arm")
     c = MlflowClient(tracking_uri)
-    n = {arm: int(float(c.get_run(r).data.params["n_parameters"])) for arm, r in trials.mlflow_run_id.items()}
+    n = {arm: int(c.get_run(r).data.metrics["n_parameters"]) for arm, r in trials.mlflow_run_id.items()}
     # the filter's first Linear is basis × hidden + hidden: 12 more inputs × 8 = 96 more parameters
-    assert n["irelu+DN+LR+basis=16"] - n["irelu+DN+LR+basis=4"] == 12 * 8
-    assert "basis 4 → 16 (irelu+DN+LR+basis=16)" in report["findings"]
+    assert n["irelu+DN+ES+basis=16"] - n["irelu+DN+ES+basis=4"] == 12 * 8
+    assert "basis 4 → 16 (irelu+DN+ES+basis=16)" in report["findings"]
