@@ -15,7 +15,9 @@ from pathlib import Path
 
 import yaml
 
+from dcnn.atomistic.io import load_atoms
 from dcnn.atomistic.molecules import DatasetError
+from dcnn.atomistic.xtb import check_generate_args, generate
 from dcnn.config import (ACTIVATION_CHOICES, COMPILE_MODES, DTYPES, LEGACY_SIZE_NAMES, OPTIMIZERS, SCOPES, SIZE_PREFIX,
                          TrainConfig)
 from dcnn.init import INIT_MODES
@@ -260,8 +262,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from dcnn.atomistic.xtb import check_generate_args, generate
-
     check_generate_args(args.molecule, args.frames, args.temperature, args.seed, args.out,
                         args.timestep, args.interval, args.force)
 
@@ -274,8 +274,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Validate a data file (any atomistic layout) and print its summary."""
-    from dcnn.atomistic.io import load_atoms
-
     ds = load_atoms(args.path)
     species, counts = ds.compositions()
     sizes = ds.n_atoms
