@@ -1,11 +1,11 @@
-"""TrainConfig: the one typed, validated description of a training run (flat, so Tune/MLflow can use it).
+"""TrainConfig: the one typed, validated description of a training run; its flat form (`to_dict`: one scalar
+per key, sizes as `size.NAME`) is what Tune, MLflow and checkpoints hold.
 
 A record: it imports no model and reads no file.  The names in it (the model's spec, its preset and sizes, the
 data set) are resolved by `dcnn.registry.resolve_config`, once, where a run starts.
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import math
 import typing
