@@ -10,7 +10,15 @@ import yaml
 
 from dcnn import cli as dcnn_cli
 from dcnn.compiled import COMPILE_MODES
-from orchestrator.runner import SCHEDULERS, AblateOptions
+from orchestrator import tracking
+from orchestrator.runner import (
+    SCHEDULERS,
+    AblateOptions,
+    StudyStopped,
+    report_study,
+    run_ablation,
+)
+from orchestrator.validate import check_study_folder
 from search_spaces.factors import BUILTIN
 
 
@@ -65,7 +73,6 @@ def _settings(pairs: list) -> dict:
 
 
 def cmd_ablate(args) -> int:
-    from orchestrator.runner import run_ablation
 
     opts = AblateOptions(
         study=args.study, models=args.models, datasets=args.datasets, seeds=args.seeds, epochs=args.epochs,
@@ -76,7 +83,6 @@ def cmd_ablate(args) -> int:
         tracking_uri=args.tracking_uri, experiment=args.experiment, resume=args.resume,
         tune_hparams=args.tune_hparams, tuning_space=args.tuning_space, scheduler=args.scheduler,
         set={**_settings(args.set or []), **({"compile": args.compile} if args.compile else {})})
-    from orchestrator.runner import StudyStopped
 
     try:
         report = run_ablation(opts)
@@ -87,8 +93,6 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from orchestrator.runner import report_study
-    from orchestrator.validate import check_study_folder
 
     study = check_study_folder(args.path)  # a named cause, and nothing written, when it is not a study
     report = report_study(study)  # an object-store study is read from a local copy, its report stored back
@@ -103,7 +107,6 @@ def _close_unfinished(study, report: dict) -> str:
     """--close-unfinished: the MLflow runs of the report's unfinished trials, and the study's parent run,
     marked KILLED where they are RUNNING (found through report/study.json's tracking URI and parent run);
     what was closed, in words."""
-    from orchestrator import tracking
 
     unfinished = report["unfinished"]
     meta = report.get("study") or {}

@@ -10,7 +10,7 @@ import time
 
 from ray import tune
 
-from dcnn.families import family_of_config
+from dcnn.registry import family_of_config
 
 from orchestrator.tracking import trial_run_name
 

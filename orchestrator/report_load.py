@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dcnn.families import family_of, family_of_config
+from dcnn.registry import family_of, family_of_config
 from orchestrator.trial_files import read_trials
 from search_spaces.factors import BUILTIN, factor, level_of
 

@@ -14,6 +14,8 @@ from orchestrator.report_findings import _STALL_BOUND
 from orchestrator.report_format import _p, _ratio, _sentence, fmt
 from orchestrator.report_load import GROUP
 from orchestrator.report_stats import ALPHA
+from orchestrator.tracking import default_tracking_uri
+from search_spaces import STUDY_DIR, load_study
 from search_spaces.factors import BUILTIN
 
 
@@ -77,7 +79,6 @@ def _study_flags(meta: dict) -> list[str]:
     """The flags that make `ablate --resume` the same study as the record (check_resume compares them):
     the study, and where the record differs from the study file, models, seeds, data sets, splits, ES,
     settings and tuning."""
-    from search_spaces import STUDY_DIR, load_study
 
     name, source = meta.get("study"), meta.get("study_source") or meta.get("study")
     builtin = bool(source) and Path(source).resolve().parent == STUDY_DIR.resolve()
@@ -114,7 +115,6 @@ def _study_flags(meta: dict) -> list[str]:
 def resume_command(meta: dict, location) -> str:
     """How to continue the study at `location` (its folder, or the object-store URI it lives at), in words
     with the command(s), from what its record (report/study.json, written when it started) knows."""
-    from orchestrator.tracking import default_tracking_uri
 
     text = str(location).rstrip("/")
     if "://" in text:  # an object store: the study is STORAGE/EXPERIMENT there

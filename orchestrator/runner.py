@@ -13,12 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from dcnn.models.plugins import plugin_search_path, safe_name
+from dcnn.registry import family_of
+from orchestrator import tracking, validate
+from orchestrator.progress import StudyProgress
+from orchestrator.report import REPORT_DIR, build_report
 from orchestrator.storage import Storage
+from orchestrator.throughput import concurrent_slots, summarize, write_summary
 from orchestrator.trial_files import repair_trials
-from trainables.trial_record import RECORD_FILE
-from dcnn.families import family_of
+from orchestrator.tune_snapshot import SnapshotKeeper, prepare_resume
+from orchestrator.ui import experiment_url
 from search_spaces import Study, load_study, tuning_space
 from search_spaces.factors import BUILTIN
+from trainables.trial_record import RECORD_FILE
 
 log = logging.getLogger("dcnn.orchestrator")
 SCHEDULERS = ("fifo", "asha")
@@ -51,13 +58,12 @@ class AblateOptions:
 
     def validate(self) -> Study:
         """All checks that need no Ray; returns the study with the overrides applied."""
-        from orchestrator import validate as v
 
-        v.check_finite("--cpus-per-trial", self.cpus_per_trial)
-        v.check_finite("--gpus-per-trial", self.gpus_per_trial)
+        validate.check_finite("--cpus-per-trial", self.cpus_per_trial)
+        validate.check_finite("--gpus-per-trial", self.gpus_per_trial)
         if self.experiment is not None:
-            v.check_name("--experiment", self.experiment)
-        v.check_set(self.set, {"epochs": self.epochs, "preset": self.preset})
+            validate.check_name("--experiment", self.experiment)
+        validate.check_set(self.set, {"epochs": self.epochs, "preset": self.preset})
         if self.cpus_per_trial <= 0:
             raise ValueError(f"--cpus-per-trial must be positive, got {self.cpus_per_trial}")
         if self.gpus_per_trial < 0:
@@ -202,7 +208,6 @@ def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Storage) -
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from dcnn.models.plugins import safe_name
 
     space = tuning_space(opts.tuning_space)
     name = f"{safe_name(model)}-{arm.key}"  # a folder: a plug-in's 'pkg.mod:attr' is made safe
@@ -236,7 +241,6 @@ def _prepare_resume(tune_dir: Storage) -> None:
     """Tune's snapshot made safe to resume (orchestrator.tune_snapshot), and each trial's params.json and
     result.json made whole from its checkpoint's record before Tune reads them back and appends to them
     (orchestrator.trial_files); what was repaired is said."""
-    from orchestrator.tune_snapshot import prepare_resume
 
     for note in prepare_resume(tune_dir):
         print(f"resume: {note}", flush=True)
@@ -252,7 +256,6 @@ def run_ablation(opts: AblateOptions) -> dict:
     """Run (or resume) a study; returns the report (paths, summary table)."""
     from ray import tune
 
-    from orchestrator import tracking, validate
 
     study = opts.validate()
     experiment = opts.experiment or study.name
@@ -282,12 +285,10 @@ def run_ablation(opts: AblateOptions) -> dict:
                     f"(identical by construction: run once)\n" for m, pairs in identical.items())
           + f"MLflow: {uri} (experiment {experiment!r})", flush=True)
 
-    from orchestrator.progress import StudyProgress
 
     def callbacks_for(label, tune_dir, total=None):
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-        from orchestrator.tune_snapshot import SnapshotKeeper
 
         # Tune's own result.json and progress.csv (the report reads result.json), but not its TensorBoard
         # logger, whose "To visualize your results with TensorBoard" line points at a tool we do not use
@@ -377,8 +378,6 @@ def _disk_full(storage: Storage, error: BaseException) -> str | None:
 
 def _run_and_report(opts, ray, tuner, study, uri, exp_id, parent, experiment_dir, n_trials, t0) -> dict:
     """The study's trials (Tune), then its report, MLflow's parent run and the throughput summary."""
-    from orchestrator import tracking
-    from orchestrator.report import REPORT_DIR
 
     with _without_tune_default_loggers():
         grid = tuner.fit()
@@ -401,7 +400,6 @@ def _run_and_report(opts, ray, tuner, study, uri, exp_id, parent, experiment_dir
     print(report["markdown"], flush=True)
     print(f"report: {report['paths']['markdown']}", flush=True)
     print(_throughput(opts, ray, grid, wall, n_trials, experiment_dir, t0), flush=True)
-    from orchestrator.ui import experiment_url
 
     print(f"MLflow runs: {experiment_url('http://127.0.0.1:5000', exp_id)} (serve it with `make ui`, or "
           f"`mlflow ui --backend-store-uri {uri}`)", flush=True)
@@ -418,7 +416,6 @@ def report_study(study, publish=None) -> dict:
     """Build the study's report from its folder (a local copy of REPORT_INPUTS when it lives in an object
     store) and store the report files beside it; `publish(report, local_report_dir)` runs while the local
     files exist (MLflow upload)."""
-    from orchestrator.report import REPORT_DIR, build_report
 
     study = Storage.resolve(study, absolute=False)
     checkpoints = study.glob("*/checkpoint_*/trainer.pt")  # named in the report, not downloaded for it
@@ -435,9 +432,7 @@ def report_study(study, publish=None) -> dict:
 def _throughput(opts: AblateOptions, ray, grid, wall: float, n_trials: int, study_dir: Storage,
                 study_start: float) -> str:
     """The study's throughput summary (orchestrator/throughput.py), written to report/throughput.{md,json}."""
-    from orchestrator.report import REPORT_DIR
 
-    from orchestrator.throughput import concurrent_slots, summarize, write_summary
 
     resources = ray.cluster_resources()
     slots = concurrent_slots(resources, opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent, n_trials)
@@ -448,7 +443,6 @@ def plugin_path(study: Study) -> dict:
     """{"plugin_path": folders} when a plug-in model was imported from a folder Ray's workers would not
     search (not installed, not the working directory): each trial puts them on its sys.path. On a
     multi-node cluster the folder must exist on every node (a shared file system), or install the plug-in."""
-    from dcnn.models.plugins import plugin_search_path
 
     folders = list(dict.fromkeys(p for p in map(plugin_search_path, study.models) if p))
     return {"plugin_path": folders} if folders else {}

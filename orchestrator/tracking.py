@@ -13,8 +13,7 @@ from pathlib import Path
 
 from ray import tune
 
-from dcnn.config import resolve_config
-from dcnn.families import family_of_config
+from dcnn.registry import family_of_config, resolve_config
 from search_spaces import FACTORS, LABEL_KEYS, trial_name
 
 log = logging.getLogger("dcnn.orchestrator")

@@ -15,7 +15,15 @@ import re
 import socket
 from pathlib import Path
 
+from dcnn.config import TrainConfig
+from dcnn.models import BUILTIN_SPECS, MODEL_NAMES
+from dcnn.plugin_check import check_plugin
+from dcnn.registry import resolve_config
+from orchestrator.report import REPORT_DIR
 from orchestrator.storage import Storage
+from orchestrator.trial_files import read_trials
+from search_spaces import FACTORS
+from search_spaces.study import is_size
 
 PLAN_FILE = "study.json"
 # what a resumed study must share with the one it continues (resources and addresses may change)
@@ -49,10 +57,6 @@ def check_set(values: dict, flags: dict | None = None) -> None:
     their own flags (a --set that would be ignored or overridden is refused, never dropped)."""
     from dataclasses import fields
 
-    from dcnn.config import TrainConfig, resolve_config
-    from dcnn.models import MODEL_NAMES
-    from search_spaces import FACTORS
-    from search_spaces.factors import SIZE_PREFIX
 
     own_flag = {"dataset": "--datasets ethanol,FILE", "seed": "--seeds 0,1,2", "model": "--models schnet,cgcnn",
                 "split_seed": "--split-seeds fixed|vary"}
@@ -65,7 +69,7 @@ def check_set(values: dict, flags: dict | None = None) -> None:
         if key in FACTORS:
             raise ValueError(f"--set {key}={value!r}: {key} is a factor of the study (its arms); write a "
                              f"study YAML file with the levels you want and pass it with --study")
-        if key.startswith(SIZE_PREFIX):  # a model size (a plug-in's own too): checked on each model by the study
+        if is_size(key):  # a model size (a plug-in's own too): checked on each of its models by the study
             continue
         if key not in known:
             raise ValueError(f"--set {key}={value!r}: unknown key {key!r}; TrainConfig keys are: "
@@ -159,7 +163,6 @@ def _norm(value):
 
 def check_resume(experiment_dir, plan: dict) -> None:
     """--resume with flags that change the study is refused with the list of differences."""
-    from orchestrator.report import REPORT_DIR
 
     study = Storage.resolve(experiment_dir)
     rel = f"{REPORT_DIR}/{PLAN_FILE}"
@@ -185,13 +188,12 @@ def check_resume(experiment_dir, plan: dict) -> None:
     if diffs:
         raise ValueError(f"--resume: this command differs from the study in {experiment_dir} "
                          f"({path}): " + "; ".join(diffs) + ". Resume with the study's own settings "
-                         f"(--cpus-per-trial, --gpus-per-trial, --max-concurrent and --address may change), or start a new "
-                         f"study with another --experiment (nothing was changed)")
+                         "(--cpus-per-trial, --gpus-per-trial, --max-concurrent and --address may change), or start a new "
+                         "study with another --experiment (nothing was changed)")
 
 
 def write_plan(experiment_dir, plan: dict, extra: dict | None = None) -> str:
     """Record the study when it starts (one whole-file write); the end of the study adds to the same file."""
-    from orchestrator.report import REPORT_DIR
 
     study = Storage.resolve(experiment_dir)
     rel = f"{REPORT_DIR}/{PLAN_FILE}"
@@ -209,8 +211,6 @@ def write_plan(experiment_dir, plan: dict, extra: dict | None = None) -> str:
 def check_models(study) -> dict:
     """The plug-in contract (dcnn/models/plugins.py) of every model that is not built in, on two frames
     of each of the study's data sets: a broken plug-in fails here, naming itself, not in every worker."""
-    from dcnn.config import resolve_config
-    from dcnn.models import BUILTIN_SPECS, check_plugin
 
     found = {}
     for model in study.models:
@@ -264,7 +264,6 @@ def _warn_damaged_trials(study: Storage) -> None:
     report rebuilds what the trial's checkpoint records (orchestrator/trial_files.py) and names the rest."""
     import logging
 
-    from orchestrator.trial_files import read_trials
 
     log = logging.getLogger("dcnn.orchestrator")
     for trial in read_trials(study):

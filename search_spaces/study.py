@@ -4,16 +4,16 @@ import itertools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-
-from dcnn.config import SIZE_FIELDS, TrainConfig, resolve_config
 from dcnn.atomistic.molecules import DEFAULT_DATASET
-from dcnn.families import family_of
-from dcnn.models import get_spec, has_normalization, model_names
+from dcnn.config import LEGACY_SIZE_NAMES, SIZE_PREFIX, TrainConfig
+from dcnn.models import has_normalization
+from dcnn.registry import family_of, get_spec, model_names, resolve_config
 from search_spaces.factors import BUILTIN, REQUIRED, Factor, factor, level_of
+from search_spaces.schema import check_study_data, read_study_file
 
 STUDY_DIR = Path(__file__).resolve().parent / "studies"
-FACTORS = tuple(BUILTIN)
-_FIELD_DEFAULTS = TrainConfig().to_dict()  # the built-in factors' keys (search_spaces/factors.py declares them)
+FACTORS = tuple(BUILTIN)  # the built-in factors' keys (search_spaces/factors.py declares them)
+_FIELD_DEFAULTS = TrainConfig().to_dict()
 SPLIT_SEEDS = ("fixed", "vary")
 # Keys a study adds to a Tune config to label a trial (not TrainConfig settings); plugin_path: folders
 # a trial puts on sys.path before it resolves a plug-in model (runner.plugin_path); factors: the keys of a
@@ -141,8 +141,9 @@ class Study:
     model_sizes: dict = field(default_factory=dict)
 
     def fixed_for(self, model: str) -> dict:
-        """The TrainConfig keys a trial of `model` gets from the study: `fixed`, then its `model_sizes`."""
-        return {**self.fixed, **self.model_sizes.get(model, {})}
+        """The TrainConfig keys a trial of `model` gets from the study: `fixed`, then its `model_sizes`
+        (as `size.NAME`: a plug-in's own size names are no TrainConfig keys)."""
+        return {**self.fixed, **{size_key(k): v for k, v in self.model_sizes.get(model, {}).items()}}
 
     @property
     def factors(self) -> tuple[Factor, ...]:
@@ -212,7 +213,8 @@ class Study:
         if not isinstance(self.model_sizes, dict) or not all(isinstance(v, dict) for v in self.model_sizes.values()):
             raise ValueError(f"{where}: model_sizes must map model names to size mappings, got {self.model_sizes!r}")
         stray = [m for m in self.model_sizes if m not in self.models]
-        not_sizes = sorted({k for v in self.model_sizes.values() for k in v if k not in SIZE_FIELDS})
+        not_sizes = sorted({k for m, v in self.model_sizes.items() for k in v
+                            if not (is_size(k) or k in _size_names([m]))})
         if stray or not_sizes:
             raise ValueError(f"{where}: model_sizes " + (f"names models not in the study {stray}" if stray else
                              f"sets {not_sizes}, which are not sizes (those go in fixed)"))
@@ -239,9 +241,10 @@ class Study:
     def resolved_settings(self) -> dict:
         """Every TrainConfig key but the study's axes, as its trials get it (the plan --resume compares)."""
         cfg = TrainConfig.from_dict({**self.fixed, "model": self.models[0], "dataset": self.datasets[0]}).to_dict()
-        for key in FACTORS + ("model", "seed", "dataset", "threads", "device") + SIZE_FIELDS:
+        for key in FACTORS + ("model", "seed", "dataset", "threads", "device"):
             cfg.pop(key, None)
-        out = {**cfg, **{k: v for k, v in self.fixed.items() if k in SIZE_FIELDS}}
+        cfg = {k: v for k, v in cfg.items() if not k.startswith(SIZE_PREFIX)}
+        out = {**cfg, **{k: v for k, v in self.fixed.items() if is_size(k)}}
         if self.model_sizes:
             out["model_sizes"] = self.model_sizes
         return out
@@ -309,7 +312,9 @@ class Study:
         With `skip_identical` (what `dcnn-ablate ablate` runs) the grid is over the (model, arm) cells
         that run instead, so identical-by-construction arms are not trained twice.
         """
-        from ray import tune  # here, not at import: `dcnn-ablate train` and `data` never load Ray
+        from ray import (
+            tune,  # here, not at import: `dcnn-ablate train` and `data` never load Ray
+        )
 
         table = {arm.key: arm.as_config() for arm in self.arms}
         space = {**self.fixed, "study": self.name, "seed": tune.grid_search(list(self.seeds))}
@@ -328,7 +333,7 @@ class Study:
             space[f.key] = tune.sample_from(ArmFactor(table, f.key, fallback))
         space.update(self._factors_label())
         for size in sorted({k for v in self.model_sizes.values() for k in v}):
-            space[size] = tune.sample_from(ModelSize(self.model_sizes, size))
+            space[size_key(size)] = tune.sample_from(ModelSize(self.model_sizes, size))
         if self.split_seeds == "vary":
             space["split_seed"] = tune.sample_from(SplitSeed())
         return space
@@ -421,12 +426,22 @@ def _levels(values, where: str, sizes: tuple) -> dict:
     return {**{k: f.default for k, f in BUILTIN.items() if f.default != REQUIRED}, **out}
 
 
+def is_size(key: str) -> bool:
+    """A model size's key: `size.NAME`, or a built-in size's bare name (studies written before sizes had keys)."""
+    return key.startswith(SIZE_PREFIX) or key in LEGACY_SIZE_NAMES
+
+
+def size_key(name: str) -> str:
+    """The flat config key of a size: cutoff → size.cutoff (TrainConfig.to_dict's form)."""
+    return name if name.startswith(SIZE_PREFIX) else SIZE_PREFIX + name
+
+
 def _size_names(models: list[str]) -> tuple:
     """The size names of the study's models (their presets' keys), so a design may say `cutoff` for `size.cutoff`."""
     names = {}
     for model in models:
         try:
-            names.update(dict.fromkeys(k for preset in get_spec(model).presets.values() for k in preset))
+            names.update(dict.fromkeys(get_spec(model).size_names()))
         except ValueError:
             pass  # Study.validate names the unknown model
     return tuple(names)
@@ -455,7 +470,6 @@ def load_study(name_or_path: str) -> Study:
                              f"(or pass a YAML file)")
     if not path.exists():
         raise ValueError(f"{path}: no such study file")
-    from search_spaces.schema import check_study_data, read_study_file
 
     data = read_study_file(path)
     where = str(path)
