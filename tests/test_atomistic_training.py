@@ -56,7 +56,7 @@ def test_every_built_in_model_trains_on_a_periodic_extxyz_of_many_sizes(model, s
     # Adam steps move the physical energy by tens of eV (lr × C), which the divergence rule rightly flags
     out = train(TrainConfig(model=model, dataset=str(slabs_extxyz), n_train=16, n_val=4, n_test=4, epochs=2,
                             batch_size=4, rescale=True, rescale_factor=100.0, shift=True, init="lsuv",
-                            compile="off", **TINY.get(model, {})))
+                            compile="off", sizes=TINY.get(model, {})))
     assert out["periodic"] == 1 and out["graph"] == f"radius {out_cutoff(model)} Å"
     assert out["energy_unit"] == "eV" and out["diverged"] == 0
     for key in ("test_energy_loss", "test_force_loss", "test_energy_per_atom_loss", "test_efwt"):
@@ -94,7 +94,7 @@ def test_a_potential_learns_the_bundled_periodic_set_below_its_baselines():
     predicting the mean, force below predicting zero (the catalysis study's bar, at a fraction of its size)."""
     out = train(TrainConfig(model="schnet", dataset="catalysis", activation="irelu", denorm=True, rescale=True,
                             rescale_factor=100.0, shift=True, init="lsuv", n_train=200, n_val=40, n_test=60, epochs=4, compile="off",
-                            hidden=32, filters=32, interactions=2, gaussians=25))
+                            sizes=dict(hidden=32, filters=32, interactions=2, gaussians=25)))
     assert out["test_energy_loss"] < out["test_energy_baseline"]
     assert out["test_energy_per_atom_loss"] < out["test_energy_per_atom_baseline"]
     assert out["test_force_loss"] < 0.8 * out["test_force_baseline"]

@@ -158,7 +158,7 @@ def test_compiled_training_matches_eager_and_resumes(tmp_path):
     from dcnn.train import Trainer
 
     base = dict(model="schnet", activation="isilu", rescale=True, epochs=2, n_train=40, n_val=20, n_test=20,
-                lr=1e-3, **TINY["schnet"])
+                lr=1e-3, sizes=TINY["schnet"])
     eager = Trainer(TrainConfig(**base, compile="off"))
     compiled = Trainer(TrainConfig(**base, compile="on"))
     for epoch in (1, 2):
