@@ -233,9 +233,12 @@ class Study:
                 raise ValueError(f"{where}: arm {arm.key} on {model}: {e}") from e
 
     def setting(self, key: str, model: str | None = None):
-        """The value a trial of this study gets for a TrainConfig key (fixed, else TrainConfig's default)."""
+        """The value a trial of this study gets for a TrainConfig key (fixed, else TrainConfig's default), or
+        for a size (`cutoff`, `size.cutoff`) the value the study sets (None: the preset's)."""
         model = model or self.models[0]
         cfg = TrainConfig.from_dict({**self.fixed_for(model), "model": model, "dataset": self.datasets[0]})
+        if key.startswith(SIZE_PREFIX) or (key not in _FIELD_DEFAULTS and is_size(key)):
+            return cfg.model_sizes().get(key.removeprefix(SIZE_PREFIX))
         return getattr(cfg, key)
 
     def resolved_settings(self) -> dict:
