@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from dcnn.config import LEGACY_SIZE_NAMES, SIZE_FIELDS, SIZE_PREFIX, TrainConfig
+from dcnn.config import LEGACY_SIZE_NAMES, SIZE_PREFIX, TrainConfig
 from dcnn.registry import resolve_config
 
 
@@ -16,7 +16,6 @@ def test_legacy_bare_size_keys_map_into_sizes():
     old = {**{n: None for n in LEGACY_SIZE_NAMES}, "model": "schnet", "hidden": 32.0, "cutoff": 5}
     cfg = TrainConfig.from_dict(old)
     assert cfg.sizes == {"hidden": 32.0, "cutoff": 5} and cfg.model_sizes() == cfg.sizes
-    assert SIZE_FIELDS == LEGACY_SIZE_NAMES  # the old name, until search_spaces switches
     assert resolve_config(cfg).sizes == {"hidden": 32, "cutoff": 5.0}  # the types of the preset's values
     assert TrainConfig.from_dict({"model": "schnet", "hidden": 32, "size.hidden": 32}).sizes == {"hidden": 32}
     with pytest.raises(ValueError, match=r"size 'hidden' is given twice with different values \(32 and "
