@@ -6,7 +6,6 @@ data set) are resolved by `dcnn.registry.resolve_config`, once, where a run star
 """
 from __future__ import annotations
 
-import importlib
 import math
 import typing
 from dataclasses import dataclass, field, fields
@@ -41,7 +40,6 @@ LEGACY_SIZE_NAMES = ("hidden", "filters", "interactions", "gaussians", "cutoff",
                      "hidden_layers", "batchnorm",
                      # CGCNN's readout: "mean" (the paper's, intensive) or "sum" (extensive, for data of many sizes)
                      "readout")
-SIZE_FIELDS = LEGACY_SIZE_NAMES  # issue 23, transitional: the old name, until search_spaces/study.py switches
 _SIZE_VALUE_TYPES = (bool, int, float, str)
 
 
@@ -299,12 +297,3 @@ def coerce_value(name: str, value, kind):
     else:
         return value
     raise ValueError(f"{name}={value!r} is not a valid {kind.__name__}")
-
-
-def __getattr__(name: str):
-    """issue 23, transitional: `resolve_config` moved to dcnn.registry (it needs the models and task families,
-    which build on this module), still reachable here for search_spaces/study.py, orchestrator/tracking.py and
-    orchestrator/validate.py until they import it from there."""
-    if name == "resolve_config":
-        return importlib.import_module("dcnn.registry").resolve_config
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

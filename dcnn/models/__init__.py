@@ -7,7 +7,6 @@ and dcnn/plugin_check.py.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 
 import torch
 from torch import nn
@@ -119,11 +118,3 @@ def energy_and_forces(model: nn.Module, graph, create_graph: bool) -> tuple[torc
         energy = model(graph)
         (grad,) = torch.autograd.grad(energy.sum(), graph.positions, create_graph=create_graph)
     return energy, -grad
-
-
-def __getattr__(name: str):
-    """issue 23, transitional: `check_plugin` moved to dcnn.plugin_check (it needs the tasks, which build on this
-    package), still reachable here for orchestrator/validate.py until it imports it from there."""
-    if name == "check_plugin":
-        return importlib.import_module("dcnn.plugin_check").check_plugin
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
