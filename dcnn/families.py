@@ -11,7 +11,6 @@ names to families and tasks and dispatches on them.
 from __future__ import annotations
 
 import math
-import importlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -86,12 +85,6 @@ class TaskFamily:
     model_words: str = ""  # what its models are, and what data they take (a refusal's words)
     data_words: Callable[[], str] = field(default=lambda: "")
 
-    def resolve(self, name, base=None, model: str = "") -> str:
-        """issue 23, transitional: `dcnn.registry.resolve_dataset(family, name, base, model)`, for callers not yet
-        switched (orchestrator/runner.py); removed when they call the registry (it needs every family, which
-        this module, below the family definitions, cannot import)."""
-        return importlib.import_module("dcnn.registry").resolve_dataset(self, name, base, model=model)
-
     def val_loss(self, metrics: dict) -> float:
         return float(sum(w * metrics[k] for k, w in self.objective.items()))
 
@@ -150,16 +143,3 @@ def _number(value) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
-
-
-# issue 23, transitional: names that moved to dcnn.registry (the family definitions and the dispatch on them),
-# still reachable here for importers not yet switched (orchestrator/, search_spaces/); removed when they import
-# from dcnn.registry.  Resolved on first use: a module-level import would be a cycle.
-_MOVED = {"FAMILIES": "dcnn.registry", "family_of": "dcnn.registry", "family_of_config": "dcnn.registry",
-          "models_of": "dcnn.registry", "ATOMISTIC": "dcnn.atomistic.family", "PINN": "dcnn.pinn.family"}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from dcnn.models.plugins import plugin_search_path, safe_name
-from dcnn.registry import family_of
+from dcnn.registry import family_of, resolve_dataset
 from orchestrator import tracking, validate
 from orchestrator.progress import StudyProgress
 from orchestrator.report import REPORT_DIR, build_report
@@ -100,7 +100,7 @@ class AblateOptions:
         base = load_study(self.study)
         model = (self.models or base.models)[0]
         family = family_of(model)  # data sets are files or PDE problems
-        datasets = None if self.datasets is None else [family.resolve(d, model=model) for d in self.datasets]
+        datasets = None if self.datasets is None else [resolve_dataset(family, d, model=model) for d in self.datasets]
         study = base.with_overrides(models=self.models, seeds=self.seeds, fixed=fixed, datasets=datasets,
                                     split_seeds=self.split_seeds,
                                     levels={k: BUILTIN[k].component[0] for k in self.switch_on})

@@ -7,7 +7,7 @@ from pathlib import Path
 from dcnn.atomistic.molecules import DEFAULT_DATASET
 from dcnn.config import LEGACY_SIZE_NAMES, SIZE_PREFIX, TrainConfig
 from dcnn.models import has_normalization
-from dcnn.registry import family_of, get_spec, model_names, resolve_config
+from dcnn.registry import family_of, get_spec, model_names, resolve_config, resolve_dataset
 from search_spaces.factors import BUILTIN, REQUIRED, Factor, factor, level_of
 from search_spaces.schema import check_study_data, read_study_file
 
@@ -510,7 +510,7 @@ def load_study(name_or_path: str) -> Study:
     datasets = _list(data, "datasets", where, str, [family.default_dataset()])
     study = Study(name=path.stem, arms=arms, reference=reference, models=models,
                   seeds=_list(data, "seeds", where, int, [0, 1, 2]),
-                  datasets=[family.resolve(d, path.parent, model=models[0] if models else '') for d in datasets],
+                  datasets=[resolve_dataset(family, d, path.parent, model=models[0] if models else '') for d in datasets],
                   split_seeds=str(data.get("split_seeds", "fixed")), fixed=dict(fixed),
                   model_sizes=dict(data.get("model_sizes") or {}),
                   description=str(data.get("description", "")).strip(), source=where)

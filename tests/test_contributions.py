@@ -11,7 +11,7 @@ import pytest
 from orchestrator.contributions import (BLOWUP_FACTOR, bootstrap_shares, factorial_anova, find_design,
                                         seed_entry, shapley)
 from orchestrator.report import build_report
-from dcnn.families import ATOMISTIC
+from dcnn.atomistic.family import ATOMISTIC
 
 ACTIVATIONS = ["irelu", "ielu", "igelu", "isilu", "original"]
 

@@ -118,7 +118,7 @@ def test_report_says_when_the_reference_does_not_beat_the_baseline(tmp_path):
 
 
 def test_divergence_is_the_familys_rule():
-    from dcnn.families import ATOMISTIC
+    from dcnn.atomistic.family import ATOMISTIC
     from orchestrator.report import mark_divergence
 
     base = {"model": "schnet", "finished": True, "diverged": 0, "test_energy_baseline": 2.5,
