@@ -142,8 +142,8 @@ class Study:
 
     def fixed_for(self, model: str) -> dict:
         """The TrainConfig keys a trial of `model` gets from the study: `fixed`, then its `model_sizes`
-        (as `size.NAME`: a plug-in's own size names are no TrainConfig keys)."""
-        return {**self.fixed, **{size_key(k): v for k, v in self.model_sizes.get(model, {}).items()}}
+        (model_size_key: a plug-in's own size names are no TrainConfig keys)."""
+        return {**self.fixed, **{model_size_key(k): v for k, v in self.model_sizes.get(model, {}).items()}}
 
     @property
     def factors(self) -> tuple[Factor, ...]:
@@ -336,7 +336,7 @@ class Study:
             space[f.key] = tune.sample_from(ArmFactor(table, f.key, fallback))
         space.update(self._factors_label())
         for size in sorted({k for v in self.model_sizes.values() for k in v}):
-            space[size_key(size)] = tune.sample_from(ModelSize(self.model_sizes, size))
+            space[model_size_key(size)] = tune.sample_from(ModelSize(self.model_sizes, size))
         if self.split_seeds == "vary":
             space["split_seed"] = tune.sample_from(SplitSeed())
         return space
@@ -434,9 +434,11 @@ def is_size(key: str) -> bool:
     return key.startswith(SIZE_PREFIX) or key in LEGACY_SIZE_NAMES
 
 
-def size_key(name: str) -> str:
-    """The flat config key of a size: cutoff → size.cutoff (TrainConfig.to_dict's form)."""
-    return name if name.startswith(SIZE_PREFIX) else SIZE_PREFIX + name
+def model_size_key(name: str) -> str:
+    """The Tune key of a `model_sizes` entry: as the study writes it where TrainConfig reads that (`size.NAME`,
+    or a built-in size's bare name, the key studies written before sizes had a prefix gave their trials, so
+    `--resume` of such a study hands Tune the param space it started with), else `size.NAME` (a plug-in's own)."""
+    return name if is_size(name) else SIZE_PREFIX + name
 
 
 def _size_names(models: list[str]) -> tuple:

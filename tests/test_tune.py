@@ -82,9 +82,8 @@ def test_search_spaces_are_the_designs(tmp_path):
     # a size only one model has (CGCNN's sum readout on slabs of many sizes) reaches that model's trials only
     cat = search_spaces.load_study("catalysis-seed-plan")
     assert cat.setting("readout", "cgcnn") == "sum" and cat.setting("readout", "schnet") is None
-    # as a size's flat key (size.NAME, issue 23)
-    assert {(c["model"], c.get("size.readout")) for c in cat.trial_configs()} == {("schnet", None), ("cgcnn", "sum")}
-    size = cat.param_space(skip_identical=True)["size.readout"]
+    assert {(c["model"], c.get("readout")) for c in cat.trial_configs()} == {("schnet", None), ("cgcnn", "sum")}
+    size = cat.param_space(skip_identical=True)["readout"]
     assert [size.func(c) for c in ({"model": "cgcnn"}, {"model": "schnet"})] == ["sum", None]
     assert cat.with_overrides(models=["schnet"]).model_sizes == {}
     assert cat.with_overrides(fixed={"readout": "mean"}, models=["cgcnn"]).setting("readout", "cgcnn") == "mean"
