@@ -14,8 +14,10 @@ install:  ## torch first, pinned: the CPU wheel on disk (a bare `torch` pulls a 
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e ".[$(EXTRAS)]"
 
-test:
-	$(PYTHON) -m pytest -q
+TEST_WORKERS ?= 2
+
+test:  ## the suite in $(TEST_WORKERS) processes (pytest-xdist, one Ray each: tests/conftest.py); the 15 slowest tests listed
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 ablate:  ## the seed plan on the bundled data (local Ray, or $$RAY_ADDRESS); flags via ARGS="..."
 	dcnn-ablate ablate --storage $(STORAGE) $(ARGS)

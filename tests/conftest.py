@@ -1,5 +1,7 @@
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,22 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+# `make test` runs the suite in two processes (pytest-xdist workers "gw0", "gw1"), each with its own Ray
+# (the `ray_session` fixture and every study a test starts), inherited by the processes a test starts:
+# - its own Ray temp folder: Ray's `session_latest` link, which tests/test_faults.py reads, and the address
+#   `ray start` records belong to one process's Rays; short, for Ray's socket paths (at most 107 bytes);
+# - workers of an in-process Ray on ports the OS picks (RAY_USE_RANDOM_PORTS, Ray's switch for tests):
+#   two Rays starting at once would otherwise hand the same first ports of one fixed range to their workers;
+#   `ray start` clusters take theirs from the process's own window (tests/local_cluster.py);
+# - MLflow's sqlite store is per session (`tracking_uri`), hence per process.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+# where the folders go: the first process's (xdist's controller's) RAY_TMPDIR or temp folder, not the folder
+# that process made for itself, which its workers inherit as RAY_TMPDIR
+_BASE = os.environ.setdefault("DCNN_TEST_RAY_TMPDIR_BASE", os.environ.get("RAY_TMPDIR") or tempfile.gettempdir())
+RAY_TMP = tempfile.mkdtemp(prefix=f"dcnn-ray-{WORKER or 'main'}-", dir=_BASE)
+os.environ["RAY_TMPDIR"] = RAY_TMP
+os.environ.setdefault("RAY_USE_RANDOM_PORTS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
@@ -24,6 +42,36 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 TINY = {"n_train": 40, "n_val": 20, "n_test": 20, "epochs": 2}
+
+# pytest-xdist (`make test`: `--dist loadgroup`) hands tests out in collection order as its processes ask for
+# more: the longest go first, so neither process is left running a long one alone at the end (a 2-core run:
+# the kill matrix ≈ 300 s, test_cluster.py ≈ 170 s, each other fault test ≈ 50–65 s, the studies of
+# test_tune.py and test_storage.py 20–45 s; most other tests take under 5 s)
+FIRST = ("test_faults.py::test_driver_killed_at_every_moment_then_resumed", "test_cluster.py", "test_faults.py",
+         "test_tune.py", "test_storage.py")
+# test_cluster.py in one process: its module-scoped two-node `ray start` cluster and MLflow server are started
+# once for the tests that share them, and never two clusters of several nodes at once
+GROUPS = {"test_cluster.py": "cluster"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = item.nodeid.rsplit("/", 1)[-1]
+        return next((k for k, prefix in enumerate(FIRST) if name.startswith(prefix)), len(FIRST))
+
+    items.sort(key=rank)  # stable: otherwise the collection order
+    for item in items:
+        if item.path.name in GROUPS:
+            item.add_marker(pytest.mark.xdist_group(GROUPS[item.path.name]))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """This process's Ray temp folder goes when every test passed; after a failure it stays, for Ray's logs."""
+    if exitstatus == 0 or not os.listdir(RAY_TMP):
+        shutil.rmtree(RAY_TMP, ignore_errors=True)
+    else:
+        print(f"\nRay's logs of this test process: {RAY_TMP}", file=sys.stderr)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ group and can be stopped without `ray stop` (which would kill every Ray process 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,42 +18,46 @@ from pathlib import Path
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+# Ports for this test process's clusters and servers come from its own window below the kernel's ephemeral
+# range (Linux: 32768 and up), where nothing takes one by itself: an outgoing connection, or a Ray started with
+# random ports (tests/conftest.py), draws only from the ephemeral range, so a range drawn here stays free until
+# the node binds it.  Each pytest-xdist worker ("gw0", "gw1", ...) has its own window, so the suite's
+# processes never draw the same port; the scan starts at a random offset and checks each port, for a second
+# suite run at the same time.
+_WINDOW_WIDTH, _WINDOWS = 2700, 8  # 10100-31699: above `ray start --head`'s client server port (10001)
+_k = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0) % _WINDOWS
+WINDOW = range(10100 + _WINDOW_WIDTH * _k, 10100 + _WINDOW_WIDTH * (_k + 1))
+
 # ports handed out in this process: a node's worker range is bound only when its workers start, so a
 # later draw must not overlap an earlier one even though the OS still calls those ports free
 _HANDED_OUT: set[int] = set()
 
 
-def free_port() -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
-    raise RuntimeError("no free port")
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 def free_port_range(width: int = 40) -> int:
-    """Start of `width` consecutive free ports, none handed out before."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + width > 65000 or _HANDED_OUT.intersection(range(base, base + width)):
-            continue
-        ok = True
-        for p in range(base, base + width):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            _HANDED_OUT.update(range(base, base + width))
+    """Start of `width` consecutive free ports of this process's WINDOW, none handed out before."""
+    span = len(WINDOW) - width + 1
+    first = random.randrange(span)
+    for i in range(span):
+        base = WINDOW.start + (first + i) % span
+        ports = range(base, base + width)
+        if not _HANDED_OUT.intersection(ports) and all(_bindable(p) for p in ports):
+            _HANDED_OUT.update(ports)
             return base
-    raise RuntimeError("no free port range")
+    raise RuntimeError(f"no {width} free consecutive ports in {WINDOW.start}-{WINDOW.stop - 1}")
+
+
+def free_port() -> int:
+    """A free port of this process's WINDOW, not handed out before."""
+    return free_port_range(1)
 
 
 def _node_ports() -> list[str]:
@@ -142,7 +147,7 @@ class LocalRayCluster:
             _stop_group(proc, timeout=5)  # a SIGTERMed node drains via the GCS for ~30 s: no need
         self.procs.clear()
         # `ray start --head` records its address for later ray.init() calls; `ray stop` would remove it
-        current = Path("/tmp/ray/ray_current_cluster")
+        current = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
         if current.exists() and current.read_text().strip().endswith(f":{self.port}"):
             current.unlink()
 
