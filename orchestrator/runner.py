@@ -25,6 +25,7 @@ from orchestrator.tune_snapshot import SnapshotKeeper, prepare_resume
 from orchestrator.ui import experiment_url
 from search_spaces import Study, load_study, tuning_space
 from search_spaces.factors import BUILTIN
+from trainables import study_trainable
 from trainables.trial_record import RECORD_FILE
 
 log = logging.getLogger("dcnn.orchestrator")
@@ -64,6 +65,7 @@ class AblateOptions:
         if self.experiment is not None:
             validate.check_name("--experiment", self.experiment)
         validate.check_set(self.set, {"epochs": self.epochs, "preset": self.preset})
+        study_trainable()  # a $DCNN_TRAINABLE that names no subclass of DCNNTrainable is refused before Ray
         if self.cpus_per_trial <= 0:
             raise ValueError(f"--cpus-per-trial must be positive, got {self.cpus_per_trial}")
         if self.gpus_per_trial < 0:
@@ -197,9 +199,7 @@ def _check_cluster_fits(ray, opts: AblateOptions) -> None:
 def _trainable(opts: AblateOptions):
     from ray import tune
 
-    from trainables import DCNNTrainable
-
-    return tune.with_resources(DCNNTrainable, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    return tune.with_resources(study_trainable(), {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
 
 
 def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Storage) -> dict:

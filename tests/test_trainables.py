@@ -154,7 +154,6 @@ def test_study_trainable_is_dcnn_trainable_or_the_subclass_dcnn_trainable_names(
     from fault_trainable import FaultInjectingTrainable
 
     assert trainables.study_trainable() is FaultInjectingTrainable and issubclass(FaultInjectingTrainable, Base)
-    assert trainables.DCNNTrainable is FaultInjectingTrainable  # the runner's lookup today (orchestrator/runner.py)
     for bad, says in [("no_such_module:X", "does not import"), ("fault_trainable:Nope", "does not import"),
                       ("fault_trainable", "must name a subclass"), ("ray.tune:Trainable", "must name a subclass")]:
         monkeypatch.setenv("DCNN_TRAINABLE", bad)

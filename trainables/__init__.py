@@ -42,10 +42,6 @@ def study_trainable():
 
 
 def __getattr__(name: str):
-    # Interim, until orchestrator/runner.py calls study_trainable(): the runner takes the study's class
-    # trainable as `trainables.DCNNTrainable`, so that name honours $DCNN_TRAINABLE while it is set.
-    if name == "DCNNTrainable" and os.environ.get(TRAINABLE_ENV, "").strip():
-        return study_trainable()
     if name in __all__:
         return getattr(importlib.import_module("trainables.dcnn_trainables"), name)
     raise AttributeError(f"module 'trainables' has no attribute {name!r}")
