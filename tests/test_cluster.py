@@ -76,7 +76,10 @@ def mlflow_s3(tmp_path_factory, s3_server):
 
 def test_two_node_cluster_places_trials_on_both_nodes(tmp_path, two_nodes, mlflow_s3):
     cluster, server = two_nodes, mlflow_s3
-    study = write_study(tmp_path / "two.yaml", ARMS, REF, seeds=(0, 1), fixed={"epochs": 6, "n_train": 100})
+    # trials several times longer than a worker's start (≈ 1.6 s here; 6 epochs were about as long): with
+    # actors reused, a node whose worker started after a whole trial on the other node had ended was left
+    # without a trial once under load, all four running on one node
+    study = write_study(tmp_path / "two.yaml", ARMS, REF, seeds=(0, 1), fixed={"epochs": 40, "n_train": 100})
     storage = tmp_path / "shared-storage"  # both nodes see this path (same machine: same disk)
     proc = ablate("--study", study, "--address", cluster.address, "--storage", str(storage),
                   "--tracking-uri", server.uri, "--experiment", "two-nodes")
