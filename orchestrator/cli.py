@@ -10,7 +10,6 @@ import yaml
 
 from dcnn import cli as dcnn_cli
 from dcnn.compiled import COMPILE_MODES
-from orchestrator import tracking
 from orchestrator.runner import (
     SCHEDULERS,
     AblateOptions,
@@ -119,6 +118,8 @@ def _close_unfinished(study, report: dict) -> str:
                          f"nothing was closed")
     names = {r.trial_id: f"{r.data} · {r.model} · {r.arm} · seed {r.seed}" for r in unfinished.itertuples()
              if r.trial_id}
+    from orchestrator import tracking  # loads Ray (its Tune callback): only for this command, never for `train`
+
     done = tracking.close_unfinished(uri, parent, list(names))
     lines = [f"closed (KILLED) {len(done['closed'])} MLflow run(s) of unfinished trials"
              + (":" if done["closed"] else "")]

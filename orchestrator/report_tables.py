@@ -14,7 +14,7 @@ from orchestrator.report_findings import _STALL_BOUND
 from orchestrator.report_format import _p, _ratio, _sentence, fmt
 from orchestrator.report_load import GROUP
 from orchestrator.report_stats import ALPHA
-from orchestrator.tracking import default_tracking_uri
+from orchestrator.storage import default_tracking_uri
 from search_spaces import STUDY_DIR, load_study
 from search_spaces.factors import BUILTIN
 

@@ -15,13 +15,11 @@ from typing import Optional
 
 from dcnn.models.plugins import plugin_search_path, safe_name
 from dcnn.registry import family_of, resolve_dataset
-from orchestrator import tracking, validate
-from orchestrator.progress import StudyProgress
+from orchestrator import validate
 from orchestrator.report import REPORT_DIR, build_report
-from orchestrator.storage import Storage
+from orchestrator.storage import Storage, default_tracking_uri
 from orchestrator.throughput import concurrent_slots, summarize, write_summary
 from orchestrator.trial_files import repair_trials
-from orchestrator.tune_snapshot import SnapshotKeeper, prepare_resume
 from orchestrator.ui import experiment_url
 from search_spaces import Study, load_study, tuning_space
 from search_spaces.factors import BUILTIN
@@ -238,6 +236,8 @@ def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Storage) -
 
 
 def _prepare_resume(tune_dir: Storage) -> None:
+    from orchestrator.tune_snapshot import prepare_resume  # Ray's: loaded when a study runs (see run_ablation)
+
     """Tune's snapshot made safe to resume (orchestrator.tune_snapshot), and each trial's params.json and
     result.json made whole from its checkpoint's record before Tune reads them back and appends to them
     (orchestrator.trial_files); what was repaired is said."""
@@ -253,6 +253,12 @@ def _repair_trial_files(tune_dir: Storage, when: str) -> None:
 
 
 def run_ablation(opts: AblateOptions) -> dict:
+    # Tune callbacks (MLflow logging, progress lines, snapshots) load Ray: here, when a study runs, so that
+    # `dcnn-ablate train` and `data`, which share the command line, never load it
+    from orchestrator import tracking
+    from orchestrator.progress import StudyProgress
+    from orchestrator.tune_snapshot import SnapshotKeeper
+
     """Run (or resume) a study; returns the report (paths, summary table)."""
     from ray import tune
 
@@ -267,7 +273,7 @@ def run_ablation(opts: AblateOptions) -> dict:
                          f"choose another --experiment (nothing was changed)")
     if opts.resume and not experiment_dir.exists():
         raise ValueError(f"--resume: {experiment_dir} does not exist (nothing to resume)")
-    uri = opts.tracking_uri or tracking.default_tracking_uri(storage.local_path)
+    uri = opts.tracking_uri or default_tracking_uri(storage.local_path)
     plan = validate.preflight(opts, study, experiment, experiment_dir, uri)  # last checks before Ray
     ray = _init_ray(opts.address, opts.quiet, storage.worker_env())
     _check_cluster_fits(ray, opts)
@@ -377,6 +383,8 @@ def _disk_full(storage: Storage, error: BaseException) -> str | None:
 
 
 def _run_and_report(opts, ray, tuner, study, uri, exp_id, parent, experiment_dir, n_trials, t0) -> dict:
+    from orchestrator import tracking  # Ray's: see run_ablation
+
     """The study's trials (Tune), then its report, MLflow's parent run and the throughput summary."""
 
     with _without_tune_default_loggers():

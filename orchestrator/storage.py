@@ -366,3 +366,8 @@ def _read_only_mount(path: Path) -> bool:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except (OSError, AttributeError):
         return False
+
+
+def default_tracking_uri(storage: Path) -> str:
+    """The MLflow store a study uses when none is given: sqlite beside the study folders (STORAGE/mlflow.db)."""
+    return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"

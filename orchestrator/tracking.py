@@ -14,6 +14,7 @@ from pathlib import Path
 from ray import tune
 
 from dcnn.registry import family_of_config, resolve_config
+from orchestrator.storage import default_tracking_uri  # noqa: F401 (tracking.default_tracking_uri)
 from search_spaces import FACTORS, LABEL_KEYS, trial_name
 
 log = logging.getLogger("dcnn.orchestrator")
@@ -35,10 +36,6 @@ TRIAL_TAG = "dcnn.trial_id"
 def _own_factors(config: dict) -> list[str]:
     """The study's own factors a trial lists (`factors`: force_weight,size.cutoff), tagged like the built-ins."""
     return [k for k in str(config.get("factors") or "").split(",") if k]
-
-
-def default_tracking_uri(storage: Path) -> str:
-    return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
 
 
 def client(tracking_uri: str):

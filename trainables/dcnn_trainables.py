@@ -11,6 +11,7 @@ import ray
 from ray import tune
 
 from dcnn.config import TrainConfig
+from dcnn.numerics import allocator_in_use
 from dcnn.registry import resolve_config  # once per trial, here: the Trainer takes the resolved config as it is
 from dcnn.train import Trainer
 from search_spaces import LABEL_KEYS  # keys a study adds to label a trial; not training settings
@@ -45,8 +46,6 @@ def _placement() -> dict:
     ctx = ray.get_runtime_context()
     cpus = ctx.get_assigned_resources().get("CPU", 1.0)
     gpu_ids = ray.get_gpu_ids()
-    from dcnn.numerics import allocator_in_use
-
     return {"threads": max(1, int(cpus)), "device": "cuda" if gpu_ids else "cpu",
             "gpu_ids": ",".join(str(g) for g in gpu_ids), "node_id": ctx.get_node_id(),
             "started_at": time.time(), "actor_start_s": _actor_start_s(), "malloc": allocator_in_use()}
@@ -61,7 +60,10 @@ def train_config_from_tune(config: dict) -> TrainConfig:
     for folder in config.get("plugin_path") or ():  # where the driver imported plug-in models from
         if folder not in sys.path:
             sys.path.append(folder)
-    placement = _placement() if ray.is_initialized() else {}
+    # in a Ray worker (a trial): what Ray assigned; in a driver that has Ray running (a user's script, a
+    # test after a study), like outside Ray: nothing assigned
+    in_worker = ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+    placement = _placement() if in_worker else {}
     values.setdefault("threads", placement.get("threads", 1))
     if values.get("device", "auto") == "auto" and placement:
         values["device"] = placement["device"]
