@@ -1,4 +1,4 @@
-"""MLflow layout of a study (design §6): one experiment per study, a parent "study" run holding the
+"""MLflow layout of a study: one experiment per study, a parent "study" run holding the
 report, one run per trial named like `schnet · isilu · DN+LR · seed 1`.
 
 Logging happens on the driver (a Tune callback), so trials need no access to the tracking store; runs

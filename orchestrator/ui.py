@@ -5,7 +5,7 @@ training runs).  Which view it shows comes from the sidebar's GenAI / Model trai
 parameter `workflowType=machine_learning`, else the switch's last setting in this browser (default GenAI);
 the experiment's `mlflow.experimentKind` tag (set by `tracking.ensure_experiment`) is not consulted by
 this version.  So we print each experiment's link with the parameter, then serve the UI
-(one worker, no job execution: design §4).
+(one worker, no job execution: the MLflow server uses little of the two cores the trials share).
 
     python -m orchestrator.ui --storage results [--host 127.0.0.1] [--port 5000]
 """

@@ -157,7 +157,7 @@ class LocalRayCluster:
 
 
 class MlflowServer:
-    """`mlflow server` on 127.0.0.1 with the lean flags of design §4 (one worker, no job execution)."""
+    """`mlflow server` on 127.0.0.1 with lean flags (one worker, no job execution: orchestrator/ui.py says why)."""
 
     def __init__(self, root: Path, artifacts_destination: str | None = None, env: dict | None = None):
         """`artifacts_destination` (default: a folder under root) may be an object store (s3://...): the

@@ -9,7 +9,7 @@ from dcnn.activations import (BASE_ACTIVATIONS, INTEGRATED_ACTIVATIONS, count_ac
                               get_activation, replace_activations)
 from dcnn.models import build_model
 
-F0 = {"irelu": 0.0, "ielu": 0.0, "igelu": -0.25, "isilu": -math.pi**2 / 12}  # F(0), design §2
+F0 = {"irelu": 0.0, "ielu": 0.0, "igelu": -0.25, "isilu": -math.pi**2 / 12}  # F(0): each constant makes F → 0 as x → −∞ (dcnn/activations.py)
 POINTS = np.linspace(-20.0, 20.0, 41)
 
 

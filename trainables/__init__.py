@@ -1,6 +1,6 @@
 """Ray Tune trainables wrapping the dcnn trainer: a function trainable and a class trainable.
 
-Both take the flat config of design §3 (TrainConfig keys plus the label keys below), report every
+Both take a flat config (TrainConfig.to_dict keys, dcnn/config.py, plus the label keys below), report every
 epoch with `ray.tune.report`, checkpoint every epoch, and resume from Tune's checkpoint, so they run
 unchanged under `tune.run(...)` and `Tuner(...).fit()`, with FailureConfig retries, Tuner.restore,
 reuse_actors and PBT.

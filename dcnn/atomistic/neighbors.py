@@ -34,7 +34,7 @@ def _calculator(cutoff: float):
 
     nl = _CALCULATORS.get(cutoff)
     if nl is None:
-        # n_threads=1 where this vesin takes it: a Ray trial owns one CPU thread (design §4)
+        # n_threads=1 where this vesin takes it: a Ray trial owns one CPU thread (trainables/dcnn_trainables.py sets its threads)
         threads = {"n_threads": 1} if "n_threads" in inspect.signature(NeighborList).parameters else {}
         nl = _CALCULATORS[cutoff] = NeighborList(cutoff=cutoff, full_list=True, sorted=True, **threads)
     return nl

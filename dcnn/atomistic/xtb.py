@@ -1,7 +1,7 @@
 """Generate a data set offline with real physics: GFN2-xTB (tblite) Langevin MD through ASE.
 
-Nothing can be downloaded at run time, so the project makes its own labelled frames.  Follows the
-pitfalls in design §5: Langevin(fixcm=False) plus a FixCom constraint (ASE's fixcm=True overheats small
+Nothing can be downloaded at run time, so the project makes its own labelled frames.  Avoids two
+pitfalls measured when the data were made: Langevin(fixcm=False) plus a FixCom constraint (ASE's fixcm=True overheats small
 molecules), one OpenMP thread per process (also needed for bit-identical output).
 """
 from __future__ import annotations
