@@ -18,6 +18,7 @@ from orchestrator.runner import (
     run_ablation,
 )
 from orchestrator.validate import check_study_folder
+from search_spaces import list_studies
 from search_spaces.factors import BUILTIN
 
 
@@ -140,8 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     dcnn_cli.add_commands(sub)
     a = sub.add_parser("ablate", help="run a study on Ray Tune (local or a cluster) with MLflow tracking")
     a.add_argument("--study", default="seed-plan",
-                   help="built-in study (seed-plan, activation, stabilizers, preprocessing, factorial, "
-                        "paper, paper-models, pinn-seed-plan) or a YAML file")
+                   help=f"built-in study ({', '.join(list_studies())}) or a YAML file")
     a.add_argument("--models", type=_csv(str, "--models"), help="comma-separated, e.g. schnet,cgcnn; known: schnet, cgcnn, forcenet, "
                         "dimenetpp, gemnet_t, mace, fcn (PINN), or package.module:spec (default: the study's)")
     a.add_argument("--datasets", "--dataset", dest="datasets", type=_csv(str, "--datasets"),

@@ -17,7 +17,10 @@ def plot_bars(summary: pd.DataFrame, path: Path, units: dict, specs: tuple) -> N
     arms = list(dict.fromkeys(summary.arm))
     models = list(dict.fromkeys(summary.model))
     datas = list(dict.fromkeys(summary.data))
-    fig, axes = plt.subplots(len(datas), len(specs), figsize=(max(8, 1.3 * len(arms) * len(specs)), 4.5 * len(datas)),
+    # rotated arm names take height: a study's own factors make them long (irelu+DN+LR+force_weight=10+cutoff=4)
+    label_height = 0.075 * max(len(a) for a in arms)
+    fig, axes = plt.subplots(len(datas), len(specs), figsize=(max(8, min(1.3 * len(arms), 12) * len(specs)),
+                                                              (3.5 + label_height) * len(datas)),
                              squeeze=False)
     width = 0.8 / max(1, len(models))
     for row, data in enumerate(datas):

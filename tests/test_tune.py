@@ -133,7 +133,7 @@ def test_several_set_values_after_one_flag_reach_every_trial():
 @pytest.mark.parametrize("args,message", [
     (["--storage", "relative/dir"], "--storage must be an absolute path"),
     (["--storage", "s3://bucket/x"], "--tracking-uri: an MLflow server"),  # object storage: no default sqlite store
-    (["--study", "nope"], "unknown study 'nope'; built-in: activation, activation-init, catalysis-seed-plan, factorial, paper, paper-models, pinn-full, pinn-seed-plan, preprocessing, seed-plan, stabilizers"),
+    (["--study", "nope"], "unknown study 'nope'; built-in: activation, activation-init, catalysis-seed-plan, factorial, knobs, paper, paper-models, pinn-full, pinn-seed-plan, preprocessing, seed-plan, stabilizers"),
     (["--models", "schnet,painn"], "unknown model 'painn'"),
     (["--cpus-per-trial", "0"], "--cpus-per-trial must be positive"),
     (["--gpus-per-trial", "1.5"], "above 1 must be a whole number"),
