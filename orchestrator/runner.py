@@ -104,6 +104,12 @@ class AblateOptions:
         study = base.with_overrides(models=self.models, seeds=self.seeds, fixed=fixed, datasets=datasets,
                                     split_seeds=self.split_seeds,
                                     levels={k: BUILTIN[k].component[0] for k in self.switch_on})
+        if self.tune_hparams:  # a tuned key would overwrite the levels the arms compare
+            both = sorted(set(tuning_space(self.tuning_space)) & {f.key for f in study.factors})
+            if both:
+                raise ValueError(f"--tune-hparams: the tuning space {self.tuning_space!r} tunes {both}, a factor of "
+                                 f"study {study.name} (its arms set it); use --tuning-space lr, or a study that does "
+                                 f"not vary {', '.join(both)}")
         for path in study.datasets:  # names the file (or problem) and what is wrong, before Ray starts
             study.family.check_dataset(path, {})
         return study

@@ -216,3 +216,10 @@ def test_a_plugins_own_size_is_a_factor_of_a_study(ray_session, tracking_uri, tm
     # the filter's first Linear is basis × hidden + hidden: 12 more inputs × 8 = 96 more parameters
     assert n["irelu+DN+ES+basis=16"] - n["irelu+DN+ES+basis=4"] == 12 * 8
     assert "basis 4 → 16 (irelu+DN+ES+basis=16)" in report["findings"]
+
+
+def test_tuning_a_factor_of_the_study_is_refused_before_ray(tmp_path):
+    """--tune-hparams would overwrite the levels the arms compare (force_weight is in the default space)."""
+    with pytest.raises(ValueError, match=r"tunes \['force_weight'\], a factor of study knobs"):
+        AblateOptions(study="knobs", tune_hparams=2, storage=str(tmp_path)).validate()
+    assert AblateOptions(study="knobs", tune_hparams=2, tuning_space="lr", storage=str(tmp_path)).validate().name == "knobs"
