@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from orchestrator import contributions
+from orchestrator import contributions, grid_anova
 from orchestrator.report_findings import findings
 from orchestrator.report_format import fmt, fmt_p
 from orchestrator.report_load import (GROUP, REPORT_DIR, _checkpoint_column, add_identical_arms, collect,
@@ -70,7 +70,7 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
     found = findings(summary, reference_arm, units, main)
     unfinished = unfinished_trials(trials, silent, meta)
     analyses = contributions.analyse(trials, reference_arm, main)
-    grids = contributions.analyse_grids(trials, reference_arm, main)
+    grids = grid_anova.analyse(trials, reference_arm, main)
     paths = {"trials": out / "trials.csv", "curves": out / "curves.csv", "summary": out / "summary.csv",
              "baselines": out / "baselines.csv", "findings": out / "findings.md",
              "markdown": out / "report.md", "bars": out / "bars.png", "learning_curves": out / "curves.png"}
@@ -79,7 +79,7 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
     summary.to_csv(paths["summary"], index=False)
     base.to_csv(paths["baselines"], index=False)
     paths["findings"].write_text(found + "\n")
-    contrib = pd.concat([contributions.to_frame(analyses), contributions.grids_frame(grids)], ignore_index=True)
+    contrib = pd.concat([contributions.to_frame(analyses), grid_anova.to_frame(grids)], ignore_index=True)
     if analyses or grids:
         paths["contributions"] = out / "contributions.csv"
         contrib.to_csv(paths["contributions"], index=False)
@@ -88,7 +88,7 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
     md = (to_markdown(summary, reference_arm, title, units, main) + "\n" + secondary_table(summary, units, specs)
           + failed_section(trials)
           + damaged_or_unfinished_section(trials, silent, unfinished, meta, location) + found)
-    section = contributions.to_markdown(analyses, units, grids)
+    section = contributions.to_markdown(analyses, units, grid_anova.to_markdown(grids))
     md += ("\n" + section if section else "")
     md += ("\n![test errors per arm](bars.png)\n\n![learning curves](curves.png)\n\n"
            "Every number comes from `trials.csv`, whose `mlflow_run_id` column names the MLflow run of each trial; "
