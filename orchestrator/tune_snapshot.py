@@ -34,7 +34,13 @@ from ray import tune
 
 log = logging.getLogger("dcnn.orchestrator")
 
-KEPT_FILE = ".dcnn-tune-snapshot.json"
+# No .json or .pkl suffix: Tune's restore downloads every root *.json and *.pkl into the new driver's staging
+# folder (ray.tune.execution.experiment_state.sync_down_experiment_state) and every later sync copies them back
+# over the stored ones, so a copy named *.json was itself overwritten, not atomically, by a stale one: a driver
+# killed during that copy left it empty along with the state files (seen once in the kill matrix, at the end of
+# a resumed study). Named so, Tune never touches it.
+KEPT_FILE = ".dcnn-tune-snapshot"
+LEGACY_KEPT_FILE = ".dcnn-tune-snapshot.json"  # the name of the kept copy before: read when it is the only one
 # what Tune's resume reads back from the experiment root (ray.tune.execution.experiment_state
 # .sync_down_experiment_state: every root *.json and *.pkl); tuner.pkl is written once, before any trial
 SNAPSHOT_PATTERNS = ("*.json", "*.pkl")
@@ -46,7 +52,8 @@ KEEP_TIME_SHARE = 0.05
 
 
 def _is_state_file(name: str) -> bool:
-    return "/" not in name and name != KEPT_FILE and any(fnmatch.fnmatch(name, p) for p in SNAPSHOT_PATTERNS)
+    return ("/" not in name and name not in (KEPT_FILE, LEGACY_KEPT_FILE)
+            and any(fnmatch.fnmatch(name, p) for p in SNAPSHOT_PATTERNS))
 
 
 def is_whole(data: bytes) -> bool:
@@ -166,13 +173,15 @@ def prepare_resume(experiment_dir) -> list[str]:
 
 
 def _kept_snapshot(experiment_dir) -> tuple[str, dict[str, bytes]] | None:
-    if not experiment_dir.is_file(KEPT_FILE):
-        return None
-    try:
-        record = json.loads(experiment_dir.read_bytes(KEPT_FILE))
-        files = {n: base64.b64decode(b) for n, b in record["files"].items()}
-    except (ValueError, KeyError, TypeError):
-        return None
-    if not all(_is_state_file(n) and is_whole(b) for n, b in files.items()):
-        return None
-    return record.get("kept_at", "?"), files
+    """(kept_at, files) of the whole kept copy: KEPT_FILE, else one an earlier version kept; None if neither."""
+    for name in (KEPT_FILE, LEGACY_KEPT_FILE):
+        if not experiment_dir.is_file(name):
+            continue
+        try:
+            record = json.loads(experiment_dir.read_bytes(name))
+            files = {n: base64.b64decode(b) for n, b in record["files"].items()}
+        except (ValueError, KeyError, TypeError):
+            continue
+        if all(_is_state_file(n) and is_whole(b) for n, b in files.items()):
+            return record.get("kept_at", "?"), files
+    return None

@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, write_study
 from fault_trainable import fault_env
+from orchestrator.tune_snapshot import KEPT_FILE
 
 REF = {"activation": "irelu", "denorm": True, "rescale": True}
 ONE_ARM = [{"activation": ["irelu"], "denorm": [True], "rescale": [True]}]
@@ -474,7 +475,7 @@ def _mark_running(exp_dir: Path, seed: int) -> None:
                 trial["status"] = "RUNNING"
                 entry[0] = json.dumps(trial)
         state_file.write_text(json.dumps(state))
-    (exp_dir / ".dcnn-tune-snapshot.json").unlink(missing_ok=True)
+    (exp_dir / KEPT_FILE).unlink(missing_ok=True)
 
 
 def test_resume_rebuilds_what_a_kill_left_of_finished_trials(tmp_path, tracking_uri):

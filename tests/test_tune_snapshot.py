@@ -123,3 +123,17 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path):
     with pytest.raises(OSError, match="No space left"):
         folder.write_text("kept.json", '{"v": 2}' * 100_000)
     assert (tmp_path / "kept.json").read_text() == '{"v": 1}' and os.listdir(tmp_path) == ["kept.json"]
+
+
+def test_the_kept_copy_is_never_in_the_resumed_drivers_staging_folder(ray_session, tmp_path):
+    """Tune's restore downloads every root *.json and *.pkl into the new driver's staging folder and copies them
+    back over the stored ones at every sync; the kept copy must not be among them (a kill during such a copy
+    emptied one named .dcnn-tune-snapshot.json together with the state files it was to restore)."""
+    import ray
+
+    experiment = _first_run(tmp_path)
+    assert _resume(experiment) == {99: ITERATIONS, 2: ITERATIONS}
+    session = Path(ray._private.worker.global_worker.node.get_session_dir_path())
+    staged = [p for p in session.glob("artifacts/*/snap/driver_artifacts") if p.is_dir()]
+    assert staged and any(staged[-1].glob("experiment_state-*.json"))  # the folder Tune syncs from
+    assert not any((s / KEPT_FILE).exists() for s in staged)
