@@ -510,15 +510,18 @@ def _markdown_one(a: Analysis, units) -> str:
         f"×{_fmt(math.exp(a.shares[s.slug]['v'][-1] - a.shares[s.slug]['v'][0]))}" for s in a.specs) + " |")
     lines.append("")
     for s in a.specs:
-        table, note = a.anova[s.slug], a.anova_note[s.slug]
-        lines.append(f"ANOVA of log {s.name}{' ' + s.stat if s.stat else ''} ({note}):")
-        lines.append("")
-        if table is None:
-            continue
-        lines += ["| effect | df | F | p |", "|---|---|---|---|"]
-        lines += [f"| {r.effect} | {int(r.df)} | {_fmt(r.F)} | {fmt_p(r.p)} |" for r in table.itertuples()]
-        lines.append("")
+        lines += anova_lines(s, a.anova[s.slug], a.anova_note[s.slug])
     return "\n".join(lines)
+
+
+def anova_lines(spec, table: pd.DataFrame | None, note: str) -> list[str]:
+    """One metric's ANOVA in markdown: its heading with the note, then the table (none when not computable)."""
+    lines = [f"ANOVA of log {spec.name}{' ' + spec.stat if spec.stat else ''} ({note}):", ""]
+    if table is None:
+        return lines
+    lines += ["| effect | df | F | p |", "|---|---|---|---|"]
+    lines += [f"| {r.effect} | {int(r.df)} | {_fmt(r.F)} | {fmt_p(r.p)} |" for r in table.itertuples()]
+    return lines + [""]
 
 
 def to_frame(analyses: list[Analysis]) -> pd.DataFrame:

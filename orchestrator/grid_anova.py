@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from orchestrator.contributions import MAX_METRICS, pretty, seed_entry
-from orchestrator.report_format import fmt, fmt_p
+from orchestrator.contributions import MAX_METRICS, anova_lines, pretty, seed_entry
 from search_spaces import factors as factor_decl
 
 
@@ -132,13 +131,7 @@ def to_markdown(grids: list[Grid]) -> str:
     for grid in grids:
         lines += [f"**{grid.data} · {grid.model}**: {len(grid.cells)} cells over {grid.words}.", ""]
         for spec in grid.specs:
-            table, note = grid.anova[spec.slug], grid.note[spec.slug]
-            lines += [f"ANOVA of log {spec.name}{' ' + spec.stat if spec.stat else ''} ({note}):", ""]
-            if table is None:
-                continue
-            lines += ["| effect | df | F | p |", "|---|---|---|---|"]
-            lines += [f"| {r.effect} | {int(r.df)} | {fmt(r.F)} | {fmt_p(r.p)} |" for r in table.itertuples()]
-            lines.append("")
+            lines += anova_lines(spec, grid.anova[spec.slug], grid.note[spec.slug])
     return "\n".join(lines)
 
 
