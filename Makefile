@@ -6,7 +6,7 @@ STORAGE ?= $(CURDIR)/results
 ARGS ?=
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install test ablate report ui train data bench
+.PHONY: install test ablate report ui train data data-mlearn bench
 
 EXTRAS ?= dev
 
@@ -35,7 +35,13 @@ data:  ## regenerate the bundled data sets (bit-identical on the CPU that made t
 	dcnn-ablate data generate --molecule ethanol --frames 2000 --temperature 500 --seed 0 --out $(DATA) --force
 	dcnn-ablate data generate --molecule aspirin --frames 2000 --temperature 500 --seed 0 --out data/aspirin-gfn2-500K.npz --force
 	$(PYTHON) -c "from dcnn.atomistic.generate import generate_catalysis; generate_catalysis('data/catalysis-emt.npz', frames_per_system=110, temperature=600, seed=0, overwrite=True)"
+	$(MAKE) data-mlearn
 	sha256sum $(DATA) data/aspirin-gfn2-500K.npz data/catalysis-emt.npz
+
+data-mlearn:  ## convert the bundled mlearn Mo and Si JSON (data/mlearn/, real DFT) to data/mlearn-{Mo,Si}.npz (seconds)
+	for el in Mo Si; do $(PYTHON) -m dcnn.atomistic.mlearn data/mlearn/$$el-training.json data/mlearn/$$el-test.json \
+		data/mlearn-$$el.npz --name mlearn-$$el; done
+	sha256sum data/mlearn/*.json data/mlearn-Mo.npz data/mlearn-Si.npz
 
 bench:  ## ms per energy+force training step of every model (small preset), PyG's SchNet and DimeNet++ alongside, then eager vs compiled; flags via ARGS="--presets small paper --models schnet"
 	$(PYTHON) -m benchmarks.bench_models $(ARGS)

@@ -18,8 +18,8 @@ import yaml
 from dcnn.atomistic.io import load_atoms
 from dcnn.atomistic.molecules import DatasetError
 from dcnn.atomistic.xtb import check_generate_args, generate
-from dcnn.config import (ACTIVATION_CHOICES, COMPILE_MODES, DTYPES, LEGACY_SIZE_NAMES, OPTIMIZERS, SCOPES, SIZE_PREFIX,
-                         TrainConfig)
+from dcnn.config import (ACTIVATION_CHOICES, COMPILE_MODES, DTYPES, ENERGY_TERMS, EVALUATE_AT, LEGACY_SIZE_NAMES,
+                         LOSS_FNS, OPTIMIZERS, SCOPES, SIZE_PREFIX, TrainConfig)
 from dcnn.init import INIT_MODES
 from dcnn.models import BUILTIN_SPECS
 from dcnn.outputs import check_output, same_file
@@ -30,7 +30,8 @@ from dcnn.train import train
 # model and preset: TrainConfig checks them (plug-ins bring their own names and presets); a size's values: its
 # model's spec (size_choices)
 _CHOICES = {"activation": ACTIVATION_CHOICES, "scope": SCOPES, "dtype": DTYPES, "compile": COMPILE_MODES,
-            "init": INIT_MODES, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES}
+            "init": INIT_MODES, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES,
+            "loss_fn": LOSS_FNS, "energy_term": ENERGY_TERMS, "evaluate": EVALUATE_AT}
 
 
 # the train command's flags in groups (`--help`), by TrainConfig field; size fields get a group per model
@@ -39,7 +40,10 @@ _FLAG_GROUPS = {
                       "init", "seed"),
     "optimisation": ("lr", "optimizer", "lbfgs_epochs", "lr_schedule", "lr_min", "warmup_epochs", "plateau_factor",
                      "plateau_patience", "batch_size", "epochs", "force_weight"),
-    "data": ("dataset", "split", "n_train", "n_val", "n_test", "split_seed", "eval_batch_size"),
+    "training recipe (the paper's by default; the field's: --loss-fn mse --energy-term atom --ema-decay 0.99 "
+    "--evaluate best)": ("loss_fn", "huber_delta", "energy_term", "ema_decay", "weight_decay", "early_stopping",
+                         "evaluate"),
+    "data": ("dataset", "test_dataset", "split", "n_train", "n_val", "n_test", "split_seed", "eval_batch_size"),
     "PINN task (model fcn; --dataset names the PDE problem)": (
         "n_collocation", "n_initial", "n_boundary", "collocation_batch", "steps_per_epoch", "resample"),
     "where and how it runs": ("device", "threads", "flush_denormals", "dtype", "compile"),
@@ -241,6 +245,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     info = family.dataset_info(cfg.dataset)
     units = info.get("units", [])
     frames = f", {info['frames']} frames" if "frames" in info else ""
+    if cfg.test_dataset:
+        frames += f", test frames from {cfg.test_dataset}"
+    elif info.get("official_test_frames"):
+        frames += f" ({info['official_test_frames']} of them its official test set)"
     print(f"training {cfg.model} ({cfg.preset}) activation={cfg.activation} denorm={cfg.denorm} "
           f"rescale={cfg.rescale} (C={cfg.rescale_factor:g}) init={cfg.init} on {info['name']} "
           f"[{info['theory']}]{frames}", file=sys.stderr, flush=True)

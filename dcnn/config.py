@@ -19,6 +19,14 @@ ACTIVATION_CHOICES = ("original",) + ACTIVATION_NAMES
 SCOPES = ("paper", "all")  # where activations are swapped: the paper's placement, or everywhere
 DTYPES = ("float32", "float64")
 OPTIMIZERS = ("adam", "lbfgs")
+# the training loss's shape (dcnn/losses.py): the paper's L1, MSE (MACE's and NequIP's), Huber (MACE's for OC-style
+# data: quadratic within huber_delta, linear beyond)
+LOSS_FNS = ("l1", "mse", "huber")
+# what the energy term compares: the energy of the structure (the paper's) or per atom (MACE's and NequIP's
+# PerAtom losses: structures of every size weigh the same per atom)
+ENERGY_TERMS = ("structure", "atom")
+# which weights the test metrics are of: the last epoch's (the paper's) or the best validation epoch's
+EVALUATE_AT = ("last", "best")
 SPLITS = ("random",)  # besides "ood:ELEMENT" (a held-out element: dcnn.atomistic.splits.ood_split)
 # the energy+force step: eager, traced and compiled, or compiled when the timed eager steps say it pays back
 # (dcnn/compiled.py)
@@ -82,7 +90,19 @@ class TrainConfig:
     batch_size: int = 20
     epochs: int = 10
     force_weight: float = 30.0
+    # the training recipe of the field's potentials (MACE, NequIP, fairchem: dcnn/losses.py, dcnn/train.py);
+    # the defaults are the paper's: L1 on the structure's energy, no averaging, no decay, the last epoch
+    loss_fn: str = "l1"
+    huber_delta: float = 0.01  # Huber's switch, in eV (per atom with energy_term=atom) and eV/Å, physical units
+    energy_term: str = "structure"
+    ema_decay: float = 0.0  # exponential moving average of the weights for evaluation (MACE 0.99); 0: none
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay; 0: Adam
+    early_stopping: int = 0  # stop after this many epochs without a better validation objective; 0: never
+    evaluate: str = "last"  # the test metrics of the last epoch's weights or the best validation epoch's
     dataset: str = ""  # a data file, a bundled name or a PDE problem; "" = the model's family's default
+    # a file whose frames are the test set ("" = the data set's own test set if it has one, e.g. mlearn's
+    # official split, else one drawn by `split`); validation is then carved from `dataset`
+    test_dataset: str = ""
     split: str = "random"  # random (seeded counts or 80/10/10) | ood:ELEMENT (test = every frame with it)
     n_train: typing.Optional[int] = 800  # None: fractions 0.8/0.1/0.1 of the data set (the paper's)
     n_val: typing.Optional[int] = 200
@@ -204,6 +224,14 @@ class TrainConfig:
         choice("compile", COMPILE_MODES)
         choice("lr_schedule", SCHEDULES)
         choice("optimizer", OPTIMIZERS)
+        choice("loss_fn", LOSS_FNS)
+        choice("energy_term", ENERGY_TERMS)
+        choice("evaluate", EVALUATE_AT)
+        positive("huber_delta")
+        positive("weight_decay", allow_zero=True)
+        positive("early_stopping", allow_zero=True)
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay={self.ema_decay!r} must lie in [0, 1) (0: no moving average)")
         if not (self.device in ("auto", "cpu", "cuda") or
                 (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise ValueError(f"device={self.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")

@@ -111,9 +111,15 @@ def resolve_config(config: TrainConfig | typing.Mapping, base: str | None = None
     checked = spec.sizes(cfg.preset, cfg.sizes)
     family = FAMILIES[spec.family]
     dataset = resolve_dataset(family, cfg.dataset or family.default_dataset(), base, model=cfg.model)
+    test_dataset = cfg.test_dataset
+    if test_dataset:
+        if spec.family != "atomistic":
+            raise ValueError(f"test_dataset={test_dataset!r}: a test file applies to atomistic data only (model "
+                             f"{cfg.model!r} is of the {spec.family} family)")
+        test_dataset = resolve_dataset(family, test_dataset, base, model=cfg.model)
     sizes = {n: checked[n] for n in cfg.sizes}
-    same = dataset == cfg.dataset and [(n, type(v), v) for n, v in sizes.items()] == \
+    same = dataset == cfg.dataset and test_dataset == cfg.test_dataset and [(n, type(v), v) for n, v in sizes.items()] == \
         [(n, type(v), v) for n, v in cfg.sizes.items()]
-    out = cfg if same else dataclasses.replace(cfg, dataset=dataset, sizes=sizes)
+    out = cfg if same else dataclasses.replace(cfg, dataset=dataset, test_dataset=test_dataset, sizes=sizes)
     out.__dict__["_resolved"] = True  # TrainConfig.resolved
     return out

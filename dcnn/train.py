@@ -5,6 +5,7 @@ the end and is what the CLI and the function trainable use.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -19,6 +20,7 @@ from dcnn.numerics import configure_cpu
 from dcnn.registry import make_task, resolve_config
 from dcnn.schedules import LRSchedule
 from dcnn.tasks import Task
+from dcnn.weights import BestWeights, EMAWeights
 
 __all__ = ["TrainConfig", "Trainer", "train", "resolve_device"]
 
@@ -68,6 +70,10 @@ class Trainer:
         self.diverged_epoch: Optional[int] = None
         self.history: list[dict] = []
         self._lbfgs_prev_loss: Optional[float] = None  # L-BFGS's last iterate loss: a frozen iterate is restarted
+        # the field's evaluation weights: a moving average of the weights (MACE, NequIP) and the best
+        # validation epoch's (dcnn/weights.py); both off in the paper's recipe
+        self.ema = EMAWeights(self.model, config.ema_decay) if config.ema_decay > 0 else None
+        self.best = BestWeights(self.model) if config.evaluate == "best" or config.early_stopping else None
 
     def _optimizer_kind(self, epoch: int) -> str:
         """The optimizer of an epoch (0-based): `optimizer`, or L-BFGS for the last `lbfgs_epochs` after Adam."""
@@ -81,6 +87,9 @@ class Trainer:
             lr = self.config.lr if self.config.optimizer == "lbfgs" else 1.0
             return torch.optim.LBFGS(self.model.parameters(), lr=lr, max_iter=1, max_eval=6, history_size=50,
                                      line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
+        if self.config.weight_decay:  # decoupled (AdamW), the form fairchem's and NequIP's configs use
+            return torch.optim.AdamW(self.model.parameters(), lr=self.config.lr,
+                                     weight_decay=self.config.weight_decay, fused=True)
         return torch.optim.Adam(self.model.parameters(), lr=self.config.lr, fused=True)  # one kernel, not a loop over parameters
 
     def _configure_cpu(self) -> None:
@@ -91,7 +100,14 @@ class Trainer:
 
     @property
     def done(self) -> bool:
-        return self.diverged or self.stalled or self.epoch >= self.config.epochs
+        return self.diverged or self.stalled or self.stopped_early or self.epoch >= self.config.epochs
+
+    @property
+    def stopped_early(self) -> bool:
+        """`early_stopping` epochs in a row without a better validation objective."""
+        patience = self.config.early_stopping
+        return bool(patience) and self.best is not None and self.best.epoch >= 0 and \
+            self.epoch - self.best.epoch >= patience
 
     @property
     def stalled(self) -> bool:
@@ -139,16 +155,24 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update()
             for k, v in terms.items():  # stays on device: one host sync per epoch, not per step
                 sums[k] = sums.get(k, 0) + v
             sums["train_loss"] = sums.get("train_loss", 0) + loss.detach()  # objective, in rescaled units
             steps += 1
         self.epoch += 1
         metrics = {k: float(v) / steps for k, v in sums.items()}
-        metrics.update(self.task.evaluate("val"))
+        with self._evaluation_weights():  # the moving average, where there is one
+            metrics.update(self.task.evaluate("val"))
         if self.task.family.nonfinite(metrics):
             self.diverged, self.diverged_epoch = True, self.epoch
-        self.schedule.end_epoch(self.task.objective(metrics))  # plateau: the task's validation objective
+        objective = self.task.objective(metrics)
+        self.schedule.end_epoch(objective)  # plateau: the task's validation objective
+        if self.best is not None and not self.diverged:
+            with self._evaluation_weights():
+                if self.best.offer(objective, self.epoch):
+                    metrics["best_epoch"] = self.epoch
         metrics.update(epoch=self.epoch, diverged=int(self.diverged), lr=lr, epoch_time_s=time.perf_counter() - t0,
                        optimizer=kind, lbfgs_restarts=restarts,
                        denormals_flushed=int(self.denormals_flushed))
@@ -178,10 +202,25 @@ class Trainer:
         if self.diverged:
             out.update({spec.test_key: math.nan for spec in family.metrics})
         else:
-            out.update({f"test_{k}": v for k, v in self.task.evaluate("test").items()})
+            with self._test_weights():
+                out.update({f"test_{k}": v for k, v in self.task.evaluate("test").items()})
+            if self.best is not None:
+                out["best_epoch"] = self.best.epoch
+            out["stopped_early"] = int(self.stopped_early)
         out.update(diverged=int(family.diverged(out, nonfinite_in_training=self.diverged)),
                    blew_up=int(family.blown_up(out)), stalled=int(self.stalled))
         return out
+
+    def _evaluation_weights(self):
+        """The weights validation sees: the moving average's, else the live ones."""
+        return self.ema.swapped() if self.ema is not None else contextlib.nullcontext()
+
+    def _test_weights(self):
+        """The weights the test metrics are of: the best validation epoch's (`evaluate=best`), else the
+        evaluation weights of the last epoch."""
+        if self.config.evaluate == "best" and self.best is not None and self.best.epoch >= 0:
+            return self.best.swapped()
+        return self._evaluation_weights()
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -198,6 +237,10 @@ class Trainer:
                  # what a calculator needs to rebuild the model and turn its outputs into physical units
                  # (dcnn.calculator.DCNNCalculator): the task's own description of itself
                  "inference": _plain(getattr(self.task, "inference_info", dict)())}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        if self.best is not None:
+            state["best"] = self.best.state_dict()
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -220,6 +263,10 @@ class Trainer:
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.history = list(state["history"])
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
+        if self.best is not None and "best" in state:
+            self.best.load_state_dict(state["best"])
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the checkpoint atomically: serialised in memory, written to a temporary file, flushed to disk,

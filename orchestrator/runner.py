@@ -100,6 +100,8 @@ class AblateOptions:
         base = load_study(self.study)
         model = (self.models or base.models)[0]
         family = family_of(model)  # data sets are files or PDE problems
+        if fixed.get("test_dataset"):  # a path from the command line: relative to here, not to a trial's folder
+            fixed["test_dataset"] = resolve_dataset(family, fixed["test_dataset"], model=model)
         datasets = None if self.datasets is None else [resolve_dataset(family, d, model=model) for d in self.datasets]
         study = base.with_overrides(models=self.models, seeds=self.seeds, fixed=fixed, datasets=datasets,
                                     split_seeds=self.split_seeds,
@@ -111,7 +113,8 @@ class AblateOptions:
                                  f"study {study.name} (its arms set it); use --tuning-space lr, or a study that does "
                                  f"not vary {', '.join(both)}")
         for path in study.datasets:  # names the file (or problem) and what is wrong, before Ray starts
-            study.family.check_dataset(path, {})
+            study.family.check_dataset(path, {"test_dataset": study.setting("test_dataset")}
+                                       if study.setting("test_dataset") else {})
         return study
 
     @property

@@ -225,7 +225,7 @@ def check_models(study) -> dict:
 def preflight(opts, study, experiment: str, experiment_dir: Storage, tracking_uri: str) -> dict:
     """Everything left to check before Ray starts; returns the study's plan."""
     check_name("--experiment", experiment)
-    settings = {k: study.setting(k) for k in ("n_train", "n_val", "n_test", "split", "split_seed")}
+    settings = {k: study.setting(k) for k in ("n_train", "n_val", "n_test", "split", "split_seed", "test_dataset")}
     for dataset in study.datasets:  # the family checks the data and that the study's split fits it
         study.family.check_dataset(dataset, settings)
     check_models(study)

@@ -208,6 +208,9 @@ class Study:
         if bad_fixed:
             raise ValueError(f"{where}: fixed must not set the study's axes {bad_fixed} (use the study's "
                              f"designs, models, seeds and datasets)")
+        if self.fixed.get("test_dataset") and len(self.datasets) > 1:
+            raise ValueError(f"{where}: fixed test_dataset is one test file for {len(self.datasets)} data sets; a "
+                             f"test file goes with one data set (or bundle each with its own test set, as mlearn-Mo)")
         if "split_seed" in self.fixed and self.split_seeds == "vary":
             raise ValueError(f"{where}: fixed split_seed contradicts split_seeds: vary")
         if not isinstance(self.model_sizes, dict) or not all(isinstance(v, dict) for v in self.model_sizes.values()):
@@ -509,6 +512,9 @@ def load_study(name_or_path: str) -> Study:
     if not isinstance(fixed, dict):
         raise ValueError(f"{where}: fixed must map TrainConfig keys to values, got {fixed!r}")
     family = family_of(models[0]) if models else family_of("")
+    if fixed.get("test_dataset"):  # a test file, like the data sets, relative to the YAML file
+        fixed = {**fixed, "test_dataset": resolve_dataset(family, fixed["test_dataset"], path.parent,
+                                                          model=models[0] if models else "")}
     datasets = _list(data, "datasets", where, str, [family.default_dataset()])
     study = Study(name=path.stem, arms=arms, reference=reference, models=models,
                   seeds=_list(data, "seeds", where, int, [0, 1, 2]),

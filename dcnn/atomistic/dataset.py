@@ -56,10 +56,27 @@ class AtomsDataset:
     source: str = ""
     metadata: dict = field(default_factory=dict)
     fixed: np.ndarray | None = None  # [A] bool; None = no atom fixed
+    # [n] str: the kind of configuration of each frame (extxyz `config_type`, mlearn's `group`: "Surface",
+    # "AIMD-NVT", ...); None = no groups.  The report breaks the test errors down by it
+    groups: np.ndarray | None = None
+    # [n] bool: the frames of the data set's own test set (a benchmark's official split, or the frames of a
+    # `test_dataset` file); None = no test set of its own, the split draws one
+    test_mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.fixed is None:
             self.fixed = np.zeros(len(self.numbers), dtype=bool)
+        n = len(self.energies)
+        if self.groups is not None:
+            self.groups = np.asarray(self.groups, dtype=str)
+            if self.groups.shape != (n,):
+                raise DatasetError(f"{self.source or self.name}: groups have shape {list(self.groups.shape)} for "
+                                   f"{n} frames (one label per frame)")
+        if self.test_mask is not None:
+            self.test_mask = np.asarray(self.test_mask, dtype=bool)
+            if self.test_mask.shape != (n,):
+                raise DatasetError(f"{self.source or self.name}: test mask has shape {list(self.test_mask.shape)} "
+                                   f"for {n} frames")
 
     def __len__(self) -> int:
         return int(self.energies.shape[0])
@@ -112,7 +129,32 @@ class AtomsDataset:
         return AtomsDataset(
             self.positions[atoms], self.numbers[atoms], offsets_from_counts(self.n_atoms[index]),
             self.cells[index], self.pbc[index], self.energies[index], self.forces[atoms], self.energy_unit,
-            self.theory, self.name, self.source, dict(self.metadata), self.fixed[atoms])
+            self.theory, self.name, self.source, dict(self.metadata), self.fixed[atoms],
+            None if self.groups is None else self.groups[index],
+            None if self.test_mask is None else self.test_mask[index])
+
+    @property
+    def has_own_test_set(self) -> bool:
+        """Whether the data set says which frames are its test set (an official split)."""
+        return self.test_mask is not None and bool(self.test_mask.any())
+
+    @classmethod
+    def concatenate(cls, parts: list["AtomsDataset"], name: str = "", source: str = "") -> "AtomsDataset":
+        """Frames of several data sets in order (one energy unit); groups kept where every part has them, test
+        masks where any part has one (a part without one counts as not test)."""
+        units = {p.energy_unit for p in parts}
+        if len(units) != 1:
+            raise DatasetError(f"{source or name}: the parts are in different energy units ({', '.join(sorted(units))})")
+        n_atoms = np.concatenate([p.n_atoms for p in parts])
+        groups = (np.concatenate([p.groups for p in parts]) if all(p.groups is not None for p in parts) else None)
+        test = (np.concatenate([p.test_mask if p.test_mask is not None else np.zeros(len(p), bool) for p in parts])
+                if any(p.test_mask is not None for p in parts) else None)
+        return cls(np.concatenate([p.positions for p in parts]), np.concatenate([p.numbers for p in parts]),
+                   offsets_from_counts(n_atoms), np.concatenate([p.cells for p in parts]),
+                   np.concatenate([p.pbc for p in parts]), np.concatenate([p.energies for p in parts]),
+                   np.concatenate([p.forces for p in parts]), parts[0].energy_unit, parts[0].theory,
+                   name or parts[0].name, source or parts[0].source, dict(parts[0].metadata),
+                   np.concatenate([p.fixed for p in parts]), groups, test)
 
     def frame_atoms(self, k: int):
         """Frame k as `ase.Atoms` with a SinglePointCalculator holding its energy and forces converted to

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dcnn.atomistic.io import ATOMS_DATASETS, load_atoms, resolve_atoms_source
+from dcnn.atomistic.io import ATOMS_DATASETS, load_atoms, load_with_test_set, resolve_atoms_source
 from dcnn.atomistic.molecules import DEFAULT_DATASET, SplitSizeError
 from dcnn.atomistic.splits import split_frames
 from dcnn.config import TrainConfig
@@ -29,13 +29,20 @@ def _atoms_resolve(name, base=None) -> str:
 
 def _atoms_info(path: str) -> dict:
     ds = load_atoms(path)
-    return {"name": ds.name, "theory": ds.theory, "units": [ds.energy_unit, ds.force_unit],
-            "frames": len(ds), "periodic": bool(ds.is_periodic), "fixed_size": bool(ds.fixed_size)}
+    out = {"name": ds.name, "theory": ds.theory, "units": [ds.energy_unit, ds.force_unit],
+           "frames": len(ds), "periodic": bool(ds.is_periodic), "fixed_size": bool(ds.fixed_size)}
+    if ds.has_own_test_set:
+        out["official_test_frames"] = int(ds.test_mask.sum())
+    if ds.groups is not None:
+        out["groups"] = sorted(set(ds.groups.tolist()))
+    return out
 
 
 def _atoms_check(path: str, settings: dict) -> None:
-    """The data file loads and validates, and the study's split fits it (`settings`: TrainConfig keys)."""
-    ds = load_atoms(path, max_z=MAX_Z)  # DatasetError names the file and the problem
+    """The data file (and a test file, `test_dataset`) loads and validates, and the study's split fits it
+    (`settings`: TrainConfig keys)."""
+    ds = load_with_test_set(path, settings.get("test_dataset") or "")  # DatasetError names the file and problem
+    ds.check_numbers(MAX_Z)
     if settings:
         _atoms_check_split(ds, path, settings)
 

@@ -4,12 +4,14 @@ Sources, told apart by name, extension and content:
 - a bundled name (`ATOMS_DATASETS`: the molecules "ethanol", "aspirin" and the EMT slabs "catalysis");
 - MD17 / rMD17 npz (one molecule): read by `dcnn.atomistic.molecules.load_dataset` (its checks and messages), converted;
 - the variable-size npz (`save_atoms_npz`): R [A,3], z [A], N [n] atoms per frame, E [n], F [A,3],
-  cell [n,3,3], pbc [n,3], energy_unit, theory, name (+ fixed [A], units, scalar settings);
+  cell [n,3,3], pbc [n,3], energy_unit, theory, name (+ fixed [A], group [n] text: the kind of each frame,
+  test [n] bool: the data set's own test frames, units, scalar settings);
 - an ASE database (`.db` sqlite, `.json`), optionally with a selection after `?` passed to `db.select`,
   e.g. `slabs.db?natoms<60,pbc=TTF`: labels from `row.data` REF_energy/REF_forces, else the row's
   calculator results;
 - anything else ASE reads (`ase.io.read(path, index=":")`, extxyz first of all): labels from
-  REF_energy (info) / REF_forces (arrays), else the calculator's energy/forces.
+  REF_energy (info) / REF_forces (arrays), else the calculator's energy/forces; a frame's `config_type`
+  (info, MACE's and the GAP fitting's convention) is its group.
 ASE sources are in eV and Å (ASE's units).  Pickles are never unpickled (`np.load(allow_pickle=False)`).
 """
 from __future__ import annotations
@@ -26,11 +28,14 @@ import numpy as np
 from dcnn.atomistic.molecules import (BUNDLED_DATA_DIR, BUNDLED_DATASETS, DatasetError, load_dataset, npz_error,
                                       write_npz_deterministic)
 from dcnn.atomistic.dataset import AtomsDataset, offsets_from_counts
+from dcnn.atomistic.mlearn import is_mlearn_json, read_mlearn
 from dcnn.atomistic.validate import validate_frames
 
-__all__ = ["ATOMS_DATASETS", "load_atoms", "save_atoms_npz", "resolve_atoms_source", "DB_SUFFIXES"]
+__all__ = ["ATOMS_DATASETS", "load_atoms", "load_with_test_set", "save_atoms_npz", "resolve_atoms_source", "DB_SUFFIXES"]
 
-ATOMS_DATASETS = {**BUNDLED_DATASETS, "catalysis": BUNDLED_DATA_DIR / "catalysis-emt.npz"}
+ATOMS_DATASETS = {**BUNDLED_DATASETS, "catalysis": BUNDLED_DATA_DIR / "catalysis-emt.npz",
+                  # real DFT with the benchmark's official train/test split (dcnn/atomistic/mlearn.py)
+                  "mlearn-Mo": BUNDLED_DATA_DIR / "mlearn-Mo.npz", "mlearn-Si": BUNDLED_DATA_DIR / "mlearn-Si.npz"}
 DB_SUFFIXES = (".db", ".json")
 _ATOMS_KEYS = ("R", "z", "N", "E", "F")
 _MOLECULE_LAYOUTS = (("R", "z", "E", "F"), ("coords", "nuclear_charges", "energies", "forces"))
@@ -77,7 +82,10 @@ def load_atoms(path_or_name: str | os.PathLike, max_z: int | None = None,
         raise DatasetError(f"{where}: empty file")
     with open(path, "rb") as fh:
         head = fh.read(16)
-    if query is not None or path.suffix.lower() in DB_SUFFIXES or head.startswith(b"SQLite format 3\x00"):
+    if query is None and path.suffix.lower() == ".json" and is_mlearn_json(path):
+        ds = read_mlearn(path)  # mlearn's record list (its own test file is given as test_dataset)
+        ds.test_mask = None
+    elif query is not None or path.suffix.lower() in DB_SUFFIXES or head.startswith(b"SQLite format 3\x00"):
         ds = _load_db(path, query)
     elif path.suffix.lower() == ".npz" or head[:4] == b"PK\x03\x04":
         ds = _load_npz(path, head)
@@ -86,6 +94,32 @@ def load_atoms(path_or_name: str | os.PathLike, max_z: int | None = None,
     if max_z is not None:
         ds.check_numbers(max_z)
     return ds
+
+
+def load_with_test_set(dataset: str | os.PathLike, test_dataset: str | os.PathLike = "",
+                       base: str | os.PathLike | None = None) -> AtomsDataset:
+    """`dataset`, with the frames of `test_dataset` (if given) appended as its own test set (`test_mask`):
+    a benchmark's train file and test file, kept apart (dcnn.atomistic.splits.official_split)."""
+    ds = load_atoms(dataset, base=base)
+    if not str(test_dataset):
+        return ds
+    if ds.has_own_test_set:
+        raise DatasetError(f"{dataset}: has a test set of its own ({int(ds.test_mask.sum())} frames), and "
+                           f"test_dataset={test_dataset} gives another: give one or the other")
+    test = load_atoms(test_dataset, base=base)
+    if test.energy_unit != ds.energy_unit:
+        raise DatasetError(f"{test_dataset}: energies in {test.energy_unit}, but {dataset} has {ds.energy_unit}: "
+                           f"a test set must be in the training data's units")
+    test.test_mask = np.ones(len(test), dtype=bool)
+    ds.test_mask = np.zeros(len(ds), dtype=bool)
+    if (ds.groups is None) != (test.groups is None):  # groups on one side only: label the other's frames
+        if ds.groups is None:
+            ds.groups = np.full(len(ds), "", dtype=str)
+        else:
+            test.groups = np.full(len(test), "", dtype=str)
+    out = AtomsDataset.concatenate([ds, test], name=ds.name, source=f"{ds.source or dataset} + test {test_dataset}")
+    out.theory = ds.theory
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- npz
@@ -143,8 +177,17 @@ def _load_npz(path: Path, head: bytes) -> AtomsDataset:
                          arrays["E"], arrays["F"], unit, arrays.get("fixed"))
     ds.theory = _text(arrays, "theory", path, "unknown")
     ds.name = _text(arrays, "name", path, path.stem)
+    for key, kind in (("group", "U"), ("test", "b")):
+        if key in arrays:
+            a = np.asarray(arrays[key])
+            if a.shape != (n,) or a.dtype.kind != kind:
+                raise DatasetError(f"{path}: field {key!r} must be {'text' if kind == 'U' else 'booleans'} [frames] "
+                                   f"({n}), got dtype {a.dtype} shape {list(a.shape)}")
+    ds.groups = np.asarray(arrays["group"]) if "group" in arrays else None
+    ds.test_mask = np.asarray(arrays["test"]) if "test" in arrays else None
     ds.metadata = {k: np.asarray(v).item() for k, v in arrays.items()
-                   if k not in (*_ATOMS_KEYS, "cell", "pbc", "fixed", *_TEXT_KEYS) and np.asarray(v).size == 1}
+                   if k not in (*_ATOMS_KEYS, "cell", "pbc", "fixed", "group", "test", *_TEXT_KEYS)
+                   and np.asarray(v).size == 1}
     return ds
 
 
@@ -156,6 +199,10 @@ def save_atoms_npz(path: str | os.PathLike, ds: AtomsDataset, extra: dict | None
               "cell": ds.cells, "pbc": ds.pbc, "fixed": ds.fixed,
               "energy_unit": np.array(ds.energy_unit), "force_unit": np.array(ds.force_unit),
               "length_unit": np.array("Å"), "theory": np.array(ds.theory), "name": np.array(ds.name)}
+    if ds.groups is not None:
+        arrays["group"] = np.asarray(ds.groups, dtype=str)
+    if ds.test_mask is not None:
+        arrays["test"] = np.asarray(ds.test_mask, dtype=bool)
     for k, v in (extra or {}).items():
         if k in arrays:
             raise ValueError(f"extra field {k!r} would replace a field of the layout")
@@ -241,6 +288,8 @@ def _load_ase(path: Path) -> AtomsDataset:
     ds = _from_frames(str(path), frames, labels)
     ds.name = path.stem
     ds.theory = str(frames[0].info.get("theory", "unknown"))
+    if any("config_type" in a.info for a in frames):
+        ds.groups = np.array([str(a.info.get("config_type", "")) for a in frames], dtype=str)
     return ds
 
 

@@ -11,10 +11,13 @@ import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
 from dcnn.atomistic.dataset import AtomsDataset
-from dcnn.atomistic.molecules import split_indices
+from dcnn.atomistic.molecules import SplitSizeError, split_indices
 from dcnn.config import TrainConfig
 
-__all__ = ["ood_split", "split_frames"]
+__all__ = ["ood_split", "split_frames", "official_split", "split_origin"]
+
+# the validation share carved from an official training set when n_val is not given (MACE's valid_fraction)
+OFFICIAL_VAL_FRACTION = 0.1
 
 
 def ood_split(dataset: AtomsDataset, hold_out: str | int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,8 +47,12 @@ def ood_split(dataset: AtomsDataset, hold_out: str | int) -> tuple[np.ndarray, n
 def split_frames(n: int, config: TrainConfig, dataset: AtomsDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train, val, test) frame indices: seeded random counts (or the paper's 80/10/10 fractions), or with
     `split = "ood:<element>"` every frame containing the element as the test split and the others split
-    into train and validation (OC20/OC22's out-of-distribution test sets)."""
+    into train and validation (OC20/OC22's out-of-distribution test sets).  A data set with a test set of its
+    own (`AtomsDataset.test_mask`: a benchmark's official split, or a `test_dataset` file) tests on exactly
+    those frames, all of them; validation is carved from the rest (seeded), training is what remains."""
     seed = config.split_seed if config.split_seed is not None else 0
+    if dataset.has_own_test_set and config.split == "random":
+        return official_split(dataset, seed, config.n_train, config.n_val)
     if config.split.startswith("ood:"):
         rest, test = ood_split(dataset, config.split[4:])
         n_val = config.n_val if config.n_val is not None else int(round(0.1 * len(rest)))
@@ -55,3 +62,30 @@ def split_frames(n: int, config: TrainConfig, dataset: AtomsDataset) -> tuple[np
             test = np.sort(np.random.default_rng(seed).permutation(test)[:config.n_test])
         return rest[train], rest[val], test
     return split_indices(n, seed, config.n_train, config.n_val, config.n_test)
+
+
+def official_split(dataset: AtomsDataset, seed: int, n_train: int | None,
+                   n_val: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) of a data set with its own test set: test = every frame it marks; validation
+    `n_val` frames (default 10 %) drawn with `seed` from the others; training `n_train` of the rest (default
+    all of them).  Counts that do not fit are refused (SplitSizeError), not trimmed."""
+    test = np.flatnonzero(dataset.test_mask)
+    rest = np.flatnonzero(~dataset.test_mask)
+    n_val = n_val if n_val is not None else max(1, int(round(OFFICIAL_VAL_FRACTION * len(rest))))
+    n_train = n_train if n_train is not None else len(rest) - n_val
+    if n_train + n_val > len(rest) or n_train <= 0 or n_val <= 0:
+        raise SplitSizeError(f"{dataset.source or dataset.name} has its own test set ({len(test)} frames) and "
+                             f"{len(rest)} frames for training and validation: n_train={n_train} + n_val={n_val} do "
+                             f"not fit (leave n_train unset, or null, to train on all of the rest)")
+    train, val, _ = split_indices(len(rest), seed, n_train, n_val, 0)
+    return rest[train], rest[val], test
+
+
+def split_origin(config: TrainConfig, dataset: AtomsDataset) -> str:
+    """Where the test frames came from, in words for the report."""
+    if config.split.startswith("ood:"):
+        return f"every frame holding {config.split[4:]} (out of distribution)"
+    if dataset.has_own_test_set:
+        what = f"the test file {config.test_dataset}" if config.test_dataset else "the data set's official test split"
+        return f"{what} ({int(dataset.test_mask.sum())} frames, all of them)"
+    return "drawn at random from the data set (split seed)"

@@ -1,10 +1,12 @@
 """The atomistic task: energy + force training of an interatomic potential on any atomistic data set
 (one molecule's frames, molecules of many sizes, periodic slabs and crystals), on the graph layout.
 
-loss = MAE(E') + β·MAE(F') on labels made by an `AtomsLabelTransform` (per-species shift fitted over the
+loss = L(E') + β·L(F') on labels made by an `AtomsLabelTransform` (per-species shift fitted over the
 training split's compositions and/or division by C); every reported number is computed on inverse-
 transformed predictions, so it is in the data set's physical units: energy MAE per structure and per atom,
-force MAE per component, and EFwT where the units are eV.
+force MAE per component, and EFwT where the units are eV.  L is the paper's L1 by default, or MSE / Huber
+(`loss_fn`, dcnn/losses.py); E' is the structure's energy or, with `energy_term=atom`, the energy per atom.
+Frames with a group label (mlearn's Surface, Vacancy, ...) also get their test errors per group.
 
 Graphs: a data set of one molecule (one atom count and composition, no cell) trains on the complete graph
 of every frame — every batch has the same shapes (the compiled step needs that) and the models' smooth
@@ -24,17 +26,19 @@ from dcnn.activations import replace_activations
 from dcnn.atomistic.dataset import AtomsDataset
 from dcnn.atomistic.family import ATOMISTIC
 from dcnn.atomistic.graph import GraphStore
-from dcnn.atomistic.io import load_atoms
+from dcnn.atomistic.io import load_with_test_set
 from dcnn.atomistic.labels import AtomsLabelTransform, baselines
 from dcnn.atomistic.metrics import EFWT_ENERGY_EV, EFWT_FORCE_EV_PER_A
 from dcnn.atomistic.neighbors import DatasetNeighbors
 from dcnn.atomistic.splits import split_frames
+from dcnn.atomistic.splits import split_origin
 from dcnn.compiled import make_energy_forces
 from dcnn.config import TrainConfig
 from dcnn.init import INIT_BATCHES, initialise_
+from dcnn.losses import loss_term
 from dcnn.models import MAX_Z, build_model, default_activation, denormalize, prepare
 
-__all__ = ["AtomisticTask", "neighbors_for", "split_frames"]  # split_frames from dcnn.atomistic.splits
+__all__ = ["AtomisticTask", "group_key", "neighbors_for", "split_frames"]  # split_frames from dcnn.atomistic.splits
 
 SPLITS = ("train", "val", "test")
 
@@ -62,13 +66,17 @@ class AtomisticTask:
         self.family = ATOMISTIC
         self.config = config
         self.device = device
-        ds = dataset if dataset is not None else load_atoms(config.dataset)
+        ds = dataset if dataset is not None else load_with_test_set(config.dataset, config.test_dataset)
         ds.check_numbers(MAX_Z)
         self.dataset = ds
         idx = dict(zip(SPLITS, split_frames(len(ds), config, ds)))
         dtype = getattr(torch, config.dtype)
         self.dtype = dtype
         self.force_weight = config.force_weight
+        self.per_atom = config.energy_term == "atom"
+        scale = config.rescale_factor if config.rescale else 1.0
+        # Huber's switch in the training labels' units (divided by C like the labels)
+        self.delta = config.huber_delta / scale
         species, counts = ds.compositions()
         self.labels = AtomsLabelTransform.fit(species, counts[idx["train"]], ds.energies[idx["train"]],
                                               shift=config.shift,
@@ -112,7 +120,12 @@ class AtomisticTask:
             "init_layers_scaled": self.init_info.get("lsuv_layers", 0),
             "init_scale_factors_fitted": len(self.init_info.get("fitted_scale_factors", {})),
             "graph": "complete" if self.static_shapes else f"radius {neighbors.cutoff:g} Å",
+            "test_split": split_origin(config, ds),
         }
+        # the test frames' groups (mlearn's Surface, Vacancy, ...), in first-seen order: per-group test errors
+        test_groups = ds.groups[idx["test"]] if ds.groups is not None else None
+        self.test_groups = test_groups
+        self.group_names = list(dict.fromkeys(test_groups.tolist())) if test_groups is not None else []
 
     def inference_info(self) -> dict:
         """What a checkpoint must hold to predict with the model elsewhere (dcnn.calculator): the elements the
@@ -134,8 +147,10 @@ class AtomisticTask:
             yield host.to(self.device), host.numpy()
 
     def objective(self, metrics: dict) -> float:
-        """The validation objective with the run's own force weight (physical units)."""
-        return metrics["energy_loss"] + self.force_weight * metrics["force_loss"]
+        """The validation objective with the run's own force weight (physical units), on the energy the loss
+        compares (per structure, or per atom with energy_term=atom)."""
+        energy = metrics["energy_per_atom_loss"] if self.per_atom else metrics["energy_loss"]
+        return energy + self.force_weight * metrics["force_loss"]
 
     def test_references(self) -> dict:
         base = self.baselines.get("test", {})
@@ -160,15 +175,23 @@ class AtomisticTask:
         b = self.stores["train"].batch(device_index, host_index)
         graph = prepare(self.model, b["graph"])
         e_pred, f_pred = self.energy_and_forces(graph, create_graph=True)
-        loss = ((e_pred - b["energy_labels"]).abs().mean()
-                + self.force_weight * (f_pred - b["force_labels"]).abs().mean())
+        e_label = b["energy_labels"]
+        if self.per_atom:
+            n = b["n_atoms"].to(e_pred.dtype)
+            e_pred, e_label = e_pred / n, e_label / n
+        kind = self.config.loss_fn
+        loss = (loss_term(kind, e_pred, e_label, self.delta)
+                + self.force_weight * loss_term(kind, f_pred, b["force_labels"], self.delta))
+        if self.per_atom:
+            e_pred = e_pred * n
         with torch.no_grad():  # the same terms in physical units, for the record
             e_mae = (self.labels.inverse_energies(e_pred, b["counts"]) - b["energies"]).abs().mean()
             f_mae = (self.labels.inverse_forces(f_pred) - b["forces"]).abs().mean()
         return loss, {"train_energy_loss": e_mae, "train_force_loss": f_mae}
 
     def evaluate(self, split: str) -> dict[str, float]:
-        """Energy MAE per structure and per atom, force MAE per component, and EFwT (eV data only)."""
+        """Energy MAE per structure and per atom, force MAE per component, and EFwT (eV data only); on the
+        test split of grouped data also each group's (`group.NAME.<metric>`, NAME as `group_key` writes it)."""
         store = self.stores[split]
         n = len(store)
         nan = {"energy_loss": math.nan, "force_loss": math.nan, "energy_per_atom_loss": math.nan}
@@ -177,7 +200,8 @@ class AtomisticTask:
         was_training = self.model.training
         self.model.eval()
         zero = torch.zeros((), dtype=self.dtype, device=self.device)
-        e_abs, e_atom_abs, f_abs, within, components = zero.clone(), zero.clone(), zero.clone(), zero.clone(), 0
+        within = zero.clone()
+        e_frames, e_atom_frames, f_frames = [], [], []  # per frame: |ΔE|, |ΔE|/N, Σ|ΔF| (3N components)
         ev = _ev_per_unit(self.dataset.energy_unit)
         for start in range(0, n, self.config.eval_batch_size):
             host = np.arange(start, min(n, start + self.config.eval_batch_size))
@@ -186,19 +210,28 @@ class AtomisticTask:
             e_pred, f_pred = self.energy_and_forces(graph, create_graph=False)
             de = (self.labels.inverse_energies(e_pred.detach(), b["counts"]) - b["energies"]).abs()
             df = (self.labels.inverse_forces(f_pred.detach()) - b["forces"]).abs()
-            e_abs += de.sum()
-            e_atom_abs += (de / b["n_atoms"].to(de.dtype)).sum()
-            f_abs += df.sum()
-            components += df.numel()
+            e_frames.append(de)
+            e_atom_frames.append(de / b["n_atoms"].to(de.dtype))
+            f_frames.append(torch.zeros_like(de).index_add_(0, graph.batch, df.sum(dim=1)))
             if ev is not None:  # OC20's EFwT: |ΔE| ≤ 0.02 eV and max |ΔF| ≤ 0.03 eV/Å in a structure
                 worst = torch.zeros_like(de).scatter_reduce_(0, graph.batch, df.max(dim=1).values, "amax",
                                                              include_self=False)
                 within += ((de * ev <= EFWT_ENERGY_EV) & (worst * ev <= EFWT_FORCE_EV_PER_A)).sum()
         self.model.train(was_training)
-        out = {"energy_loss": float(e_abs) / n, "force_loss": float(f_abs) / max(components, 1),
-               "energy_per_atom_loss": float(e_atom_abs) / n}
+        e, e_atom, f = (torch.cat(x).double().cpu().numpy() for x in (e_frames, e_atom_frames, f_frames))
+        components = 3 * store.n_atoms_host
+        out = {"energy_loss": float(e.mean()), "force_loss": float(f.sum() / max(components.sum(), 1)),
+               "energy_per_atom_loss": float(e_atom.mean())}
         if ev is not None:  # EFwT only where it is defined (eV): absent, not NaN, elsewhere
             out["efwt"] = float(within) / n
+        if split == "test" and self.group_names:
+            for name in self.group_names:
+                rows = self.test_groups == name
+                key = group_key(name)
+                out.update({f"{key}.energy_per_atom_loss": float(e_atom[rows].mean()),
+                            f"{key}.energy_loss": float(e[rows].mean()),
+                            f"{key}.force_loss": float(f[rows].sum() / components[rows].sum()),
+                            f"{key}.frames": int(rows.sum())})
         return out
 
     # -- initialisation ------------------------------------------------------------------------------
@@ -216,6 +249,12 @@ class AtomisticTask:
             if len(out) == INIT_BATCHES:
                 break
         return out
+
+
+def group_key(name: str) -> str:
+    """A group's metric prefix: `group.` and its name with characters other than letters, digits, - and _ as
+    _ (MLflow's and Tune's keys take those), e.g. "Ground state" → group.Ground_state."""
+    return "group." + ("".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "_")
 
 
 def _ev_per_unit(unit: str) -> float | None:

@@ -1,0 +1,229 @@
+"""Real DFT (issue 22): the bundled mlearn Mo and Si sets against their raw JSON, official splits (bundled, or a
+train file and a test file), per-group test metrics, and the training recipe's pieces (loss shapes, the moving
+average of the weights, the best epoch, early stopping), each resume-exact."""
+import hashlib
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import write
+
+from conftest import ROOT
+from dcnn.atomistic.io import ATOMS_DATASETS, load_atoms, load_with_test_set, save_atoms_npz
+from dcnn.atomistic.mlearn import convert, read_mlearn
+from dcnn.atomistic.molecules import DatasetError, SplitSizeError
+from dcnn.atomistic.splits import split_frames
+from dcnn.atomistic.task import group_key
+from dcnn.config import TrainConfig
+from dcnn.losses import loss_term
+from dcnn.train import Trainer
+from dcnn.weights import BestWeights, EMAWeights
+
+RAW = ROOT / "data" / "mlearn"
+# frames per group (training, test) in the mlearn files (materialsvirtuallab/mlearn at 10c427a)
+GROUPS = {"Mo": ({"AIMD-NVT": 108, "Elastic": 56, "Surface": 9, "Vacancy": 21},
+                 {"AIMD-NVT": 12, "Elastic": 6, "Surface": 2, "Vacancy": 3}),
+          "Si": ({"AIMD-NVT": 90, "Elastic": 55, "Surface": 12, "Vacancy": 57},
+                 {"AIMD-NVT": 10, "Elastic": 6, "Surface": 2, "Vacancy": 7})}
+
+
+def counts(groups):
+    names, n = np.unique(groups, return_counts=True)
+    return dict(zip(names.tolist(), n.tolist()))
+
+
+@pytest.mark.parametrize("element", ["Mo", "Si"])
+def test_bundled_mlearn_is_the_raw_json_converted(element, tmp_path):
+    """The bundled npz is what the converter makes from the unchanged JSON (byte for byte: no floating-point
+    work is done, so on any CPU), and every frame equals its JSON record; groups and the official split kept."""
+    ds = load_atoms(f"mlearn-{element}")
+    train, test = GROUPS[element]
+    assert counts(ds.groups[~ds.test_mask]) == train and counts(ds.groups[ds.test_mask]) == test
+    assert ds.test_mask.tolist() == [False] * sum(train.values()) + [True] * sum(test.values())
+    assert ds.energy_unit == "eV" and ds.pbc.all() and "PBE" in ds.theory
+    out = tmp_path / "again.npz"
+    from dcnn.atomistic.mlearn import CITATION
+
+    save_atoms_npz(out, convert(RAW / f"{element}-training.json", RAW / f"{element}-test.json", f"mlearn-{element}"),
+                   extra={"citation": CITATION})
+    assert out.read_bytes() == ATOMS_DATASETS[f"mlearn-{element}"].read_bytes()
+    records = json.loads((RAW / f"{element}-training.json").read_text()) + \
+        json.loads((RAW / f"{element}-test.json").read_text())
+    for k in (0, 5, len(records) - 1):  # frames checked against the records, read here without the converter
+        r, s = records[k], ds.frame_slice(k)
+        np.testing.assert_array_equal(ds.positions[s], [site["xyz"] for site in r["structure"]["sites"]])
+        np.testing.assert_array_equal(ds.cells[k], r["structure"]["lattice"]["matrix"])
+        np.testing.assert_array_equal(ds.forces[s], r["outputs"]["forces"])
+        assert ds.energies[k] == r["outputs"]["energy"] and ds.groups[k] == r["group"]
+    # physics the labels must obey: DFT forces of a periodic cell sum to ~0, energies per atom of one element
+    # within a few tenths of an eV of each other (bulk to surface)
+    net = np.add.reduceat(ds.forces, ds.offsets[:-1], axis=0)
+    assert np.abs(net).max() < 0.05
+    per_atom = ds.energies / ds.n_atoms
+    assert per_atom.max() - per_atom.min() < 1.5
+
+
+def test_data_readme_has_the_checksums_citation_and_licence():
+    readme = (ROOT / "data" / "README.md").read_text()
+    section = readme.split("## `mlearn-Mo.npz`", 1)[1].split("\n## ", 1)[0]
+    for path in [*sorted(RAW.glob("*.json")), ATOMS_DATASETS["mlearn-Mo"], ATOMS_DATASETS["mlearn-Si"]]:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert re.search(rf"{digest}\s+\S*{re.escape(path.name)}", section), path.name
+    assert "10.1021/acs.jpca.9b08723" in section and "BSD" in section and "make data-mlearn" in section
+    assert (RAW / "LICENSE").read_text().count("Redistributions") == 2
+
+
+def test_the_official_split_tests_on_every_test_frame_and_carves_validation_from_training():
+    ds = load_atoms("mlearn-Mo")
+    train, val, test = split_frames(len(ds), TrainConfig(n_train=None, n_val=None), ds)
+    assert test.tolist() == list(range(194, 217))
+    assert len(val) == 19 and len(train) == 175 and not set(train) & set(val) and max(val) < 194
+    other = split_frames(len(ds), TrainConfig(n_train=None, n_val=None, split_seed=1), ds)
+    assert other[2].tolist() == test.tolist() and set(other[1]) != set(val)  # seeded validation, same test
+    fewer = split_frames(len(ds), TrainConfig(n_train=50, n_val=20), ds)
+    assert len(fewer[0]) == 50 and len(fewer[1]) == 20 and fewer[2].tolist() == test.tolist()
+    with pytest.raises(SplitSizeError, match=r"own test set \(23 frames\) and 194 frames.*n_train=800 \+ n_val=200"):
+        split_frames(len(ds), TrainConfig(), ds)  # the molecule defaults do not fit: refused, not trimmed
+
+
+def test_a_train_file_and_a_test_file_split_like_the_bundled_set(tmp_path):
+    """A user's extxyz pair (config_type = the group, as MACE reads it) gives the bundled set's split."""
+    ds = load_atoms("mlearn-Mo")
+
+    def extxyz(frames, path):
+        out = []
+        for k in frames:
+            s = ds.frame_slice(k)
+            a = Atoms(numbers=ds.numbers[s], positions=ds.positions[s], cell=ds.cells[k], pbc=True)
+            a.info["config_type"] = str(ds.groups[k])
+            a.calc = SinglePointCalculator(a, energy=float(ds.energies[k]), forces=ds.forces[s])
+            out.append(a)
+        write(path, out, format="extxyz")
+        return path
+
+    train = extxyz(range(194), tmp_path / "train.xyz")
+    test = extxyz(range(194, 217), tmp_path / "test.xyz")
+    pair = load_with_test_set(train, test)
+    assert pair.test_mask.tolist() == ds.test_mask.tolist() and pair.groups.tolist() == ds.groups.tolist()
+    np.testing.assert_allclose(pair.energies, ds.energies, rtol=0, atol=1e-9)
+    cfg = TrainConfig(n_train=None, n_val=None, test_dataset=str(test))
+    assert [x.tolist() for x in split_frames(len(pair), cfg, pair)] == \
+        [x.tolist() for x in split_frames(len(ds), cfg, ds)]
+    with pytest.raises(DatasetError, match=r"has a test set of its own \(23 frames\).*give one or the other"):
+        load_with_test_set("mlearn-Mo", test)
+    # the mlearn JSON itself loads; its test file is given as the test set
+    raw = load_with_test_set(RAW / "Mo-training.json", RAW / "Mo-test.json")
+    assert raw.test_mask.sum() == 23 and np.array_equal(raw.energies, ds.energies)
+
+
+def test_a_train_and_test_pair_through_the_train_command(tmp_path):
+    """`dcnn-ablate train --dataset TRAIN --test-dataset TEST` tests on the test file, and says so."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "train", "--dataset", str(RAW / "Si-training.json"),
+                          "--test-dataset", str(RAW / "Si-test.json"), "--n-train", "20", "--n-val", "5", "--epochs", "1",
+                          "--preset", "small", "--cutoff", "4"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout)
+    assert "test frames from" in out.stderr
+    assert summary["n_test"] == 25 and summary["test_split"].startswith("the test file")
+    assert summary["test_group.Surface.frames"] == 2 and summary["test_group.Vacancy.frames"] == 7
+
+
+def test_group_keys_and_mlearn_errors_name_the_record(tmp_path):
+    assert group_key("Ground state") == "group.Ground_state" and group_key("AIMD-NVT") == "group.AIMD-NVT"
+    records = json.loads((RAW / "Mo-test.json").read_text())[:2]
+    del records[1]["outputs"]["forces"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(records))
+    with pytest.raises(DatasetError, match=r"bad.json: record 1: missing or malformed field.*forces"):
+        read_mlearn(bad)
+
+
+def test_loss_shapes():
+    p, t = torch.tensor([0.0, 0.0, 0.0]), torch.tensor([0.005, -0.02, 0.1])
+    assert loss_term("l1", p, t).item() == pytest.approx((0.005 + 0.02 + 0.1) / 3)
+    assert loss_term("mse", p, t).item() == pytest.approx((0.005 ** 2 + 0.02 ** 2 + 0.1 ** 2) / 3)
+    # Huber: ½x² within δ, δ(|x| − ½δ) beyond
+    expect = (0.5 * 0.005 ** 2 + 0.01 * (0.02 - 0.005) + 0.01 * (0.1 - 0.005)) / 3
+    assert loss_term("huber", p, t, delta=0.01).item() == pytest.approx(expect)
+
+
+def test_moving_average_and_best_weights_by_hand():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    w0 = model.weight.detach().clone()
+    ema = EMAWeights(model, decay=0.99)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update()  # first update: d = min(0.99, 2/11)
+    d = 2 / 11
+    np.testing.assert_allclose(ema.copy[0].numpy(), (d * w0 + (1 - d) * (w0 + 1)).numpy(), rtol=1e-6)
+    live = model.weight.detach().clone()
+    with ema.swapped():
+        assert torch.equal(model.weight, ema.copy[0])
+    assert torch.equal(model.weight, live)  # the live weights back exactly
+    best = BestWeights(model)
+    assert best.offer(2.0, 1) and not best.offer(3.0, 2) and not best.offer(math.nan, 3)
+    with torch.no_grad():
+        model.weight.add_(5.0)
+    with best.swapped():
+        assert torch.equal(model.weight, live)
+    assert best.epoch == 1
+
+
+MO_FAST = dict(dataset="mlearn-Mo", n_train=24, n_val=8, batch_size=8, dtype="float64", preset="small",
+               sizes={"cutoff": 4.0, "hidden": 16, "filters": 16, "interactions": 2, "gaussians": 10}, compile="off",
+               shift=True, lr=3e-3)
+
+
+@pytest.mark.parametrize("recipe", [
+    dict(loss_fn="mse", energy_term="atom", ema_decay=0.9, evaluate="best", weight_decay=1e-4),
+    dict(loss_fn="huber", energy_term="structure", early_stopping=1, lr_schedule="plateau", evaluate="best")])
+def test_the_recipe_resumes_exactly(recipe, tmp_path):
+    """Moving average, best epoch, early stopping and weight decay are in the checkpoint: 2 + 2 epochs after a
+    reload give what 4 straight give, bit for bit (float64), test metrics of the same weights."""
+    cfg = TrainConfig(**MO_FAST, epochs=4, **recipe)
+    straight = Trainer(cfg)
+    while not straight.done:
+        straight.run_epoch()
+    half = Trainer(cfg)
+    for _ in range(2):
+        half.run_epoch()
+    half.save(tmp_path / "ckpt.pt")
+    resumed = Trainer(cfg)
+    resumed.load(tmp_path / "ckpt.pt")
+    while not resumed.done:
+        resumed.run_epoch()
+    strip = lambda h: [{k: v for k, v in m.items() if k != "epoch_time_s"} for m in h]  # noqa: E731
+    assert strip(straight.history) == strip(resumed.history)
+    assert straight.test() == resumed.test()
+    test = straight.test()
+    assert test["best_epoch"] >= 1 and test["test_group.Surface.frames"] == 2
+    groups = [k for k in test if k.startswith("test_group.") and k.endswith(".frames")]
+    assert sum(test[k] for k in groups) == 23
+    # the overall per-atom MAE is the frame-weighted mean of the groups'
+    mean = sum(test[k] * test[k.replace(".frames", ".energy_per_atom_loss")] for k in groups) / 23
+    assert test["test_energy_per_atom_loss"] == pytest.approx(mean, rel=1e-12)
+
+
+def test_evaluate_best_tests_the_best_validation_epoch_and_early_stopping_stops():
+    cfg = TrainConfig(**MO_FAST, epochs=30, lr_schedule="constant", early_stopping=2, evaluate="best")
+    trainer = Trainer(cfg)
+    while not trainer.done:
+        trainer.run_epoch()
+    objectives = [m["energy_loss"] + cfg.force_weight * m["force_loss"] for m in trainer.history]
+    best = int(np.argmin(objectives)) + 1
+    assert trainer.best.epoch == best
+    # stopped (lr 3e-3 constant on 24 frames: the validation objective stops improving within a few epochs),
+    # two epochs after the best, none better
+    assert trainer.stopped_early and trainer.epoch == best + 2 < 30
+    with trainer.best.swapped():
+        at_best = trainer.task.evaluate("val")
+    assert at_best["energy_loss"] + cfg.force_weight * at_best["force_loss"] == pytest.approx(objectives[best - 1])
