@@ -22,8 +22,9 @@ from orchestrator.report_load import (GROUP, REPORT_DIR, _checkpoint_column, add
                                       mark_divergence, metric_specs, scan)
 from orchestrator.report_plots import plot_bars, plot_curves
 from orchestrator.report_stats import ALPHA, baselines_table, holm, paired_ratio, summarize
-from orchestrator.report_tables import (damaged_or_unfinished_section, failed_section, resume_command,
-                                        secondary_table, to_markdown, unfinished_trials)
+from orchestrator.report_tables import (damaged_or_unfinished_section, failed_section, groups_section,
+                                        peers_section, resume_command, secondary_table, to_markdown,
+                                        unfinished_trials)
 
 __all__ = ["build_report", "REPORT_DIR", "GROUP", "ALPHA", "fmt", "fmt_p", "holm", "paired_ratio", "summarize",
            "findings", "collect", "scan", "mark_divergence", "resume_command"]
@@ -85,7 +86,10 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
         contrib.to_csv(paths["contributions"], index=False)
         if contributions.plot_waterfall(analyses, out / "contributions.png", units):
             paths["contributions_plot"] = out / "contributions.png"
-    md = (to_markdown(summary, reference_arm, title, units, main) + "\n" + secondary_table(summary, units, specs)
+    peers = meta.get("peers", [])
+    md = (to_markdown(summary, reference_arm, title, units, main, peers) + "\n"
+          + groups_section(trials, reference_arm, units, specs) + peers_section(summary, peers, units, main)
+          + secondary_table(summary, units, specs)
           + failed_section(trials)
           + damaged_or_unfinished_section(trials, silent, unfinished, meta, location) + found)
     section = contributions.to_markdown(analyses, units, grid_anova.to_markdown(grids))

@@ -3,6 +3,7 @@ orchestrator/trial_files.py (each trial's files made whole from its checkpoint's
 as columns (search_spaces/factors.py), identical-by-construction twins and the divergence/stall rules."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -18,6 +19,8 @@ from search_spaces.factors import BUILTIN, factor, level_of
 
 GROUP = ["data", "model"]
 REPORT_DIR = "report"
+# the per-group test metrics' prefix in a trial's result (dcnn.atomistic.task.group_key: test_group.NAME.metric)
+GROUP_PREFIX = "test_group."
 # The columns come from the task family of the study's models (dcnn/families.py: molecules report energy
 # and force MAE, PINNs relative L2, nRMSE, final-time RMSE and PDE residual), never from a list here.
 
@@ -29,8 +32,19 @@ def task_family(trials: pd.DataFrame):
 
 
 def metric_specs(trials: pd.DataFrame) -> tuple:
-    """The metrics of the study's task family."""
-    return task_family(trials).metrics
+    """The metrics of the study's task family.  On data whose test frames carry groups (cells of many kinds
+    and sizes: mlearn's bulk, surfaces and vacancies) the energy per atom is a main metric in place of the
+    structure's energy, as the field reports it there (mlearn's, MACE's and NequIP's tables)."""
+    specs = task_family(trials).metrics
+    grouped = any(str(c).startswith(GROUP_PREFIX) for c in trials.columns)
+    keys = [m.key for m in specs]
+    if grouped and "energy_per_atom_loss" in keys and "energy_loss" in keys:
+        swap = {"energy_loss": False, "energy_per_atom_loss": True}
+        specs = tuple(dataclasses.replace(m, main=swap.get(m.key, m.main)) for m in specs)
+        place = {m.key: k for k, m in enumerate(specs)}
+        place["energy_per_atom_loss"] = place["energy_loss"] - 0.5  # in the energy's column, before the rest
+        specs = tuple(sorted(specs, key=lambda m: (not m.main, place[m.key])))
+    return specs
 
 
 def _label(config: dict, labels: dict) -> str:
@@ -116,6 +130,8 @@ def scan(experiment_dir: Path, dataset_labels: dict | None = None) -> tuple[pd.D
             for key in (m.test_key, m.baseline, m.blowup_scale, m.key):
                 if key:
                     row[key] = last.get(key, math.nan)
+        # per-group test metrics (data whose frames carry a group: mlearn's Surface, Vacancy, ...)
+        row.update({k: v for k, v in last.items() if k.startswith(GROUP_PREFIX)})
         row.update({"node_id": last.get("node_id", ""), "hostname": last.get("hostname", ""),
                     "device": last.get("device", ""), "gpu_ids": last.get("gpu_ids", ""),
                     "started_at": last.get("started_at", math.nan), "finished_at": last.get("reported_at", math.nan)})

@@ -12,7 +12,7 @@ import pandas as pd
 from dcnn.families import BLOWUP_FACTOR, STALL_EPOCHS
 from orchestrator.report_findings import _STALL_BOUND
 from orchestrator.report_format import _p, _ratio, _sentence, fmt
-from orchestrator.report_load import GROUP
+from orchestrator.report_load import GROUP, GROUP_PREFIX
 from orchestrator.report_stats import ALPHA
 from orchestrator.storage import default_tracking_uri
 from search_spaces import STUDY_DIR, load_study
@@ -173,7 +173,86 @@ def _intro(specs: tuple) -> str:
             f"the model beats it.")
 
 
-def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: dict, specs: tuple) -> str:
+def _peer_rows(peers: list, data: str, g: pd.DataFrame, specs: tuple) -> list[str]:
+    """Rows of published results on `data` (a study's `peers`): the value in its metric's column and, under
+    "vs ref", the reference arm's mean over it (×2.0: ours is twice theirs)."""
+    rows = []
+    ref = g[g.reference]
+    for peer in (p for p in peers if p.get("data") == data):
+        cells = []
+        for m in specs:
+            if m.key != peer["metric"]:
+                cells.append(" | | | |")
+                continue
+            ours = float(ref[f"{m.short}_mean"].iloc[0]) if len(ref) else float("nan")
+            cells.append(f" {fmt(peer['value'])} | | ref ×{fmt(ours / peer['value'], 2)} | |")
+        if any(c != " | | | |" for c in cells):
+            rows.append(f"| *published: {peer['name']}* ({peer['source']}) | | |" + "".join(cells))
+    return rows
+
+
+def _peer_header(peer: dict, spec, units) -> str:
+    return f"{spec.short} ÷ {peer['name']} ({fmt(peer['value'])} {spec.unit_for(units)})"
+
+
+def peers_section(summary: pd.DataFrame, peers: list, units: dict, specs: tuple) -> str:
+    """Published results beside every arm: each arm's mean over the peer's value, per data set × model."""
+    if not peers:
+        return ""
+    by_key = {m.key: m for m in specs}
+    lines = ["## Beside published results", "",
+             "Each arm's mean test error over the published value of the same metric on the same split (×1: "
+             "as good; below 1: better). The published values are the study's `peers` (their source given).", ""]
+    for (data, model), g in summary.groupby(GROUP, sort=False):
+        mine = [p for p in peers if p.get("data") == data and p.get("metric") in by_key]
+        if not mine:
+            continue
+        lines += [f"### {data} · {model}", "",
+                  "| arm | " + " | ".join(_peer_header(p, by_key[p["metric"]], units.get(data)) for p in mine) + " |",
+                  "|---|" + "---|" * len(mine)]
+        for _, r in g.iterrows():
+            name = f"**{r.arm}** (ref)" if r.reference else r.arm
+            ratios = [r[by_key[p["metric"]].short + "_mean"] / p["value"] for p in mine]
+            lines.append(f"| {name} | " + " | ".join(f"×{fmt(x, 2)}" for x in ratios) + " |")
+        lines.append("")
+    sources = sorted({p["source"] for p in peers})
+    return "\n".join(lines + [f"Sources: {'; '.join(sources)}.", ""]) + "\n"
+
+
+def groups_section(trials: pd.DataFrame, reference_arm: str, units: dict, specs: tuple) -> str:
+    """The reference arm's test errors per group of frames (mlearn's AIMD, Elastic, Surface, Vacancy): mean ±
+    std over its seeds that finished without diverging, per data set × model, with each group's frame count."""
+    cols = [c for c in trials.columns if str(c).startswith(GROUP_PREFIX)]
+    if not cols:
+        return ""
+    shown = [m for m in specs if m.main and any(c.endswith("." + m.key) for c in cols)]
+    lines = ["## Per group of test frames (reference arm)", "",
+             f"The reference arm **{reference_arm}**'s test errors on each group of the test frames (the data set's "
+             "own labels: `config_type` / mlearn's `group`), mean ± std over its seeds that finished without "
+             "diverging; where a model fails, it shows here first.", ""]
+    for (data, model), g in trials.groupby(GROUP, sort=False):
+        ref = g[(g.arm == reference_arm) & g.finished.astype(bool) & (g.diverged == 0)]
+        groups = list(dict.fromkeys(c[len(GROUP_PREFIX):].rsplit(".", 1)[0] for c in cols
+                                    if ref[c].notna().any()))
+        if ref.empty or not groups:
+            continue
+        unit_words = [f"{m.name} in {m.unit_for(units.get(data))}" for m in shown]
+        lines += [f"### {data} · {model}", "", _sentence("; ".join(unit_words)) + f"; n = {len(ref)} seeds.", "",
+                  "| group | frames | " + " | ".join(f"{m.short} mean ± std" for m in shown) + " |",
+                  "|---|---|" + "---|" * len(shown)]
+        for name in groups:
+            frames = ref.get(f"{GROUP_PREFIX}{name}.frames")
+            n = int(frames.dropna().iloc[0]) if frames is not None and frames.notna().any() else ""
+            values = [ref.get(f"{GROUP_PREFIX}{name}.{m.key}") for m in shown]
+            lines.append(f"| {name} | {n} | " + " | ".join(
+                f"{fmt(v.mean())} ± {fmt(v.std(ddof=1), 2) if len(v.dropna()) > 1 else '–'}" if v is not None else ""
+                for v in values) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: dict, specs: tuple,
+                peers: list = ()) -> str:
     lines = [f"# {title}", "",
              _intro(specs) + " **vs ref**: ratio of geometric means to the "
              f"reference arm **{reference_arm}** over paired seeds, [95 % CI]; **p**: paired t-test on log "
@@ -195,6 +274,7 @@ def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: di
         label = ", ".join(dict.fromkeys(m.baseline_row for m in specs if m.baseline))
         lines.append(f"| *baseline: {label}* | | |" + "".join(
             f" {fmt(base[f'{m.short}_baseline'])} | 1 | | |" if m.baseline else " | | | |" for m in specs))
+        lines += _peer_rows(list(peers), data, g, specs)
         for _, r in g.iterrows():
             name = f"**{r.arm}** (ref)" if r.reference else r.arm
             if r.identical_to:

@@ -472,7 +472,7 @@ def _study_record(study: Study, identical: dict, uri: str, experiment: str, pare
         datasets[d] = {"label": study.dataset_labels()[d], **study.family.dataset_info(d)}
     levels = {a.key: {k: v for k, v in a.levels} for a in study.arms}  # the report's factor columns of twins
     return {"identical": identical, "dataset_info": datasets, "factors": [f.key for f in study.factors],
-            "arm_levels": levels, "units": next(iter(datasets.values()))["units"],
+            "arm_levels": levels, "units": next(iter(datasets.values()))["units"], "peers": list(study.peers),
             "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent, "best_hyperparameters": {},
             "settings": {k: study.setting(k) for k in ("epochs", "lr", "lr_schedule", "lr_min", "rescale_factor",
                                                       "force_weight", "n_train", "n_val", "n_test", "preset")}}

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-STUDY_KEYS = ("description", "reference", "designs", "models", "seeds", "fixed", "datasets", "split_seeds")
+STUDY_KEYS = ("description", "reference", "designs", "models", "seeds", "fixed", "datasets", "split_seeds",
+              "model_sizes", "peers")
 
 
 def read_study_file(path: Path):

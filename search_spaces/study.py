@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from dcnn.config import LEGACY_SIZE_NAMES, SIZE_PREFIX, TrainConfig
 from dcnn.models import has_normalization
 from dcnn.registry import family_of, get_spec, model_names, resolve_config, resolve_dataset
 from search_spaces.factors import BUILTIN, REQUIRED, Factor, factor, level_of
-from search_spaces.schema import check_study_data, read_study_file
+from search_spaces.schema import STUDY_KEYS, check_study_data, read_study_file
 
 STUDY_DIR = Path(__file__).resolve().parent / "studies"
 FACTORS = tuple(BUILTIN)  # the built-in factors' keys (search_spaces/factors.py declares them)
@@ -19,8 +20,10 @@ SPLIT_SEEDS = ("fixed", "vary")
 # a trial puts on sys.path before it resolves a plug-in model (runner.plugin_path); factors: the keys of a
 # study's factors beyond the built-ins (force_weight,size.cutoff), so a trial's name and tags show them.
 LABEL_KEYS = ("arm", "study", "phase", "cell", "data", "plugin_path", "factors")
-_STUDY_KEYS = {"description", "reference", "designs", "models", "seeds", "fixed", "datasets", "split_seeds",
-               "model_sizes"}
+_STUDY_KEYS = set(STUDY_KEYS)  # the keys a study file may have (search_spaces/schema.py declares them)
+# what a published result a study declares says (`peers:` in its YAML): shown beside the baselines, with the
+# reference arm's ratio to it (orchestrator/report_tables.py)
+PEER_KEYS = ("name", "data", "metric", "value", "source")
 
 
 class Arm:
@@ -139,6 +142,9 @@ class Study:
     # sizes for one model only ({"cgcnn": {"readout": "sum"}}): a size one model has and another lacks
     # (CGCNN's readout) cannot go in `fixed`, which every model's trials get
     model_sizes: dict = field(default_factory=dict)
+    # published results on the study's data ({name, data: a data set's label, metric: a metric key of the
+    # family, value: in the data set's units, source}), e.g. GAP's on mlearn: the report sets ours beside them
+    peers: list = field(default_factory=list)
 
     def fixed_for(self, model: str) -> dict:
         """The TrainConfig keys a trial of `model` gets from the study: `fixed`, then its `model_sizes`
@@ -171,6 +177,8 @@ class Study:
         # a size set on the command line (fixed) is every model's: it wins over the study's per-model value
         s = replace(s, model_sizes={m: {k: x for k, x in v.items() if k not in (fixed or {})}
                                     for m, v in self.model_sizes.items() if m in s.models})
+        labels = set(s.dataset_labels().values())  # published results on data sets the study still has
+        s = replace(s, peers=[p for p in self.peers if isinstance(p, dict) and p.get("data") in labels])
         s.validate()
         return s
 
@@ -213,6 +221,7 @@ class Study:
                              f"test file goes with one data set (or bundle each with its own test set, as mlearn-Mo)")
         if "split_seed" in self.fixed and self.split_seeds == "vary":
             raise ValueError(f"{where}: fixed split_seed contradicts split_seeds: vary")
+        self._validate_peers(where)
         if not isinstance(self.model_sizes, dict) or not all(isinstance(v, dict) for v in self.model_sizes.values()):
             raise ValueError(f"{where}: model_sizes must map model names to size mappings, got {self.model_sizes!r}")
         stray = [m for m in self.model_sizes if m not in self.models]
@@ -234,6 +243,23 @@ class Study:
                                 "dataset": self.datasets[0]})
             except ValueError as e:
                 raise ValueError(f"{where}: arm {arm.key} on {model}: {e}") from e
+
+    def _validate_peers(self, where: str) -> None:
+        labels = list(self.dataset_labels().values())
+        metrics = [m.key for m in self.family.metrics]
+        for k, peer in enumerate(self.peers):
+            if not isinstance(peer, dict) or sorted(peer) != sorted(PEER_KEYS):
+                raise ValueError(f"{where}: peers[{k}] must give exactly {', '.join(PEER_KEYS)}, got {peer!r}")
+            if peer["data"] not in labels:
+                raise ValueError(f"{where}: peers[{k}] ({peer['name']}): data {peer['data']!r} is not a data set of the "
+                                 f"study ({', '.join(labels)})")
+            if peer["metric"] not in metrics:
+                raise ValueError(f"{where}: peers[{k}] ({peer['name']}): metric {peer['metric']!r} is not one of "
+                                 f"{', '.join(metrics)}")
+            value = peer["value"]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{where}: peers[{k}] ({peer['name']}): value {value!r} must be a positive number in "
+                                 f"the data set's units")
 
     def setting(self, key: str, model: str | None = None):
         """The value a trial of this study gets for a TrainConfig key (fixed, else TrainConfig's default), or
@@ -520,7 +546,7 @@ def load_study(name_or_path: str) -> Study:
                   seeds=_list(data, "seeds", where, int, [0, 1, 2]),
                   datasets=[resolve_dataset(family, d, path.parent, model=models[0] if models else '') for d in datasets],
                   split_seeds=str(data.get("split_seeds", "fixed")), fixed=dict(fixed),
-                  model_sizes=dict(data.get("model_sizes") or {}),
+                  model_sizes=dict(data.get("model_sizes") or {}), peers=list(data.get("peers") or []),
                   description=str(data.get("description", "")).strip(), source=where)
     study.validate()
     return study

@@ -227,3 +227,58 @@ def test_evaluate_best_tests_the_best_validation_epoch_and_early_stopping_stops(
     with trainer.best.swapped():
         at_best = trainer.task.evaluate("val")
     assert at_best["energy_loss"] + cfg.force_weight * at_best["force_loss"] == pytest.approx(objectives[best - 1])
+
+
+# -- the report on grouped data with published results ---------------------------------------------------------
+
+def _grouped_study(root):
+    """Two arms × 3 seeds on mlearn-like data: per-atom energies, forces and per-group errors with known values."""
+    import search_spaces
+
+    arms = [search_spaces.Arm("irelu", True, True), search_spaces.Arm("irelu", False, True)]
+    for arm, factor in zip(arms, (1.0, 2.0)):
+        for seed in range(3):
+            wiggle = 1.0 + 0.01 * (seed - 1)
+            cfg = {"model": "schnet", "arm": arm.key, "seed": seed, "dataset": "/d/mlearn-Mo.npz", **arm.as_config()}
+            last = {"epoch": 3, "done": True, "diverged": 0, "trial_id": f"{arm.key}-{seed}",
+                    "test_energy_loss": 0.2 * factor * wiggle, "test_force_loss": 0.1 * factor * wiggle,
+                    "test_energy_per_atom_loss": 0.004 * factor * wiggle, "test_energy_baseline": 5.0,
+                    "test_force_baseline": 1.0, "test_energy_per_atom_baseline": 0.1, "test_energy_scale": 500.0,
+                    "energy_loss": 0.2, "force_loss": 0.1, "energy_per_atom_loss": 0.004,
+                    "test_group.Surface.energy_per_atom_loss": 0.03 * factor * wiggle,
+                    "test_group.Surface.force_loss": 0.2 * wiggle, "test_group.Surface.frames": 2,
+                    "test_group.AIMD-NVT.energy_per_atom_loss": 0.002 * factor * wiggle,
+                    "test_group.AIMD-NVT.force_loss": 0.09 * wiggle, "test_group.AIMD-NVT.frames": 21}
+            d = root / f"{arm.key}_{seed}"
+            d.mkdir(parents=True)
+            (d / "params.json").write_text(json.dumps(cfg))
+            (d / "result.json").write_text(json.dumps(last) + "\n")
+    (root / "report").mkdir()
+    peers = [{"name": "GAP", "data": "mlearn-Mo", "metric": "energy_per_atom_loss", "value": 0.00224,
+              "source": "Zuo et al. 2020"},
+             {"name": "GAP", "data": "mlearn-Mo", "metric": "force_loss", "value": 0.09, "source": "Zuo et al. 2020"}]
+    (root / "report" / "study.json").write_text(json.dumps({
+        "study": "mlearn", "reference": arms[0].key, "arms": [a.key for a in arms], "identical": {}, "peers": peers,
+        "dataset_info": {"/d/mlearn-Mo.npz": {"label": "mlearn-Mo", "units": ["eV", "eV/Å"]}}}))
+    return root
+
+
+def test_report_on_grouped_data_reads_per_atom_energy_groups_and_published_results(tmp_path):
+    from orchestrator.report import build_report
+
+    report = build_report(_grouped_study(tmp_path / "study"))
+    md = report["markdown"]
+    main = [m.short for m in report["metric_specs"] if m.main]
+    assert main == ["E/atom", "F"]  # the energy per atom is the main energy metric on grouped data
+    table = md[md.index("## mlearn-Mo · schnet"):md.index("## Per group")]
+    assert "| arm | n | diverged | E/atom mean ± std |" in table
+    # published rows in the main table: the reference's mean over theirs (0.004 / 0.00224 = 1.79; 0.1 / 0.09)
+    assert "| *published: GAP* (Zuo et al. 2020) | | | 0.00224 | | ref ×1.8 | | | | | |" in table
+    assert "| *published: GAP* (Zuo et al. 2020) | | | | | | | 0.0900 | | ref ×1.1 | |" in table
+    groups = md[md.index("## Per group"):]
+    assert "| Surface | 2 | 0.0300 ± 0.00030 | 0.200 ± 0.0020 |" in groups
+    assert "| AIMD-NVT | 21 | 0.00200 ± 0.000020 | 0.0900 ± 0.00090 |" in groups
+    beside = md[md.index("## Beside published results"):]
+    assert "| **irelu+DN+LR** (ref) | ×1.8 | ×1.1 |" in beside and "| irelu+LR | ×3.6 | ×2.2 |" in beside
+    # the Findings read the per-atom energy: removing DN doubles it, resolved over the three paired seeds
+    assert "- DN removed (irelu+LR): per-atom energy error higher, ×2.00" in report["findings"]
