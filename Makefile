@@ -6,7 +6,7 @@ STORAGE ?= $(CURDIR)/results
 ARGS ?=
 export RAY_AUTH_MODE ?= disabled
 
-.PHONY: install test ablate report ui train data data-mlearn bench
+.PHONY: install test ablate ablate-mlearn report ui train data data-mlearn bench
 
 EXTRAS ?= dev
 
@@ -21,6 +21,10 @@ test:  ## the suite in $(TEST_WORKERS) processes (pytest-xdist, one Ray each: te
 
 ablate:  ## the seed plan on the bundled data (local Ray, or $$RAY_ADDRESS); flags via ARGS="..."
 	dcnn-ablate ablate --storage $(STORAGE) $(ARGS)
+
+ablate-mlearn:  ## the seed plan on real DFT (mlearn Mo and Si, official split; SchNet, then GemNet-T on Mo): not make ablate, hours on 2 cores (data/README.md)
+	dcnn-ablate ablate --study mlearn-seed-plan --storage $(STORAGE) $(ARGS)
+	dcnn-ablate ablate --study mlearn-angular --storage $(STORAGE) $(ARGS)
 
 report:  ## rebuild a study's report: make report EXPERIMENT=seed-plan
 	dcnn-ablate report $(STORAGE)/$(or $(EXPERIMENT),seed-plan)

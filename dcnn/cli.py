@@ -95,8 +95,13 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         for name in names:
             f = by_name[name]
             kind = hints[f.name]
-            if typing.get_origin(kind) is typing.Union:
+            optional = typing.get_origin(kind) is typing.Union
+            if optional:
                 kind = next(a for a in typing.get_args(kind) if a is not type(None))
+            if optional and kind is int:  # n_train etc.: a count, or `all` (None: every frame left)
+                group.add_argument("--" + name.replace("_", "-"), dest=f.name, type=_count_or_all, default=None,
+                                   metavar="N|all", help=f"(default {f.default}; all: {_ALL_WORDS})")
+                continue
             _add_flag(group, name, f.name, kind, f"(default {f.default})", _CHOICES.get(f.name))
     builtin = _builtin_sizes()
     choices = {n: c for spec in BUILTIN_SPECS.values() for n, c in spec.size_choices.items()}
@@ -107,6 +112,21 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     group.add_argument("--size", dest="size_values", action="append", default=[], metavar="NAME=VALUE",  # (shared)
                    help="a size of the model (any model: a plug-in's own too), e.g. --size cutoff=5 --size width=64; "
                         "the model's spec says which names it has and what values they take")
+
+
+# what `all` means for an optional count (TrainConfig's None)
+_ALL_WORDS = "the paper's fractions, or every frame left beside the others and a data set's own test set"
+_ALL = "all"
+
+
+def _count_or_all(text: str):
+    """An optional count's flag value: an integer, or `all` (TrainConfig's None)."""
+    if text.strip().lower() in (_ALL, "none", "null"):
+        return _ALL
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: an integer, or all") from None
 
 
 def _add_flag(group, name: str, dest: str, kind, help: str, choices=None) -> None:
@@ -175,7 +195,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                              f"{', '.join(sorted(n for n in TrainConfig.field_names() if n != 'sizes'))} and "
                              f"{SIZE_PREFIX}NAME for a size of the model")
         values.update(_flat(loaded))
-    values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig)
+    values.update({f.name: None if getattr(args, f.name) == _ALL else getattr(args, f.name) for f in fields(TrainConfig)
                    if f.name != "sizes" and getattr(args, f.name, None) is not None})
     values.update(_size_values(args))
     return resolve_config(values)

@@ -87,7 +87,7 @@ def test_the_official_split_tests_on_every_test_frame_and_carves_validation_from
     assert other[2].tolist() == test.tolist() and set(other[1]) != set(val)  # seeded validation, same test
     fewer = split_frames(len(ds), TrainConfig(n_train=50, n_val=20), ds)
     assert len(fewer[0]) == 50 and len(fewer[1]) == 20 and fewer[2].tolist() == test.tolist()
-    with pytest.raises(SplitSizeError, match=r"own test set \(23 frames\) and 194 frames.*n_train=800 \+ n_val=200"):
+    with pytest.raises(SplitSizeError, match=r"own test set \(23 frames\) and 194 frames for training and validation, too few for n_train=800, n_val=200: use --n-train all --n-val all"):
         split_frames(len(ds), TrainConfig(), ds)  # the molecule defaults do not fit: refused, not trimmed
 
 
@@ -282,3 +282,30 @@ def test_report_on_grouped_data_reads_per_atom_energy_groups_and_published_resul
     assert "| **irelu+DN+LR** (ref) | ×1.8 | ×1.1 |" in beside and "| irelu+LR | ×3.6 | ×2.2 |" in beside
     # the Findings read the per-atom energy: removing DN doubles it, resolved over the three paired seeds
     assert "- DN removed (irelu+LR): per-atom energy error higher, ×2.00" in report["findings"]
+
+
+def test_bad_train_and_test_files_get_one_line_before_compute(tmp_path):
+    """A test file with an element training never saw, a frame without forces, a group label of the wrong
+    type: each refused with the file, the frame and the field, before anything trains."""
+    def frame(symbol, energy=-10.0, forces=True, config_type="bulk"):
+        a = Atoms(symbol * 2, positions=[[0, 0, 0], [1.4, 1.4, 1.4]], cell=[2.8, 2.8, 2.8], pbc=True)
+        a.info["config_type"] = config_type
+        a.calc = SinglePointCalculator(a, energy=energy, **({"forces": np.zeros((2, 3))} if forces else {}))
+        return a
+
+    train, test = tmp_path / "train.xyz", tmp_path / "test.xyz"
+    write(train, [frame("Mo"), frame("Mo", -10.1)], format="extxyz")
+    write(test, [frame("Mo"), frame("W")], format="extxyz")
+    with pytest.raises(DatasetError, match=r"test.xyz: holds element\(s\) W that no frame of .*train.xyz has"):
+        load_with_test_set(train, test)
+    write(test, [frame("Mo"), frame("Mo", forces=False)], format="extxyz")
+    with pytest.raises(DatasetError, match=r"test.xyz: frame 1 has no forces"):
+        load_with_test_set(train, test)
+    write(test, [frame("Mo", config_type=3)], format="extxyz")
+    with pytest.raises(DatasetError, match=r"test.xyz: frame 0: config_type=3 \(a number or array\) must be a text label"):
+        load_with_test_set(train, test)
+    records = json.loads((RAW / "Mo-test.json").read_text())[:1]
+    records[0]["group"] = ["Surface"]
+    (tmp_path / "bad.json").write_text(json.dumps(records))
+    with pytest.raises(DatasetError, match=r"bad.json: record 0: .*group=\['Surface'\] must be a text label"):
+        read_mlearn(tmp_path / "bad.json")

@@ -107,6 +107,13 @@ def load_with_test_set(dataset: str | os.PathLike, test_dataset: str | os.PathLi
         raise DatasetError(f"{dataset}: has a test set of its own ({int(ds.test_mask.sum())} frames), and "
                            f"test_dataset={test_dataset} gives another: give one or the other")
     test = load_atoms(test_dataset, base=base)
+    unseen = sorted(set(test.numbers.tolist()) - set(ds.numbers.tolist()))
+    if unseen:
+        from ase.data import chemical_symbols
+
+        raise DatasetError(f"{test_dataset}: holds element(s) {', '.join(chemical_symbols[z] for z in unseen)} that "
+                           f"no frame of {dataset} has: a model cannot learn an element's energy from a test set "
+                           f"(add frames with it to the training file)")
     if test.energy_unit != ds.energy_unit:
         raise DatasetError(f"{test_dataset}: energies in {test.energy_unit}, but {dataset} has {ds.energy_unit}: "
                            f"a test set must be in the training data's units")
@@ -289,7 +296,13 @@ def _load_ase(path: Path) -> AtomsDataset:
     ds.name = path.stem
     ds.theory = str(frames[0].info.get("theory", "unknown"))
     if any("config_type" in a.info for a in frames):
-        ds.groups = np.array([str(a.info.get("config_type", "")) for a in frames], dtype=str)
+        for k, a in enumerate(frames):
+            kind = a.info.get("config_type", "")
+            if not isinstance(kind, str):
+                shown = kind.item() if isinstance(kind, np.generic) else kind
+                raise DatasetError(f"{path}: frame {k}: config_type={shown!r} (a number or array) must be a text "
+                                   f"label naming the frame's group (e.g. config_type=surface)")
+        ds.groups = np.array([a.info.get("config_type", "") for a in frames], dtype=str)
     return ds
 
 

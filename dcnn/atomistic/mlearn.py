@@ -58,7 +58,9 @@ def read_mlearn(path: str | os.PathLike, test: bool = False) -> AtomsDataset:
             symbols = [site["species"][0]["element"] for site in sites]
             energy = float(rec["outputs"]["energy"])
             f = np.asarray(rec["outputs"]["forces"], dtype=np.float64)
-            group = str(rec.get("group", ""))
+            group = rec.get("group", "")
+            if not isinstance(group, str):
+                raise TypeError(f"group={group!r} must be a text label")
         except (KeyError, IndexError, TypeError, ValueError) as e:
             raise DatasetError(f"{where}: missing or malformed field ({type(e).__name__}: {e}); expected "
                                f"structure.lattice.matrix, structure.sites[].xyz/species, outputs.energy/forces") from e

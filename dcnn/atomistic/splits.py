@@ -71,12 +71,14 @@ def official_split(dataset: AtomsDataset, seed: int, n_train: int | None,
     all of them).  Counts that do not fit are refused (SplitSizeError), not trimmed."""
     test = np.flatnonzero(dataset.test_mask)
     rest = np.flatnonzero(~dataset.test_mask)
+    given = f"n_train={'all' if n_train is None else n_train}, n_val={'all' if n_val is None else n_val}"
     n_val = n_val if n_val is not None else max(1, int(round(OFFICIAL_VAL_FRACTION * len(rest))))
     n_train = n_train if n_train is not None else len(rest) - n_val
     if n_train + n_val > len(rest) or n_train <= 0 or n_val <= 0:
         raise SplitSizeError(f"{dataset.source or dataset.name} has its own test set ({len(test)} frames) and "
-                             f"{len(rest)} frames for training and validation: n_train={n_train} + n_val={n_val} do "
-                             f"not fit (leave n_train unset, or null, to train on all of the rest)")
+                             f"{len(rest)} frames for training and validation, too few for {given}: use "
+                             f"--n-train all --n-val all (in YAML n_train: null, n_val: null) to validate on "
+                             f"{OFFICIAL_VAL_FRACTION:.0%} of them and train on the rest")
     train, val, _ = split_indices(len(rest), seed, n_train, n_val, 0)
     return rest[train], rest[val], test
 
