@@ -23,8 +23,8 @@ from orchestrator.report_load import (GROUP, REPORT_DIR, _checkpoint_column, add
 from orchestrator.report_plots import plot_bars, plot_curves
 from orchestrator.report_stats import ALPHA, baselines_table, holm, paired_ratio, summarize
 from orchestrator.report_tables import (damaged_or_unfinished_section, failed_section, groups_section,
-                                        peers_section, resume_command, secondary_table, to_markdown,
-                                        unfinished_trials)
+                                        peers_section, resume_command, secondary_table, test_split_words,
+                                        to_markdown, unfinished_trials)
 
 __all__ = ["build_report", "REPORT_DIR", "GROUP", "ALPHA", "fmt", "fmt_p", "holm", "paired_ratio", "summarize",
            "findings", "collect", "scan", "mark_divergence", "resume_command"]
@@ -87,7 +87,8 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
         if contributions.plot_waterfall(analyses, out / "contributions.png", units):
             paths["contributions_plot"] = out / "contributions.png"
     peers = meta.get("peers", [])
-    md = (to_markdown(summary, reference_arm, title, units, main, peers) + "\n"
+    notes = {d["label"]: test_split_words(d, meta.get("settings", {})) for d in datasets.values()}
+    md = (to_markdown(summary, reference_arm, title, units, main, peers, notes) + "\n"
           + groups_section(trials, reference_arm, units, specs) + peers_section(summary, peers, units, main)
           + secondary_table(summary, units, specs)
           + failed_section(trials)

@@ -251,8 +251,24 @@ def groups_section(trials: pd.DataFrame, reference_arm: str, units: dict, specs:
     return "\n".join(lines) + "\n"
 
 
+def test_split_words(info: dict, settings: dict) -> str:
+    """Where a data set's test frames came from, in a sentence (the study's split settings and the data set's
+    own test set, as the study recorded them)."""
+    split = str(settings.get("split") or "random")
+    if split.startswith("ood:"):
+        return f"Test frames: every frame holding {split[4:]} (out of distribution); training and validation from the rest."
+    if settings.get("test_dataset"):
+        return f"Test frames: the test file {Path(str(settings['test_dataset'])).name}, all of them; validation drawn from the training file."
+    if info.get("official_test_frames"):
+        return (f"Test frames: the data set's official test split, all {info['official_test_frames']} of them; "
+                f"validation drawn from its training frames.")
+    if not info.get("frames"):
+        return ""
+    return "Test frames: drawn at random from the data set (the split seed), apart from training and validation."
+
+
 def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: dict, specs: tuple,
-                peers: list = ()) -> str:
+                peers: list = (), notes: dict | None = None) -> str:
     lines = [f"# {title}", "",
              _intro(specs) + " **vs ref**: ratio of geometric means to the "
              f"reference arm **{reference_arm}** over paired seeds, [95 % CI]; **p**: paired t-test on log "
@@ -267,6 +283,8 @@ def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: di
     for (data, model), g in summary.groupby(GROUP, sort=False):
         unit_words = [f"{m.name} in {m.unit_for(units.get(data))}" for m in specs if m.unit_for(units.get(data))]
         lines += [f"## {data} · {model}", ""] + ([f"{_sentence('; '.join(unit_words))}.", ""] if unit_words else [])
+        if (notes or {}).get(data):
+            lines += [notes[data], ""]
         lines += ["| arm | n | diverged | " + " | ".join(f"{m.short} mean ± std | ×base | {m.short} vs ref | p({m.short})"
                                                      for m in specs) + " |",
                   "|---|---|---|" + "---|---|---|---|" * len(specs)]

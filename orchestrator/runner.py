@@ -475,7 +475,8 @@ def _study_record(study: Study, identical: dict, uri: str, experiment: str, pare
             "arm_levels": levels, "units": next(iter(datasets.values()))["units"], "peers": list(study.peers),
             "tracking_uri": uri, "experiment": experiment, "parent_run_id": parent, "best_hyperparameters": {},
             "settings": {k: study.setting(k) for k in ("epochs", "lr", "lr_schedule", "lr_min", "rescale_factor",
-                                                      "force_weight", "n_train", "n_val", "n_test", "preset")}}
+                                                      "force_weight", "n_train", "n_val", "n_test", "preset",
+                                                      "split", "test_dataset")}}
 
 
 class BestHyperparameter:

@@ -309,3 +309,63 @@ def test_bad_train_and_test_files_get_one_line_before_compute(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(records))
     with pytest.raises(DatasetError, match=r"bad.json: record 0: .*group=\['Surface'\] must be a text label"):
         read_mlearn(tmp_path / "bad.json")
+
+
+def test_the_mlearn_studies_declare_the_recipe_and_the_published_results(tmp_path):
+    import yaml
+
+    import search_spaces
+
+    study = search_spaces.load_study("mlearn-seed-plan")
+    cfg = TrainConfig.from_dict({**study.fixed_for("schnet"), "model": "schnet", "dataset": study.datasets[0]})
+    assert (cfg.loss_fn, cfg.energy_term, cfg.evaluate, cfg.n_train, cfg.n_val) == ("mse", "atom", "best", None, None)
+    assert [study.dataset_labels()[d] for d in study.datasets] == ["mlearn-Mo", "mlearn-Si"]
+    gap = {(p["data"], p["metric"]): p["value"] for p in study.peers if p["name"] == "GAP"}
+    assert gap == {("mlearn-Mo", "energy_per_atom_loss"): 0.00224, ("mlearn-Mo", "force_loss"): 0.09,
+                   ("mlearn-Si", "energy_per_atom_loss"): 0.00291, ("mlearn-Si", "force_loss"): 0.07}
+    assert len(study.trial_configs()) == 36  # SchNet has no BatchNorm: the DN twins run once
+    # a --datasets override keeps the published results of the data sets left
+    only_mo = study.with_overrides(datasets=[study.datasets[0]])
+    assert {p["data"] for p in only_mo.peers} == {"mlearn-Mo"}
+    # bad peers are refused when the study loads, naming the entry
+    data = yaml.safe_load((search_spaces.STUDY_DIR / "mlearn-seed-plan.yaml").read_text())
+    first = data["peers"][0]
+    for bad, words in [({"metric": "energy_mae"}, r"metric 'energy_mae' is not one of energy_loss"),
+                       ({"data": "mlearn-W"}, r"data 'mlearn-W' is not a data set of the study"),
+                       ({"value": -1}, r"value -1 must be a positive number")]:
+        data["peers"] = [{**first, **bad}]
+        data["datasets"] = ["mlearn-Mo"]
+        path = tmp_path / "s.yaml"
+        path.write_text(yaml.safe_dump(data))
+        with pytest.raises(ValueError, match=r"peers\[0\] \(GAP\): " + words):
+            search_spaces.load_study(str(path))
+
+
+def test_a_real_dft_study_on_ray_reports_groups_and_published_results(ray_session, tracking_uri, tmp_path):
+    """The mlearn study's own settings and peers, on a slice of Mo (16 training cells, 2 epochs, a tiny SchNet),
+    end to end on Ray: every trial tests on the 23 official test cells; the report has the per-atom energy as its
+    main energy metric, the reference arm per group, and GAP/MTP beside it."""
+    import yaml
+
+    import search_spaces
+    from orchestrator.runner import AblateOptions, run_ablation
+
+    data = yaml.safe_load((search_spaces.STUDY_DIR / "mlearn-seed-plan.yaml").read_text())
+    data.update(datasets=["mlearn-Mo"], seeds=[0], peers=[p for p in data["peers"] if p["data"] == "mlearn-Mo"],
+                designs=[{"activation": ["irelu"], "denorm": [True], "rescale": [True, False], "shift": [True],
+                          "init": ["lsuv"]}])
+    data["fixed"].update(n_train=16, n_val=4, epochs=2, **{"size.hidden": 16, "size.filters": 16,
+                                                            "size.interactions": 1, "size.gaussians": 10})
+    path = tmp_path / "mlearn-slice.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    report = run_ablation(AblateOptions(study=str(path), storage=str(tmp_path / "res"), tracking_uri=tracking_uri,
+                                        experiment="mlearn-slice", quiet=True))
+    trials, md = report["trials"], report["markdown"]
+    assert len(trials) == 2 and trials.finished.all()
+    assert (trials["test_group.Surface.frames"] == 2).all() and (trials["test_group.AIMD-NVT.frames"] == 12).all()
+    assert "| arm | n | diverged | E/atom mean ± std |" in md
+    assert "| *published: GAP* (Zuo et al., J. Phys. Chem. A 124, 731 (2020)) | | | 0.00224 | | ref ×" in md
+    groups = md[md.index("## Per group of test frames"):]
+    assert all(f"| {g} | {n} |" in groups for g, n in [("Vacancy", 3), ("AIMD-NVT", 12), ("Surface", 2), ("Elastic", 6)])
+    assert "MTP" in md[md.index("## Beside published results"):]
+    assert "Test frames: the data set's official test split, all 23 of them" in md
