@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 STUDY_KEYS = ("description", "reference", "designs", "models", "seeds", "fixed", "datasets", "split_seeds",
-              "model_sizes", "peers")
+              "model_sizes", "peers", "extends")
 
 
 def read_study_file(path: Path):

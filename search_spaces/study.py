@@ -494,6 +494,27 @@ def _list(data: dict, key: str, where: str, kind: type, default: list) -> list:
     return value
 
 
+def _extended(data, path: Path, seen: tuple = ()):
+    """A study's data with `extends: NAME` resolved: the built-in study NAME's keys (its own `extends` first),
+    then this file's over them, `fixed` merged key by key (so a variant declares the recipe and the published
+    results once, in the study it extends, and changes only what differs)."""
+    if not isinstance(data, dict) or "extends" not in data:
+        return data
+    base_name = data["extends"]
+    if not isinstance(base_name, str) or not (STUDY_DIR / f"{base_name}.yaml").exists():
+        raise ValueError(f"{path}: extends {base_name!r} is not a built-in study ({', '.join(list_studies())})")
+    if base_name in seen:
+        raise ValueError(f"{path}: extends {base_name!r} in a cycle ({' → '.join(seen + (base_name,))})")
+    base_path = STUDY_DIR / f"{base_name}.yaml"
+    base = _extended(read_study_file(base_path), base_path, seen + (base_name,))
+    if not isinstance(base, dict):
+        raise ValueError(f"{base_path}: a study is a mapping")
+    out = {**base, **{k: v for k, v in data.items() if k != "extends"}}
+    if isinstance(base.get("fixed"), dict) and isinstance(data.get("fixed"), dict):
+        out["fixed"] = {**base["fixed"], **data["fixed"]}
+    return out
+
+
 def load_study(name_or_path: str) -> Study:
     """A built-in study by name (studies/NAME.yaml) or a user's YAML file by path."""
     path = Path(name_or_path)
@@ -505,7 +526,9 @@ def load_study(name_or_path: str) -> Study:
     if not path.exists():
         raise ValueError(f"{path}: no such study file")
 
-    data = read_study_file(path)
+    raw = read_study_file(path)
+    data = _extended(raw, path)
+    inherited_peers = isinstance(raw, dict) and "extends" in raw and "peers" not in raw
     where = str(path)
     check_study_data(data, where)
     if not isinstance(data, dict):
@@ -542,11 +565,16 @@ def load_study(name_or_path: str) -> Study:
         fixed = {**fixed, "test_dataset": resolve_dataset(family, fixed["test_dataset"], path.parent,
                                                           model=models[0] if models else "")}
     datasets = _list(data, "datasets", where, str, [family.default_dataset()])
+    resolved_datasets = [resolve_dataset(family, d, path.parent, model=models[0] if models else '') for d in datasets]
+    peers = list(data.get("peers") or [])
+    if inherited_peers:  # published results the extended study declares on data sets this one does not have
+        labels = {family.dataset_label(d) for d in resolved_datasets}
+        peers = [p for p in peers if not isinstance(p, dict) or p.get("data") in labels]
     study = Study(name=path.stem, arms=arms, reference=reference, models=models,
                   seeds=_list(data, "seeds", where, int, [0, 1, 2]),
-                  datasets=[resolve_dataset(family, d, path.parent, model=models[0] if models else '') for d in datasets],
+                  datasets=resolved_datasets,
                   split_seeds=str(data.get("split_seeds", "fixed")), fixed=dict(fixed),
-                  model_sizes=dict(data.get("model_sizes") or {}), peers=list(data.get("peers") or []),
+                  model_sizes=dict(data.get("model_sizes") or {}), peers=peers,
                   description=str(data.get("description", "")).strip(), source=where)
     study.validate()
     return study

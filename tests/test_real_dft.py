@@ -327,6 +327,18 @@ def test_the_mlearn_studies_declare_the_recipe_and_the_published_results(tmp_pat
     # a --datasets override keeps the published results of the data sets left
     only_mo = study.with_overrides(datasets=[study.datasets[0]])
     assert {p["data"] for p in only_mo.peers} == {"mlearn-Mo"}
+    # the angular study extends it: the same recipe and arms, its own model, data, seeds and budget, the
+    # published results on its one data set
+    angular = search_spaces.load_study("mlearn-angular")
+    assert angular.models == ["gemnet_t"] and angular.seeds == [0, 1] and len(angular.trial_configs()) == 12
+    assert {k: v for k, v in angular.fixed.items() if k not in ("epochs", "size.cutoff")} == \
+        {k: v for k, v in study.fixed.items() if k not in ("epochs", "size.cutoff")}
+    assert angular.fixed["size.cutoff"] == 4.0 and [a.key for a in angular.arms] == [a.key for a in study.arms]
+    assert {p["data"] for p in angular.peers} == {"mlearn-Mo"} and len(angular.peers) == 4
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: no-such-study\ndesigns: [{activation: [irelu]}]\n")
+    with pytest.raises(ValueError, match=r"loop.yaml: extends 'no-such-study' is not a built-in study"):
+        search_spaces.load_study(str(loop))
     # bad peers are refused when the study loads, naming the entry
     data = yaml.safe_load((search_spaces.STUDY_DIR / "mlearn-seed-plan.yaml").read_text())
     first = data["peers"][0]
@@ -369,3 +381,37 @@ def test_a_real_dft_study_on_ray_reports_groups_and_published_results(ray_sessio
     assert all(f"| {g} | {n} |" in groups for g, n in [("Vacancy", 3), ("AIMD-NVT", 12), ("Surface", 2), ("Elastic", 6)])
     assert "MTP" in md[md.index("## Beside published results"):]
     assert "Test frames: the data set's official test split, all 23 of them" in md
+
+
+def test_the_benchmark_command_on_a_users_own_train_and_test_files(tmp_path):
+    """`python -m benchmarks.mlearn --train --test` on extxyz files with REF_energy/REF_forces (a slice of Si):
+    the recipe trains, and the last line is the JSON the issue asks for, per group, without peers."""
+    import subprocess
+    import sys
+
+    ds = load_atoms("mlearn-Si")
+
+    def extxyz(frames, path):
+        out = []
+        for k in frames:
+            s = ds.frame_slice(k)
+            a = Atoms(numbers=ds.numbers[s], positions=ds.positions[s], cell=ds.cells[k], pbc=True)
+            a.info.update(REF_energy=float(ds.energies[k]), config_type=str(ds.groups[k]))
+            a.arrays["REF_forces"] = ds.forces[s]
+            out.append(a)
+        write(path, out, format="extxyz")
+        return path
+
+    train = extxyz([0, 1, 2, 3, 100, 101, 150, 151, 200, 201, 210, 211], tmp_path / "train.xyz")
+    test = extxyz([214, 215, 230, 231], tmp_path / "test.xyz")
+    out = subprocess.run([sys.executable, "-m", "benchmarks.mlearn", "--train", str(train), "--test", str(test),
+                          "--epochs", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(result) >= {"model", "energy_mev_per_atom", "force_ev_per_a", "by_group", "train_s", "peers"}
+    assert result["model"] == "schnet" and result["peers"] == {} and result["test_frames"] == 4
+    assert sum(g["frames"] for g in result["by_group"].values()) == 4
+    assert result["energy_mev_per_atom"] > 0 and "epoch    2/2" in out.stderr
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.mlearn", "--train", str(train)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--train and --test go together" in bad.stderr
