@@ -43,7 +43,7 @@ data:  ## regenerate the bundled data sets (bit-identical on the CPU that made t
 	sha256sum $(DATA) data/aspirin-gfn2-500K.npz data/catalysis-emt.npz
 
 data-mlearn:  ## convert the bundled mlearn Mo and Si JSON (data/mlearn/, real DFT) to data/mlearn-{Mo,Si}.npz (seconds)
-	for el in Mo Si; do $(PYTHON) -m dcnn.atomistic.mlearn data/mlearn/$$el-training.json data/mlearn/$$el-test.json \
+	for el in Mo Si; do $(PYTHON) -m dcnn.atomistic.convert_mlearn data/mlearn/$$el-training.json data/mlearn/$$el-test.json \
 		data/mlearn-$$el.npz --name mlearn-$$el; done
 	sha256sum data/mlearn/*.json data/mlearn-Mo.npz data/mlearn-Si.npz
 

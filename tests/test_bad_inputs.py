@@ -191,7 +191,7 @@ CASES = [
     # issue 27: refusals whose words fit their cause (not another check's advice wrapped around it)
     ("dataset-cut-member", ["data", "info", "{d}/cut_member.npz"], "{d}/cut_member.npz: unreadable npz (a damaged or cut-off array)"),
     ("pinn-model-on-molecules", ["ablate", "--models", "fcn", "--dataset", "{d}/small.npz"],
-     "data set '{d}/small.npz' is atomistic data (a bundled name: ethanol, aspirin, catalysis; or a data file), but "
+     "data set '{d}/small.npz' is atomistic data (a bundled name: ethanol, aspirin, catalysis, mlearn-Mo, mlearn-Si; or a data file), but "
      "model 'fcn' is a physics-informed network, which trains on a PDE problem"),
     ("potential-on-pde", ["train", "--model", "schnet", "--dataset", "burgers"],
      "data set 'burgers' is a PDE problem (advection, reaction_diffusion, burgers, diffusion_reaction), but model "

@@ -8,7 +8,8 @@ not read: their shear components' order differs between the files (data/README.m
 periodic (slabs carry their vacuum inside the cell).
 
 `convert` turns a training file and a test file into one `AtomsDataset` whose `test_mask` marks the test
-file's frames and whose `groups` are the records' groups: the bundled `mlearn-Mo` / `mlearn-Si` (`make data`).
+file's frames and whose `groups` are the records' groups: the bundled `mlearn-Mo` / `mlearn-Si` (`make data`,
+through dcnn/atomistic/convert_mlearn.py).
 """
 from __future__ import annotations
 
@@ -97,25 +98,3 @@ def convert(training: str | os.PathLike, test: str | os.PathLike, name: str) -> 
     ds = AtomsDataset.concatenate(parts, name=name, source=f"{training} + {test}")
     ds.theory = THEORY
     return ds
-
-
-def main(argv=None) -> None:
-    """`python -m dcnn.atomistic.mlearn TRAINING.json TEST.json OUT.npz --name NAME` (what `make data` runs)."""
-    import argparse
-
-    from dcnn.atomistic.io import save_atoms_npz
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("training")
-    parser.add_argument("test")
-    parser.add_argument("out")
-    parser.add_argument("--name", required=True)
-    args = parser.parse_args(argv)
-    ds = convert(args.training, args.test, args.name)
-    save_atoms_npz(args.out, ds, extra={"citation": CITATION})
-    print(f"{args.out}: {len(ds)} frames ({int(ds.test_mask.sum())} test), {ds.total_atoms} atoms, "
-          f"groups {sorted(set(ds.groups.tolist()))}")
-
-
-if __name__ == "__main__":
-    main()
