@@ -181,6 +181,8 @@ def check_resume(experiment_dir, plan: dict) -> None:
         if key == "fixed":
             old_f, new_f = recorded["fixed"] or {}, new["fixed"] or {}
             for k in sorted(set(old_f) | set(new_f)):
+                if k not in old_f and _is_default(k, new_f.get(k)):
+                    continue  # a TrainConfig key added since the study started, at its default: nothing changed
                 if old_f.get(k) != new_f.get(k):
                     diffs.append(f"{k}: {old_f.get(k, '(unset)')!r} → {new_f.get(k, '(unset)')!r}")
         elif recorded[key] != new[key]:
@@ -190,6 +192,12 @@ def check_resume(experiment_dir, plan: dict) -> None:
                          f"({path}): " + "; ".join(diffs) + ". Resume with the study's own settings "
                          "(--cpus-per-trial, --gpus-per-trial, --max-concurrent and --address may change), or start a new "
                          "study with another --experiment (nothing was changed)")
+
+
+def _is_default(key: str, value) -> bool:
+    """Whether `value` is TrainConfig's default for `key` (as a plan records it)."""
+    defaults = _norm({"fixed": TrainConfig().to_dict()})["fixed"]
+    return key in defaults and defaults[key] == value
 
 
 def write_plan(experiment_dir, plan: dict, extra: dict | None = None) -> str:

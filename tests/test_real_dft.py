@@ -415,3 +415,23 @@ def test_the_benchmark_command_on_a_users_own_train_and_test_files(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "benchmarks.mlearn", "--train", str(train)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--train and --test go together" in bad.stderr
+
+
+def test_a_study_recorded_before_the_recipe_keys_resumes(tmp_path):
+    """A plan written before loss_fn, energy_term, ... existed lacks them: at their defaults nothing changed,
+    so --resume goes on; a recorded value that differs still refuses."""
+    from orchestrator import validate
+    from orchestrator.runner import AblateOptions
+
+    opts = AblateOptions(study="stabilizers", storage=str(tmp_path / "res"), experiment="old")
+    plan = validate.plan_of(opts, opts.validate(), "old", "sqlite:///x.db")
+    folder = tmp_path / "res" / "old"
+    old = json.loads(json.dumps(plan, default=str))
+    for key in ("loss_fn", "energy_term", "ema_decay", "weight_decay", "early_stopping", "evaluate", "test_dataset",
+                "huber_delta"):
+        del old["fixed"][key]
+    validate.write_plan(folder, old)
+    validate.check_resume(folder, plan)  # no difference
+    validate.write_plan(folder, {**old, "fixed": {**old["fixed"], "force_weight": 10.0}})
+    with pytest.raises(ValueError, match=r"differs from the study.*force_weight: 10.0 → 30.0"):
+        validate.check_resume(folder, plan)
