@@ -13,6 +13,7 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from dcnn.atomistic.io import load_atoms
@@ -314,6 +315,14 @@ def cmd_info(args: argparse.Namespace) -> int:
            "mean_abs_force": float(abs(ds.forces).mean()), **ds.metadata}
     if ds.fixed_size:
         out["numbers"] = ds.numbers[:int(sizes[0])].tolist()
+    if ds.groups is not None:  # frames per group, and per group in the data set's own test set
+        names, counts = np.unique(ds.groups, return_counts=True)
+        out["groups"] = dict(zip(names.tolist(), counts.tolist()))
+    if ds.has_own_test_set:
+        out["official_test_frames"] = int(ds.test_mask.sum())
+        if ds.groups is not None:
+            names, counts = np.unique(ds.groups[ds.test_mask], return_counts=True)
+            out["official_test_groups"] = dict(zip(names.tolist(), counts.tolist()))
     print(json.dumps(out, indent=2))
     return 0
 
