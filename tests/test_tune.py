@@ -133,7 +133,7 @@ def test_several_set_values_after_one_flag_reach_every_trial():
 @pytest.mark.parametrize("args,message", [
     (["--storage", "relative/dir"], "--storage must be an absolute path"),
     (["--storage", "s3://bucket/x"], "--tracking-uri: an MLflow server"),  # object storage: no default sqlite store
-    (["--study", "nope"], "unknown study 'nope'; built-in: activation, activation-init, catalysis-seed-plan, factorial, knobs, paper, paper-models, pinn-full, pinn-seed-plan, preprocessing, seed-plan, stabilizers"),
+    (["--study", "nope"], "unknown study 'nope'; built-in: activation, activation-init, catalysis-seed-plan, factorial, knobs, mlearn-angular, mlearn-seed-plan, paper, paper-models, pinn-full, pinn-seed-plan, preprocessing, seed-plan, stabilizers"),
     (["--models", "schnet,painn"], "unknown model 'painn'"),
     (["--cpus-per-trial", "0"], "--cpus-per-trial must be positive"),
     (["--gpus-per-trial", "1.5"], "above 1 must be a whole number"),
@@ -143,7 +143,7 @@ def test_several_set_values_after_one_flag_reach_every_trial():
     (["--tracking-uri", "http://127.0.0.1:9"], "MLflow server not reachable"),
     (["--tracking-uri", "mlflow.db"], "expected http(s)://HOST:PORT or a database URI"),
     (["--scheduler", "asha"], "--scheduler asha stops trials early"),
-    (["--datasets", "benzene"], "data set 'benzene' is neither a bundled data set (ethanol, aspirin, catalysis)"),
+    (["--datasets", "benzene"], "data set 'benzene' is neither a bundled data set (ethanol, aspirin, catalysis, mlearn-Mo, mlearn-Si)"),
     (["--models", "cgcnn", "--set", "n_train=1900"], "need 2500 frames but the data set has 2000"),
     (["--set", "lr=1e-3", "n_val=40", "lr=3e-4"], "--set lr given twice"),
 ])
