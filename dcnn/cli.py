@@ -259,7 +259,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         # written every epoch: never over the data, the config or anything else it did not write
         # (a checkpoint of the run being resumed may be continued in place)
         resumed = args.resume if args.resume and same_file(args.resume, args.checkpoint) else None
-        check_output("--checkpoint", args.checkpoint, {"--dataset": cfg.dataset.split("?", 1)[0], "--config": args.config},
+        check_output("--checkpoint", args.checkpoint, {"--dataset": cfg.dataset.split("?", 1)[0], "--test-dataset": cfg.test_dataset or None,
+                                                   "--config": args.config},
                      args.force or bool(resumed))
     # the flags' own checks first (cheap), then the data: bad data, or a split it cannot hold, fails here
     family.check_dataset(cfg.dataset, cfg.to_dict())

@@ -134,6 +134,13 @@ def test_a_train_and_test_pair_through_the_train_command(tmp_path):
     assert "test frames from" in out.stderr
     assert summary["n_test"] == 25 and summary["test_split"].startswith("the test file")
     assert summary["test_group.Surface.frames"] == 2 and summary["test_group.Vacancy.frames"] == 7
+    test_copy = tmp_path / "Si-test.json"  # a checkpoint never overwrites the test file, even with --force
+    test_copy.write_bytes((RAW / "Si-test.json").read_bytes())
+    refused = subprocess.run([sys.executable, "-m", "orchestrator.cli", "train", "--dataset", str(RAW / "Si-training.json"),
+                              "--test-dataset", str(test_copy), "--checkpoint", str(test_copy), "--force"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "is the --test-dataset of this command" in refused.stderr
+    assert test_copy.read_bytes() == (RAW / "Si-test.json").read_bytes()
 
 
 def test_group_keys_and_mlearn_errors_name_the_record(tmp_path):
