@@ -174,20 +174,23 @@ def _intro(specs: tuple) -> str:
 
 
 def _peer_rows(peers: list, data: str, g: pd.DataFrame, specs: tuple) -> list[str]:
-    """Rows of published results on `data` (a study's `peers`): the value in its metric's column and, under
-    "vs ref", the reference arm's mean over it (×2.0: ours is twice theirs)."""
+    """A row per published result on `data` (a study's `peers`, one row per name and source): each value in its
+    metric's column and, under "vs ref", the reference arm's mean over it (×2.0: ours is twice theirs)."""
     rows = []
     ref = g[g.reference]
+    by_name: dict = {}
     for peer in (p for p in peers if p.get("data") == data):
+        by_name.setdefault((peer["name"], peer["source"]), {})[peer["metric"]] = peer["value"]
+    for (name, source), values in by_name.items():
         cells = []
         for m in specs:
-            if m.key != peer["metric"]:
+            if m.key not in values:
                 cells.append(" | | | |")
                 continue
             ours = float(ref[f"{m.short}_mean"].iloc[0]) if len(ref) else float("nan")
-            cells.append(f" {fmt(peer['value'])} | | ref ×{fmt(ours / peer['value'], 2)} | |")
+            cells.append(f" {fmt(values[m.key])} | | ref ×{fmt(ours / values[m.key], 2)} | |")
         if any(c != " | | | |" for c in cells):
-            rows.append(f"| *published: {peer['name']}* ({peer['source']}) | | |" + "".join(cells))
+            rows.append(f"| *published: {name}* ({source}) | | |" + "".join(cells))
     return rows
 
 
