@@ -32,6 +32,24 @@ GROUPS = {"Mo": ({"AIMD-NVT": 108, "Elastic": 56, "Surface": 9, "Vacancy": 21},
                  {"AIMD-NVT": 10, "Elastic": 6, "Surface": 2, "Vacancy": 7})}
 
 
+def write_extxyz(ds, frames, path, ref: bool = False):
+    """Frames of `ds` as a user's extxyz: the group as `config_type` (MACE's convention), labels as a
+    calculator's results or (`ref`) as REF_energy / REF_forces."""
+    out = []
+    for k in frames:
+        s = ds.frame_slice(k)
+        a = Atoms(numbers=ds.numbers[s], positions=ds.positions[s], cell=ds.cells[k], pbc=True)
+        a.info["config_type"] = str(ds.groups[k])
+        if ref:
+            a.info["REF_energy"] = float(ds.energies[k])
+            a.arrays["REF_forces"] = ds.forces[s]
+        else:
+            a.calc = SinglePointCalculator(a, energy=float(ds.energies[k]), forces=ds.forces[s])
+        out.append(a)
+    write(path, out, format="extxyz")
+    return path
+
+
 def counts(groups):
     names, n = np.unique(groups, return_counts=True)
     return dict(zip(names.tolist(), n.tolist()))
@@ -94,20 +112,8 @@ def test_the_official_split_tests_on_every_test_frame_and_carves_validation_from
 def test_a_train_file_and_a_test_file_split_like_the_bundled_set(tmp_path):
     """A user's extxyz pair (config_type = the group, as MACE reads it) gives the bundled set's split."""
     ds = load_atoms("mlearn-Mo")
-
-    def extxyz(frames, path):
-        out = []
-        for k in frames:
-            s = ds.frame_slice(k)
-            a = Atoms(numbers=ds.numbers[s], positions=ds.positions[s], cell=ds.cells[k], pbc=True)
-            a.info["config_type"] = str(ds.groups[k])
-            a.calc = SinglePointCalculator(a, energy=float(ds.energies[k]), forces=ds.forces[s])
-            out.append(a)
-        write(path, out, format="extxyz")
-        return path
-
-    train = extxyz(range(194), tmp_path / "train.xyz")
-    test = extxyz(range(194, 217), tmp_path / "test.xyz")
+    train = write_extxyz(ds, range(194), tmp_path / "train.xyz")
+    test = write_extxyz(ds, range(194, 217), tmp_path / "test.xyz")
     pair = load_with_test_set(train, test)
     assert pair.test_mask.tolist() == ds.test_mask.tolist() and pair.groups.tolist() == ds.groups.tolist()
     np.testing.assert_allclose(pair.energies, ds.energies, rtol=0, atol=1e-9)
@@ -396,20 +402,8 @@ def test_the_benchmark_command_on_a_users_own_train_and_test_files(tmp_path):
     import sys
 
     ds = load_atoms("mlearn-Si")
-
-    def extxyz(frames, path):
-        out = []
-        for k in frames:
-            s = ds.frame_slice(k)
-            a = Atoms(numbers=ds.numbers[s], positions=ds.positions[s], cell=ds.cells[k], pbc=True)
-            a.info.update(REF_energy=float(ds.energies[k]), config_type=str(ds.groups[k]))
-            a.arrays["REF_forces"] = ds.forces[s]
-            out.append(a)
-        write(path, out, format="extxyz")
-        return path
-
-    train = extxyz([0, 1, 2, 3, 100, 101, 150, 151, 200, 201, 210, 211], tmp_path / "train.xyz")
-    test = extxyz([214, 215, 230, 231], tmp_path / "test.xyz")
+    train = write_extxyz(ds, [0, 1, 2, 3, 100, 101, 150, 151, 200, 201, 210, 211], tmp_path / "train.xyz", ref=True)
+    test = write_extxyz(ds, [214, 215, 230, 231], tmp_path / "test.xyz", ref=True)
     out = subprocess.run([sys.executable, "-m", "benchmarks.mlearn", "--train", str(train), "--test", str(test),
                           "--epochs", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
