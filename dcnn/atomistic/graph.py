@@ -43,7 +43,8 @@ class AtomicGraph:
 
     @property
     def n_edges(self) -> int:
-        return int(self.edge_index.shape[1])
+        """The edge count (a symbolic size while `dcnn.compiled` traces for batches of any size: no `int()`)."""
+        return self.edge_index.shape[1]
 
     @property
     def n_pairs(self) -> int:

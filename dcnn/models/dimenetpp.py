@@ -10,11 +10,16 @@ with these differences:
   wrapper took angles from `pos.detach()`, which drops the angular part of the forces).  The angle enters
   only through cos θ (the spherical basis is a polynomial in cos θ), computed as a dot product of unit
   vectors: no atan2/cross-product norm, whose gradient is singular for collinear triplets.
-* Triplets k → j → i are pairs of edges (kj, ji), made by `prepare_graph` outside the differentiable step
-  (`dcnn.atomistic.graph.triplets`, stored in `graph.extras`); with periodic images only the exact
-  back-track (k = i, S_kj + S_ji = 0) is excluded, so another image of i is a k like any atom.  The angle
-  (PyG's convention: between r_ji and r_kj, the supplement of the angle at j) is taken between the edge
-  vectors themselves, images included, so it is the angle of the atoms' actual images.
+* Triplets k → j → i are pairs of edges (kj, ji) (`dcnn.atomistic.graph.triplets` lists them); with
+  periodic images only the exact back-track (k = i, S_kj + S_ji = 0) is excluded, so another image of i is
+  a k like any atom.  The angle (PyG's convention: between r_ji and r_kj, the supplement of the angle at j)
+  is taken between the edge vectors themselves, images included, so it is the angle of the atoms' actual
+  images.  The interaction's sum over the triplets is not done triplet by triplet: its two bias-free
+  projections of the spherical basis are one linear map, which splits into a part of the edge kj (the
+  radial basis of d_kj, the message m_kj) and Y_l0(cos θ); the addition theorem then turns the sum over k
+  into a per-atom density contracted with the harmonics of the edge ji (`dcnn.models.angular.angular_sum`),
+  minus the back-track.  Same function, O(E·L²) instead of O(T) work: 5× fewer FLOPs at ≈ 48 neighbours
+  per atom, and no triplet table.
 * Fixed-size molecules train on the complete graph (every ordered pair) and pairs beyond the cutoff are
   switched off by DimeNet's own envelope: every path from an edge's message to the energy is multiplied
   by a basis function of that edge (output blocks: lin_rbf(rbf_ji)·m_ji; interaction blocks:
@@ -43,6 +48,7 @@ from torch.nn import functional as F
 
 from dcnn.activations import get_activation
 from dcnn.atomistic.graph import AtomicGraph, triplets
+from dcnn.models.angular import density_sum, harmonic_orders, legendre_cbf, real_spherical_harmonics, sum_by_density
 from dcnn.models.common import sum_per_structure
 
 DIMENETPP_PRESETS = {
@@ -101,15 +107,6 @@ def spherical_jn(n_orders: int, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, dim=-1)
 
 
-def legendre_cbf(n_orders: int, cos: torch.Tensor) -> torch.Tensor:
-    """Y_l^0 = √((2l+1)/4π)·P_l(cos θ) for l < n_orders (last dim): DimeNet's angular basis."""
-    p = [torch.ones_like(cos), cos]
-    for l in range(1, n_orders - 1):
-        p.append(((2 * l + 1) * cos * p[l] - l * p[l - 1]) / (l + 1))
-    pref = cos.new_tensor([math.sqrt((2 * l + 1) / (4 * math.pi)) for l in range(n_orders)])
-    return torch.stack(p[:n_orders], dim=-1) * pref
-
-
 class Envelope(nn.Module):
     """u(x) = 1/x + a x^(p−1) + b x^p + c x^(p+1) for x < 1, else 0 (p = exponent + 1): u, u', u'' → 0
     at x = 1, so everything it multiplies switches off C²-smoothly at the cutoff."""
@@ -145,7 +142,7 @@ class BesselBasis(nn.Module):
 
 class SphericalBasis(nn.Module):
     """Radial part u(d/c)·N_ln·j_l(z_ln d/c) [.., spherical, radial] of the 2-D basis, and the angular
-    part Y_l^0(θ); their product on the triplets is DimeNet's a_SBF.
+    part Y_l^0(θ) (`legendre_cbf`, per triplet); their product on the triplets is DimeNet's a_SBF.
 
     z_ln and N_ln are float64 constants (not parameters or buffers: `.float()` must not round them)."""
 
@@ -176,9 +173,6 @@ class SphericalBasis(nn.Module):
         jl = jl.transpose(-1, -2) * norms  # [..., L, K]
         rbf = self.envelope(x)[..., None, None] * jl
         return rbf.flatten(-2).to(d.dtype)
-
-    def angular_part(self, cos: torch.Tensor) -> torch.Tensor:
-        return legendre_cbf(self.spherical, cos)
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -256,16 +250,19 @@ class InteractionPPBlock(nn.Module):
             if lin.bias is not None:
                 nn.init.zeros_(lin.bias)
 
-    def forward(self, x, rbf, sbf, idx_kj, idx_ji):
-        """x [2P, H] edge messages (paired edges); rbf [P, R] of the pairs; sbf [T, L·R] of the triplets
-        (kj, ji) = (idx_kj, idx_ji)."""
+    def forward(self, x, rbf, rad, angles):
+        """x [2P, H] edge messages (paired edges); rbf [P, R] and rad [P, L·R] (the spherical basis' radial
+        part, l-major) of the pairs; `angles` (`EdgeAngles`) the harmonics and atoms of the edges.
+
+        PyG's Σ_k x_kj ⊙ W₂W₁ sbf(d_kj, θ_kji) over the triplets, with W = W₂W₁ = [I, L, R]: the part of
+        the edge kj, Σ_r W[:, l, r]·rad[kj, l, r]·Y_lm(u_kj)·x_kj, summed per atom and read by the edges ji
+        (`EdgeAngles.sum`)."""
         e, hid = x.shape
         x_ji = self.act_ji(self.lin_ji(x))
         x_kj = self.act_kj(self.lin_kj(x)).view(2, e // 2, hid) * self.lin_rbf2(self.lin_rbf1(rbf))
         x_kj = self.act_down(self.lin_down(x_kj.view(e, hid)))  # [2P, I]
-        s = self.lin_sbf2(self.lin_sbf1(sbf))  # [T, I]
-        t = x_kj.index_select(0, idx_kj) * s
-        agg = torch.zeros_like(x_kj).index_add(0, idx_ji, t)  # Σ_k over the triplets of each edge ji
+        w = self.lin_sbf2.weight @ self.lin_sbf1.weight  # [I, L·R]: the two bias-free projections as one
+        agg = angles.sum(x_kj, rad, w)  # [2P, I]: Σ_k over the triplets of each edge ji
         h = x_ji + self.act_up(self.lin_up(agg))
         for layer in self.layers_before_skip:
             h = layer(h)
@@ -308,6 +305,58 @@ class OutputPPBlock(nn.Module):
 
 # ----------------------------------------------------------------------------- model
 
+class TripletAngles:
+    """A sum over DimeNet's triplets k → j → i triplet by triplet (PyG's way): the triplet table
+    (graph.extras "dimenet_kj", "dimenet_ji") and the spherical basis of every triplet [T, L·R]."""
+
+    def __init__(self, unit: torch.Tensor, idx_kj: torch.Tensor, idx_ji: torch.Tensor, rad: torch.Tensor,
+                 n_orders: int):
+        p = unit.shape[0]
+        unit = torch.cat([unit, -unit])  # [2P, 3]: edge m + P is the reverse of edge m
+        cos = (unit.index_select(0, idx_kj) * unit.index_select(0, idx_ji)).sum(-1)  # [T]
+        kj_pair = torch.where(idx_kj < p, idx_kj, idx_kj - p)  # the pair of each triplet's edge k → j
+        cbf = legendre_cbf(n_orders, cos)  # [T, L]
+        self.sbf = (rad.index_select(0, kj_pair).view(-1, n_orders, rad.shape[-1] // n_orders)
+                    * cbf.unsqueeze(-1)).flatten(-2)  # [T, L·R]
+        self.idx_kj, self.idx_ji = idx_kj, idx_ji
+
+    def sum(self, x_kj: torch.Tensor, rad: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """As `DensityAngles.sum`, triplet by triplet."""
+        t = x_kj.index_select(0, self.idx_kj) * (self.sbf @ w.T)  # [T, I]
+        return torch.zeros_like(x_kj).index_add(0, self.idx_ji, t)
+
+
+class DensityAngles:
+    """A sum over DimeNet's triplets k → j → i by the addition theorem (`dcnn.models.angular.density_sum`):
+    the real harmonics of each edge's direction (edge m + P, the reverse of edge m, has (−1)^l those of its
+    pair), the atoms (source j, target i) and the number of orders."""
+
+    def __init__(self, unit: torch.Tensor, source: torch.Tensor, target: torch.Tensor, n_orders: int,
+                 n_atoms: int):
+        self.n_orders, self.n_atoms, self.source, self.target = n_orders, n_atoms, source, target
+        ls = torch.tensor(harmonic_orders(n_orders), device=unit.device)
+        y = real_spherical_harmonics(n_orders, unit)  # [P, L²]
+        y = torch.cat([y, y * (1 - 2 * (ls % 2)).to(unit.dtype)])  # [2P, L²] of every edge
+        self.harmonics = y
+        # Y_l0(−1): the back-track k = i (cos θ = −1: u_kj = −u_ji exactly, as built)
+        self.back_track = unit.new_tensor([math.sqrt((2 * l + 1) / (4 * math.pi)) * (-1) ** l
+                                           for l in range(n_orders)])
+
+    def sum(self, x_kj: torch.Tensor, rad: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Σ_{k ≠ i} x_kj ⊙ Σ_{l,r} W[:, l, r]·rad[kj, l, r]·Y_l0(cos θ_kji) for every edge ji → [2P, I].
+        x_kj [2P, I]; rad [P, L·R] of the pairs (l-major); w [I, L·R]."""
+        p = rad.shape[0]
+        rad = rad.view(p, self.n_orders, -1)
+        w = w.view(w.shape[0], self.n_orders, -1)
+        q = torch.einsum("plr,ilr->pil", rad, w)  # [P, I, L]: the same for both directions of a pair
+        messages = (x_kj.view(2, p, -1, 1) * q).reshape(2 * p, -1, self.n_orders)  # [2P, I, L]
+        total = density_sum(messages, self.harmonics, self.target, self.harmonics, self.source, self.n_atoms,
+                            per_order=False)
+        # minus the back-track: for edge ji the edge kj is its reverse, of the same pair
+        reverse = torch.cat([messages[p:], messages[:p]])
+        return total - reverse @ self.back_track
+
+
 def pair_vectors(graph: AtomicGraph) -> torch.Tensor:
     """r_ij = x_j − x_i + S·cell [P, 3] of the graph's pairs (the first half of its paired edges; each
     reverse has exactly −r_ij); differentiable w.r.t. positions and cells."""
@@ -341,39 +390,38 @@ class DimeNetPP(nn.Module):
                                activation) for _ in range(blocks))
 
     def prepare_graph(self, graph: AtomicGraph) -> AtomicGraph:
-        """The graph with DimeNet++'s triplets in `extras` ("dimenet_kj", "dimenet_ji": every edge k → j
-        paired with every edge j → i, the exact back-track excluded, images of i kept); unchanged if they
-        are there.  Called by `dcnn.models.prepare` outside the differentiable step."""
-        if "dimenet_kj" in graph.extras:
+        """The graph with DimeNet++'s triplet table in `extras` ("dimenet_kj", "dimenet_ji": every edge k → j
+        paired with every edge j → i, the exact back-track excluded, images of i kept) where summing triplet
+        by triplet is the cheaper way (`dcnn.models.angular.sum_by_density`: few neighbours per atom), else
+        unchanged: dense cells sum by density and need no table.  Called by `dcnn.models.prepare` outside the
+        differentiable step; unchanged if the table is there."""
+        n_atoms = graph.positions.shape[0]
+        if "dimenet_kj" in graph.extras or sum_by_density(graph.edge_index, n_atoms, self.sbf.spherical):
             return graph
-        idx_kj, idx_ji = triplets(graph.edge_index, int(graph.positions.shape[0]), graph.cell_shifts)
+        idx_kj, idx_ji = triplets(graph.edge_index, n_atoms, graph.cell_shifts)
         return dataclasses.replace(graph, extras={**graph.extras, "dimenet_kj": idx_kj, "dimenet_ji": idx_ji})
 
     def forward(self, graph: AtomicGraph) -> torch.Tensor:
         """graph (positions Å) → energies [B]: the output blocks' per-atom terms summed per structure."""
-        graph = self.prepare_graph(graph)  # a no-op after `dcnn.models.prepare`
-        idx_kj, idx_ji = graph.extras["dimenet_kj"], graph.extras["dimenet_ji"]
         source, target = graph.edge_index
-        p = graph.n_pairs
         vec = pair_vectors(graph)  # [P, 3]
         d = vec.norm(dim=-1)  # [P]
         unit = vec / d.unsqueeze(-1)
-        unit = torch.cat([unit, -unit])  # [2P, 3]: edge m + P is the reverse of edge m
-        # triplet k → j → i: cos of the angle between r_ji = x_j − x_i and r_kj = x_k − x_j, images included
-        # (PyG's DimeNet++ convention: the supplement of the angle at j)
-        cos = (unit.index_select(0, idx_kj) * unit.index_select(0, idx_ji)).sum(-1)  # [T]
+        n_atoms = graph.positions.shape[0]
+        # triplet k → j → i: the angle between r_ji = x_j − x_i and r_kj = x_k − x_j, images included (PyG's
+        # DimeNet++ convention: the supplement of the angle at j); edge m + P is the reverse of edge m
         rbf = self.rbf(d)  # [P, R]
         rad = self.sbf.radial_part(d)  # [P, L·R]
-        kj_pair = torch.where(idx_kj < p, idx_kj, idx_kj - p)  # the pair of each triplet's edge k → j
-        cbf = self.sbf.angular_part(cos)  # [T, L]
-        ell, k = self.sbf.spherical, self.sbf.radial
-        sbf = (rad.index_select(0, kj_pair).view(-1, ell, k) * cbf.unsqueeze(-1)).flatten(-2)  # [T, L·R]
+        if "dimenet_kj" in graph.extras:
+            angles = TripletAngles(unit, graph.extras["dimenet_kj"], graph.extras["dimenet_ji"], rad,
+                                   self.sbf.spherical)
+        else:
+            angles = DensityAngles(unit, source, target, self.sbf.spherical, n_atoms)
 
-        n_atoms = int(graph.positions.shape[0])
         x = self.emb(graph.numbers, rbf, source, target)  # [2P, H]
         per_atom = self.output_blocks[0](x, rbf, target, n_atoms)
         for inter, out in zip(self.interaction_blocks, self.output_blocks[1:]):
-            x = inter(x, rbf, sbf, idx_kj, idx_ji)
+            x = inter(x, rbf, rad, angles)
             per_atom = per_atom + out(x, rbf, target, n_atoms)
         return sum_per_structure(per_atom.squeeze(-1), graph)
 

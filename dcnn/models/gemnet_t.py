@@ -63,7 +63,7 @@ from torch.nn import functional as F
 from dcnn.activations import get_activation
 from dcnn.atomistic.graph import AtomicGraph
 from dcnn.models.common import GaussianSmearing, scatter_sum, sum_per_structure
-from dcnn.models.dimenetpp import legendre_cbf
+from dcnn.models.angular import density_sum, legendre_cbf, real_spherical_harmonics, sum_by_density
 
 # paper: the paper's code (lbai-lab/dcnn-training GemNetT defaults = fairchem configs/oc20/s2ef/all/gemnet/
 # gemnet-dT.yml model sizes; num_before_skip 1, num_after_skip 2, num_concat 1, num_atom 3, gaussian rbf,
@@ -200,15 +200,16 @@ class RadialBasis(nn.Module):
 
 class CircularBasis(nn.Module):
     """The triplet basis in its efficient form: a radial basis of the output edge c → a (its own
-    parameters) and Y_l0(cos φ_cab), l < spherical, of the angle at a."""
+    parameters) here, and Y_l0(cos φ_cab), l < spherical, of the angle at a (`TripletAngles`,
+    `DensityAngles`)."""
 
     def __init__(self, spherical: int, radial: int, cutoff: float, rbf: str, envelope_exponent: int):
         super().__init__()
         self.spherical = spherical
         self.radial_basis = RadialBasis(radial, cutoff, rbf, envelope_exponent)
 
-    def forward(self, d, cos):
-        return self.radial_basis(d), legendre_cbf(self.spherical, cos)
+    def forward(self, d):
+        return self.radial_basis(d)
 
 
 # ----------------------------------------------------------------------------- graph tables
@@ -320,21 +321,59 @@ class EfficientInteractionDownProjection(nn.Module):
 
 
 class EfficientInteractionBilinear(nn.Module):
-    """m_ca = Σ_{t,i} W[t, i, o] · Σ_s rbf_W1[ca, i, s] · Σ_b Y_s(φ_cab) x_ba[t]: the bilinear layer and
-    the sum over the triplets, in the order of fairchem's efficient reformulation."""
+    """m_ca = Σ_{t,i} W[t, i, o] · Σ_s rbf_W1[ca, i, s] · Σ_b Y_s(φ_cab) x_ba[t]: the bilinear layer after the
+    sum over the triplets (`TripletAngles` / `DensityAngles`), in the order of fairchem's efficient
+    reformulation."""
 
     def __init__(self, emb_trip, emb_interm, units_out):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(emb_trip, emb_interm, units_out))
         he_orthogonal_(self.weight)
 
-    def forward(self, rbf_w1, sph, x_ba):
-        """rbf_w1 [E, I, S]; sph [E, K, S]; x_ba [E, K, T] (the K edges b → a of each edge c → a, padded
-        with zero rows: fairchem's zero-padded dense matrices)."""
-        sum_k = torch.matmul(sph.transpose(-1, -2), x_ba)  # [E, S, T]
+    def forward(self, rbf_w1, sum_k):
+        """rbf_w1 [E, I, S]; sum_k [E, S, T] = Σ_b Y_s(φ_cab) x_ba[t] over the edges b → a of each edge c → a."""
         r = torch.matmul(rbf_w1, sum_k)  # [E, I, T]
         t, i, o = self.weight.shape
         return torch.matmul(r.transpose(-1, -2).flatten(-2), self.weight.reshape(t * i, o))  # [E, O]
+
+
+class TripletAngles:
+    """GemNet's sum over the triplets, triplet by triplet (fairchem's way): the padded table id3_ba [E, K]
+    (graph.extras "gemnet_id3_ba") and Y_s(cos φ_cab) of every entry [E, K, S] (cos clamped to [−1, 1] as
+    fairchem's `inner_product_normalized`; the padding's cos is 0 and its x_ba row is zero)."""
+
+    def __init__(self, unit: torch.Tensor, id3_ba: torch.Tensor, n_orders: int):
+        self.id3_ba = id3_ba
+        cos = (unit.unsqueeze(1) * _gather_triplets(unit, id3_ba)).sum(-1)  # [E, K]
+        self.sph = legendre_cbf(n_orders, cos.clamp(-1, 1))  # [E, K, S]
+
+    def sum(self, x_ba: torch.Tensor) -> torch.Tensor:
+        """x_ba [E, T] → [E, S, T]: Σ_b Y_s(φ_cab)·x_ba[b] over the other edges b → a of each edge c → a."""
+        return torch.matmul(self.sph.transpose(-1, -2), _gather_triplets(x_ba, self.id3_ba))
+
+    def table(self) -> torch.Tensor:
+        return self.id3_ba
+
+
+class DensityAngles:
+    """GemNet's sum over the triplets by the addition theorem (`dcnn.models.angular.density_sum`): the real
+    harmonics of every edge's direction, summed per target atom, read by the edges into it, minus the edge
+    itself (cos φ = 1).  Same function as `TripletAngles` without a table (tests/test_models_angular.py)."""
+
+    def __init__(self, unit: torch.Tensor, target: torch.Tensor, n_atoms: int, n_orders: int):
+        self.harmonics = real_spherical_harmonics(n_orders, unit)  # [E, L²]
+        self.target, self.n_atoms = target, n_atoms
+        self.itself = unit.new_tensor([math.sqrt((2 * l + 1) / (4 * math.pi)) for l in range(n_orders)])  # Y_l0(1)
+
+    def sum(self, x_ba: torch.Tensor) -> torch.Tensor:
+        """As `TripletAngles.sum`."""
+        total = density_sum(x_ba.unsqueeze(-1), self.harmonics, self.target, self.harmonics, self.target,
+                            self.n_atoms, per_order=True)  # [E, T, S]
+        return (total - x_ba.unsqueeze(-1) * self.itself).transpose(1, 2)
+
+    def table(self) -> torch.Tensor:
+        """The triplet table (for fitting the scale factors only, whose statistics run over the triplets)."""
+        return triplet_table(self.target, self.n_atoms)
 
 
 class TripletInteraction(nn.Module):
@@ -349,15 +388,16 @@ class TripletInteraction(nn.Module):
         self.up_projection_ca = Dense(emb_bilinear, emb_edge, activation)
         self.up_projection_ac = Dense(emb_bilinear, emb_edge, activation)
 
-    def forward(self, m, rbf3, rbf_w1, sph, id3_ba, inside):
+    def forward(self, m, rbf3, rbf_w1, angles, inside):
         x_ba = self.dense_ba(m)
         x_ba = self.scale_rbf(x_ba * self.mlp_rbf(rbf3), ref=x_ba, rows=inside, ref_rows=inside)
         x_ba = self.down_projection(x_ba) * inside  # edges beyond the cutoff are not in fairchem's graph
-        x_ba = _gather_triplets(x_ba, id3_ba)  # [E, K, T]
-        triplets = None
+        ref = triplets = None
         if self.scale_cbf_sum.stats is not None:  # fitting: the triplets of fairchem's graph (both edges inside)
+            id3_ba = angles.table()
+            ref = _gather_triplets(x_ba, id3_ba)  # [E, K, T]
             triplets = inside.unsqueeze(1) * _gather_triplets(inside, id3_ba)
-        x = self.scale_cbf_sum(self.mlp_cbf(rbf_w1, sph, x_ba), ref=x_ba, rows=inside, ref_rows=triplets)
+        x = self.scale_cbf_sum(self.mlp_cbf(rbf_w1, angles.sum(x_ba)), ref=ref, rows=inside, ref_rows=triplets)
         x_ca = self.up_projection_ca(x)
         x_ac = _swap(self.up_projection_ac(x))  # message of a → c added to c → a
         return (x_ca + x_ac) * INV_SQRT_2
@@ -378,8 +418,8 @@ class InteractionBlockTripletsOnly(nn.Module):
         self.concat_layer = EdgeEmbedding(emb_atom, emb_edge, emb_edge, activation)
         self.residual_m = nn.ModuleList(ResidualLayer(emb_edge, activation) for _ in range(concat))
 
-    def forward(self, h, m, rbf3, rbf_w1, sph, id3_ba, inside, rbf_h, src, tgt):
-        x = (self.dense_ca(m) + self.trip_interaction(m, rbf3, rbf_w1, sph, id3_ba, inside)) * INV_SQRT_2
+    def forward(self, h, m, rbf3, rbf_w1, angles, inside, rbf_h, src, tgt):
+        x = (self.dense_ca(m) + self.trip_interaction(m, rbf3, rbf_w1, angles, inside)) * INV_SQRT_2
         for layer in self.layers_before_skip:
             x = layer(x)
         m = (m + x) * INV_SQRT_2
@@ -427,24 +467,29 @@ class GemNetT(nn.Module):
             OutputBlock(emb_atom, emb_edge, emb_rbf, num_atom, activation, output_init) for _ in range(blocks + 1))
 
     def prepare_graph(self, graph: AtomicGraph) -> AtomicGraph:
-        """The graph with its triplet table (`triplet_table`, graph.extras["gemnet_id3_ba"]): index
-        arithmetic on the edges, outside the differentiable step; unchanged when the table is there."""
-        if TRIPLETS_KEY in graph.extras:
+        """The graph with its triplet table (`triplet_table`, graph.extras["gemnet_id3_ba"]) where summing
+        triplet by triplet is the cheaper way (`dcnn.models.angular.sum_by_density`: few neighbours per
+        atom), else unchanged: dense cells sum by density and need no table.  Index arithmetic on the
+        edges, outside the differentiable step; unchanged when the table is there."""
+        n_atoms = graph.positions.shape[0]
+        if TRIPLETS_KEY in graph.extras or sum_by_density(graph.edge_index, n_atoms, self.cbf_basis3.spherical):
             return graph
-        table = triplet_table(graph.edge_index[1], int(graph.positions.shape[0]))
+        table = triplet_table(graph.edge_index[1], n_atoms)
         return dataclasses.replace(graph, extras={**graph.extras, TRIPLETS_KEY: table})
 
     def forward(self, graph: AtomicGraph) -> torch.Tensor:
         """graph (positions Å; edges paired, as collate and molecule_graph make them) → energies [B]."""
-        id3_ba = self.prepare_graph(graph).extras[TRIPLETS_KEY]  # [E, K]
         src, tgt = graph.edge_index
         n_atoms = graph.positions.shape[0]
         vec = -graph.edge_vectors()  # x_a − x_c − S·cell of edge c → a (fairchem's V_st direction)
         d = vec.norm(dim=-1)  # [E]
         unit = vec / d.unsqueeze(-1)
-        # φ_cab: angle at a between the edges c → a (row) and b → a (column); the padding's cos is 0
-        cos = (unit.unsqueeze(1) * _gather_triplets(unit, id3_ba)).sum(-1)  # [E, K]
-        rad_cbf3, sph = self.cbf_basis3(d, cos.clamp(-1, 1))  # [E, R], [E, K, S]
+        # φ_cab: angle at a between the edges c → a and b → a
+        if TRIPLETS_KEY in graph.extras:
+            angles = TripletAngles(unit, graph.extras[TRIPLETS_KEY], self.cbf_basis3.spherical)
+        else:
+            angles = DensityAngles(unit, tgt, n_atoms, self.cbf_basis3.spherical)
+        rad_cbf3 = self.cbf_basis3(d)  # [E, R]
         rbf = self.radial_basis(d)
         inside = (d < self.cutoff).unsqueeze(-1).to(d.dtype)  # [E, 1]: the edges of fairchem's graph
 
@@ -457,7 +502,7 @@ class GemNetT(nn.Module):
 
         energy = self.out_blocks[0](m, rbf_out, tgt, n_atoms, inside)  # [A, 1]
         for block, out in zip(self.int_blocks, self.out_blocks[1:]):
-            h, m = block(h, m, rbf3, rbf_w1, sph, id3_ba, inside, rbf_h, src, tgt)
+            h, m = block(h, m, rbf3, rbf_w1, angles, inside, rbf_h, src, tgt)
             energy = energy + out(m, rbf_out, tgt, n_atoms, inside)
         return sum_per_structure(energy.squeeze(-1), graph)  # extensive: sum over each structure's atoms
 
