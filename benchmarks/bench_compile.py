@@ -1,7 +1,11 @@
 """Eager vs compiled (`dcnn.compiled`) energy+force training steps for every model, vs PyG where it exists.
 
-Batch 20 of the bundled ethanol, one thread, Adam step included, the same batches for every row; each
-row runs in a fresh subprocess (own peak RSS, own compile).  "compile s" is the first step's extra time
+Batch 20 of a bundled data set (`--data`: ethanol by default; `catalysis` and `mlearn-Mo` are periodic
+cells of many sizes, compiled with symbolic sizes: one graph for every batch), one thread, Adam step
+included, the same batches for every row; each row runs in a fresh subprocess (own peak RSS, own compile).
+The eager row also counts the step's matmul FLOPs (torch.utils.flop_counter: mm/bmm/addmm of the forward,
+the force backward and the parameter backward) and divides them by this core's measured fp32 matmul rate
+(a 1024² mm): the step's FLOP limit, and how far each step is from it.  "compile s" is the first step's extra time
 (make_fx trace + inductor compile of forward and backward + warm-up), shown separately from ms/step
 (median after warm-up).  PyG references: SchNet (`torch_geometric.nn.SchNet`) and DimeNet++, with the
 same sizes and weights as ours.
@@ -42,8 +46,21 @@ def _model(name: str, preset: str, which: str, activation: str):
     return pyg if which == "pyg" else ours
 
 
+def matmul_rate(device: torch.device) -> float:
+    """FLOP/s of a 1024 × 1024 fp32 matmul on this core (best of 5): the practical peak of the FLOP limit."""
+    a = torch.randn(1024, 1024, device=device)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ a
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * 1024 ** 3 / best
+
+
 def time_row(name: str, preset: str, which: str, steps: int, warmup: int, device: str,
-             activation: str = "original", flush: bool = True) -> dict:
+             activation: str = "original", flush: bool = True, data: str = "ethanol") -> dict:
     from benchmarks.batches import TrainingBatches
     from dcnn.compiled import EnergyForces
     from dcnn.models import energy_and_forces
@@ -53,9 +70,9 @@ def time_row(name: str, preset: str, which: str, steps: int, warmup: int, device
     dev = torch.device(device)
     model = _model(name, preset, which, activation).to(dev).train()
     ours = model if which != "pyg" else _model(name, preset, "eager", activation).to(dev)
-    batches = TrainingBatches(ours, "ethanol", steps + warmup, dev)  # cut as the trainer cuts them
+    batches = TrainingBatches(ours, data, steps + warmup, dev)  # cut as the trainer cuts them
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
-    ef = EnergyForces(model) if which == "compiled" else None
+    ef = EnergyForces(model, dynamic=not batches.dataset.fixed_size) if which == "compiled" else None
 
     def step(i):
         b = batches(i)
@@ -88,16 +105,23 @@ def time_row(name: str, preset: str, which: str, steps: int, warmup: int, device
     ms = 1e3 * statistics.median(times[warmup:])
     peak = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
             else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
-    out = {"model": name, "preset": preset, "which": which, "activation": activation, "ms_per_step": ms,
-           "first_step_s": times[0], "peak_mib": peak, "device": str(dev), "flush_denormals": flushed}
+    out = {"model": name, "preset": preset, "which": which, "activation": activation, "data": data,
+           "ms_per_step": ms, "first_step_s": times[0], "peak_mib": peak, "device": str(dev),
+           "flush_denormals": flushed}
     if ef is not None:
-        out.update(compile_s=ef.compile_time_s, fell_back=ef.failed)
+        out.update(compile_s=ef.compile_time_s, fell_back=ef.failed, graphs=len(ef.graphs))
+    if which == "eager":
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            step(0)
+        out.update(matmul_flops=counter.get_total_flops(), matmul_rate=matmul_rate(dev))
     return out
 
 
-def run_row(name, preset, which, device, steps=None, activation="original", flush=True) -> dict:
+def run_row(name, preset, which, device, steps=None, activation="original", flush=True, data="ethanol") -> dict:
     cmd = [sys.executable, "-m", "benchmarks.bench_compile", "--one", name, preset, which, "--device", device,
-           "--activation", activation, "--flush-denormals", "on" if flush else "off"]
+           "--activation", activation, "--flush-denormals", "on" if flush else "off", "--data", data]
     if steps:
         cmd += ["--steps", str(steps)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -113,6 +137,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 30 small, 5 paper)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--activation", default="original")
+    p.add_argument("--data", default="ethanol", help="a bundled data set: ethanol, aspirin (one molecule, static "
+                   "shapes), catalysis, mlearn-Mo, mlearn-Si (periodic cells of many sizes: symbolic sizes)")
     p.add_argument("--flush-denormals", choices=("on", "off", "both"), default="both",
                    help="flush denormal floats to zero as the trainer does (on), not (off), or a row of each "
                         "(both, the default: the gap is what a CPU's denormal penalty costs)")
@@ -123,17 +149,20 @@ def main(argv=None):
         name, preset, which = a.one
         steps = a.steps or (30 if preset == "small" else 5)
         flush = a.flush_denormals != "off"
-        print(json.dumps(time_row(name, preset, which, steps, 3, a.device, a.activation, flush)))
+        print(json.dumps(time_row(name, preset, which, steps, 3, a.device, a.activation, flush, a.data)))
         return 0
     rows = []
     flushes = {"on": (True,), "off": (False,), "both": (False, True)}[a.flush_denormals]
+    print(f"data: {a.data}; GFLOP: matmul FLOPs of one eager step; limit: GFLOP / this core's 1024² matmul rate")
     print(f"{'model':10s} {'preset':6s} {'denormals':9s} {'PyG ms':>8s} {'eager ms':>9s} {'compiled ms':>11s} "
-          f"{'compile s':>9s} {'vs eager':>8s} {'vs PyG':>7s}  device", flush=True)
+          f"{'compile s':>9s} {'vs eager':>8s} {'vs PyG':>7s} {'GFLOP':>6s} {'limit ms':>8s} {'/limit':>6s}  device",
+          flush=True)
     for preset in a.presets.split(","):
         for name in a.models.split(","):
             for flush in flushes:  # same setting for every implementation of a row (PyG's too)
-                res = {w: run_row(name, preset, w, a.device, a.steps, a.activation, flush)
-                       for w in (("pyg",) if name in PYG else ()) + ("eager", "compiled")}
+                pyg_row = ("pyg",) if name in PYG and a.data in ("ethanol", "aspirin") else ()
+                res = {w: run_row(name, preset, w, a.device, a.steps, a.activation, flush, a.data)
+                       for w in pyg_row + ("eager", "compiled")}
                 rows.extend(res.values())
                 mode = "flushed" if flush else "kept"
                 bad = [f"{w}: {r['error']}" for w, r in res.items() if "error" in r]
@@ -142,10 +171,13 @@ def main(argv=None):
                     continue
                 c, e = res["compiled"], res["eager"]
                 pyg = res.get("pyg", {}).get("ms_per_step")
+                limit_ms = 1e3 * e["matmul_flops"] / e["matmul_rate"]
+                best = min(c["ms_per_step"], e["ms_per_step"])
                 note = f"  (fell back to eager: {c['fell_back']})" if c.get("fell_back") else ""
                 print(f"{name:10s} {preset:6s} {mode:9s} {pyg if pyg else float('nan'):8.2f} {e['ms_per_step']:9.2f} "
                       f"{c['ms_per_step']:11.2f} {c['compile_s']:9.1f} {e['ms_per_step'] / c['ms_per_step']:7.2f}x "
-                      f"{(pyg / c['ms_per_step']) if pyg else float('nan'):6.2f}x  {c['device']}{note}", flush=True)
+                      f"{(pyg / c['ms_per_step']) if pyg else float('nan'):6.2f}x {e['matmul_flops'] / 1e9:6.2f} "
+                      f"{limit_ms:8.1f} {best / limit_ms:5.1f}x  {c['device']}{note}", flush=True)
                 if flush and pyg and preset in TARGETS and pyg / c["ms_per_step"] < TARGETS[preset]:
                     print(f"  target missed: {name} {preset} compiled {pyg / c['ms_per_step']:.2f}x PyG "
                           f"< {TARGETS[preset]}x", flush=True)

@@ -34,7 +34,9 @@ def batch_statistics(module: nn.Module, args: tuple) -> tuple[torch.Tensor, torc
         dims = [0] + list(range(2, x.dim()))
         mean = x.mean(dims)
         var = x.var(dims, unbiased=False)
-        count = torch.tensor(x.numel() // x.shape[1], dtype=x.dtype, device=x.device)
+        # the sample count as a tensor from the data (not torch.tensor of a size: a symbolic size while
+        # dcnn.compiled traces for batches of any size must stay symbolic)
+        count = x.new_ones(()).expand(x.shape[0]).sum() * (x.numel() // (x.shape[0] * x.shape[1]))
     unbiased = var * (count / (count - 1).clamp(min=1.0))
     return mean.detach(), unbiased.detach()
 
@@ -49,13 +51,30 @@ def batch_statistics_as_outputs(model: nn.Module):
                for m in layers]
     for m in layers:
         m.track_running_stats = False  # normalise with batch statistics, leave the buffers alone
+        if not hasattr(m, "batch_statistics"):  # a plain BatchNorm: its formula in plain ops (see below)
+            m.forward = _batch_norm_in_plain_ops.__get__(m)
     try:
         yield layers, sink
     finally:
         for m in layers:
             m.track_running_stats = True
+            m.__dict__.pop("forward", None)
         for h in handles:
             h.remove()
+
+
+def _batch_norm_in_plain_ops(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    """Train-mode BatchNorm with batch statistics, as mean/var/rsqrt: the same function as
+    `F.batch_norm(training=True)`.  While `dcnn.compiled` traces with symbolic sizes, aten's fused
+    native_batch_norm's backward (traced by AOT autograd) pins the batch dimension to the traced batch's size,
+    so every batch of another size recompiled; these ops keep it symbolic."""
+    dims = [0] + list(range(2, x.dim()))
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    var, mean = torch.var_mean(x, dims, unbiased=False, keepdim=True)
+    y = (x - mean) * torch.rsqrt(var + self.eps)
+    if self.affine:
+        y = y * self.weight.view(shape) + self.bias.view(shape)
+    return y
 
 
 @torch.no_grad()

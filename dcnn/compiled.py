@@ -15,18 +15,23 @@ Why each piece (each of these silently gives wrong gradients or refuses to trace
   (`track_running_stats=False`), and a pre-hook returns the batch mean and unbiased variance as extra
   (detached) graph outputs; `EnergyForces` applies the usual momentum update to the module's buffers
   after each call, so the running statistics equal eager's (tested).
-- Batch size: graphs are traced with concrete shapes.  A smaller batch (the last one of an epoch) is
-  padded with copies of its last frame up to the traced size and the padding cut off again, which is
-  exact when no BatchNorm is in train mode (frames are independent); with BatchNorm in train mode the
-  padding would change the batch statistics, so that size gets its own graph (one more compile per
-  trial, not per step).  Evaluation (model.eval() or no grad) runs eagerly: it needs no double
-  backward, so there is little to gain, and it saves a second compile.
+- Batch sizes: one molecule's complete graphs (every batch alike) are traced with concrete shapes; a
+  smaller last batch of an epoch gets its own graph.  Variable-size data (periodic cells, radius graphs:
+  every batch its own atom and edge counts) is traced with symbolic sizes (`make_fx(tracing_mode=
+  "symbolic")`, structures, atoms, edges and index tables all symbolic) and compiled with
+  `torch.compile(dynamic=True)`: one graph and one compile for every batch, NequIP's way of training
+  compiled on such data.  Two things pin a symbolic size to the traced batch and are kept out of the
+  models: `int()` of a shape (`AtomicGraph.n_edges` stays a size) and aten's fused BatchNorm, whose
+  backward AOT autograd traces with the batch dimension concrete (`dcnn/batchnorm.py` writes it in plain
+  ops while tracing).  Evaluation (model.eval() or no grad) runs eagerly: it needs no double backward, so
+  there is little to gain, and it saves a second compile.
 - Any failure while tracing, compiling (inductor compiles the forward at the first call and the
   backward at the first backward, both done in a warm-up here) or checking falls back to eager for the
   rest of the run, logged once with the reason.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -69,15 +74,16 @@ class GraphRecords:
     warm cache (seconds, not minutes), and its measured saving replaces the table's estimate.
 
     The key is everything that fixes the traced graph: the module tree (`repr`: layer types and sizes,
-    activation names, BatchNorm or Identity), train mode, the batch's shape, dtype and device, the torch
-    version and the backend."""
+    activation names, BatchNorm or Identity), train mode, the batch's shape (only which tables it carries
+    when the sizes are symbolic), dtype and device, the torch version and the backend."""
 
     def __init__(self, folder: Path | None = None):
         self.folder = (folder or compile_cache_dir()) / "dcnn-graphs"
 
     @staticmethod
-    def key(model: nn.Module, graph, backend: str) -> str:
-        text = "\n".join([repr(model), str(model.training), str(_shape_key(graph)), torch.__version__, backend])
+    def key(model: nn.Module, graph, backend: str, dynamic: bool = False) -> str:
+        text = "\n".join([repr(model), str(model.training), str(_shape_key(graph, dynamic)), torch.__version__,
+                          backend])
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def get(self, key: str) -> dict:
@@ -114,11 +120,12 @@ class EnergyForces:
     """
 
     def __init__(self, model: nn.Module, backend: str = "inductor", auto: Optional["AutoDecision"] = None,
-                 records: Optional[GraphRecords] = None):
+                 records: Optional[GraphRecords] = None, dynamic: bool = False):
         if backend not in ("inductor", "trace"):
             raise ValueError(f"backend={backend!r}; choose inductor or trace")
         self.model = model
         self.backend = backend
+        self.dynamic = dynamic  # symbolic sizes: one graph for batches of any size (variable-size data)
         self.auto = auto  # None: always compile; else decide after timing a few eager steps
         self.records = records if records is not None else (GraphRecords() if backend == "inductor" else None)
         self.graphs: dict[tuple, Callable] = {}
@@ -133,13 +140,15 @@ class EnergyForces:
         from torch.func import functional_call, vjp
 
         model = self.model
-        n_structures, periodic = graph.n_structures, graph.periodic  # Python values: the graph's static shape
+        periodic = graph.periodic  # a Python value: which ops the model runs (cell shifts or none)
+        n_structures = None if self.dynamic else graph.n_structures  # dynamic: the cells' (symbolic) count
 
         def energy_forces(params, buffers, pos, tensors, extras):
             def energy(p):
                 sink.clear()
-                g = AtomicGraph(p, n_structures=n_structures, extras=extras, periodic=periodic,
-                                **dict(zip(GRAPH_TENSORS, tensors)))
+                named = dict(zip(GRAPH_TENSORS, tensors))
+                g = AtomicGraph(p, n_structures=named["cells"].shape[0] if n_structures is None else n_structures,
+                                extras=extras, periodic=periodic, **named)
                 e = functional_call(model, (params, buffers), (g,))
                 return e, tuple(sink)
 
@@ -150,27 +159,33 @@ class EnergyForces:
         with batch_statistics_as_outputs(model) as (bns, sink):
             params = {k: v.detach() for k, v in model.named_parameters()}
             buffers = dict(model.named_buffers())
-            traced = make_fx(energy_forces)(params, buffers, graph.positions.detach(), _tensors(graph), graph.extras)
+            # constants a model keeps outside its buffers (DimeNet++'s float64 Bessel zeros) are real tensors
+            # in a symbolic trace: allowed, they are the same for every batch
+            with _no_duck_shapes():
+                traced = make_fx(energy_forces, tracing_mode="symbolic" if self.dynamic else "real",
+                                 _allow_non_fake_inputs=self.dynamic)(
+                    params, buffers, graph.positions.detach(), _tensors(graph), graph.extras)
         if self.backend == "inductor":
-            traced = torch.compile(traced, backend="inductor", dynamic=False, fullgraph=True)
+            traced = torch.compile(traced, backend="inductor", dynamic=self.dynamic, fullgraph=True)
         return traced, bns
 
     def _run(self, entry, graph):
         traced, bns = entry
         params = dict(self.model.named_parameters())
         buffers = dict(self.model.named_buffers())
-        e, f, stats = traced(params, buffers, graph.positions, _tensors(graph), graph.extras)
+        with _no_duck_shapes() if self.dynamic else contextlib.nullcontext():  # dynamo compiles at a first call
+            e, f, stats = traced(params, buffers, graph.positions, _tensors(graph), graph.extras)
         return e, f, stats, bns
 
     def _get(self, graph):
         # only shapes key a graph (the atomic numbers and edges are inputs): no host sync
-        key = _shape_key(graph)
+        key = _shape_key(graph, self.dynamic)
         entry = self.graphs.get(key)
         if entry is None:
             record_key = None
             if self.records is not None:
                 compile_cache_dir()  # inductor writes its cache where our records are
-                record_key = GraphRecords.key(self.model, graph, self.backend)
+                record_key = GraphRecords.key(self.model, graph, self.backend, self.dynamic)
                 warm = bool(self.records.get(record_key).get("compiles"))
                 self.warm_cache = warm if self.warm_cache is None else self.warm_cache
             t0 = time.perf_counter()
@@ -185,8 +200,9 @@ class EnergyForces:
             self.graphs[key] = entry
             if record_key is not None:
                 self.records.update(record_key, compile_s=spent)
-            log.info("traced%s the energy+force step for a batch of %d structures (%d atoms, %d edges) in %.1f s",
-                     " and compiled" if self.backend == "inductor" else "", graph.n_structures,
+            log.info("traced%s the energy+force step for %s (first: %d structures, %d atoms, %d edges) in %.1f s",
+                     " and compiled" if self.backend == "inductor" else "",
+                     "batches of any size" if self.dynamic else "batches of this shape", graph.n_structures,
                      graph.positions.shape[0], graph.n_edges, spent)
         return entry
 
@@ -194,7 +210,7 @@ class EnergyForces:
         """(key, record) of the graph this batch would trace (for `auto`), or (None, {}) without records."""
         if self.records is None or self.auto is None or self.auto.decision is not None:
             return None, {}
-        key = GraphRecords.key(self.model, graph, self.backend)
+        key = GraphRecords.key(self.model, graph, self.backend, self.dynamic)
         return key, self.records.get(key)
 
     # -- the call -------------------------------------------------------------------------------
@@ -205,7 +221,7 @@ class EnergyForces:
             return energy_and_forces(self.model, graph, create_graph=create_graph)
         if self.auto is not None and not self.auto.decide(self._record_of(graph)):
             return energy_and_forces(self.model, graph, create_graph=True)
-        if len(self.graphs) >= MAX_GRAPHS and _shape_key(graph) not in self.graphs:
+        if len(self.graphs) >= MAX_GRAPHS and _shape_key(graph, self.dynamic) not in self.graphs:
             self._fall_back(f"more than {MAX_GRAPHS} batch shapes (variable-size data: every batch its own "
                             f"graph)")
             return energy_and_forces(self.model, graph, create_graph=True)
@@ -226,7 +242,8 @@ class EnergyForces:
         log.warning("compiled energy+force step unavailable, training eagerly from now on (%s)", self.failed)
 
 
-# a full batch and the epoch's last, smaller one: two graphs; more means batches of different shapes
+# static: a full batch and the epoch's last, smaller one; more means batches of different shapes.  Dynamic:
+# one graph per set of index tables (DimeNet++/GemNet-T build one only for batches of few triplets per edge)
 MAX_GRAPHS = 2
 
 
@@ -238,12 +255,24 @@ def _tensors(graph) -> tuple:
     return tuple(getattr(graph, name) for name in GRAPH_TENSORS)
 
 
-def _shape_key(graph) -> tuple:
-    """What fixes a traced graph: every tensor's shape (and the positions' dtype and device)."""
+def _no_duck_shapes():
+    """Symbolic sizes without "duck" sizing (one symbol for all dims of equal size): else a batch of 2
+    structures shares its size symbol with the edge index's leading 2, a constant, and the structure count
+    is baked into the graph."""
+    from torch.fx.experimental import _config
+
+    return _config.patch(use_duck_shape=False)
+
+
+def _shape_key(graph, dynamic: bool = False) -> tuple:
+    """What fixes a traced graph: the positions' dtype and device, periodic or not, which index tables the
+    graph carries and, traced with concrete sizes, every tensor's shape."""
+    key = (graph.positions.dtype, graph.positions.device, graph.periodic, tuple(sorted(graph.extras)))
+    if dynamic:
+        return key
     tensors = (graph.positions, *(t for t in _tensors(graph) if t is not None),
                *(graph.extras[k] for k in sorted(graph.extras)))
-    return (graph.positions.dtype, graph.positions.device, graph.n_structures, graph.periodic,
-            tuple(sorted(graph.extras)), tuple(tuple(t.shape) for t in tensors))
+    return (*key, graph.n_structures, tuple(tuple(t.shape) for t in tensors))
 
 
 # Measured with `make bench` (benchmarks/bench_compile.py) on the shared 2-core CPU VM, one thread, batch 20
@@ -252,16 +281,23 @@ def _shape_key(graph) -> tuple:
 # median of 3-4 runs at `small` that disagreed widely (compiled/eager speed-up: SchNet 1.01/1.40/1.50/2.16x,
 # CGCNN with BatchNorm 0.99/1.06/2.93/3.14x, ForceNet 0.43/1.61/1.65x, DimeNet++ 2.03/2.23/2.40x); a warm
 # cache cut the compile to 5-21 s.  They are only the prior: once a graph has been compiled on a machine,
-# `auto` uses what was measured there (GraphRecords).  Unknown (model, preset): never compiled by `auto`
-# unless a record exists.
+# `auto` uses what was measured there (GraphRecords).  Unknown (model, preset, sizes): never compiled by
+# `auto` unless a record exists.  Keys: (model, preset, symbolic sizes).
 AUTO_ESTIMATES = {
-    ("schnet", "small"): (0.31, 48.0, 9.0),
-    ("cgcnn", "small"): (0.5, 127.0, 15.0),
-    ("forcenet", "small"): (0.38, 390.0, 21.0),
-    ("dimenetpp", "small"): (0.55, 740.0, 19.0),
+    ("schnet", "small", False): (0.31, 48.0, 9.0),
+    ("cgcnn", "small", False): (0.5, 127.0, 15.0),
+    ("forcenet", "small", False): (0.38, 390.0, 21.0),
+    ("dimenetpp", "small", False): (0.55, 740.0, 19.0),
     # paper preset, two runs: SchNet compiled/eager 0.66x and 1.92x (cold compile 111 s, warm 8 s)
-    ("schnet", "paper"): (0.1, 111.0, 8.0),
-    ("dimenetpp", "paper"): (0.6, 181.0, 19.0),  # 980 → 384 ms/step
+    ("schnet", "paper", False): (0.1, 111.0, 8.0),
+    ("dimenetpp", "paper", False): (0.6, 181.0, 19.0),  # 980 → 384 ms/step
+    # variable-size periodic batches (symbolic sizes, one graph for all): benchmarks/bench_compile.py
+    # --data catalysis, 2 cores AMD EPYC, one thread, 2026-12-06 (see docs of issue 24's note)
+    ("schnet", "small", True): (0.45, 18.0, 9.0),
+    ("cgcnn", "small", True): (0.3, 31.0, 15.0),
+    ("forcenet", "small", True): (0.3, 41.0, 21.0),
+    ("dimenetpp", "small", True): (0.55, 107.0, 19.0),
+    ("gemnet_t", "small", True): (0.5, 108.0, 20.0),
 }
 
 
@@ -275,8 +311,10 @@ class AutoDecision:
     compiling, `probe` compiled steps are timed the same way and the measured saving is recorded for the
     trials that follow."""
 
-    def __init__(self, model_name: str, total_steps: int, probe: int = 5, preset: str = "small"):
-        self.saving, self.compile_s, self.warm_s = AUTO_ESTIMATES.get((model_name, preset), (0.0, math.inf, math.inf))
+    def __init__(self, model_name: str, total_steps: int, probe: int = 5, preset: str = "small",
+                 dynamic: bool = False):
+        self.saving, self.compile_s, self.warm_s = AUTO_ESTIMATES.get((model_name, preset, dynamic),
+                                                                      (0.0, math.inf, math.inf))
         self.total_steps, self.probe = total_steps, probe
         self.calls = 0
         self.stamps: list[float] = []
@@ -333,17 +371,14 @@ def make_energy_forces(model: nn.Module, mode: str, model_name: str = "", total_
                        backend: str = "inductor", preset: str = "small", static_shapes: bool = True):
     """The (graph, create_graph) -> (E, F) function a task uses: compiled ("on"), decided from timed steps
     ("auto", see `AutoDecision`), or eager autograd ("off").  `static_shapes` False (variable-size or
-    periodic data: every batch its own number of atoms and edges) leaves it eager whatever the mode, saying
-    why once: a traced graph has fixed shapes, and one compile per batch would cost more than it saves."""
+    periodic data: every batch its own number of atoms and edges) traces with symbolic sizes: one compile
+    for every batch."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile={mode!r}; choose one of {', '.join(COMPILE_MODES)}")
-    eager = lambda graph, create_graph: energy_and_forces(model, graph, create_graph)  # noqa: E731
-    if mode != "off" and not static_shapes:
-        if mode == "on":
-            log.warning("compile=on: batches of this data set differ in shape (atoms, edges); training eagerly")
-        return eager
+    dynamic = not static_shapes
     if mode == "on":
-        return EnergyForces(model, backend)
+        return EnergyForces(model, backend, dynamic=dynamic)
     if mode == "auto":
-        return EnergyForces(model, backend, AutoDecision(model_name, total_steps, preset=preset))
-    return eager
+        return EnergyForces(model, backend, AutoDecision(model_name, total_steps, preset=preset, dynamic=dynamic),
+                            dynamic=dynamic)
+    return lambda graph, create_graph: energy_and_forces(model, graph, create_graph)
