@@ -9,8 +9,9 @@ they were, kept in tests/legacy_dense as references; molecule data sets only), P
 process).  The implementations' steps are interleaved in one process, so load from other processes hits
 them alike.  PyG's radius graph and DimeNet triplets need compiled extensions that have no wheels here;
 dcnn/models/pyg_reference.py gives them in plain torch (same edges), so PyG's time includes building its
-graph every step, as it would with torch-cluster.  On a periodic data set (`catalysis`) only our graph step
-exists: that row says what one step costs there.
+graph every step, as it would with torch-cluster.  On a periodic data set (`catalysis`; `mlearn-Mo`, real DFT
+cells of 2–54 atoms, radius graphs at each model's own cutoff) only our graph step exists: that row says what
+one step costs there.
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ from dcnn.numerics import configure_cpu
 POTENTIALS = [m for m in MODEL_NAMES if family_of(m) is ATOMISTIC]
 PYG_PEERS = ("schnet", "dimenetpp")  # models PyG implements
 LEGACY = {"schnet": "SchNet", "cgcnn": "CGCNN", "forcenet": "ForceNet", "dimenetpp": "DimeNetPP", "gemnet_t": "GemNetT"}
-DATASETS = ("ethanol", "aspirin", "catalysis")
+DATASETS = ("ethanol", "aspirin", "catalysis", "mlearn-Mo")
+PERIODIC = ("catalysis", "mlearn-Mo")  # cells of many sizes: no dense layout, no PyG radius graph with images
 
 
 def _legacy(model: str, preset: str):
@@ -102,7 +104,7 @@ class _Stepper:
 
 
 def _impls(model: str, dataset: str) -> list[str]:
-    if dataset == "catalysis":  # periodic, many sizes: no dense layout, no PyG radius graph with images here
+    if dataset in PERIODIC:
         return ["graph"]
     return ["graph", "dense"] + (["pyg"] if model in PYG_PEERS else [])
 

@@ -291,13 +291,15 @@ AUTO_ESTIMATES = {
     # paper preset, two runs: SchNet compiled/eager 0.66x and 1.92x (cold compile 111 s, warm 8 s)
     ("schnet", "paper", False): (0.1, 111.0, 8.0),
     ("dimenetpp", "paper", False): (0.6, 181.0, 19.0),  # 980 → 384 ms/step
-    # variable-size periodic batches (symbolic sizes, one graph for all): benchmarks/bench_compile.py
-    # --data catalysis, 2 cores AMD EPYC, one thread, 2026-12-06 (see docs of issue 24's note)
-    ("schnet", "small", True): (0.45, 18.0, 9.0),
-    ("cgcnn", "small", True): (0.3, 31.0, 15.0),
-    ("forcenet", "small", True): (0.3, 41.0, 21.0),
-    ("dimenetpp", "small", True): (0.55, 107.0, 19.0),
-    ("gemnet_t", "small", True): (0.5, 108.0, 20.0),
+    # variable-size periodic batches (symbolic sizes, one graph for all): `python -m benchmarks.bench_compile
+    # --data catalysis --presets small` (20 slabs of 13-29 atoms, 6 Å), 2 cores AMD EPYC, one thread,
+    # 2026-12-06: eager → compiled ms 112 → 74, 333 → 176, 384 → 177, 915 → 342, 937 → 392; compile s cold
+    # (first run on the machine) and warm (inductor's cache holding it)
+    ("schnet", "small", True): (0.34, 24.0, 13.0),
+    ("cgcnn", "small", True): (0.47, 36.0, 23.0),
+    ("forcenet", "small", True): (0.54, 42.0, 22.0),
+    ("dimenetpp", "small", True): (0.63, 114.0, 14.0),
+    ("gemnet_t", "small", True): (0.58, 94.0, 13.0),
 }
 
 
