@@ -20,10 +20,11 @@ Why each piece (each of these silently gives wrong gradients or refuses to trace
   every batch its own atom and edge counts) is traced with symbolic sizes (`make_fx(tracing_mode=
   "symbolic")`, structures, atoms, edges and index tables all symbolic) and compiled with
   `torch.compile(dynamic=True)`: one graph and one compile for every batch, NequIP's way of training
-  compiled on such data.  Two things pin a symbolic size to the traced batch and are kept out of the
-  models: `int()` of a shape (`AtomicGraph.n_edges` stays a size) and aten's fused BatchNorm, whose
-  backward AOT autograd traces with the batch dimension concrete (`dcnn/batchnorm.py` writes it in plain
-  ops while tracing).  Evaluation (model.eval() or no grad) runs eagerly: it needs no double backward, so
+  compiled on such data.  What would pin a symbolic size to the traced batch is kept out: `int()` of a
+  shape in the models (`AtomicGraph.n_edges` stays a size), aten's fused BatchNorm, whose backward AOT
+  autograd traces with the batch dimension concrete (`dcnn/batchnorm.py` writes it in plain ops while
+  tracing), and "duck" sizing (`_no_duck_shapes`).  Sizes 0 and 1 are always specialised: a batch of one
+  structure makes dynamo compile once more.  Evaluation (model.eval() or no grad) runs eagerly: it needs no double backward, so
   there is little to gain, and it saves a second compile.
 - Any failure while tracing, compiling (inductor compiles the forward at the first call and the
   backward at the first backward, both done in a warm-up here) or checking falls back to eager for the
@@ -161,7 +162,7 @@ class EnergyForces:
             buffers = dict(model.named_buffers())
             # constants a model keeps outside its buffers (DimeNet++'s float64 Bessel zeros) are real tensors
             # in a symbolic trace: allowed, they are the same for every batch
-            with _no_duck_shapes():
+            with _no_duck_shapes() if self.dynamic else contextlib.nullcontext():
                 traced = make_fx(energy_forces, tracing_mode="symbolic" if self.dynamic else "real",
                                  _allow_non_fake_inputs=self.dynamic)(
                     params, buffers, graph.positions.detach(), _tensors(graph), graph.extras)
