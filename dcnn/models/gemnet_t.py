@@ -21,7 +21,9 @@ paper's naming, "d" meaning direct forces).  What differs, and why:
   into an atom by index_add over the targets, fairchem's swap (c → a ↔ a → c) is the graph's pairing
   (edge m and m + P are reverses: the two halves exchanged).  On the complete graph of an N-atom molecule
   every row has N − 2 entries, no padding: the tensors of the dense layout.  Periodic frames are radius
-  graphs at the cutoff, so E is fairchem's periodic GemNet-T (its `use_pbc` path, no neighbour cap).
+  graphs at the cutoff, so E is fairchem's periodic GemNet-T (its `use_pbc` path, no neighbour cap).  Dense
+  cells (≥ 0.8·L² triplets per edge, `dcnn.models.angular.sum_by_density`) get no table: the sum over b runs
+  by the addition theorem through per-atom densities (`DensityAngles`), the same function at O(E·L²).
 * **Cutoff**: fixed-size molecules train on the complete graph (every ordered pair), and fairchem's
   radius graph (6 Å, 50 neighbours: no cap for MD17-sized molecules) is reproduced exactly: every path
   from an edge's embedding to the energy is multiplied by a radial basis of that edge, which the envelope
