@@ -150,10 +150,11 @@ def test_auto_compiles_only_when_the_time_pays_back():
     assert never.decide() is False
 
 
-def _compiled_training_follows_eager_and_resumes(base: dict, tmp_path) -> None:
+def _compiled_training_follows_eager_and_resumes(base: dict, tmp_path) -> tuple[dict, int]:
     """Two epochs eager and compiled (`compile=on`) from the same start: the compiled run follows eager's loss
-    curve with one graph and no fallback (a recompilation inside dynamo raises, so it would fall back), and the
-    run resumed from its epoch-1 checkpoint with compile on repeats epoch 2 exactly."""
+    curve (a recompilation inside dynamo raises, so it would fall back), and the run resumed from its epoch-1
+    checkpoint with compile on repeats epoch 2 exactly.  Returns the compiled run's `compile_stats()` and
+    how many graphs it traced, for the caller's claims."""
     from dcnn.config import TrainConfig
     from dcnn.train import Trainer
 
@@ -167,24 +168,24 @@ def _compiled_training_follows_eager_and_resumes(base: dict, tmp_path) -> None:
             if epoch == 1:
                 compiled.save(tmp_path / "ckpt.pt")
     stats = compiled.task.compile_stats()
-    assert stats["compiled"] == 1 and stats["compile_s"] > 0 and "compile_fallback" not in stats
-    assert len(compiled.task.energy_and_forces.graphs) == 1
-
     resumed = Trainer(TrainConfig(**base, compile="on"))
     resumed.load(tmp_path / "ckpt.pt")
     m2 = resumed.step()
     assert resumed.task.compile_stats()["compiled"] == 1
     for k in ("train_loss", "energy_loss", "force_loss", "test_energy_loss", "test_force_loss"):
         assert m2[k] == pytest.approx(m1[k], rel=1e-6), k
+    return stats, len(compiled.task.energy_and_forces.graphs)
 
 
 def test_compiled_training_matches_eager_and_resumes(tmp_path):
     """Real inductor: a short float32 run (2 batches of 20 frames of one molecule: one batch shape) follows
     eager's loss curve and resumes exactly.  Cost: one cold inductor compile (~55 s CPU, mostly g++) the first
     time on a machine, ~8 s once inductor's on-disk cache holds it."""
-    _compiled_training_follows_eager_and_resumes(
+    stats, graphs = _compiled_training_follows_eager_and_resumes(
         dict(model="schnet", activation="isilu", rescale=True, epochs=2, n_train=40, n_val=20, n_test=20,
              lr=1e-3, sizes=TINY["schnet"]), tmp_path)
+    assert stats["compiled"] == 1 and stats["compile_s"] > 0 and "compile_fallback" not in stats
+    assert graphs == 1  # one batch shape: one graph
 
 
 def _periodic_batches(cutoff):
@@ -242,6 +243,8 @@ def test_compiled_training_on_periodic_cells_of_many_sizes(tmp_path):
     """Real inductor with symbolic sizes on the bundled catalysis slabs (13–29 atoms, every batch its own
     shape): one graph for every batch, the loss curve of eager, and resume-exact.  Cost: one cold inductor
     compile (~20 s) the first time on a machine."""
-    _compiled_training_follows_eager_and_resumes(
+    stats, graphs = _compiled_training_follows_eager_and_resumes(
         dict(model="schnet", dataset="catalysis", epochs=2, n_train=12, n_val=4, n_test=4, batch_size=4,
              lr=1e-3, sizes=TINY["schnet"], rescale=True, rescale_factor=1e2), tmp_path)
+    assert stats["compiled"] == 1 and "compile_fallback" not in stats  # no dynamo recompilation either
+    assert graphs == 1  # batches of every size: one graph
