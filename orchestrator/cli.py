@@ -20,6 +20,7 @@ from orchestrator.runner import (
 from orchestrator.validate import check_study_folder
 from search_spaces import list_studies
 from search_spaces.factors import BUILTIN
+from search_spaces.seed_design import AUTO
 
 
 def _csv(kind, flag: str):
@@ -43,6 +44,11 @@ def _csv(kind, flag: str):
             raise argparse.ArgumentTypeError(f"repeated value(s) {dup} in {text!r}")
         return values
     return parse
+
+
+def _seeds(text: str):
+    """--seeds: a comma-separated list of seeds, or `auto` (the sequential seed design)."""
+    return AUTO if text.strip() == AUTO else _csv(int, "--seeds")(text)
 
 
 def _keyvalue(text: str):
@@ -147,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--datasets", "--dataset", dest="datasets", type=_csv(str, "--datasets"),
                    help="comma-separated bundled names (ethanol, aspirin) or data files; a study runs on each "
                         "(default: the study's, else ethanol)")
-    a.add_argument("--seeds", type=_csv(int, "--seeds"), help="comma-separated, e.g. 0,1,2 (default: the study's)")
+    a.add_argument("--seeds", type=_seeds, help="comma-separated, e.g. 0,1,2; or auto: every arm starts at 3 seeds "
+                   "and gets more (up to 10) only while a comparison with the reference is open (a study's "
+                   "`seeds: {auto: {min, max, margin, alpha}}` sets those). Default: the study's")
     a.add_argument("--split-seeds", choices=("fixed", "vary"),
                    help="fixed: one train/val/test split for every seed (CIs cover initialisation and batch "
                         "order); vary: the split follows the seed (CIs include split variance). Default: the "

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from orchestrator import contributions, grid_anova
+from orchestrator.report_design import apply_design, design_section
 from orchestrator.report_findings import findings
 from orchestrator.report_format import fmt, fmt_p
 from orchestrator.report_load import (GROUP, REPORT_DIR, _checkpoint_column, add_identical_arms, collect,
@@ -25,6 +26,7 @@ from orchestrator.report_stats import ALPHA, baselines_table, holm, paired_ratio
 from orchestrator.report_tables import (damaged_or_unfinished_section, failed_section, groups_section,
                                         peers_section, resume_command, secondary_table, test_split_words,
                                         to_markdown, unfinished_trials)
+from search_spaces.seed_design import SeedDesign
 
 __all__ = ["build_report", "REPORT_DIR", "GROUP", "ALPHA", "fmt", "fmt_p", "holm", "paired_ratio", "summarize",
            "findings", "collect", "scan", "mark_divergence", "resume_command"]
@@ -68,7 +70,10 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
     summary = summarize(trials, reference_arm)
     base = baselines_table(summary, specs)
     main = tuple(m for m in specs if m.main)  # the main table, Findings and plots; the rest: a second table
-    found = findings(summary, reference_arm, units, main)
+    design = SeedDesign(**meta["seed_design"]) if meta.get("seed_design") else None
+    if design:  # decisions of the sequential seed design replace the fixed-n tests
+        summary = apply_design(summary, trials, reference_arm, main, design)
+    found = findings(summary, reference_arm, units, main, design)
     unfinished = unfinished_trials(trials, silent, meta)
     analyses = contributions.analyse(trials, reference_arm, main)
     grids = grid_anova.analyse(trials, reference_arm, main)
@@ -88,11 +93,12 @@ def build_report(experiment_dir: Path, reference_arm: str = "irelu+DN+LR", title
             paths["contributions_plot"] = out / "contributions.png"
     peers = meta.get("peers", [])
     notes = {d["label"]: test_split_words(d, meta.get("settings", {})) for d in datasets.values()}
-    md = (to_markdown(summary, reference_arm, title, units, main, peers, notes) + "\n"
+    md = (to_markdown(summary, reference_arm, title, units, main, peers, notes, design) + "\n"
           + groups_section(trials, reference_arm, units, specs) + peers_section(summary, peers, units, main)
           + secondary_table(summary, units, specs)
           + failed_section(trials)
-          + damaged_or_unfinished_section(trials, silent, unfinished, meta, location) + found)
+          + damaged_or_unfinished_section(trials, silent, unfinished, meta, location)
+          + (design_section(summary, trials, design, main) if design else "") + found)
     section = contributions.to_markdown(analyses, units, grid_anova.to_markdown(grids))
     md += ("\n" + section if section else "")
     md += ("\n![test errors per arm](bars.png)\n\n![learning curves](curves.png)\n\n"

@@ -6,10 +6,12 @@ import numpy as np
 import pandas as pd
 
 from dcnn.families import STALL_TOLERANCE
+from orchestrator.report_design import rci_words
 from orchestrator.report_format import _ratio, fmt, fmt_p
 from orchestrator.report_load import GROUP
 from orchestrator.report_stats import ALPHA
 from search_spaces.factors import level_of, study_factors
+from search_spaces.seed_design import SeedDesign
 
 
 def _change(arm: dict, ref: dict, factors: tuple) -> str:
@@ -27,12 +29,16 @@ def _change(arm: dict, ref: dict, factors: tuple) -> str:
     return "; ".join(words) or "same factors"
 
 
-def findings(summary: pd.DataFrame, reference_arm: str, units: dict, specs: tuple) -> str:
+def findings(summary: pd.DataFrame, reference_arm: str, units: dict, specs: tuple,
+             design: SeedDesign | None = None) -> str:
     """One plain sentence per (data set, model, question), only what the numbers support."""
+    how = (f"decided by the sequential seed design (`seeds: auto`: lower, higher or equivalent within "
+           f"±{design.margin:.0%}, family-wise error {design.alpha} over every look and comparison), with the "
+           f"ratio and its repeated confidence interval at the deciding look" if design else
+           f"Holm-adjusted p over the arms of that data set, model and metric (significant: p < {ALPHA})")
     lines = ["## Findings", "",
              f"Each arm against the reference **{reference_arm}** on the same data set and model: ratio of "
-             f"geometric means of the test error over paired seeds with its 95 % CI, Holm-adjusted p over "
-             f"the arms of that data set, model and metric (significant: p < {ALPHA}).", ""]
+             f"geometric means of the test error over paired seeds with its 95 % CI, {how}.", ""]
     factors = study_factors(summary)
     for (data, model), g in summary.groupby(GROUP, sort=False):
         ref_rows = g[g.reference]
@@ -77,7 +83,9 @@ def findings(summary: pd.DataFrame, reference_arm: str, units: dict, specs: tupl
             for spec in specs:
                 short, name = spec.short, spec.name
                 n = r[f"{short}_n_pairs"]
-                if not (isinstance(n, (int, float)) and np.isfinite(n)) or n < 2:
+                if design is not None:
+                    parts.append(_decided(r, spec, design))
+                elif not (isinstance(n, (int, float)) and np.isfinite(n)) or n < 2:
                     parts.append(f"{name}: not resolved (n = {0 if not np.isfinite(n) else int(n)} paired seeds)")
                 elif r[f"{short}_ratio_lo"] == r[f"{short}_ratio_hi"] == 1.0:
                     parts.append(f"{name}: the same on every one of {int(n)} seeds")
@@ -97,6 +105,18 @@ def findings(summary: pd.DataFrame, reference_arm: str, units: dict, specs: tupl
             lines.append(f"- {change} ({r['arm']}): {'; '.join(parts)}{div}.")
         lines.append("")
     return "\n".join(lines)
+
+
+def _decided(r: dict, spec, design: SeedDesign) -> str:
+    """A comparison's words under `seeds: auto`: how and at which n it was decided, or open at the maximum."""
+    short, kind, n = spec.short, r[f"{spec.short}_decision"], r[f"{spec.short}_decided_n"]
+    n = int(n) if isinstance(n, (int, float)) and np.isfinite(n) else 0
+    interval = rci_words(r, short)
+    if kind in ("lower", "higher"):
+        return f"{spec.error_phrase} {kind}, {interval} (decided at n = {n} paired seeds)"
+    if kind == "equivalent":
+        return f"{spec.name}: equivalent within ±{design.margin:.0%}, {interval} (decided at n = {n})"
+    return f"{spec.name}: still open at n = {n} ({interval}; the design's maximum is {design.max} seeds)"
 
 
 _STALL_WORDS = "stalled (the optimizer stopped moving: at the start, or where Adam handed over to L-BFGS)"

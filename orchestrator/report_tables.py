@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from dcnn.families import BLOWUP_FACTOR, STALL_EPOCHS
+from orchestrator.report_design import decision_words, design_intro
 from orchestrator.report_findings import _STALL_BOUND
 from orchestrator.report_format import _p, _ratio, _sentence, fmt
 from orchestrator.report_load import GROUP, GROUP_PREFIX
@@ -17,6 +18,7 @@ from orchestrator.report_stats import ALPHA
 from orchestrator.storage import default_tracking_uri
 from search_spaces import STUDY_DIR, load_study
 from search_spaces.factors import BUILTIN
+from search_spaces.seed_design import SeedDesign
 
 
 def failed_section(trials: pd.DataFrame) -> str:
@@ -271,11 +273,13 @@ def test_split_words(info: dict, settings: dict) -> str:
 
 
 def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: dict, specs: tuple,
-                peers: list = (), notes: dict | None = None) -> str:
+                peers: list = (), notes: dict | None = None, design: SeedDesign | None = None) -> str:
+    tests = (design_intro(design) + " " if design else
+             f"**p**: paired t-test on log errors, Holm-adjusted within each data set × model × metric "
+             f"(**bold\\*** = p < {ALPHA}). ")
     lines = [f"# {title}", "",
              _intro(specs) + " **vs ref**: ratio of geometric means to the "
-             f"reference arm **{reference_arm}** over paired seeds, [95 % CI]; **p**: paired t-test on log "
-             f"errors, Holm-adjusted within each data set × model × metric (**bold\\*** = p < {ALPHA}). "
+             f"reference arm **{reference_arm}** over paired seeds, [95 % CI]; " + tests +
              f"Diverged = non-finite, or an error above {BLOWUP_FACTOR:,.0f}× that of a model that outputs "
              "zero" + (" (mean |E|, mean |F|)" if {m.short for m in specs} == {"E", "F"} else "")
              + f": counted, never averaged. Stalled: the training loss stopped moving within the first "
@@ -288,7 +292,8 @@ def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: di
         lines += [f"## {data} · {model}", ""] + ([f"{_sentence('; '.join(unit_words))}.", ""] if unit_words else [])
         if (notes or {}).get(data):
             lines += [notes[data], ""]
-        lines += ["| arm | n | diverged | " + " | ".join(f"{m.short} mean ± std | ×base | {m.short} vs ref | p({m.short})"
+        test = "decision" if design else "p"
+        lines += ["| arm | n | diverged | " + " | ".join(f"{m.short} mean ± std | ×base | {m.short} vs ref | {test}({m.short})"
                                                      for m in specs) + " |",
                   "|---|---|---|" + "---|---|---|---|" * len(specs)]
         base = g.iloc[0]
@@ -304,7 +309,8 @@ def to_markdown(summary: pd.DataFrame, reference_arm: str, title: str, units: di
             lines.append(f"| {name} | {r.n}/{r.seeds} | {failed} |" + "".join(
                 f" {fmt(r[f'{m.short}_mean'])} ± {fmt(r[f'{m.short}_std'], 2)} | "
                 f"{fmt(r[f'{m.short}_vs_baseline'], 2) if m.baseline else ''} | "
-                f"{'' if r.reference else _ratio(r, m.short)} | {'' if r.reference else _p(r, m.short)} |"
+                f"{'' if r.reference else _ratio(r, m.short)} | "
+                f"{'' if r.reference else (decision_words(r, m.short, design) if design else _p(r, m.short))} |"
                 for m in specs))
         lines.append("")
     return "\n".join(lines)

@@ -266,6 +266,7 @@ def run_ablation(opts: AblateOptions) -> dict:
     # `dcnn-ablate train` and `data`, which share the command line, never load it
     from orchestrator import tracking
     from orchestrator.progress import StudyProgress
+    from orchestrator.seed_search import SequentialSeeds
     from orchestrator.tune_snapshot import SnapshotKeeper
 
     """Run (or resume) a study; returns the report (paths, summary table)."""
@@ -294,8 +295,11 @@ def run_ablation(opts: AblateOptions) -> dict:
     identical = study.identical_arms()
     n_trials = len(study.trial_configs())
     validate.write_plan(experiment_dir, plan, _study_record(study, identical, uri, experiment, parent))  # at the start
+    design = study.seed_design
+    seeds_said = (f"seeds auto ({design.min} to {design.max} per arm, more only while a comparison is open)"
+                  if design else f"{len(study.seeds)} seeds")
     print(f"study {study.name}: {len(study.arms)} arms × {len(study.models)} models × {len(study.datasets)} "
-          f"data set(s) × {len(study.seeds)} seeds = {n_trials} trials → {experiment_dir}\n"
+          f"data set(s) × {seeds_said} = {'at most ' if design else ''}{n_trials} trials → {experiment_dir}\n"
           + "".join(f"  {m}: has no BatchNorm, so {', '.join(f'{a} ≡ {t}' for a, t in pairs.items())} "
                     f"(identical by construction: run once)\n" for m, pairs in identical.items())
           + f"MLflow: {uri} (experiment {experiment!r})", flush=True)
@@ -328,9 +332,11 @@ def run_ablation(opts: AblateOptions) -> dict:
     exp_path, fs = experiment_dir.tune_location()
     if opts.resume and tune.Tuner.can_restore(exp_path, storage_filesystem=fs):
         _prepare_resume(experiment_dir)
-        # the param space is given again: Tune needs it to resolve its sample_from placeholders
+        # the param space is given again: Tune needs it to resolve its sample_from placeholders (a seed
+        # design's searcher is restored with Tune's state and suggests concrete configs)
         tuner = tune.Tuner.restore(exp_path, trainable=_trainable(opts), resume_unfinished=True,
-                                   resume_errored=True, param_space=space, storage_filesystem=fs)
+                                   resume_errored=True, param_space=None if design else space,
+                                   storage_filesystem=fs)
     else:
         scheduler = None
         if opts.scheduler == "asha":
@@ -338,10 +344,15 @@ def run_ablation(opts: AblateOptions) -> dict:
 
             scheduler = ASHAScheduler(time_attr="training_iteration", metric="val_loss", mode="min",
                                       max_t=study.setting("epochs"), grace_period=1)
+        searcher = None
+        if design:  # the trials come from the sequential seed design, not from a grid
+            searcher = SequentialSeeds(study, plugin_path(study))
+            space = {}
         tuner = tune.Tuner(
             _trainable(opts), param_space=space,
             tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=opts.max_concurrent,
-                                        scheduler=scheduler),
+                                        scheduler=scheduler, search_alg=searcher,
+                                        num_samples=-1 if searcher else 1),
             run_config=tune.RunConfig(
                 name=experiment, storage_path=storage.tune_location()[0],
                 storage_filesystem=storage.tune_location()[1], verbose=0,

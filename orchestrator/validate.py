@@ -27,7 +27,7 @@ from search_spaces.study import is_size
 
 PLAN_FILE = "study.json"
 # what a resumed study must share with the one it continues (resources and addresses may change)
-PLAN_KEYS = ("study", "study_source", "arms", "reference", "models", "seeds", "datasets", "split_seeds",
+PLAN_KEYS = ("study", "study_source", "arms", "reference", "models", "seeds", "seed_design", "datasets", "split_seeds",
              "fixed", "tune_hparams",
              "tuning_space", "scheduler", "tracking_uri", "experiment")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,127}$")
@@ -149,6 +149,7 @@ def plan_of(opts, study, experiment: str, tracking_uri: str) -> dict:
             "reference": study.reference.key, "arms": [a.key for a in study.arms],
             "models": list(study.models), "seeds": list(study.seeds), "datasets": list(study.datasets),
             "split_seeds": study.split_seeds,
+            "seed_design": study.seed_design.as_dict() if study.seed_design else None,
             # every training setting as trials will get it (TrainConfig's defaults resolved), not only
             # what the study file names: a changed default is a different study too
             "fixed": study.resolved_settings(),

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from search_spaces.seed_design import AUTO
+
 STUDY_KEYS = ("description", "reference", "designs", "models", "seeds", "fixed", "datasets", "split_seeds",
               "model_sizes", "peers", "extends")
 
@@ -50,8 +52,11 @@ def check_study_data(data, where: str) -> None:
     if "reference" in data and not isinstance(data["reference"], dict):
         raise ValueError(f"{where}: reference must be a mapping like {{activation: irelu, denorm: true, "
                          f"rescale: true}}, got {data['reference']!r}")
-    for key, example in (("models", "[schnet, cgcnn]"), ("seeds", "[0, 1, 2]"), ("datasets", "[ethanol, aspirin]")):
-        if key not in data:
+    auto_seeds = "seeds" in data and (data["seeds"] == AUTO or (isinstance(data["seeds"], dict)
+                                                               and set(data["seeds"]) == {AUTO}))
+    for key, example in (("models", "[schnet, cgcnn]"), ("seeds", "[0, 1, 2] (or auto)"),
+                         ("datasets", "[ethanol, aspirin]")):
+        if key not in data or (key == "seeds" and auto_seeds):
             continue
         value = data[key]
         if not isinstance(value, list):
@@ -72,7 +77,7 @@ def check_study_data(data, where: str) -> None:
             raise ValueError(f"{where}: datasets must be bundled names or file paths, got {bad}")
     if "split_seeds" in data and data["split_seeds"] not in ("fixed", "vary"):
         raise ValueError(f"{where}: split_seeds must be fixed or vary, got {data['split_seeds']!r}")
-    if "seeds" in data:
+    if "seeds" in data and not auto_seeds:
         bad = [s for s in data["seeds"] if not _is_int(s) or s < 0]
         if bad:
             raise ValueError(f"{where}: seeds must be non-negative integers, got {bad} (no rounding: write "

@@ -4,12 +4,14 @@ import itertools
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Optional
 
 from dcnn.atomistic.molecules import DEFAULT_DATASET
 from dcnn.config import LEGACY_SIZE_NAMES, SIZE_PREFIX, TrainConfig
 from dcnn.models import has_normalization
 from dcnn.registry import family_of, get_spec, model_names, resolve_config, resolve_dataset
 from search_spaces.factors import BUILTIN, REQUIRED, Factor, factor, level_of
+from search_spaces.seed_design import AUTO, SeedDesign
 from search_spaces.schema import STUDY_KEYS, check_study_data, read_study_file
 
 STUDY_DIR = Path(__file__).resolve().parent / "studies"
@@ -145,6 +147,9 @@ class Study:
     # published results on the study's data ({name, data: a data set's label, metric: a metric key of the
     # family, value: in the data set's units, source}), e.g. GAP's on mlearn: the report sets ours beside them
     peers: list = field(default_factory=list)
+    # `seeds: auto`: seeds spent where a comparison is still open (search_spaces/seed_design.py); `seeds`
+    # is then every seed an arm may get
+    seed_design: Optional[SeedDesign] = None
 
     def fixed_for(self, model: str) -> dict:
         """The TrainConfig keys a trial of `model` gets from the study: `fixed`, then its `model_sizes`
@@ -165,6 +170,12 @@ class Study:
         """The study with command-line overrides; `None` keeps the study's value (an empty list is an
         error, not 'keep'). `levels` ({factor key: level}) sets a factor on every arm (`--shift`: ES added)."""
         arms, reference = self.arms, self.reference
+        design = self.seed_design
+        if seeds == AUTO:
+            design = design or SeedDesign()
+            seeds = design.seeds
+        elif seeds is not None:
+            design = None
         if levels:
             arms = list(dict.fromkeys(a.with_levels(levels) for a in self.arms))
             reference = self.reference.with_levels(levels)
@@ -173,7 +184,7 @@ class Study:
                     seeds=list(self.seeds if seeds is None else seeds),
                     datasets=list(self.datasets if datasets is None else datasets),
                     split_seeds=self.split_seeds if split_seeds is None else split_seeds,
-                    fixed={**self.fixed, **(fixed or {})})
+                    fixed={**self.fixed, **(fixed or {})}, seed_design=design)
         # a size set on the command line (fixed) is every model's: it wins over the study's per-model value
         s = replace(s, model_sizes={m: {k: x for k, x in v.items() if k not in (fixed or {})}
                                     for m, v in self.model_sizes.items() if m in s.models})
@@ -570,8 +581,10 @@ def load_study(name_or_path: str) -> Study:
     if inherited_peers:  # published results the extended study declares on data sets this one does not have
         labels = {family.dataset_label(d) for d in resolved_datasets}
         peers = [p for p in peers if not isinstance(p, dict) or p.get("data") in labels]
+    design = SeedDesign.parse(data.get("seeds"), where)
     study = Study(name=path.stem, arms=arms, reference=reference, models=models,
-                  seeds=_list(data, "seeds", where, int, [0, 1, 2]),
+                  seeds=design.seeds if design else _list(data, "seeds", where, int, [0, 1, 2]),
+                  seed_design=design,
                   datasets=resolved_datasets,
                   split_seeds=str(data.get("split_seeds", "fixed")), fixed=dict(fixed),
                   model_sizes=dict(data.get("model_sizes") or {}), peers=peers,
