@@ -84,7 +84,8 @@ def design_section(summary: pd.DataFrame, trials: pd.DataFrame, design: SeedDesi
              f"`seeds: auto` (min {design.min}, max {design.max}, margin ±{design.margin:.0%}, α = {design.alpha}). "
              f"Interval: the repeated confidence interval of the ratio at the deciding look (at the last look when "
              f"open), valid across every look; α share: the comparison's part of α at that look (α divided among the "
-             f"comparisons still open; a decided one hands its share on).", ""]
+             f"comparisons still open; a decided one hands its share on). An arm runs one seed past its deciding n "
+             f"when the decision came from α another comparison freed while that seed was already training.", ""]
     run = trials[trials.identical_to.astype(str).isin(["", "nan", "None"])] if "identical_to" in trials else trials
     total = decided = 0
     for (data, model), g in summary.groupby(GROUP, sort=False):
@@ -107,12 +108,12 @@ def design_section(summary: pd.DataFrame, trials: pd.DataFrame, design: SeedDesi
                 cells += [decision_words(r, s, design), interval,
                           f"{level:.2g}" if isinstance(level, float) and math.isfinite(level) else "–"]
             twin = f" ≡ {r.identical_to}" if r.identical_to else ""
-            lines.append(f"| {r.arm}{twin} | {len(mine)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {r.arm}{twin} | {'≡' if twin else len(mine)} | " + " | ".join(cells) + " |")
         lines.append("")
     cells = run.groupby(GROUP + ["arm"]).ngroups
     spent = len(run)
     lines += [f"**Decided {decided} of {total} comparisons with {spent} trials**, against {cells * design.max} "
               f"for a fixed design of {design.max} seeds per arm and {cells * design.min} for {design.min} seeds "
-              f"({cells} arms × models × data sets that run; identical-by-construction arms get no seeds of their "
-              f"own).", ""]
+              f"({cells} (data set, model, arm) cells that run; identical-by-construction arms get no seeds of their "
+              f"own).", "", ""]
     return "\n".join(lines)

@@ -96,6 +96,33 @@ def test_two_node_cluster_places_trials_on_both_nodes(tmp_path, two_nodes, mlflo
     assert "report/report.md" in {a.path for a in c.list_artifacts(parent.info.run_id, "report")}
 
 
+def test_auto_seeds_on_a_two_node_cluster(tmp_path, two_nodes, mlflow_s3):
+    """`seeds: auto` on a `ray start` cluster (its searcher runs in the driver, on the head without CPUs):
+    the design's trials run on the worker nodes, every arm's seeds are 0..k-1 with k from the minimum to the
+    maximum, one FINISHED MLflow run per trial, and the report says what the design decided."""
+    import yaml
+
+    path = tmp_path / "auto.yaml"
+    study = write_study(path, ARMS, REF, fixed={"epochs": 2, "n_train": 100})
+    data = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**data, "seeds": {"auto": {"min": 2, "max": 3}}}))
+    storage = tmp_path / "shared-storage"
+    proc = ablate("--study", study, "--address", two_nodes.address, "--storage", str(storage),
+                  "--tracking-uri", mlflow_s3.uri, "--experiment", "auto-two-nodes")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trials = pd.read_csv(storage / "auto-two-nodes/report/trials.csv")
+    assert trials.finished.all() and set(trials.arm) == {"irelu+DN+LR", "irelu+DN"}
+    for arm, g in trials.groupby("arm"):
+        assert sorted(g.seed) == list(range(len(g))) and 2 <= len(g) <= 3, (arm, list(g.seed))
+    assert trials.node_id.notna().all() and trials.node_id.astype(str).str.len().gt(0).all()
+    c = MlflowClient(mlflow_s3.uri)
+    exp = c.get_experiment_by_name("auto-two-nodes")
+    runs = [r for r in c.search_runs([exp.experiment_id]) if r.data.tags.get("dcnn.role") == "trial"]
+    assert len(runs) == len(trials) and all(r.info.status == "FINISHED" for r in runs)
+    report = (storage / "auto-two-nodes/report/report.md").read_text()
+    assert "## Seeds spent where questions were open" in report and "decision(E)" in report
+
+
 def _files(folder: Path, name: str) -> list:
     return [str(p) for p in Path(folder).rglob(name)]
 

@@ -166,7 +166,8 @@ def test_auto_seeds_on_ray_killed_between_rounds_and_resumed(tmp_path, tracking_
     concurrent trials: the driver is SIGKILLed once the first round has finished and more seeds were asked
     for, then resumed.  Then: no (arm, seed) trained twice; each arm's seeds are 0..k−1; an arm whose
     comparisons were all decided stopped at the deciding n, an open one ran to the maximum, the reference as
-    far as any arm; one FINISHED MLflow run per trial; the report's decisions and the trials it counts."""
+    far as any arm (an arm may run one seed past its deciding n when the α another comparison freed decided
+    it while that seed trained); one FINISHED MLflow run per trial; the report's decisions and the trials it counts."""
     path = tmp_path / "auto.yaml"
     path.write_text(yaml.safe_dump({
         "designs": [{"activation": ["irelu", "isilu", "original"], "denorm": [True], "rescale": [True]}],
@@ -205,8 +206,10 @@ def test_auto_seeds_on_ray_killed_between_rounds_and_resumed(tmp_path, tracking_
         n = len(seeds[r.arm])
         if "open" in kinds:
             assert n == 4, (r.arm, kinds, n)
-        else:  # decided: no seed after the later of its two deciding looks
-            assert n == max(r.E_decided_n, r.F_decided_n), (r.arm, kinds, n)
+        else:  # decided: no seed after the later of its two deciding looks, but the one that was training
+            # when α freed by another comparison decided it at an earlier look
+            last = max(r.E_decided_n, r.F_decided_n)
+            assert last <= n <= last + 1, (r.arm, kinds, n)
     assert len(seeds["irelu+DN+LR"]) == max(len(v) for v in seeds.values())
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("auto")
