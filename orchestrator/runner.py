@@ -346,7 +346,7 @@ def run_ablation(opts: AblateOptions) -> dict:
                                       max_t=study.setting("epochs"), grace_period=1)
         searcher = None
         if design:  # the trials come from the sequential seed design, not from a grid
-            searcher = SequentialSeeds(study, plugin_path(study))
+            searcher = SequentialSeeds(study, plugin_path(study), tuned=best)
             space = {}
         tuner = tune.Tuner(
             _trainable(opts), param_space=space,

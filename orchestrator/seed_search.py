@@ -31,7 +31,9 @@ class SequentialSeeds(Searcher):
     """Suggests the study's trials in the order the sequential seed design wants them; FINISHED when every
     comparison is decided or at its maximum and no trial is out."""
 
-    def __init__(self, study: Study, extra: dict | None = None):
+    def __init__(self, study: Study, extra: dict | None = None, tuned: dict | None = None):
+        """`extra`: keys every trial gets (a plug-in's import path); `tuned`: {"model/arm": {key: value}},
+        the hyperparameters `--tune-hparams` chose for each cell."""
         super().__init__()
         if study.seed_design is None:
             raise ValueError(f"study {study.name}: SequentialSeeds needs seeds: auto")
@@ -42,7 +44,8 @@ class SequentialSeeds(Searcher):
         self.cells: list[tuple[str, str, str]] = []  # (data, model, arm), in the study's order
         for cfg in study.trial_configs():
             data = labels[cfg["dataset"]]
-            self.configs[_key(data, cfg["model"], cfg["arm"], cfg["seed"])] = {**cfg, **(extra or {})}
+            own = (tuned or {}).get(f"{cfg['model']}/{cfg['arm']}", {})
+            self.configs[_key(data, cfg["model"], cfg["arm"], cfg["seed"])] = {**cfg, **(extra or {}), **own}
             if (data, cfg["model"], cfg["arm"]) not in self.cells:
                 self.cells.append((data, cfg["model"], cfg["arm"]))
         self.status: dict[str, str] = {}  # trial key → pending | done

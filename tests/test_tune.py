@@ -312,6 +312,25 @@ def test_diverging_arm_recorded_and_study_completes(ray_session, tracking_uri, t
     assert len(runs) == 2 and all(r.data.tags["diverged"] == "true" and r.info.status == "FINISHED" for r in runs)
 
 
+def test_optuna_then_auto_seeds_run_at_each_arms_best_values(ray_session, tracking_uri, tmp_path):
+    """`--tune-hparams` with `seeds: auto`: the sequential design's trials (from its searcher, not the grid)
+    carry each arm's tuned values too."""
+    import yaml
+
+    path = tmp_path / "opt-auto.yaml"
+    write_study(path, TWO_ARMS, REF)
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "seeds": {"auto": {"min": 2, "max": 3}}}))
+    report = run_ablation(AblateOptions(study=str(path), storage=str(tmp_path / "res"), tracking_uri=tracking_uri,
+                                        experiment="optuna-auto", tune_hparams=2, tuning_space="lr", quiet=True))
+    best = json.loads((tmp_path / "res/optuna-auto/report/study.json").read_text())["best_hyperparameters"]
+    seeds = [json.loads(d.read_text()) for d in (tmp_path / "res/optuna-auto").glob("DCNNTrainable_*/params.json")]
+    assert 4 <= len(seeds) <= 6 and len(pd.read_csv(report["paths"]["trials"])) == len(seeds)
+    assert {c["arm"] for c in seeds} == {"irelu+DN+LR", "isilu+DN+LR"}
+    for cfg in seeds:
+        assert cfg["lr"] == best[f"schnet/{cfg['arm']}"]["lr"], cfg  # the seeds run at the arm's best lr
+    assert "## Seeds spent where questions were open" in report["markdown"]
+
+
 def test_optuna_path_tunes_each_arm_then_reruns_seeds(ray_session, tracking_uri, tmp_path):
     study = write_study(tmp_path / "opt.yaml", TWO_ARMS, REF, seeds=(0, 1))
     report = run_ablation(AblateOptions(study=study, storage=str(tmp_path / "res"), tracking_uri=tracking_uri,
