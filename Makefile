@@ -22,7 +22,7 @@ test:  ## the suite in $(TEST_WORKERS) processes (pytest-xdist, one Ray each: te
 ablate:  ## the seed plan on the bundled data (local Ray, or $$RAY_ADDRESS); flags via ARGS="..."
 	dcnn-ablate ablate --storage $(STORAGE) $(ARGS)
 
-ablate-mlearn:  ## the seed plan on real DFT (mlearn Mo and Si, official split; SchNet, then GemNet-T on Mo): not make ablate, hours on 2 cores (data/README.md)
+ablate-mlearn:  ## the seed plan on real DFT (mlearn Mo and Si, official split; SchNet, then DimeNet++ on Mo): not make ablate, hours on 2 cores (data/README.md)
 	dcnn-ablate ablate --study mlearn-seed-plan --storage $(STORAGE) $(ARGS)
 	dcnn-ablate ablate --study mlearn-angular --storage $(STORAGE) $(ARGS)
 
