@@ -9,7 +9,7 @@ The recipe (loss, moving average, schedule, epochs, sizes) is the built-in study
 (search_spaces/studies/mlearn-seed-plan.yaml: declared once, there), and so are the published results (its
 `peers`); the configuration trained is `BEST` below: the arm and model measured best with that recipe (SchNet, its own
 activation, DN, ES, LSUV, no LR: Mo 4.15 meV/atom and 0.140 eV/Å at 300 epochs, seed 0; with LR at C = 100
-7.97; the README's "Real DFT" section and the study's description give the numbers).  Progress goes to stderr, one line per epoch; the last line of stdout is
+7.97; docs/data.md ("Real DFT") and the study's description give the numbers).  Progress goes to stderr, one line per epoch; the last line of stdout is
 {"model", "energy_mev_per_atom", "force_ev_per_a", "by_group", "train_s", "peers", ...}.
 """
 from __future__ import annotations

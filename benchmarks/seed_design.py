@@ -38,7 +38,7 @@ SCENARIOS = {
     "null": ([(1.0, 1.0)] * 7, 0.3),
     # far (×0.3, ×3), clear (×0.6, ×1.5), within the ±10 % margin (×0.97, ×1.03) and none (×1), σ 0.3
     "mixed": ([(0.3, 0.3), (3.0, 3.0), (0.6, 0.6), (1.5, 1.5), (0.97, 0.97), (1.03, 1.03), (1.0, 1.0)], 0.3),
-    # the default study's CGCNN answer at 3 seeds (README, "What the default study answers"): iELU and
+    # the default study's CGCNN answer at 3 seeds (README.md, "What a run produces"): iELU and
     # iGELU as IReLU, iSiLU and softplus better (E ×0.72/×0.76, F ×0.67/×0.64), DN removed ×13, LR removed
     # ×0.92, both ×14.5/×13.3; σ 0.15
     "seed-plan-cgcnn": ([(1.0, 1.0), (1.0, 1.0), (0.72, 0.67), (0.76, 0.64), (13.0, 13.0), (0.92, 1.0),

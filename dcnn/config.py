@@ -60,7 +60,7 @@ class TrainConfig:
     minutes (the paper's constant lr 1e-4 for 50 epochs leaves E noisy at this budget). C = 1e4 brings
     |E|/C of the bundled GFN2 molecules below ~3, as the paper's C = 1e6 does for MD17's DFT energies.
     10 epochs (not 20): measured on a 2-core machine on which a SchNet step takes 22 ms and a CGCNN step
-    45 ms, the default study then takes ≈ 6 min instead of 14 (README "Speed"), and the seed plan's
+    45 ms, the default study then takes ≈ 6 min instead of 14 (docs/speed.md), and the seed plan's
     reference arms stay well below the baselines (LSUV init).  The paper's exact setting is the built-in
     `paper` study.
     """

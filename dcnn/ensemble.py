@@ -4,7 +4,7 @@ training step, with `torch.func` (`stack_module_state` + `vmap` over `functional
 Why: a study's arm runs the same small model for several seeds; on a GPU one seed leaves most of the
 device idle, and on a CPU each step is dominated by per-op overhead on small tensors.  Stacking the
 seeds turns S small ops into one batched op.  Whether that pays on our CPUs is measured by
-`benchmarks/bench_ensemble.py` (README "Speed"): this module is the step that benchmark times and the
+`benchmarks/bench_ensemble.py` (docs/speed.md): this module is the step that benchmark times and the
 tests check against S separate eager steps (energies, forces, parameter gradients, BatchNorm running
 statistics, float64).
 

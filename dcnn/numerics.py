@@ -9,7 +9,7 @@ step took 93.7 ms instead of 18.4 ms with denormals flushed (SchNet 21.3 → 9.7
 machine the same step costs the same either way.  Flushing sets the CPU's FTZ/DAZ flags: a denormal
 result becomes 0 and a denormal input reads as 0.  Every such value is < 1.2e-38 in magnitude, so a
 model's energies, forces and gradients change only at float32 rounding level (`make ablate`'s
-reference arms before/after: README "Speed").  TensorFlow flushes denormals on CPU by default; PyTorch
+reference arms before/after: docs/speed.md).  TensorFlow flushes denormals on CPU by default; PyTorch
 does not, hence this module.
 
 The flags are per thread: `configure_cpu` sets them on the calling thread, and threads created later
@@ -50,7 +50,7 @@ def fast_allocator() -> str | None:
     Why: a force-training step allocates and frees hundreds of short-lived tensors of 0.1-1 MB; glibc's
     malloc hands them back as memory that is cold in cache (or unmapped), tcmalloc reuses hot memory.  The
     PyTorch CPU performance guide recommends it; measured here (one thread, batch 20 ethanol): CGCNN step
-    44.8 → 33.5 ms, SchNet 21.8 → 20.6 ms (README "Speed")."""
+    44.8 → 33.5 ms, SchNet 21.8 → 20.6 ms (docs/speed.md)."""
     import os
 
     if os.environ.get("DCNN_ALLOCATOR", "auto") == "system":

@@ -150,14 +150,20 @@ def _cli(args, log_path, wait=True):
     return proc
 
 
-def _finished_trials(exp_dir: Path) -> list[tuple[str, int]]:
+def _finished_trials(exp_dir: Path, running: bool = False) -> list[tuple[str, int]]:
+    """(arm, seed) of every trial folder whose result says done.  `running`: the driver is writing the files
+    now (Tune's copies are not atomic), so a file caught mid-write counts as not finished yet."""
     out = []
     for params in exp_dir.glob("*/params.json"):
-        lines = [x for x in (params.parent / "result.json").read_text().splitlines() if x.strip()] \
-            if (params.parent / "result.json").exists() else []
-        if any(json.loads(x).get("done") for x in lines):
-            config = json.loads(params.read_text())
-            out.append((config["arm"], int(config["seed"])))
+        try:
+            lines = [x for x in (params.parent / "result.json").read_text().splitlines() if x.strip()] \
+                if (params.parent / "result.json").exists() else []
+            if any(json.loads(x).get("done") for x in lines):
+                config = json.loads(params.read_text())
+                out.append((config["arm"], int(config["seed"])))
+        except (OSError, ValueError):
+            if not running:
+                raise
     return out
 
 
@@ -179,7 +185,7 @@ def test_auto_seeds_on_ray_killed_between_rounds_and_resumed(tmp_path, tracking_
     proc = _cli(args, tmp_path / "first.log", wait=False)
     deadline, killed, before = time.time() + 300, False, 0
     while proc.poll() is None and time.time() < deadline:
-        before = len(_finished_trials(exp_dir))
+        before = len(_finished_trials(exp_dir, running=True))
         if before >= 6 + 1:  # the first round (3 arms × 2 seeds) and one more
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
