@@ -27,11 +27,12 @@ def _subcommands(parser: argparse.ArgumentParser, prefix: str):
 def cli_reference() -> str:
     from orchestrator.cli import build_parser
 
-    os.environ["COLUMNS"] = "110"  # argparse wraps help to the terminal: a fixed width, the same on every build
+    os.environ["COLUMNS"] = "80"  # argparse wraps help to the terminal: a fixed width, the same on every build
+    commands = [(c, p) for c, p in _subcommands(build_parser(), "dcnn-ablate") if c != "dcnn-ablate"]
+    first = ("dcnn-ablate ablate", "dcnn-ablate report")  # the study commands, then the rest as the parser has them
+    commands.sort(key=lambda cp: first.index(cp[0]) if cp[0] in first else len(first))
     out = []
-    for command, parser in _subcommands(build_parser(), "dcnn-ablate"):
-        if command == "dcnn-ablate":
-            continue
+    for command, parser in commands:
         out += [f"## `{command}`", "", "```text", parser.format_help().rstrip(), "```", ""]
     return "\n".join(out)
 
