@@ -13,7 +13,6 @@ the reference arm runs a seed as soon as any arm needs it (the comparisons are p
 from __future__ import annotations
 
 import json
-import math
 
 import pandas as pd
 from ray.tune.search import Searcher
@@ -80,8 +79,8 @@ class SequentialSeeds(Searcher):
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "w") as f:
-            json.dump({"status": self.status, "rows": self.rows, "trial_keys": self.trial_keys}, f,
-                      default=_plain)
+            # a result's values are numbers (NaN allowed, as JSON's NaN); anything else is kept as its text
+            json.dump({"status": self.status, "rows": self.rows, "trial_keys": self.trial_keys}, f, default=str)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:
@@ -136,8 +135,3 @@ def _split(key: str) -> tuple:
     data, model, arm, seed = json.loads(key)
     return data, model, arm, seed
 
-
-def _plain(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return str(value)
