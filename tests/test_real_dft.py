@@ -342,10 +342,10 @@ def test_the_mlearn_studies_declare_the_recipe_and_the_published_results(tmp_pat
     # the angular study extends it: the same recipe and arms, its own model, data, seeds and budget, the
     # published results on its one data set
     angular = search_spaces.load_study("mlearn-angular")
-    assert angular.models == ["gemnet_t"] and angular.seeds == [0, 1] and len(angular.trial_configs()) == 12
+    assert angular.models == ["dimenetpp"] and angular.seeds == [0, 1] and len(angular.trial_configs()) == 12
     assert {k: v for k, v in angular.fixed.items() if k not in ("epochs", "size.cutoff")} == \
         {k: v for k, v in study.fixed.items() if k not in ("epochs", "size.cutoff")}
-    assert angular.fixed["size.cutoff"] == 4.0 and [a.key for a in angular.arms] == [a.key for a in study.arms]
+    assert angular.fixed["size.cutoff"] == 5.0 and [a.key for a in angular.arms] == [a.key for a in study.arms]
     assert {p["data"] for p in angular.peers} == {"mlearn-Mo"} and len(angular.peers) == 4
     loop = tmp_path / "loop.yaml"
     loop.write_text("extends: no-such-study\ndesigns: [{activation: [irelu]}]\n")
