@@ -47,7 +47,6 @@ __all__ = ["Decision", "boundaries", "decide", "replay", "comparisons", "design_
 
 NULL_PATHS = 1_000_000  # simulated null paths per (min, max): boundary tail probabilities to ~1 path in 10⁶
 _NULL_SEED = 20_131_311  # fixed: the boundaries are a deterministic function of (level, min, max)
-KINDS = ("lower", "higher", "equivalent")
 
 
 @dataclass(frozen=True)
