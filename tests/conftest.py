@@ -1,9 +1,11 @@
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -27,6 +29,43 @@ os.environ["RAY_TMPDIR"] = RAY_TMP
 os.environ.setdefault("RAY_USE_RANDOM_PORTS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+
+def kill_driver(proc) -> None:
+    """SIGKILL a study's driver and every process it started, and wait until all are gone.
+
+    Ray puts each worker in a process group of its own (setpgid), so killing the driver's group leaves the
+    workers running until they notice their raylet died; meanwhile one can still write a checkpoint into the
+    study folder.  A test that looks at the folder after a kill must see what the killed run left, not what
+    its orphans add later: the tree is frozen (SIGSTOP, until no new child appears), then killed."""
+    frozen: dict[int, psutil.Process] = {}
+    try:
+        tree = [psutil.Process(proc.pid)]
+    except psutil.NoSuchProcess:
+        tree = []
+    while tree:
+        for p in tree:
+            frozen[p.pid] = p
+            try:
+                p.send_signal(signal.SIGSTOP)
+            except psutil.NoSuchProcess:
+                pass
+        tree = [c for p in list(frozen.values()) for c in _children(p) if c.pid not in frozen]
+    for p in frozen.values():
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+    _, alive = psutil.wait_procs(list(frozen.values()), timeout=60)
+    assert not alive, f"processes of the killed driver still alive: {alive}"
+
+
+def _children(p: "psutil.Process") -> list:
+    try:
+        return p.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
 
 REAL_DATA = ROOT / "tests" / "data"  # real rMD17 frames (CC0), see tests/data/README.md
 

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, write_study
+from conftest import ROOT, kill_driver, write_study
 from fault_trainable import fault_env
 from orchestrator.tune_snapshot import KEPT_FILE
 
@@ -131,8 +131,7 @@ def test_killed_driver_then_resume(tmp_path, tracking_uri, ray_session):
                 any(len(x) >= 2 and '"done": true' not in x[-1] for x in staged):
             break
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_driver(proc)
     done_at_kill = sum(bool(x) and '"done": true' in x[-1] for x in map(_lines, _staging(exp_dir, t0, "result.json")))
     assert done_at_kill in (1, 2), (tmp_path / "first.log").read_text()[-3000:]
     plan = json.loads((exp_dir / "report/study.json").read_text())
@@ -227,7 +226,7 @@ def test_mlflow_server_down_mid_study(tmp_path):
         print(f"server down {outage:.1f} s; {during} epoch results reported by trials meanwhile")
     finally:
         if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_driver(proc)
         _stop(server)
 
 
@@ -378,12 +377,11 @@ def _run_until(args, log_path, exp_dir, moment, delay, env):
         if MOMENTS[moment](exp_dir, start):
             time.sleep(delay)
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                kill_driver(proc)
                 return True, None, time.time() - t0
         time.sleep(0.02)
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_driver(proc)
         raise AssertionError(f"{moment}: the driver neither reached the moment nor ended in 240 s")
     return False, proc.returncode, time.time() - t0
 
@@ -504,7 +502,7 @@ def test_resume_rebuilds_what_a_kill_left_of_finished_trials(tmp_path, tracking_
     assert main(["report", str(exp_dir)]) == 0  # read-only: rebuilt in memory, named in the report
     report = (exp_dir / "report/report.md").read_text()
     assert f"- `{d0.name}`: params.json empty: rebuilt from checkpoint_" in report, report
-    assert f"result.json empty: epoch(s) 1, 2, 3, 4 rebuilt from checkpoint_" in report
+    assert "result.json empty: epoch(s) 1, 2, 3, 4 rebuilt from checkpoint_" in report
     assert (f"- `{d1.name}`: result.json: line 3 of 3 cut off or not JSON (a kill during the write?); kept the 2 "
             f"complete line(s), last complete epoch 2; result.json lacked: epoch(s) 3, 4 rebuilt") in report
     assert "| **irelu+DN+LR** (ref) | 3/3 |" in report and (d0 / "params.json").read_text() == ""

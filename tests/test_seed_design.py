@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from benchmarks.seed_design import SCENARIOS, holm_rejects, run
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, kill_driver
 from orchestrator.cli import build_parser
 from orchestrator.sequential import NULL_PATHS, boundaries, decide, replay
 from search_spaces import load_study
@@ -187,8 +186,7 @@ def test_auto_seeds_on_ray_killed_between_rounds_and_resumed(tmp_path, tracking_
     while proc.poll() is None and time.time() < deadline:
         before = len(_finished_trials(exp_dir, running=True))
         if before >= 6 + 1:  # the first round (3 arms × 2 seeds) and one more
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            kill_driver(proc)
             killed = True
             break
         time.sleep(0.05)

@@ -6,7 +6,6 @@ Credentials and the endpoint reach every process only through the SDK's standard
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, write_study
+from conftest import ROOT, kill_driver, write_study
 from local_cluster import free_port
 
 REF = {"activation": "irelu", "denorm": True, "rescale": True}
@@ -164,8 +163,7 @@ def test_study_on_s3_killed_resumed_and_reported(s3_env, tmp_path, tracking_uri,
         if any(d for d, _ in trials.values()) and any(c and not d for d, c in trials.values()):
             break
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_driver(proc)
     first_log = (tmp_path / "first.log").read_text()
     assert sorted(trials.values()) == [(False, True), (True, True)], first_log[-3000:]
     assert os.listdir(cwd) == [], "the driver wrote study files locally"
