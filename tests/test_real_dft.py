@@ -417,6 +417,25 @@ def test_the_benchmark_command_on_a_users_own_train_and_test_files(tmp_path):
     assert bad.returncode == 2 and "--train and --test go together" in bad.stderr
 
 
+def test_the_benchmark_trains_each_element_at_its_measured_best_sizes():
+    """Si's SchNet is the wider one measured best there; Mo's keeps the study's sizes; another model, or a
+    user's own files, get no SchNet sizes."""
+    import argparse
+
+    from benchmarks import mlearn
+
+    def cfg(**kw):
+        args = dict(element=None, train=None, test=None, model=None, seed=0, epochs=None, threads=1)
+        return mlearn.config_for(argparse.Namespace(**{**args, **kw}))
+
+    si, mo = cfg(element="Si"), cfg(element="Mo")
+    assert si.sizes["hidden"] == si.sizes["filters"] == 128 and si.sizes["cutoff"] == 5.0
+    assert "hidden" not in mo.sizes and mo.sizes["cutoff"] == 5.0 and mo.epochs == 300
+    assert "hidden" not in cfg(element="Si", model="dimenetpp").sizes
+    assert (si.loss_fn, si.energy_term, si.force_weight, si.activation, si.rescale) == ("mse", "atom", 0.1, "original",
+                                                                                        False)
+
+
 def test_a_study_recorded_before_the_recipe_keys_resumes(tmp_path):
     """A plan written before loss_fn, energy_term, ... existed lacks them: at their defaults nothing changed,
     so --resume goes on; a recorded value that differs still refuses."""
