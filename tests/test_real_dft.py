@@ -418,8 +418,8 @@ def test_the_benchmark_command_on_a_users_own_train_and_test_files(tmp_path):
 
 
 def test_the_benchmark_trains_each_element_with_its_measured_best():
-    """Mo: DimeNet++ with iGELU and LR; Si: the 128-wide SchNet without LR; SchNet on Mo keeps the recipe's
-    sizes; a model with no measured arm gets SchNet's levels but none of its sizes; every one has the recipe."""
+    """Mo: SchNet at the recipe's sizes, or DimeNet++ with iGELU and LR; Si: the 128-wide SchNet; a model with no
+    measured arm gets SchNet's levels but none of its sizes; every one has the recipe."""
     import argparse
 
     from benchmarks import mlearn
@@ -428,12 +428,12 @@ def test_the_benchmark_trains_each_element_with_its_measured_best():
         args = dict(element=None, train=None, test=None, model=None, seed=0, epochs=None, threads=1)
         return mlearn.config_for(argparse.Namespace(**{**args, **kw}))
 
-    mo, si, mo_schnet = cfg(element="Mo"), cfg(element="Si"), cfg(element="Mo", model="schnet")
+    mo, si, mo_schnet = cfg(element="Mo", model="dimenetpp"), cfg(element="Si"), cfg(element="Mo")
     assert (mo.model, mo.activation, mo.rescale, mo.rescale_factor, mo.sizes["cutoff"]) == ("dimenetpp", "igelu", True,
                                                                                           10.0, 5.0)
     assert (si.model, si.activation, si.rescale, si.sizes["hidden"], si.sizes["filters"]) == ("schnet", "original",
                                                                                             False, 128, 128)
-    assert mo_schnet.activation == "original" and "hidden" not in mo_schnet.sizes
+    assert (mo_schnet.model, mo_schnet.activation) == ("schnet", "original") and "hidden" not in mo_schnet.sizes
     other = cfg(element="Si", model="cgcnn")
     assert other.activation == "original" and not other.rescale and "hidden" not in other.sizes
     for c in (mo, si, mo_schnet, other):
