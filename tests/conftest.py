@@ -30,6 +30,7 @@ os.environ.setdefault("RAY_USE_RANDOM_PORTS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
+
 def kill_driver(proc) -> None:
     """SIGKILL a study's driver and every process it started, and wait until all are gone.
 
