@@ -418,8 +418,9 @@ def test_the_benchmark_command_on_a_users_own_train_and_test_files(tmp_path):
 
 
 def test_the_benchmark_trains_each_element_with_its_measured_best():
-    """Mo: SchNet at the recipe's sizes, or DimeNet++ with iGELU and LR; Si: the 128-wide SchNet; a model with no
-    measured arm gets SchNet's levels but none of its sizes; every one has the recipe."""
+    """Mo: DimeNet++ with iGELU and LR at 400 epochs unless --model schnet (SchNet at the recipe's sizes); Si: the
+    128-wide SchNet; a user's own files: SchNet; a model with no measured arm gets SchNet's levels but none of its
+    sizes; every one has the recipe."""
     import argparse
 
     from benchmarks import mlearn
@@ -428,17 +429,18 @@ def test_the_benchmark_trains_each_element_with_its_measured_best():
         args = dict(element=None, train=None, test=None, model=None, seed=0, epochs=None, threads=1)
         return mlearn.config_for(argparse.Namespace(**{**args, **kw}))
 
-    mo, si, mo_schnet = cfg(element="Mo", model="dimenetpp"), cfg(element="Si"), cfg(element="Mo")
-    assert (mo.model, mo.activation, mo.rescale, mo.rescale_factor, mo.sizes["cutoff"]) == ("dimenetpp", "igelu", True,
-                                                                                          10.0, 5.0)
-    assert (si.model, si.activation, si.rescale, si.sizes["hidden"], si.sizes["filters"]) == ("schnet", "original",
-                                                                                            False, 128, 128)
-    assert (mo_schnet.model, mo_schnet.activation) == ("schnet", "original") and "hidden" not in mo_schnet.sizes
+    mo, si, mo_schnet = cfg(element="Mo"), cfg(element="Si"), cfg(element="Mo", model="schnet")
+    assert (mo.model, mo.activation, mo.rescale, mo.rescale_factor, mo.sizes["cutoff"], mo.epochs) == (
+        "dimenetpp", "igelu", True, 10.0, 5.0, 400)
+    assert (si.model, si.activation, si.rescale, si.sizes["hidden"], si.sizes["filters"], si.epochs) == (
+        "schnet", "original", False, 128, 128, 300)
+    assert (mo_schnet.model, mo_schnet.activation, mo_schnet.epochs) == ("schnet", "original", 300)
+    assert "hidden" not in mo_schnet.sizes
     other = cfg(element="Si", model="cgcnn")
     assert other.activation == "original" and not other.rescale and "hidden" not in other.sizes
+    assert cfg(element="Mo", epochs=7).epochs == 7
     for c in (mo, si, mo_schnet, other):
-        assert (c.loss_fn, c.energy_term, c.force_weight, c.ema_decay, c.evaluate, c.epochs) == ("mse", "atom", 0.1,
-                                                                                               0.99, "best", 300)
+        assert (c.loss_fn, c.energy_term, c.force_weight, c.ema_decay, c.evaluate) == ("mse", "atom", 0.1, 0.99, "best")
 
 
 def test_a_study_recorded_before_the_recipe_keys_resumes(tmp_path):
