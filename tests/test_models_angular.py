@@ -14,8 +14,8 @@ from ase.build import bulk
 
 from dcnn.atomistic.graph import molecule_graph, triplets
 from dcnn.models import build_model, energy_and_forces, prepare
-from dcnn.models.angular import (DENSITY_FROM, density_sum, legendre_cbf, real_spherical_harmonics,
-                                 sum_by_density, triplets_per_edge)
+from dcnn.models.angular import (DENSITY_FROM, DENSITY_SLOT, DENSITY_TABLE, legendre_cbf, neighbour_table,
+                                 real_spherical_harmonics, sum_by_density, triplets_per_edge)
 from dcnn.models.gemnet_t import TRIPLETS_KEY, triplet_table
 from conftest import atoms_graph, slab_with_adsorbate
 
@@ -50,25 +50,24 @@ def test_real_harmonics_addition_theorem_parity_and_orthonormality(n_orders):
                                rtol=0, atol=1e-12)
 
 
-def test_density_sum_equals_the_sum_over_every_edge_at_the_atom():
-    """Brute force: out[e, :, l] = Σ_{e' into at[e]} Y_l0(u_e'·u_e) m[e', :, l] (nothing excluded here)."""
-    n_edges, n_atoms, n_orders, f = 40, 6, 4, 3
-    g = torch.Generator().manual_seed(2)
-    into = torch.randint(0, n_atoms, (n_edges,), generator=g)
-    at = torch.randint(0, n_atoms, (n_edges,), generator=g)
-    u_in, u_out = _unit(n_edges, 3), _unit(n_edges, 4)
-    m = torch.randn(n_edges, f, n_orders, dtype=torch.float64, generator=g)
-    got = density_sum(m, real_spherical_harmonics(n_orders, u_in), into, real_spherical_harmonics(n_orders, u_out),
-                      at, n_atoms, per_order=True)
-    want = torch.zeros_like(got)
-    for e in range(n_edges):
-        for e2 in range(n_edges):
-            if into[e2] == at[e]:
-                want[e] += m[e2] * legendre_cbf(n_orders, (u_in[e2] * u_out[e]).sum())
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
-    torch.testing.assert_close(density_sum(m, real_spherical_harmonics(n_orders, u_in), into,
-                                           real_spherical_harmonics(n_orders, u_out), at, n_atoms, per_order=False),
-                               want.sum(-1), rtol=0, atol=1e-12)
+def test_neighbour_table_lists_each_atoms_incoming_edges_once_in_edge_order():
+    """The padded layout the density sums run on: row a = the edges into atom a in edge order, padded with
+    E; slot[e] = where edge e sits (row·K + column); K = the largest in-degree; an atom without edges is
+    all padding."""
+    g = torch.Generator().manual_seed(7)
+    n_atoms, n_edges = 9, 60
+    target = torch.randint(0, n_atoms - 1, (n_edges,), generator=g)  # atom 8 receives no edge
+    table, slot = neighbour_table(target, n_atoms)
+    degree = torch.bincount(target, minlength=n_atoms)
+    assert table.shape == (n_atoms, int(degree.max()))
+    for a in range(n_atoms):
+        into = torch.nonzero(target == a).flatten()
+        row = table[a]
+        assert row[: len(into)].tolist() == into.tolist()
+        assert (row[len(into):] == n_edges).all()
+    assert table.view(-1)[slot].tolist() == list(range(n_edges))
+    table, slot = neighbour_table(target[:0], 3)  # no edges at all: one padding column
+    assert table.shape == (3, 1) and (table == 0).all() and slot.numel() == 0
 
 
 def _with_table(model_name, graph):
@@ -102,7 +101,9 @@ def test_density_and_triplet_sums_are_one_function(model_name, kind):
     graph = dataclasses.replace(graph, extras={})
     by_table = _with_table(model_name, graph)
     results = []
-    for g in (graph, by_table):  # no table: the density sum; with it: triplet by triplet
+    by_density = dataclasses.replace(graph, extras=dict(zip((DENSITY_TABLE, DENSITY_SLOT),
+                                                             neighbour_table(graph.edge_index[1], graph.positions.shape[0]))))
+    for g in (by_density, by_table):  # the density sum on its padded table; triplet by triplet
         model.zero_grad()
         e, f = energy_and_forces(model, g, create_graph=True)
         (e.square().sum() + f.square().sum()).backward()  # reaches the parameters through F: double backward
@@ -126,9 +127,11 @@ def test_the_cheaper_sum_is_chosen_from_the_triplets_per_edge():
     k = triplets_per_edge(dense.edge_index, dense.positions.shape[0])
     kj, _ = triplets(dense.edge_index, dense.positions.shape[0], dense.cell_shifts)
     assert k == pytest.approx(kj.numel() / dense.n_edges)  # the count DimeNet's table would have
-    assert k > DENSITY_FROM * 25 > 6 - 2
-    assert sum_by_density(dense.edge_index, dense.positions.shape[0], 5)
-    assert not sum_by_density(mol.edge_index, mol.positions.shape[0], 5)
+    for name in ("dimenetpp", "gemnet_t"):
+        assert k > DENSITY_FROM[name] * 25 > 6 - 2
+        assert sum_by_density(name, dense.edge_index, dense.positions.shape[0], 5)
+        assert not sum_by_density(name, mol.edge_index, mol.positions.shape[0], 5)
     for name, key in (("dimenetpp", "dimenet_kj"), ("gemnet_t", TRIPLETS_KEY)):
         model = build_model(name, "small")
         assert key in prepare(model, mol).extras and key not in prepare(model, dense).extras
+        assert DENSITY_TABLE in prepare(model, dense).extras and DENSITY_TABLE not in prepare(model, mol).extras

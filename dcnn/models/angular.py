@@ -13,14 +13,21 @@ P_l(u·v) = 4π/(2l+1)·Σ_m Y_lm(u)·Y_lm(v), factors each term into a part of 
     out[e, f, l] = √(4π/(2l+1)) Σ_m Y_lm(u_e) · D[a, f, lm]  −  Y_l0(u_excl · u_e)·M[excl, f, l],
     D[a, f, lm] = Σ_{e' into a} Y_lm(u_e') · M[e', f, l]
 
-so the sum costs O(E·L²·F) instead of O(T·F·L): no triplet index table at all (nothing to build per batch),
-and only [E, F, L²] and [A, F, L²] tensors.  The excluded edge (DimeNet's back-track k = i, GemNet's edge
-itself) is subtracted exactly.  This is the same function (tests/test_models_angular.py checks it against the
-triplet sums of `dcnn.atomistic.graph.triplets` and `dcnn.models.gemnet_t.triplet_table`, values and
-double-backward gradients), evaluated in another order: the density trick of ACE and MACE applied to
-DimeNet's and GemNet's bases.  One difference by construction: GemNet clamps each triplet's cosine to
-[−1, 1] (fairchem's `inner_product_normalized`), which matters only at rounding level and zeroes the gradient
-of an exactly collinear triplet; here there is no cosine to clamp.
+so the sum costs O(E·L²·F) instead of O(T·F·L), with no triplet index table.  The sums run on a padded
+layout of the edges into each atom (`neighbour_table`: [A, K], K = the largest in-degree, made once per
+batch outside the differentiable step like the neighbour lists): the density of every atom is one batched
+matmul over its K edges, and so is the read by the edges at the atom; each model folds the parts of its
+basis that are the same in every block (DimeNet++'s radial basis, GemNet's rbf_W1) into a padded tensor
+made once per forward (`dcnn.models.dimenetpp.DensityAngles`, `dcnn.models.gemnet_t.DensityAngles`), so
+no [E, F, L²] tensor is materialised, forward or in the double backward of force training (measured: the
+DimeNet++ step on mlearn Mo 1.8× faster than the index_add density it replaced, docs/speed.md).  The
+excluded edge (DimeNet's back-track k = i, GemNet's edge itself) is subtracted exactly.  This is the same
+function (tests/test_models_angular.py checks it against the triplet sums of
+`dcnn.atomistic.graph.triplets` and `dcnn.models.gemnet_t.triplet_table`, values and double-backward
+gradients), evaluated in another order: the density trick of ACE and MACE applied to DimeNet's and
+GemNet's bases.  One difference by construction: GemNet clamps each triplet's cosine to [−1, 1]
+(fairchem's `inner_product_normalized`), which matters only at rounding level and zeroes the gradient of an
+exactly collinear triplet; here there is no cosine to clamp.
 """
 from __future__ import annotations
 
@@ -28,15 +35,17 @@ import math
 
 import torch
 
-__all__ = ["legendre_cbf", "real_spherical_harmonics", "harmonic_orders", "density_sum", "triplets_per_edge",
-           "sum_by_density"]
+__all__ = ["legendre_cbf", "real_spherical_harmonics", "harmonic_orders", "triplets_per_edge", "sum_by_density",
+           "neighbour_table", "density_tables", "padded_edges", "gather_padded", "order_of_harmonics",
+           "density_weight", "DENSITY_TABLE", "DENSITY_SLOT"]
 
 
-# Measured (benchmarks/bench_models.py, DimeNet++ small, L = 5, 2 cores AMD EPYC, 2026-12-06): the density sum
-# and the triplet-by-triplet sum cost the same at ≈ 19 triplets per edge (aspirin's complete graph), the
-# triplets are 1.9× faster at 7 (ethanol), the density 2.9× at 47 (the catalysis slabs).  Both grow with
-# the harmonics' count L² on one side and the triplets per edge on the other.
-DENSITY_FROM = 0.8  # triplets per edge, per harmonic (L²), from which the density sum is used
+# Triplets per edge, per harmonic (L²), from which the density sum is used, per model: measured
+# (2026-12-06, 2 cores AMD EPYC, one thread, eager energy+force step with its double backward, `small`, L = 5,
+# batches of 20): DimeNet++ triplets 1.29× faster than the density at 7 triplets per edge (ethanol), the
+# density 1.76× faster at 19 (aspirin); GemNet-T triplets 1.15× faster at 7, the two equal at 19.  Both
+# grow with the harmonics' count L² on one side and the triplets per edge on the other.
+DENSITY_FROM = {"dimenetpp": 0.5, "gemnet_t": 0.8}
 
 
 def triplets_per_edge(edge_index: torch.Tensor, n_atoms: int) -> float:
@@ -49,9 +58,10 @@ def triplets_per_edge(edge_index: torch.Tensor, n_atoms: int) -> float:
     return float(degree.index_select(0, edge_index[0]).double().mean()) - 1.0
 
 
-def sum_by_density(edge_index: torch.Tensor, n_atoms: int, n_orders: int) -> bool:
-    """Whether `density_sum` is the cheaper way to sum over this graph's triplets (`DENSITY_FROM`)."""
-    return triplets_per_edge(edge_index, n_atoms) >= DENSITY_FROM * n_orders ** 2
+def sum_by_density(model: str, edge_index: torch.Tensor, n_atoms: int, n_orders: int) -> bool:
+    """Whether the density sum is the cheaper way for `model` to sum over this graph's triplets
+    (`DENSITY_FROM`)."""
+    return triplets_per_edge(edge_index, n_atoms) >= DENSITY_FROM[model] * n_orders ** 2
 
 
 def legendre_cbf(n_orders: int, cos: torch.Tensor) -> torch.Tensor:
@@ -104,26 +114,54 @@ def real_spherical_harmonics(n_orders: int, unit: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, dim=-1)
 
 
-def density_sum(messages: torch.Tensor, harmonics_in: torch.Tensor, into: torch.Tensor,
-                harmonics_out: torch.Tensor, at: torch.Tensor, n_atoms: int, per_order: bool) -> torch.Tensor:
-    """out[e, :, l] = Σ_{e' : into[e'] = at[e]} Y_l0(u_e'·u_e)·messages[e', :, l] for every edge e →
-    [E, F, L] (per_order) or summed over l, [E, F].
+def neighbour_table(target: torch.Tensor, n_atoms: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(table [A, K], slot [E]): the edges into each atom, padded to K = the largest in-degree — row a lists
+    the edges whose target is a, in edge order, short rows padded with E — and each edge's place in it
+    (row·K + column).  The layout the density sums run on (`gather_padded`).  Index arithmetic (one host
+    read: K), made once per batch outside the differentiable step (`DENSITY_TABLE`, `DENSITY_SLOT`)."""
+    n_edges = target.shape[0]
+    into = torch.bincount(target, minlength=n_atoms)  # [A] in-degrees
+    k = max(int(into.max()), 1) if n_edges else 1
+    order = torch.argsort(target, stable=True)  # edges grouped by the atom they point into
+    grouped = target.index_select(0, order)
+    rank = torch.arange(n_edges, device=target.device) - (torch.cumsum(into, 0) - into).index_select(0, grouped)
+    slot = torch.empty_like(order).scatter_(0, order, grouped * k + rank)
+    table = torch.full((n_atoms * k,), n_edges, dtype=torch.long, device=target.device)
+    table.scatter_(0, slot, torch.arange(n_edges, device=target.device))
+    return table.view(n_atoms, k), slot
 
-    messages [E, F, L] (or [E, F, 1]: the same for every l); harmonics_in [E, L²] = Y_lm(u_e') of each
-    summed edge, harmonics_out [E, L²] = Y_lm(u_e) of each receiving edge (`real_spherical_harmonics`).  The
-    summands Y_lm(u_e')·messages[e', :, l] are summed per atom (`into`) into the density [A, F, L²], which
-    each receiving edge reads at its atom `at` and contracts with √(4π/(2l+1))·Y_lm(u_e).  By the addition
-    theorem the sum runs over *every* edge e' at the atom: the caller subtracts the one it excludes.
-    Harmonics last and per-order sums as matmuls with a 0/1 matrix: every op streams over contiguous rows,
-    in the forward and both backward passes."""
-    n_h = harmonics_in.shape[-1]
-    n_orders = math.isqrt(n_h)
-    ls = harmonic_orders(n_orders)
-    orders = torch.nn.functional.one_hot(torch.tensor(ls, device=messages.device), n_orders).to(messages.dtype)
-    if messages.shape[-1] > 1:
-        messages = messages @ orders.T  # [E, F, L²]: each order's message on its 2l + 1 harmonics
-    summands = messages * harmonics_in.unsqueeze(1)  # [E, F, L²]
-    density = summands.new_zeros(n_atoms, *summands.shape[1:]).index_add(0, into, summands)
-    weight = harmonics_out.new_tensor([math.sqrt(4 * math.pi / (2 * l + 1)) for l in ls])
-    product = density.index_select(0, at) * (harmonics_out * weight).unsqueeze(1)  # [E, F, L²]
-    return product @ orders if per_order else product.sum(-1)
+
+DENSITY_TABLE = "density_table"  # graph.extras: `neighbour_table`'s table [A, K]
+DENSITY_SLOT = "density_slot"  # graph.extras: `neighbour_table`'s slot [E]
+
+
+def density_tables(extras: dict, target: torch.Tensor, n_atoms: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(table, slot) of `neighbour_table` from the graph's extras (`prepare_graph` put them there), else
+    made now (eager calls on a graph nobody prepared)."""
+    if DENSITY_TABLE in extras:
+        return extras[DENSITY_TABLE], extras[DENSITY_SLOT]
+    return neighbour_table(target, n_atoms)
+
+
+def padded_edges(table: torch.Tensor, n_edges) -> tuple[torch.Tensor, torch.Tensor]:
+    """(edge [A, K], valid [A, K] bool): the table's edges with the padding pointed at edge 0, and where the
+    padding is (a gather through `edge` reads edge 0 there: callers zero it through a factor that is 0 at
+    the padding, so it contributes exactly 0 and receives a zero gradient)."""
+    valid = table < n_edges
+    return torch.where(valid, table, torch.zeros_like(table)), valid
+
+
+def gather_padded(x: torch.Tensor, edge: torch.Tensor) -> torch.Tensor:
+    """[E, ...] edge rows → [A, K, ...]: x[edge[a, k]] (the padding reads edge 0: see `padded_edges`)."""
+    a, k = edge.shape
+    return x.index_select(0, edge.reshape(-1)).view(a, k, *x.shape[1:])
+
+
+def order_of_harmonics(n_orders: int, device: torch.device) -> torch.Tensor:
+    """[L²] long: l of each harmonic of `real_spherical_harmonics` (to expand a per-order tensor to them)."""
+    return torch.tensor(harmonic_orders(n_orders), device=device)
+
+
+def density_weight(n_orders: int, like: torch.Tensor) -> torch.Tensor:
+    """[L²]: √(4π/(2l+1)) of each harmonic: Σ_m Y_lm(u)·Y_lm(v)·√(4π/(2l+1)) = Y_l0(u·v)."""
+    return like.new_tensor([math.sqrt(4 * math.pi / (2 * l + 1)) for l in harmonic_orders(n_orders)])

@@ -17,9 +17,11 @@ with these differences:
   images.  The interaction's sum over the triplets is not done triplet by triplet: its two bias-free
   projections of the spherical basis are one linear map, which splits into a part of the edge kj (the
   radial basis of d_kj, the message m_kj) and Y_l0(cos θ); the addition theorem then turns the sum over k
-  into a per-atom density contracted with the harmonics of the edge ji (`dcnn.models.angular.angular_sum`),
-  minus the back-track.  Same function, O(E·L²) instead of O(T) work: 5× fewer FLOPs at ≈ 48 neighbours
-  per atom, and no triplet table.
+  into a per-atom density contracted with the harmonics of the edge ji (`DensityAngles`, on
+  `dcnn.models.angular`'s padded layout of the edges into each atom), minus the back-track.  Same
+  function, O(E·L²) instead of O(T) work, and no triplet table, on graphs with many neighbours per atom
+  (≥ 0.5·L² triplets per edge, `dcnn.models.angular.sum_by_density`); molecules with few keep the
+  triplet table (`TripletAngles`), which is faster there.
 * Fixed-size molecules train on the complete graph (every ordered pair) and pairs beyond the cutoff are
   switched off by DimeNet's own envelope: every path from an edge's message to the energy is multiplied
   by a basis function of that edge (output blocks: lin_rbf(rbf_ji)·m_ji; interaction blocks:
@@ -48,7 +50,9 @@ from torch.nn import functional as F
 
 from dcnn.activations import get_activation
 from dcnn.atomistic.graph import AtomicGraph, triplets
-from dcnn.models.angular import density_sum, harmonic_orders, legendre_cbf, real_spherical_harmonics, sum_by_density
+from dcnn.models.angular import (DENSITY_SLOT, DENSITY_TABLE, density_tables, density_weight, gather_padded,
+                                 legendre_cbf, neighbour_table, order_of_harmonics, padded_edges,
+                                 real_spherical_harmonics, sum_by_density)
 from dcnn.models.common import sum_per_structure
 
 DIMENETPP_PRESETS = {
@@ -327,17 +331,35 @@ class TripletAngles:
 
 
 class DensityAngles:
-    """A sum over DimeNet's triplets k → j → i by the addition theorem (`dcnn.models.angular.density_sum`):
-    the real harmonics of each edge's direction (edge m + P, the reverse of edge m, has (−1)^l those of its
-    pair), the atoms (source j, target i) and the number of orders."""
+    """A sum over DimeNet's triplets k → j → i by the addition theorem (`dcnn.models.angular`), on the
+    padded layout of the edges into each atom (`neighbour_table`: [A, K], K = the largest in-degree).
 
-    def __init__(self, unit: torch.Tensor, source: torch.Tensor, target: torch.Tensor, n_orders: int,
-                 n_atoms: int):
-        self.n_orders, self.n_atoms, self.source, self.target = n_orders, n_atoms, source, target
-        ls = torch.tensor(harmonic_orders(n_orders), device=unit.device)
-        y = real_spherical_harmonics(n_orders, unit)  # [P, L²]
-        y = torch.cat([y, y * (1 - 2 * (ls % 2)).to(unit.dtype)])  # [2P, L²] of every edge
-        self.harmonics = y
+    With the interaction's projection W = W₂W₁ [I, L, R] and m_kj [I] the message of edge kj:
+
+        Σ_k m_kj ⊙ Σ_{l,r} W[:, l, r]·rad[kj, l, r]·Y_l0(cos θ_kji)
+          = Σ_{l,m} √(4π/(2l+1))·Y_lm(u_ji) · Σ_r W[:, l, r] · C[j, :, lm, r],
+        C[j, :, lm, r] = Σ_{kj into j} m_kj · Y_lm(u_kj)·rad[kj, l, r]
+
+    minus the back-track (k = i: cos θ = −1).  The basis B[kj, lm·r] = Y_lm(u_kj)·rad[kj, l, r] is the
+    same in every block (made once per forward, padded, zero at the padding), so a block is two batched
+    matmuls over the atoms — C = mᵀB per atom [I × K]·[K × L²R], then the edges out of j read Σ_r W·C —
+    and nothing of size [E, I, L²] is ever materialised (neither forward nor in either backward)."""
+
+    def __init__(self, unit: torch.Tensor, rad: torch.Tensor, table: torch.Tensor, slot: torch.Tensor,
+                 n_orders: int):
+        p = unit.shape[0]
+        self.n_orders, self.ls = n_orders, order_of_harmonics(n_orders, unit.device)
+        odd = (self.ls % 2 == 1)
+        self.edge, valid = padded_edges(table, 2 * p)
+        pair = torch.where(self.edge < p, self.edge, self.edge - p)  # edge m + P is the reverse of edge m
+        y = gather_padded(real_spherical_harmonics(n_orders, unit), pair)  # [A, K, L²] of each pair
+        reverse = (self.edge >= p).unsqueeze(-1)
+        y_in = y * (1 - 2 * (reverse & odd).to(y.dtype)) * valid.unsqueeze(-1)  # Y(−u) = (−1)^l Y(u)
+        r = gather_padded(rad.view(p, n_orders, -1), pair).index_select(2, self.ls)  # [A, K, L², R]
+        self.basis = (y_in.unsqueeze(-1) * r).flatten(2)  # [A, K, L²·R]
+        # the edge j → i reads the density of j at the slot of its reverse i → j (row j): Y(u_ji) = (−1)^l Y(u_ij)
+        self.read = y_in * (1 - 2 * odd.to(y.dtype)) * density_weight(n_orders, y)  # [A, K, L²]
+        self.read_slot = torch.cat([slot[p:], slot[:p]])  # [2P]: each edge reads at its reverse's slot
         # Y_l0(−1): the back-track k = i (cos θ = −1: u_kj = −u_ji exactly, as built)
         self.back_track = unit.new_tensor([math.sqrt((2 * l + 1) / (4 * math.pi)) * (-1) ** l
                                            for l in range(n_orders)])
@@ -345,16 +367,15 @@ class DensityAngles:
     def sum(self, x_kj: torch.Tensor, rad: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Σ_{k ≠ i} x_kj ⊙ Σ_{l,r} W[:, l, r]·rad[kj, l, r]·Y_l0(cos θ_kji) for every edge ji → [2P, I].
         x_kj [2P, I]; rad [P, L·R] of the pairs (l-major); w [I, L·R]."""
-        p = rad.shape[0]
-        rad = rad.view(p, self.n_orders, -1)
-        w = w.view(w.shape[0], self.n_orders, -1)
-        q = torch.einsum("plr,ilr->pil", rad, w)  # [P, I, L]: the same for both directions of a pair
-        messages = (x_kj.view(2, p, -1, 1) * q).reshape(2 * p, -1, self.n_orders)  # [2P, I, L]
-        total = density_sum(messages, self.harmonics, self.target, self.harmonics, self.source, self.n_atoms,
-                            per_order=False)
+        p, i = rad.shape[0], w.shape[0]
+        a, k, n_h = self.read.shape
+        w = w.view(i, self.n_orders, -1)  # [I, L, R]
+        c = torch.bmm(gather_padded(x_kj, self.edge).transpose(1, 2), self.basis)  # [A, I, L²·R]
+        density = (c.view(a, i, n_h, -1) * w.index_select(1, self.ls)).sum(-1)  # [A, I, L²]
+        total = torch.bmm(self.read, density.transpose(1, 2)).reshape(a * k, i).index_select(0, self.read_slot)
         # minus the back-track: for edge ji the edge kj is its reverse, of the same pair
-        reverse = torch.cat([messages[p:], messages[:p]])
-        return total - reverse @ self.back_track
+        q = torch.einsum("plr,ilr,l->pi", rad.view(p, self.n_orders, -1), w, self.back_track)  # [P, I]
+        return total - torch.cat([x_kj[p:], x_kj[:p]]) * q.repeat(2, 1)
 
 
 def pair_vectors(graph: AtomicGraph) -> torch.Tensor:
@@ -393,11 +414,15 @@ class DimeNetPP(nn.Module):
         """The graph with DimeNet++'s triplet table in `extras` ("dimenet_kj", "dimenet_ji": every edge k → j
         paired with every edge j → i, the exact back-track excluded, images of i kept) where summing triplet
         by triplet is the cheaper way (`dcnn.models.angular.sum_by_density`: few neighbours per atom), else
-        unchanged: dense cells sum by density and need no table.  Called by `dcnn.models.prepare` outside the
-        differentiable step; unchanged if the table is there."""
+        the padded table of the edges into each atom that the density sum runs on
+        (`dcnn.models.angular.neighbour_table`).  Called by `dcnn.models.prepare` outside the
+        differentiable step; unchanged if a table is there."""
         n_atoms = graph.positions.shape[0]
-        if "dimenet_kj" in graph.extras or sum_by_density(graph.edge_index, n_atoms, self.sbf.spherical):
+        if "dimenet_kj" in graph.extras or DENSITY_TABLE in graph.extras:
             return graph
+        if sum_by_density("dimenetpp", graph.edge_index, n_atoms, self.sbf.spherical):
+            table, slot = neighbour_table(graph.edge_index[1], n_atoms)
+            return dataclasses.replace(graph, extras={**graph.extras, DENSITY_TABLE: table, DENSITY_SLOT: slot})
         idx_kj, idx_ji = triplets(graph.edge_index, n_atoms, graph.cell_shifts)
         return dataclasses.replace(graph, extras={**graph.extras, "dimenet_kj": idx_kj, "dimenet_ji": idx_ji})
 
@@ -416,7 +441,7 @@ class DimeNetPP(nn.Module):
             angles = TripletAngles(unit, graph.extras["dimenet_kj"], graph.extras["dimenet_ji"], rad,
                                    self.sbf.spherical)
         else:
-            angles = DensityAngles(unit, source, target, self.sbf.spherical, n_atoms)
+            angles = DensityAngles(unit, rad, *density_tables(graph.extras, target, n_atoms), self.sbf.spherical)
 
         x = self.emb(graph.numbers, rbf, source, target)  # [2P, H]
         per_atom = self.output_blocks[0](x, rbf, target, n_atoms)

@@ -22,8 +22,8 @@ paper's naming, "d" meaning direct forces).  What differs, and why:
   (edge m and m + P are reverses: the two halves exchanged).  On the complete graph of an N-atom molecule
   every row has N − 2 entries, no padding: the tensors of the dense layout.  Periodic frames are radius
   graphs at the cutoff, so E is fairchem's periodic GemNet-T (its `use_pbc` path, no neighbour cap).  Dense
-  cells (≥ 0.8·L² triplets per edge, `dcnn.models.angular.sum_by_density`) get no table: the sum over b runs
-  by the addition theorem through per-atom densities (`DensityAngles`), the same function at O(E·L²).
+  cells (≥ 0.8·L² triplets per edge, `dcnn.models.angular.sum_by_density`) get no triplet table: the sum over b
+  runs by the addition theorem through per-atom densities (`DensityAngles`), the same function at O(E·L²).
 * **Cutoff**: fixed-size molecules train on the complete graph (every ordered pair), and fairchem's
   radius graph (6 Å, 50 neighbours: no cap for MD17-sized molecules) is reproduced exactly: every path
   from an edge's embedding to the energy is multiplied by a radial basis of that edge, which the envelope
@@ -65,7 +65,9 @@ from torch.nn import functional as F
 from dcnn.activations import get_activation
 from dcnn.atomistic.graph import AtomicGraph
 from dcnn.models.common import GaussianSmearing, scatter_sum, sum_per_structure
-from dcnn.models.angular import density_sum, legendre_cbf, real_spherical_harmonics, sum_by_density
+from dcnn.models.angular import (DENSITY_SLOT, DENSITY_TABLE, density_tables, density_weight, gather_padded,
+                                 legendre_cbf, neighbour_table, order_of_harmonics, padded_edges,
+                                 real_spherical_harmonics, sum_by_density)
 
 # paper: the paper's code (lbai-lab/dcnn-training GemNetT defaults = fairchem configs/oc20/s2ef/all/gemnet/
 # gemnet-dT.yml model sizes; num_before_skip 1, num_after_skip 2, num_concat 1, num_atom 3, gaussian rbf,
@@ -323,18 +325,17 @@ class EfficientInteractionDownProjection(nn.Module):
 
 
 class EfficientInteractionBilinear(nn.Module):
-    """m_ca = Σ_{t,i} W[t, i, o] · Σ_s rbf_W1[ca, i, s] · Σ_b Y_s(φ_cab) x_ba[t]: the bilinear layer after the
-    sum over the triplets (`TripletAngles` / `DensityAngles`), in the order of fairchem's efficient
-    reformulation."""
+    """m_ca = Σ_{t,i} W[t, i, o] · r[ca, i, t], r = Σ_s rbf_W1[ca, i, s] · Σ_b Y_s(φ_cab) x_ba[t]: the bilinear
+    layer after the sum over the triplets and its contraction with rbf_W1 (`TripletAngles.contract` /
+    `DensityAngles.contract`), in the order of fairchem's efficient reformulation."""
 
     def __init__(self, emb_trip, emb_interm, units_out):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(emb_trip, emb_interm, units_out))
         he_orthogonal_(self.weight)
 
-    def forward(self, rbf_w1, sum_k):
-        """rbf_w1 [E, I, S]; sum_k [E, S, T] = Σ_b Y_s(φ_cab) x_ba[t] over the edges b → a of each edge c → a."""
-        r = torch.matmul(rbf_w1, sum_k)  # [E, I, T]
+    def forward(self, r):
+        """r [E, I, T] → [E, O]."""
         t, i, o = self.weight.shape
         return torch.matmul(r.transpose(-1, -2).flatten(-2), self.weight.reshape(t * i, o))  # [E, O]
 
@@ -344,38 +345,53 @@ class TripletAngles:
     (graph.extras "gemnet_id3_ba") and Y_s(cos φ_cab) of every entry [E, K, S] (cos clamped to [−1, 1] as
     fairchem's `inner_product_normalized`; the padding's cos is 0 and its x_ba row is zero)."""
 
-    def __init__(self, unit: torch.Tensor, id3_ba: torch.Tensor, n_orders: int):
-        self.id3_ba = id3_ba
+    def __init__(self, unit: torch.Tensor, id3_ba: torch.Tensor, n_orders: int, rbf_w1: torch.Tensor):
+        self.id3_ba, self.rbf_w1 = id3_ba, rbf_w1
         cos = (unit.unsqueeze(1) * _gather_triplets(unit, id3_ba)).sum(-1)  # [E, K]
         self.sph = legendre_cbf(n_orders, cos.clamp(-1, 1))  # [E, K, S]
 
-    def sum(self, x_ba: torch.Tensor) -> torch.Tensor:
-        """x_ba [E, T] → [E, S, T]: Σ_b Y_s(φ_cab)·x_ba[b] over the other edges b → a of each edge c → a."""
-        return torch.matmul(self.sph.transpose(-1, -2), _gather_triplets(x_ba, self.id3_ba))
+    def contract(self, x_ba: torch.Tensor) -> torch.Tensor:
+        """x_ba [E, T] → [E, I, T]: Σ_s rbf_W1[ca, i, s] · Σ_b Y_s(φ_cab)·x_ba[b] over the other edges b → a
+        of each edge c → a."""
+        return torch.matmul(self.rbf_w1, torch.matmul(self.sph.transpose(-1, -2),
+                                                      _gather_triplets(x_ba, self.id3_ba)))
 
     def table(self) -> torch.Tensor:
         return self.id3_ba
 
 
 class DensityAngles:
-    """GemNet's sum over the triplets by the addition theorem (`dcnn.models.angular.density_sum`): the real
-    harmonics of every edge's direction, summed per target atom, read by the edges into it, minus the edge
-    itself (cos φ = 1).  Same function as `TripletAngles` without a table (tests/test_models_angular.py)."""
+    """GemNet's sum over the triplets by the addition theorem (`dcnn.models.angular`), on the padded layout
+    of the edges into each atom (`neighbour_table`: [A, K]), contracted with rbf_W1 in the same step:
 
-    def __init__(self, unit: torch.Tensor, target: torch.Tensor, n_atoms: int, n_orders: int):
-        self.harmonics = real_spherical_harmonics(n_orders, unit)  # [E, L²]
-        self.target, self.n_atoms = target, n_atoms
-        self.itself = unit.new_tensor([math.sqrt((2 * l + 1) / (4 * math.pi)) for l in range(n_orders)])  # Y_l0(1)
+        Σ_s rbf_W1[ca, i, s] Σ_{b ≠ c} Y_s(φ_cab) x_ba = Σ_{lm} G[ca, i, lm] · D[a, lm, :] − x_ca·Σ_s rbf_W1[ca, i, s]·Y_s0(1)
+        D[a, lm, :] = Σ_{ba into a} Y_lm(u_ba) x_ba,   G[ca, i, lm] = rbf_W1[ca, i, l]·√(4π/(2l+1))·Y_lm(u_ca)
 
-    def sum(self, x_ba: torch.Tensor) -> torch.Tensor:
-        """As `TripletAngles.sum`."""
-        total = density_sum(x_ba.unsqueeze(-1), self.harmonics, self.target, self.harmonics, self.target,
-                            self.n_atoms, per_order=True)  # [E, T, S]
-        return (total - x_ba.unsqueeze(-1) * self.itself).transpose(1, 2)
+    G is the same in every block (made once per forward, padded), so a block is two batched matmuls over
+    the atoms ([L² × K]·[K × T], then [K·I × L²]·[L² × T]) and nothing of size [E, T, L²] is materialised.
+    Same function as `TripletAngles` without a triplet table (tests/test_models_angular.py)."""
+
+    def __init__(self, unit: torch.Tensor, target: torch.Tensor, table: torch.Tensor, slot: torch.Tensor,
+                 n_orders: int, rbf_w1: torch.Tensor):
+        self.target, self.target_slot = target, slot
+        self.edge, valid = padded_edges(table, unit.shape[0])
+        y = gather_padded(real_spherical_harmonics(n_orders, unit), self.edge) * valid.unsqueeze(-1)  # [A, K, L²]
+        self.y = y  # [A, K, L²]: the harmonics of the edges into each atom, 0 at the padding
+        w1 = gather_padded(rbf_w1, self.edge).index_select(3, order_of_harmonics(n_orders, unit.device))
+        self.g = (w1 * (y * density_weight(n_orders, y)).unsqueeze(2)).flatten(1, 2)  # [A, K·I, L²]
+        itself = unit.new_tensor([math.sqrt((2 * l + 1) / (4 * math.pi)) for l in range(n_orders)])  # Y_l0(1)
+        self.w1_itself = (rbf_w1 @ itself).unsqueeze(-1)  # [E, I, 1]
+
+    def contract(self, x_ba: torch.Tensor) -> torch.Tensor:
+        """As `TripletAngles.contract`."""
+        a, k, _ = self.y.shape
+        density = torch.bmm(self.y.transpose(1, 2), gather_padded(x_ba, self.edge))  # [A, L², T]
+        out = torch.bmm(self.g, density).view(a * k, -1, x_ba.shape[-1]).index_select(0, self.target_slot)
+        return out - x_ba.unsqueeze(1) * self.w1_itself  # [E, I, T]
 
     def table(self) -> torch.Tensor:
         """The triplet table (for fitting the scale factors only, whose statistics run over the triplets)."""
-        return triplet_table(self.target, self.n_atoms)
+        return triplet_table(self.target, self.y.shape[0])
 
 
 class TripletInteraction(nn.Module):
@@ -390,7 +406,7 @@ class TripletInteraction(nn.Module):
         self.up_projection_ca = Dense(emb_bilinear, emb_edge, activation)
         self.up_projection_ac = Dense(emb_bilinear, emb_edge, activation)
 
-    def forward(self, m, rbf3, rbf_w1, angles, inside):
+    def forward(self, m, rbf3, angles, inside):
         x_ba = self.dense_ba(m)
         x_ba = self.scale_rbf(x_ba * self.mlp_rbf(rbf3), ref=x_ba, rows=inside, ref_rows=inside)
         x_ba = self.down_projection(x_ba) * inside  # edges beyond the cutoff are not in fairchem's graph
@@ -399,7 +415,7 @@ class TripletInteraction(nn.Module):
             id3_ba = angles.table()
             ref = _gather_triplets(x_ba, id3_ba)  # [E, K, T]
             triplets = inside.unsqueeze(1) * _gather_triplets(inside, id3_ba)
-        x = self.scale_cbf_sum(self.mlp_cbf(rbf_w1, angles.sum(x_ba)), ref=ref, rows=inside, ref_rows=triplets)
+        x = self.scale_cbf_sum(self.mlp_cbf(angles.contract(x_ba)), ref=ref, rows=inside, ref_rows=triplets)
         x_ca = self.up_projection_ca(x)
         x_ac = _swap(self.up_projection_ac(x))  # message of a → c added to c → a
         return (x_ca + x_ac) * INV_SQRT_2
@@ -420,8 +436,8 @@ class InteractionBlockTripletsOnly(nn.Module):
         self.concat_layer = EdgeEmbedding(emb_atom, emb_edge, emb_edge, activation)
         self.residual_m = nn.ModuleList(ResidualLayer(emb_edge, activation) for _ in range(concat))
 
-    def forward(self, h, m, rbf3, rbf_w1, angles, inside, rbf_h, src, tgt):
-        x = (self.dense_ca(m) + self.trip_interaction(m, rbf3, rbf_w1, angles, inside)) * INV_SQRT_2
+    def forward(self, h, m, rbf3, angles, inside, rbf_h, src, tgt):
+        x = (self.dense_ca(m) + self.trip_interaction(m, rbf3, angles, inside)) * INV_SQRT_2
         for layer in self.layers_before_skip:
             x = layer(x)
         m = (m + x) * INV_SQRT_2
@@ -471,11 +487,15 @@ class GemNetT(nn.Module):
     def prepare_graph(self, graph: AtomicGraph) -> AtomicGraph:
         """The graph with its triplet table (`triplet_table`, graph.extras["gemnet_id3_ba"]) where summing
         triplet by triplet is the cheaper way (`dcnn.models.angular.sum_by_density`: few neighbours per
-        atom), else unchanged: dense cells sum by density and need no table.  Index arithmetic on the
-        edges, outside the differentiable step; unchanged when the table is there."""
+        atom), else the padded table of the edges into each atom that the density sum runs on
+        (`dcnn.models.angular.neighbour_table`).  Index arithmetic on the edges, outside the differentiable
+        step; unchanged when a table is there."""
         n_atoms = graph.positions.shape[0]
-        if TRIPLETS_KEY in graph.extras or sum_by_density(graph.edge_index, n_atoms, self.cbf_basis3.spherical):
+        if TRIPLETS_KEY in graph.extras or DENSITY_TABLE in graph.extras:
             return graph
+        if sum_by_density("gemnet_t", graph.edge_index, n_atoms, self.cbf_basis3.spherical):
+            table, slot = neighbour_table(graph.edge_index[1], n_atoms)
+            return dataclasses.replace(graph, extras={**graph.extras, DENSITY_TABLE: table, DENSITY_SLOT: slot})
         table = triplet_table(graph.edge_index[1], n_atoms)
         return dataclasses.replace(graph, extras={**graph.extras, TRIPLETS_KEY: table})
 
@@ -486,25 +506,26 @@ class GemNetT(nn.Module):
         vec = -graph.edge_vectors()  # x_a − x_c − S·cell of edge c → a (fairchem's V_st direction)
         d = vec.norm(dim=-1)  # [E]
         unit = vec / d.unsqueeze(-1)
-        # φ_cab: angle at a between the edges c → a and b → a
-        if TRIPLETS_KEY in graph.extras:
-            angles = TripletAngles(unit, graph.extras[TRIPLETS_KEY], self.cbf_basis3.spherical)
-        else:
-            angles = DensityAngles(unit, tgt, n_atoms, self.cbf_basis3.spherical)
         rad_cbf3 = self.cbf_basis3(d)  # [E, R]
         rbf = self.radial_basis(d)
         inside = (d < self.cutoff).unsqueeze(-1).to(d.dtype)  # [E, 1]: the edges of fairchem's graph
+        rbf_w1 = self.mlp_cbf3(rad_cbf3)  # [E, I, S]
+        # φ_cab: angle at a between the edges c → a and b → a
+        if TRIPLETS_KEY in graph.extras:
+            angles = TripletAngles(unit, graph.extras[TRIPLETS_KEY], self.cbf_basis3.spherical, rbf_w1)
+        else:
+            angles = DensityAngles(unit, tgt, *density_tables(graph.extras, tgt, n_atoms),
+                                   self.cbf_basis3.spherical, rbf_w1)
 
         h = self.atom_emb(graph.numbers - 1)  # [A, F_atom]
         m = self.edge_emb(h, rbf, src, tgt)  # [E, F]
         rbf3 = self.mlp_rbf3(rbf)
-        rbf_w1 = self.mlp_cbf3(rad_cbf3)  # [E, I, S]
         rbf_h = self.mlp_rbf_h(rbf)
         rbf_out = self.mlp_rbf_out(rbf)
 
         energy = self.out_blocks[0](m, rbf_out, tgt, n_atoms, inside)  # [A, 1]
         for block, out in zip(self.int_blocks, self.out_blocks[1:]):
-            h, m = block(h, m, rbf3, rbf_w1, angles, inside, rbf_h, src, tgt)
+            h, m = block(h, m, rbf3, angles, inside, rbf_h, src, tgt)
             energy = energy + out(m, rbf_out, tgt, n_atoms, inside)
         return sum_per_structure(energy.squeeze(-1), graph)  # extensive: sum over each structure's atoms
 
