@@ -33,8 +33,9 @@ STUDY = "mlearn-seed-plan"
 # the arm levels (and sizes over the recipe's) measured best per (model, data set) with the study's recipe on the
 # official test split, 3 seeds each, 2026-12-06 (docs/data.md "Measured"):
 # - Mo: DimeNet++ with iGELU at 400 epochs: 3.74 meV/atom and 0.100 eV/Å (1.67× and 1.11× GAP; best epochs 353-394;
-#   at 300: 4.83 and 0.107, still improving), 29-33 min per run; SchNet at 300 epochs 4.64 and 0.142 at 64 wide (128
-#   wide, cutoff 5.5 or 6 Å, other force weights and oversampled surfaces did not do better; 600 epochs over-fit);
+#   at 300: 4.83 and 0.107, still improving), 29-33 min per run (≈ 22 min since the padded density sums);
+#   SchNet at 300 epochs 4.64 and 0.142 at 64 wide (128 wide, cutoff 5.5 or 6 Å, other force weights and
+#   oversampled surfaces did not do better; 600 epochs over-fit);
 # - Si: SchNet 128 wide at 300 epochs: 5.80 meV/atom and 0.126 eV/Å, against 8.13 at 64.
 _SCHNET = {"activation": "original", "denorm": True, "rescale": False, "shift": True, "init": "lsuv", "epochs": 300}
 BEST = {("dimenetpp", "mlearn-Mo"): {"activation": "igelu", "denorm": True, "rescale": True, "shift": True,
