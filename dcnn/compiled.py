@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -228,14 +229,14 @@ class EnergyForces:
             return energy_and_forces(self.model, graph, create_graph=True)
         try:
             entry = self._get(graph)
+            if self.auto is not None and self.auto.paired(self.records):  # timing eager beside compiled
+                return energy_and_forces(self.model, graph, create_graph=True)
             e, f, stats, bns = self._run(entry, graph)
         except Exception as exc:  # noqa: BLE001 — any tracing/compiler failure: eager is always correct
             self._fall_back(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             return energy_and_forces(self.model, graph, create_graph=True)
         for m, (mean, var) in zip(bns, stats):  # the running statistics eager BatchNorm would have updated
             fold_running_statistics(m, mean, var, m.running_mean, m.running_var, m.num_batches_tracked)
-        if self.auto is not None:
-            self.auto.compiled_call(self.records)
         return e, f
 
     def _fall_back(self, reason: str) -> None:
@@ -312,8 +313,11 @@ class AutoDecision:
     Saving and compile time come from this machine's record of the graph when there is one (GraphRecords:
     a graph compiled before hits inductor's warm cache, and its saving was measured here), else from
     AUTO_ESTIMATES with the cold compile time: a study's first trial of a kind errs towards eager.  After
-    compiling, `probe` compiled steps are timed the same way and the measured saving is recorded for the
-    trials that follow."""
+    compiling, the next 2·`probe` steps alternate compiled and eager (`paired`), timed the same way, so the
+    saving is measured under one and the same load (a study's other trials, a test suite beside it): a
+    load that changed between the eager probe and the compiled steps once recorded a saving of 0 (compiled
+    0.98 s against eager 0.60 s, a step that is 1.6× faster compiled on an idle core) and kept every later
+    trial of that graph eager.  Each measurement is kept; the record's saving is their median."""
 
     def __init__(self, model_name: str, total_steps: int, probe: int = 5, preset: str = "small",
                  dynamic: bool = False):
@@ -322,7 +326,8 @@ class AutoDecision:
         self.total_steps, self.probe = total_steps, probe
         self.calls = 0
         self.stamps: list[float] = []
-        self.compiled_stamps: list[float] = []
+        self.paired_stamps: list[float] = []
+        self.paired_s: dict[str, list[float]] = {"eager": [], "compiled": []}
         self.step_s = math.nan
         self.key: Optional[str] = None
         self.decision: Optional[bool] = None
@@ -357,18 +362,31 @@ class AutoDecision:
         log.info("compile=auto: %s → %s", self.reason, "compile" if self.decision else "stay eager")
         return self.decision
 
-    def compiled_call(self, records: Optional[GraphRecords]) -> None:
-        """After each compiled step: time `probe` of them (the first, which compiled, not counted) and
-        record the measured saving against the eager steps timed before."""
-        if records is None or self.key is None or len(self.compiled_stamps) > self.probe + 1:
+    def paired(self, records: Optional[GraphRecords]) -> bool:
+        """Once compiled, at each training step: whether this one runs eager.  Step 0 compiled the graph (not
+        timed); steps 1 … 2·probe alternate compiled (odd) and eager (even), each timed call to call
+        (backward and optimizer included); at step 2·probe + 1 the saving is recorded."""
+        n = len(self.paired_stamps)
+        if n > 2 * self.probe + 1:
+            return False
+        now = time.perf_counter()
+        if n >= 2:  # the step before this one, in the mode it ran
+            self.paired_s["eager" if (n - 1) % 2 == 0 else "compiled"].append(now - self.paired_stamps[-1])
+        self.paired_stamps.append(now)
+        if n == 2 * self.probe + 1:
+            self._record_saving(records)
+            return False
+        return n >= 2 and n % 2 == 0
+
+    def _record_saving(self, records: Optional[GraphRecords]) -> None:
+        eager, compiled = self.paired_s["eager"], self.paired_s["compiled"]
+        if records is None or self.key is None or not eager or not compiled:
             return
-        self.compiled_stamps.append(time.perf_counter())
-        if len(self.compiled_stamps) == self.probe + 2:
-            st = self.compiled_stamps
-            compiled_s = (st[-1] - st[1]) / (len(st) - 2)
-            if math.isfinite(self.step_s) and self.step_s > 0:
-                records.update(self.key, eager_step_s=self.step_s, compiled_step_s=compiled_s,
-                               saving=max(0.0, 1.0 - compiled_s / self.step_s))
+        eager_s, compiled_s = statistics.median(eager), statistics.median(compiled)
+        saving = max(0.0, 1.0 - compiled_s / eager_s)
+        savings = records.get(self.key).get("savings", []) + [round(saving, 4)]
+        records.update(self.key, eager_step_s=eager_s, compiled_step_s=compiled_s, savings=savings,
+                       saving=statistics.median(savings))
 
 
 def make_energy_forces(model: nn.Module, mode: str, model_name: str = "", total_steps: int = 0,
