@@ -338,10 +338,12 @@ class AutoDecision:
         compiles = record.get("compiles") or []
         if not compiles:
             return self.saving, self.compile_s, "estimate, cold cache"
-        saving = float(record.get("saving", self.saving))
+        # paired measurements only (`paired`): a record's older one-sided "saving" was load-sensitive
+        measured = record.get("savings")
+        saving = statistics.median(measured) if measured else self.saving
         warm = compiles[1:]  # the first compile of a graph here was the cold one
         compile_s = sorted(warm)[len(warm) // 2] if warm else min(self.warm_s, compiles[0])
-        return saving, compile_s, ("measured here" if "saving" in record else "estimated saving") + ", warm cache"
+        return saving, compile_s, ("measured here" if measured else "estimated saving") + ", warm cache"
 
     def decide(self, graph: tuple[Optional[str], dict] = (None, {})) -> bool:
         if self.decision is not None:
