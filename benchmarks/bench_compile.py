@@ -88,7 +88,7 @@ def time_row(name: str, preset: str, which: str, steps: int, warmup: int, device
             e, f = energy_and_forces(model, graph, create_graph=True)
         loss = (e - b["energy_labels"]).abs().mean() + 30 * (f - b["force_labels"]).abs().mean()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward(inputs=list(model.parameters()))  # as the trainer: no gradient for the positions
         opt.step()
 
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)

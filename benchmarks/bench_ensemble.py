@@ -55,7 +55,7 @@ def time_sizes(model_name: str, sizes: list[int], steps: int, warmup: int, activ
                 e, f = energy_and_forces(m, b["graph"], create_graph=True)
                 loss = (e - b["energy_labels"]).abs().mean() + 30 * (f - b["force_labels"]).abs().mean()
                 o.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward(inputs=list(m.parameters()))  # as the trainer: no gradient for the positions
                 o.step()
             t1 = time.perf_counter()
             ensemble.step(opt_ens, torch.stack([b["graph"].positions for b in per_seed]), per_seed[0]["graph"],

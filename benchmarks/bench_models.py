@@ -99,7 +99,7 @@ class _Stepper:
             f = -g
         loss = (e - b["energy_labels"]).abs().mean() + 30 * (f - b["force_labels"]).abs().mean()
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward(inputs=list(self.model.parameters()))  # as the trainer: no gradient for the positions
         self.opt.step()
 
 

@@ -352,3 +352,42 @@ def test_train_help_groups_flags_by_what_they_set_and_sizes_by_model():
     assert sorted(placed) == sorted(keys + ["size_values"])  # each key exactly once
     text = train.format_help()
     assert "small preset: --hidden 64, --filters 64, --interactions 3" in text
+
+
+def _leaves(loss: torch.Tensor) -> list[torch.Tensor]:
+    """Every leaf tensor the loss's autograd graph reaches (its AccumulateGrad nodes)."""
+    seen, stack, leaves = set(), [loss.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):
+            leaves.append(node.variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
+
+
+def test_a_training_step_differentiates_for_the_parameters_only():
+    """The loss reaches the positions (a leaf that requires grad, for the forces); the trainer's backward
+    leaves them without a gradient (a plain `loss.backward()` made one, through the second derivatives of
+    the geometry, and threw it away) and gives the parameters exactly the gradients a plain backward gives."""
+    trainer = Trainer(TrainConfig(model="schnet", epochs=1, dtype="float64", compile="off", **FAST))
+    index = next(iter(trainer.task.batches(torch.Generator().manual_seed(0), 20)))
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+
+    plain, _ = trainer.task.loss(index)
+    others = [t for t in _leaves(plain) if not any(t is p for p in params)]
+    assert others and all(t.shape[-1] == 3 for t in others)  # the positions, and nothing else
+    trainer.optimizer.zero_grad(set_to_none=True)
+    plain.backward()
+    assert all(t.grad is not None for t in others)  # what the trainer avoids
+    expected = [p.grad.clone() for p in params]
+
+    loss, _ = trainer.task.loss(index)
+    positions = [t for t in _leaves(loss) if not any(t is p for p in params)]
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer._backward(loss)
+    assert positions and all(t.grad is None for t in positions)
+    for p, g in zip(params, expected):
+        torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
