@@ -7,7 +7,11 @@ The eager row also counts the step's matmul FLOPs (torch.utils.flop_counter: mm/
 the force backward and the parameter backward) and divides them by this core's measured fp32 matmul rate
 (a 1024² mm): the step's FLOP limit, and how far each step is from it.  "compile s" is the first step's extra time
 (make_fx trace + inductor compile of forward and backward + warm-up), shown separately from ms/step
-(median after warm-up).  PyG references: SchNet (`torch_geometric.nn.SchNet`) and DimeNet++, with the
+(median after warm-up).  "vs eager" is the median of step-by-step ratios of an eager twin of the model (same
+weights, own optimizer) and the compiled step, run alternating in the compiled row's process: on a machine
+whose speed drifts (seen here: one step 290–540 ms from one batch to the next; separate eager and compiled
+runs a few minutes apart gave SchNet on Mo 1.28× where alternating steps gave 1.95×), only a paired ratio
+says what compiling buys.  PyG references: SchNet (`torch_geometric.nn.SchNet`) and DimeNet++, with the
 same sizes and weights as ours.
 
     python -m benchmarks.bench_compile --models schnet,cgcnn --presets small,paper
@@ -15,6 +19,7 @@ same sizes and weights as ours.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import statistics
@@ -71,8 +76,19 @@ def time_row(name: str, preset: str, which: str, steps: int, warmup: int, device
     model = _model(name, preset, which, activation).to(dev).train()
     ours = model if which != "pyg" else _model(name, preset, "eager", activation).to(dev)
     batches = TrainingBatches(ours, data, steps + warmup, dev)  # cut as the trainer cuts them
+    # the compiled row also times an eager twin (same weights, own optimizer), its steps alternating with the
+    # compiled ones: their ratio step by step is what compile buys, whatever the machine's load does meanwhile
+    twin = copy.deepcopy(model) if which == "compiled" else None
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
     ef = EnergyForces(model, dynamic=not batches.dataset.fixed_size) if which == "compiled" else None
+
+    def eager_step(i, m, o):
+        b = batches(i)
+        e, f = energy_and_forces(m, b["graph"], create_graph=True)
+        loss = (e - b["energy_labels"]).abs().mean() + 30 * (f - b["force_labels"]).abs().mean()
+        o.zero_grad(set_to_none=True)
+        loss.backward(inputs=list(m.parameters()))
+        o.step()
 
     def step(i):
         b = batches(i)
@@ -95,13 +111,25 @@ def time_row(name: str, preset: str, which: str, steps: int, warmup: int, device
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    times = []
-    for i in range(steps + warmup):
+    def timed(fn, i):
         sync()
         t = time.perf_counter()
-        step(i)
+        fn(i)
         sync()
-        times.append(time.perf_counter() - t)
+        return time.perf_counter() - t
+
+    times, twin_times = [], []
+    twin_step = None
+    if twin is not None:
+        twin_opt = torch.optim.Adam(twin.parameters(), lr=1e-4, fused=True)
+        twin_step = lambda i: eager_step(i, twin, twin_opt)  # noqa: E731
+    for i in range(steps + warmup):
+        if twin_step is not None and i % 2:  # alternate which one goes first
+            twin_times.append(timed(twin_step, i))
+        times.append(timed(step, i))
+        if twin_step is not None and not i % 2:
+            twin_times.append(timed(twin_step, i))
+    twin_times = twin_times[warmup:]
     ms = 1e3 * statistics.median(times[warmup:])
     peak = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda"
             else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024)
@@ -110,6 +138,11 @@ def time_row(name: str, preset: str, which: str, steps: int, warmup: int, device
            "flush_denormals": flushed}
     if ef is not None:
         out.update(compile_s=ef.compile_time_s, fell_back=ef.failed, graphs=len(ef.graphs))
+    if twin_times:
+        ratios = sorted(e / c for e, c in zip(twin_times, times[warmup:]))
+        q = statistics.quantiles(ratios, n=4)
+        out.update(paired_eager_ms=1e3 * statistics.median(twin_times), paired_ratio=statistics.median(ratios),
+                   paired_ratio_quartiles=[q[0], q[2]])
     if which == "eager":
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -174,8 +207,10 @@ def main(argv=None):
                 limit_ms = 1e3 * e["matmul_flops"] / e["matmul_rate"]
                 best = min(c["ms_per_step"], e["ms_per_step"])
                 note = f"  (fell back to eager: {c['fell_back']})" if c.get("fell_back") else ""
+                q1, q3 = c["paired_ratio_quartiles"]
+                note += f"  (vs eager: eager and compiled steps alternating; quartiles {q1:.2f}–{q3:.2f})"
                 print(f"{name:10s} {preset:6s} {mode:9s} {pyg if pyg else float('nan'):8.2f} {e['ms_per_step']:9.2f} "
-                      f"{c['ms_per_step']:11.2f} {c['compile_s']:9.1f} {e['ms_per_step'] / c['ms_per_step']:7.2f}x "
+                      f"{c['ms_per_step']:11.2f} {c['compile_s']:9.1f} {c['paired_ratio']:7.2f}x "
                       f"{(pyg / c['ms_per_step']) if pyg else float('nan'):6.2f}x {e['matmul_flops'] / 1e9:6.2f} "
                       f"{limit_ms:8.1f} {best / limit_ms:5.1f}x  {c['device']}{note}", flush=True)
                 if flush and pyg and preset in TARGETS and pyg / c["ms_per_step"] < TARGETS[preset]:

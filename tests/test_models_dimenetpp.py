@@ -110,6 +110,23 @@ def test_legendre_cbf_unchanged():
     np.testing.assert_allclose(legendre_cbf(6, cos).numpy(), ref, rtol=0, atol=1e-14)
 
 
+
+@pytest.mark.parametrize("n_orders", [1, 2, 7])
+def test_spherical_bessel_of_each_order_at_its_own_roots(n_orders):
+    """spherical_jn(z)[..., l, :] = j_l(z[..., l, :]) (scipy), for the basis's arguments z_ln·d/c over the
+    distances a cutoff sees (d/c from 0.3: the upward recurrence is float64-exact there)."""
+    from scipy.special import spherical_jn as scipy_jn
+
+    from dcnn.models.dimenetpp import bessel_zeros, spherical_jn
+
+    x = torch.linspace(0.3, 1.0, 41, dtype=torch.float64)
+    z = x[:, None, None] * torch.as_tensor(bessel_zeros(n_orders, 6))  # [41, L, K]
+    ref = np.stack([scipy_jn(l, z[:, l, :].numpy()) for l in range(n_orders)], axis=1)
+    out = spherical_jn(z)
+    assert out.shape == z.shape
+    np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-13)
+
+
 # ----------------------------------------------------------------------------- triplets
 
 def test_prepare_graph_is_idempotent_and_the_table_optional(ethanol):
