@@ -82,30 +82,25 @@ def time_row(name: str, preset: str, which: str, steps: int, warmup: int, device
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
     ef = EnergyForces(model, dynamic=not batches.dataset.fixed_size) if which == "compiled" else None
 
-    def eager_step(i, m, o):
+    def train_step(i, m, o, how):
         b = batches(i)
-        e, f = energy_and_forces(m, b["graph"], create_graph=True)
+        graph = b["graph"]
+        if how == "pyg":
+            pos = graph.positions.detach().clone().requires_grad_(True)
+            e = m(graph.numbers, pos, graph.batch).view(-1)
+            (g,) = torch.autograd.grad(e.sum(), pos, create_graph=True)
+            f = -g
+        elif how == "compiled":
+            e, f = ef(graph)
+        else:
+            e, f = energy_and_forces(m, graph, create_graph=True)
         loss = (e - b["energy_labels"]).abs().mean() + 30 * (f - b["force_labels"]).abs().mean()
         o.zero_grad(set_to_none=True)
-        loss.backward(inputs=list(m.parameters()))
+        loss.backward(inputs=list(m.parameters()))  # as the trainer: no gradient for the positions
         o.step()
 
     def step(i):
-        b = batches(i)
-        graph = b["graph"]
-        if which == "pyg":
-            pos = graph.positions.detach().clone().requires_grad_(True)
-            e = model(graph.numbers, pos, graph.batch).view(-1)
-            (g,) = torch.autograd.grad(e.sum(), pos, create_graph=True)
-            f = -g
-        elif which == "compiled":
-            e, f = ef(graph)
-        else:
-            e, f = energy_and_forces(model, graph, create_graph=True)
-        loss = (e - b["energy_labels"]).abs().mean() + 30 * (f - b["force_labels"]).abs().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward(inputs=list(model.parameters()))  # as the trainer: no gradient for the positions
-        opt.step()
+        train_step(i, model, opt, which)
 
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -122,7 +117,7 @@ def time_row(name: str, preset: str, which: str, steps: int, warmup: int, device
     twin_step = None
     if twin is not None:
         twin_opt = torch.optim.Adam(twin.parameters(), lr=1e-4, fused=True)
-        twin_step = lambda i: eager_step(i, twin, twin_opt)  # noqa: E731
+        twin_step = lambda i: train_step(i, twin, twin_opt, "eager")  # noqa: E731
     for i in range(steps + warmup):
         if twin_step is not None and i % 2:  # alternate which one goes first
             twin_times.append(timed(twin_step, i))
