@@ -294,15 +294,16 @@ AUTO_ESTIMATES = {
     ("schnet", "paper", False): (0.1, 111.0, 8.0),
     ("dimenetpp", "paper", False): (0.6, 181.0, 19.0),  # 980 → 384 ms/step
     # variable-size periodic batches (symbolic sizes, one graph for all): `python -m benchmarks.bench_compile
-    # --data catalysis --presets small` (20 slabs of 13-29 atoms, 6 Å), 2 cores AMD EPYC, one thread,
-    # 2026-12-06: eager → compiled ms 112 → 74, 333 → 176, 384 → 177, and after the padded-layout density sums
-    # (dcnn/models/angular.py) 367 → 224 (DimeNet++), 630 → 387 (GemNet-T); compile s cold (first run on the
-    # machine, mlearn-Mo for the two angular models) and warm (inductor's cache holding it)
-    ("schnet", "small", True): (0.34, 24.0, 13.0),
-    ("cgcnn", "small", True): (0.47, 36.0, 23.0),
-    ("forcenet", "small", True): (0.54, 42.0, 22.0),
-    ("dimenetpp", "small", True): (0.39, 85.0, 12.0),
-    ("gemnet_t", "small", True): (0.39, 72.0, 14.0),
+    # --data catalysis --presets small` (20 slabs of 13-29 atoms, 6 Å), one thread. Saving = 1 - 1/(paired
+    # eager/compiled ratio, the eager step differentiating the parameters only), 2026-12-07, 2 cores AMD EPYC
+    # (family 25 model 1): 2.03x, 2.03x, 1.57x, 1.47x (DimeNet++), 1.71x (GemNet-T) (docs/speed.md). Compile s
+    # cold (first run on the 2026-12-06 machine, mlearn-Mo for the two angular models; 2-4x longer on the
+    # slower machine of 2026-12-07) and warm (inductor's cache holding it)
+    ("schnet", "small", True): (0.51, 24.0, 13.0),
+    ("cgcnn", "small", True): (0.51, 36.0, 23.0),
+    ("forcenet", "small", True): (0.36, 42.0, 22.0),
+    ("dimenetpp", "small", True): (0.32, 85.0, 12.0),
+    ("gemnet_t", "small", True): (0.42, 72.0, 14.0),
 }
 
 
