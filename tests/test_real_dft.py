@@ -343,8 +343,10 @@ def test_the_mlearn_studies_declare_the_recipe_and_the_published_results(tmp_pat
     # published results on its one data set
     angular = search_spaces.load_study("mlearn-angular")
     assert angular.models == ["dimenetpp"] and angular.seeds == [0, 1] and len(angular.trial_configs()) == 12
-    assert {k: v for k, v in angular.fixed.items() if k not in ("epochs", "size.cutoff")} == \
-        {k: v for k, v in study.fixed.items() if k not in ("epochs", "size.cutoff")}
+    own = ("batch_size", "epochs", "size.cutoff")  # its budget and cutoff, measured for DimeNet++
+    assert {k: v for k, v in angular.fixed.items() if k not in own} == \
+        {k: v for k, v in study.fixed.items() if k not in own}
+    assert (angular.fixed["batch_size"], study.fixed["batch_size"]) == (20, 5)
     assert angular.fixed["size.cutoff"] == 5.0 and [a.key for a in angular.arms] == [a.key for a in study.arms]
     assert {p["data"] for p in angular.peers} == {"mlearn-Mo"} and len(angular.peers) == 4
     loop = tmp_path / "loop.yaml"
@@ -439,6 +441,8 @@ def test_the_benchmark_trains_each_element_with_its_measured_best():
     other = cfg(element="Si", model="cgcnn")
     assert other.activation == "original" and not other.rescale and "hidden" not in other.sizes
     assert cfg(element="Mo", epochs=7).epochs == 7
+    for c in (mo, si, mo_schnet, other):  # the measured arms' batches, not the study's (its budget is its own)
+        assert c.batch_size == 20
     for c in (mo, si, mo_schnet, other):
         assert (c.loss_fn, c.energy_term, c.force_weight, c.ema_decay, c.evaluate) == ("mse", "atom", 0.1, 0.99, "best")
 
