@@ -343,10 +343,10 @@ def test_the_mlearn_studies_declare_the_recipe_and_the_published_results(tmp_pat
     # published results on its one data set
     angular = search_spaces.load_study("mlearn-angular")
     assert angular.models == ["dimenetpp"] and angular.seeds == [0, 1] and len(angular.trial_configs()) == 12
-    own = ("batch_size", "epochs", "size.cutoff")  # its budget and cutoff, measured for DimeNet++
+    own = ("epochs", "size.cutoff")  # its budget and cutoff, measured for DimeNet++
     assert {k: v for k, v in angular.fixed.items() if k not in own} == \
         {k: v for k, v in study.fixed.items() if k not in own}
-    assert (angular.fixed["batch_size"], study.fixed["batch_size"]) == (20, 5)
+    assert (angular.fixed["epochs"], study.fixed["epochs"], angular.fixed["batch_size"]) == (250, 150, 5)
     assert angular.fixed["size.cutoff"] == 5.0 and [a.key for a in angular.arms] == [a.key for a in study.arms]
     assert {p["data"] for p in angular.peers} == {"mlearn-Mo"} and len(angular.peers) == 4
     loop = tmp_path / "loop.yaml"
