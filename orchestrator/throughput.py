@@ -35,16 +35,21 @@ def summarize(results, wall_s: float, slots: int, resources: dict, study_start: 
     wall clock's own start) at the earliest: Ray may start a worker process before the study does (a
     prestarted worker), and time before the wall clock started is not the study's, or efficiency could
     exceed 1.  Trials whose last report came before `study_start` (finished by an earlier driver, then
-    resumed) did not run in this wall time and are left out."""
-    trials = []
+    resumed) did not run in this wall time and are left out (counted as `earlier_trials`); of a trial restored
+    from its checkpoint, only the epochs its new worker ran (reported at or after its `started_at`) count, or
+    the epochs before the restore would outweigh the trial's time here and its `other_s` turn negative."""
+    trials, earlier = [], 0
     for r in results:
         m = r.metrics or {}
         if not m or "reported_at" not in m:
             continue
         reported, started = float(m["reported_at"]), float(m["started_at"])
         if study_start is not None and reported < study_start:
+            earlier += 1
             continue
         df = r.metrics_dataframe
+        if df is not None and "reported_at" in df:
+            df = df[df["reported_at"] >= started]
         epochs = float(df["epoch_time_s"].sum()) if df is not None and "epoch_time_s" in df else math.nan
         actor = float(m.get("actor_start_s", 0.0))
         if study_start is not None:
@@ -59,7 +64,7 @@ def summarize(results, wall_s: float, slots: int, resources: dict, study_start: 
                        "peak_rss_mib": m.get("peak_rss_mib", math.nan),
                        "peak_cuda_mib": m.get("peak_cuda_mib", math.nan)})
     sum_trial = sum(t["time_s"] for t in trials)
-    out = {"wall_s": wall_s, "trials": len(trials), "sum_trial_s": sum_trial, "slots": slots,
+    out = {"wall_s": wall_s, "trials": len(trials), "earlier_trials": earlier, "sum_trial_s": sum_trial, "slots": slots,
            "cpus": resources.get("CPU", 0), "gpus": resources.get("GPU", 0),
            "efficiency": sum_trial / (wall_s * slots) if wall_s > 0 else math.nan,
            "compiled_trials": sum(1 for t in trials if t["compiled"]),
@@ -80,7 +85,9 @@ def format_summary(s: dict) -> str:
         "",
         f"- wall time {s['wall_s']:.1f} s; {s['trials']} trials, Σ trial time {s['sum_trial_s']:.1f} s; "
         f"{s['slots']} concurrent slot(s) on {s['cpus']:g} CPU / {s['gpus']:g} GPU → efficiency "
-        f"{s['efficiency']:.2f} (Σ trial time / (wall × slots))",
+        f"{s['efficiency']:.2f} (Σ trial time / (wall × slots))"
+        + (f"; this run resumed the study: {s['earlier_trials']} trial(s) finished by an earlier run, and the "
+           "epochs restored trials ran before it, are not in this wall time" if s.get("earlier_trials") else ""),
         f"- per trial (mean): {med['time_s']:.1f} s = actor start {med['actor_start_s']:.2f} s + setup "
         f"(data + model) {med['setup_s']:.2f} s + compile {med['compile_s']:.1f} s + training "
         f"{med['train_s']:.1f} s + other (checkpoints, reports, test) {med['other_s']:.2f} s; "

@@ -270,6 +270,37 @@ def test_study_through_tuner_with_report(ray_session, tracking_uri, tmp_path, ca
     assert proc.returncode == 0 and "irelu+DN+LR" in proc.stdout
 
 
+
+def test_throughput_of_a_resumed_study_counts_only_what_ran_in_its_wall_time():
+    """A resumed study's throughput (orchestrator/throughput.py): a trial finished by the earlier driver is
+    left out and counted as earlier; a trial restored from its checkpoint counts only the epochs its new worker
+    ran.  Measured before the fix on mlearn-seed-plan resumed with 5 trials left: the restored trials' epochs
+    from before the restore made 'other' -58.5 s per trial."""
+    from ray.tune import Result
+
+    from orchestrator.throughput import format_summary, summarize
+
+    def trial(started, epochs, compile_s=2.0):  # one row per epoch: (reported_at, epoch_time_s)
+        rows = [{"epoch": i + 1, "reported_at": at, "epoch_time_s": dt, "started_at": first, "trial_id": tid,
+                 "actor_start_s": 0.5, "setup_s": 1.0, "compile_s": compile_s, "compiled": 1,
+                 "compile_warm_cache": 1, "peak_rss_mib": 500.0, "peak_cuda_mib": float("nan")}
+                for i, (at, dt, first, tid) in enumerate((a, d, started, f"t{started}") for a, d in epochs)]
+        df = pd.DataFrame(rows)
+        return Result(metrics=rows[-1], checkpoint=None, error=None, path=".", metrics_dataframe=df)
+
+    study_start = 1000.0
+    done_before = trial(100.0, [(110.0, 10.0), (120.0, 10.0)])
+    # restored: 3 epochs of 10 s by the first driver, then its new worker (from 1001 s) runs 2 epochs of 10 s
+    restored = trial(1001.0, [(110.0, 10.0), (120.0, 10.0), (130.0, 10.0), (1013.0, 10.0), (1023.0, 10.0)])
+    s = summarize([done_before, restored], wall_s=30.0, slots=2, resources={"CPU": 2}, study_start=study_start)
+    assert (s["trials"], s["earlier_trials"]) == (1, 1)
+    t = s["per_trial"][0]
+    assert t["time_s"] == pytest.approx(22.5) and t["train_s"] == pytest.approx(18.0)  # 2 epochs, less the compile
+    assert t["other_s"] == pytest.approx(22.5 - 20.0 - 0.5 - 1.0) and t["other_s"] >= 0
+    assert "resumed the study: 1 trial(s) finished by an earlier run" in format_summary(s)
+    fresh = summarize([restored], wall_s=30.0, slots=2, resources={"CPU": 2}, study_start=study_start)
+    assert fresh["earlier_trials"] == 0 and "resumed" not in format_summary(fresh)
+
 def test_two_datasets_shift_factor_and_varying_splits(ray_session, tracking_uri, tmp_path):
     """A study crossing data sets (bundled names), with the energy-shift factor and per-seed splits."""
     study = tmp_path / "cross.yaml"
