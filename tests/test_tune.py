@@ -270,7 +270,6 @@ def test_study_through_tuner_with_report(ray_session, tracking_uri, tmp_path, ca
     assert proc.returncode == 0 and "irelu+DN+LR" in proc.stdout
 
 
-
 def test_throughput_of_a_resumed_study_counts_only_what_ran_in_its_wall_time():
     """A resumed study's throughput (orchestrator/throughput.py): a trial finished by the earlier driver is
     left out and counted as earlier; a trial restored from its checkpoint counts only the epochs its new worker
@@ -281,12 +280,11 @@ def test_throughput_of_a_resumed_study_counts_only_what_ran_in_its_wall_time():
     from orchestrator.throughput import format_summary, summarize
 
     def trial(started, epochs, compile_s=2.0):  # one row per epoch: (reported_at, epoch_time_s)
-        rows = [{"epoch": i + 1, "reported_at": at, "epoch_time_s": dt, "started_at": first, "trial_id": tid,
-                 "actor_start_s": 0.5, "setup_s": 1.0, "compile_s": compile_s, "compiled": 1,
-                 "compile_warm_cache": 1, "peak_rss_mib": 500.0, "peak_cuda_mib": float("nan")}
-                for i, (at, dt, first, tid) in enumerate((a, d, started, f"t{started}") for a, d in epochs)]
-        df = pd.DataFrame(rows)
-        return Result(metrics=rows[-1], checkpoint=None, error=None, path=".", metrics_dataframe=df)
+        rows = [{"epoch": i + 1, "reported_at": at, "epoch_time_s": dt, "started_at": started,
+                 "trial_id": f"t{started}", "actor_start_s": 0.5, "setup_s": 1.0, "compile_s": compile_s,
+                 "compiled": 1, "compile_warm_cache": 1, "peak_rss_mib": 500.0, "peak_cuda_mib": float("nan")}
+                for i, (at, dt) in enumerate(epochs)]
+        return Result(metrics=rows[-1], checkpoint=None, error=None, path=".", metrics_dataframe=pd.DataFrame(rows))
 
     study_start = 1000.0
     done_before = trial(100.0, [(110.0, 10.0), (120.0, 10.0)])
@@ -300,6 +298,7 @@ def test_throughput_of_a_resumed_study_counts_only_what_ran_in_its_wall_time():
     assert "resumed the study: 1 trial(s) finished by an earlier run" in format_summary(s)
     fresh = summarize([restored], wall_s=30.0, slots=2, resources={"CPU": 2}, study_start=study_start)
     assert fresh["earlier_trials"] == 0 and "resumed" not in format_summary(fresh)
+
 
 def test_two_datasets_shift_factor_and_varying_splits(ray_session, tracking_uri, tmp_path):
     """A study crossing data sets (bundled names), with the energy-shift factor and per-seed splits."""
