@@ -222,8 +222,8 @@ def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Storage) -
     path, fs = (storage / name).tune_location()
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         _prepare_resume(storage / name)
-        tuner = tune.Tuner.restore(path, trainable=_trainable(opts), resume_unfinished=True,
-                                   resume_errored=True, storage_filesystem=fs)
+        tuner = _restore(path, trainable=_trainable(opts), resume_unfinished=True, resume_errored=True,
+                         storage_filesystem=fs)
     else:
         epochs = study.setting("epochs")
         param_space = {**study.fixed_for(model), **arm.as_config(), "model": model, "seed": study.seeds[0],
@@ -245,15 +245,30 @@ def _tune_arm(opts, study, model, arm, callbacks_for, experiment_dir: Storage) -
 
 
 def _prepare_resume(tune_dir: Storage) -> None:
-    from orchestrator.tune_snapshot import prepare_resume  # Ray's: loaded when a study runs (see run_ablation)
-
     """Tune's snapshot made safe to resume (orchestrator.tune_snapshot), and each trial's params.json and
     result.json made whole from its checkpoint's record before Tune reads them back and appends to them
     (orchestrator.trial_files); what was repaired is said."""
+    from orchestrator.tune_snapshot import prepare_resume  # Ray's: loaded when a study runs (see run_ablation)
 
     for note in prepare_resume(tune_dir):
         print(f"resume: {note}", flush=True)
     _repair_trial_files(tune_dir, "resume")
+
+
+def _restore(path: str, **kwargs):
+    """`tune.Tuner.restore`, saying in one line how many trials had recorded no result (they start from their
+    first epoch) where Tune would warn of a FileNotFoundError for each (orchestrator.tune_snapshot
+    .UnstartedTrials)."""
+    from ray import tune
+
+    from orchestrator.tune_snapshot import counting_unstarted_trials
+
+    with counting_unstarted_trials() as unstarted:
+        tuner = tune.Tuner.restore(path, **kwargs)
+    if unstarted.count:
+        print(f"resume: {unstarted.count} trial(s) had recorded no result yet; they run from their first epoch",
+              flush=True)
+    return tuner
 
 
 def _repair_trial_files(tune_dir: Storage, when: str) -> None:
@@ -334,9 +349,8 @@ def run_ablation(opts: AblateOptions) -> dict:
         _prepare_resume(experiment_dir)
         # the param space is given again: Tune needs it to resolve its sample_from placeholders (a seed
         # design's searcher is restored with Tune's state and suggests concrete configs)
-        tuner = tune.Tuner.restore(exp_path, trainable=_trainable(opts), resume_unfinished=True,
-                                   resume_errored=True, param_space=None if design else space,
-                                   storage_filesystem=fs)
+        tuner = _restore(exp_path, trainable=_trainable(opts), resume_unfinished=True, resume_errored=True,
+                         param_space=None if design else space, storage_filesystem=fs)
     else:
         scheduler = None
         if opts.scheduler == "asha":

@@ -23,6 +23,7 @@ its newest complete checkpoint (`DCNNTrainable.restore`), and MLflow keeps one p
 from __future__ import annotations
 
 import base64
+import contextlib
 import fnmatch
 import json
 import logging
@@ -170,6 +171,44 @@ def prepare_resume(experiment_dir) -> list[str]:
             notes.append(f"dropped decisions Tune had pending for trial(s) {', '.join(trials)} of the stopped "
                          f"driver ({stale}): they would stop those trials after their first new checkpoint")
     return notes
+
+
+class UnstartedTrials(logging.Filter):
+    """Tune's restore reads back every trial's results (`ray.tune.analysis.experiment_analysis`,
+    `_fetch_trial_dataframes`) and warns "Failed to fetch metrics for N trial(s) ... FileNotFoundError(...)"
+    for each trial that had recorded no result when the driver stopped (most often one still waiting for a
+    slot).  Nothing is wrong with those: they run from their first epoch now.  This filter drops such a
+    warning and counts its trials (`count`), so the resume can say so in one plain line; a warning that names
+    any other error passes unchanged."""
+
+    LOGGER = "ray.tune.analysis.experiment_analysis"
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith("Failed to fetch metrics for"):
+            return True
+        trials = [line for line in message.splitlines()[1:] if line.startswith("- ")]
+        if not trials or not all("FileNotFoundError(" in line for line in trials):
+            return True
+        self.count += len(trials)
+        return False
+
+
+@contextlib.contextmanager
+def counting_unstarted_trials():
+    """While Tune restores a study: its warnings about trials without results are counted
+    (`UnstartedTrials`), not printed."""
+    unstarted = UnstartedTrials()
+    logger = logging.getLogger(UnstartedTrials.LOGGER)
+    logger.addFilter(unstarted)
+    try:
+        yield unstarted
+    finally:
+        logger.removeFilter(unstarted)
 
 
 def _kept_snapshot(experiment_dir) -> tuple[str, dict[str, bytes]] | None:

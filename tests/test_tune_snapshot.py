@@ -2,6 +2,7 @@
 tiny class trainable: a cut-off snapshot comes back from the kept copy (or is refused, nothing changed),
 and a STOP decision left cached for a trial of the stopped driver no longer ends it early."""
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ import pytest
 from ray import cloudpickle, tune
 
 from orchestrator.storage import Storage
-from orchestrator.tune_snapshot import KEPT_FILE, SnapshotKeeper, is_whole, prepare_resume
+from orchestrator.tune_snapshot import (KEPT_FILE, SnapshotKeeper, UnstartedTrials, counting_unstarted_trials,
+                                        is_whole, prepare_resume)
 
 ITERATIONS = 4
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
@@ -103,6 +105,65 @@ def test_a_decision_cached_by_the_stopped_driver_is_dropped(ray_session, tmp_pat
     assert json.loads(experiment.read_bytes(name))["runner_data"]["_cached_trial_decisions"] == {}
     assert _resume(experiment) == {99: ITERATIONS, 2: ITERATIONS}
     assert prepare_resume(experiment) == []  # nothing left to repair
+
+
+class AfterFirstTrial(tune.Stopper):
+    """Stops the whole experiment once one trial has finished, while the file `armed` exists (the restored
+    experiment keeps this stopper)."""
+
+    def __init__(self, armed: Path):
+        self.armed, self.finished = armed, False
+
+    def __call__(self, trial_id, result):
+        self.finished |= bool(result.get("done"))
+        return False
+
+    def stop_all(self):
+        return self.finished and self.armed.exists()
+
+
+def test_trials_that_never_started_are_counted_not_warned_of_on_resume(ray_session, tmp_path):
+    """Three trials, one slot, the experiment stopped after the first, the others set back to PENDING in Tune's
+    record as a stopped driver leaves them (`mlearn-angular`, stopped with 4 trials waiting for a slot: Tune's
+    restore warned "Failed to fetch metrics for 4 trial(s) ... FileNotFoundError"). Under
+    `counting_unstarted_trials` that warning becomes a count of them, and they then run whole."""
+    marker, armed = tmp_path / "no-fail", tmp_path / "armed"
+    armed.touch()
+    tune.Tuner(  # one slot: each trial takes the session's 2 CPUs
+        tune.with_resources(Counter, {"cpu": 2}),
+        param_space={"marker": str(marker), "fail_at": tune.grid_search([97, 98, 99])},
+        run_config=tune.RunConfig(name="pending", storage_path=str(tmp_path / "results"), verbose=0,
+                                  stop=AfterFirstTrial(armed))).fit()
+    armed.unlink()
+    experiment = Storage.resolve(str(tmp_path / "results")) / "pending"
+    for name in experiment.glob("experiment_state-*.json"):
+        state = json.loads(experiment.read_bytes(name))
+        rows = []
+        for trial_json, runtime in state["trial_data"]:
+            trial = json.loads(trial_json)
+            if not experiment.glob(f"*{trial['trial_id']}*/result.json"):
+                trial["status"] = "PENDING"
+            rows.append([json.dumps(trial), runtime])
+        state["trial_data"] = rows
+        experiment.write_text(name, json.dumps(state))
+    path = str(tmp_path / "results" / "pending")
+    ray_logger = logging.getLogger(UnstartedTrials.LOGGER)  # Ray's loggers do not propagate: listen on it
+    seen = []
+    listener = logging.Handler(logging.WARNING)
+    listener.emit = lambda record: seen.append(record.getMessage())
+    ray_logger.addHandler(listener)
+    try:
+        with counting_unstarted_trials() as unstarted:
+            tuner = tune.Tuner.restore(path, trainable=tune.with_resources(Counter, {"cpu": 2}),
+                                       resume_unfinished=True, resume_errored=True)
+            ray_logger.warning("Failed to fetch metrics for 1 trial(s):\n- T_1: ValueError('bad json')")
+    finally:
+        ray_logger.removeHandler(listener)
+    assert not any("FileNotFoundError" in m for m in seen), seen
+    assert any("ValueError('bad json')" in m for m in seen)  # a warning of any other error passes
+    assert 1 <= unstarted.count <= 2  # the first trial finished; the second may have started before the stop
+    assert {r.config["fail_at"]: r.metrics["i"] for r in tuner.fit()} == {97: ITERATIONS, 98: ITERATIONS,
+                                                                           99: ITERATIONS}
 
 
 def test_whole_means_parses_to_the_end():
