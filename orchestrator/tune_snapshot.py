@@ -19,6 +19,8 @@ write, to `KEPT_FILE` beside them (on a file system: an object store never holds
 stored file is cut off, refuses clearly when there is none, and drops decisions cached for actors of the
 driver that is gone.  A kept copy may be older than the newest checkpoints: a trial's restore then takes
 its newest complete checkpoint (`DCNNTrainable.restore`), and MLflow keeps one point per epoch.
+`counting_unstarted_trials` (around `Tuner.restore`) turns Tune's FileNotFoundError warnings for trials that
+had recorded no result into a count the resume states in one line.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Tune's experiment snapshot made safe to resume (orchestrator/tune_snapshot.py), on real Tune runs of a
 tiny class trainable: a cut-off snapshot comes back from the kept copy (or is refused, nothing changed),
-and a STOP decision left cached for a trial of the stopped driver no longer ends it early."""
+and a STOP decision left cached for a trial of the stopped driver no longer ends it early; trials that never
+started are counted, not warned of as FileNotFoundErrors, when Tune restores the study."""
 import json
 import logging
 import os
