@@ -16,8 +16,23 @@ from orchestrator.tracking import trial_run_name
 
 
 class StudyProgress(tune.Callback):
+    """`[done/total · elapsed s] trial: test metrics` as each trial ends.
+
+    A resumed study runs the callbacks Tune pickled when the study first started (`Tuner.restore` takes the
+    run config back from `tuner.pkl`), so the clock and the count are (re)set when each run starts (`setup`)
+    and at its first step, from the trials an earlier run finished: the resumed run's lines go on from
+    7/12 with its own elapsed time, not from 1/12 with the hours since the study first started."""
+
     def __init__(self, total: int, label: str = ""):
         self.total, self.label, self.done, self.t0 = total, label, 0, time.time()
+        self._counted = False
+
+    def setup(self, **info):
+        self.t0, self.done, self._counted = time.time(), 0, False
+
+    def on_step_begin(self, iteration, trials, **info):
+        if not self._counted:  # the trials an earlier run of the study finished
+            self.done, self._counted = sum(t.status == "TERMINATED" for t in trials), True
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.done += 1

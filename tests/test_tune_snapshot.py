@@ -5,12 +5,15 @@ started are counted, not warned of as FileNotFoundErrors, when Tune restores the
 import json
 import logging
 import os
+import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from ray import cloudpickle, tune
 
+from orchestrator.progress import StudyProgress
 from orchestrator.storage import Storage
 from orchestrator.tune_snapshot import (KEPT_FILE, SnapshotKeeper, UnstartedTrials, counting_unstarted_trials,
                                         is_whole, prepare_resume)
@@ -109,62 +112,73 @@ def test_a_decision_cached_by_the_stopped_driver_is_dropped(ray_session, tmp_pat
 
 
 class AfterFirstTrial(tune.Stopper):
-    """Stops the whole experiment once one trial has finished, while the file `armed` exists (the restored
-    experiment keeps this stopper)."""
+    """Stops the whole experiment at the first result of the trial after one that finished (so the finished one
+    was seen complete), while the file `armed` exists (the restored experiment keeps this stopper)."""
 
     def __init__(self, armed: Path):
-        self.armed, self.finished = armed, False
+        self.armed, self.finished, self.next_started = armed, set(), False
 
     def __call__(self, trial_id, result):
-        self.finished |= bool(result.get("done"))
+        if result.get("done"):
+            self.finished.add(trial_id)
+        elif self.finished and trial_id not in self.finished:
+            self.next_started = True
         return False
 
     def stop_all(self):
-        return self.finished and self.armed.exists()
+        return self.next_started and self.armed.exists()
 
 
-def test_trials_that_never_started_are_counted_not_warned_of_on_resume(ray_session, tmp_path):
-    """Three trials, one slot, the experiment stopped after the first, the others set back to PENDING in Tune's
-    record as a stopped driver leaves them (`mlearn-angular`, stopped with 4 trials waiting for a slot: Tune's
-    restore warned "Failed to fetch metrics for 4 trial(s) ... FileNotFoundError"). Under
-    `counting_unstarted_trials` that warning becomes a count of them, and they then run whole."""
-    marker, armed = tmp_path / "no-fail", tmp_path / "armed"
+def test_a_resumed_study_counts_unstarted_trials_and_its_progress_goes_on(ray_session, tmp_path, capsys):
+    """Three trials, one slot, the experiment stopped after the first, the unfinished ones set back to PENDING in
+    Tune's record as a stopped driver leaves them (`mlearn-angular`, stopped with 4 trials waiting for a slot:
+    Tune's restore warned "Failed to fetch metrics for 4 trial(s) ... FileNotFoundError"). Under
+    `counting_unstarted_trials` that warning becomes a count of them; they then run whole, and the progress
+    lines (Tune restores the first run's `StudyProgress`) go on from 2/3 with the resumed run's own clock."""
+    armed = tmp_path / "armed"
     armed.touch()
     tune.Tuner(  # one slot: each trial takes the session's 2 CPUs
         tune.with_resources(Counter, {"cpu": 2}),
-        param_space={"marker": str(marker), "fail_at": tune.grid_search([97, 98, 99])},
+        param_space={"marker": str(tmp_path / "no-fail"), "fail_at": 99, "model": "schnet",
+                     "seed": tune.grid_search([0, 1, 2])},
         run_config=tune.RunConfig(name="pending", storage_path=str(tmp_path / "results"), verbose=0,
-                                  stop=AfterFirstTrial(armed))).fit()
+                                  stop=AfterFirstTrial(armed), callbacks=[StudyProgress(3)])).fit()
     armed.unlink()
+    first = capsys.readouterr().out
+    assert re.findall(r"^\[(\d)/3 · ", first, re.M) == ["1"], first
     experiment = Storage.resolve(str(tmp_path / "results")) / "pending"
     for name in experiment.glob("experiment_state-*.json"):
         state = json.loads(experiment.read_bytes(name))
         rows = []
         for trial_json, runtime in state["trial_data"]:
             trial = json.loads(trial_json)
-            if not experiment.glob(f"*{trial['trial_id']}*/result.json"):
+            results = experiment.glob(f"*{trial['trial_id']}*/result.json")
+            if not results or '"done": true' not in experiment.read_bytes(results[0]).decode():
                 trial["status"] = "PENDING"
             rows.append([json.dumps(trial), runtime])
         state["trial_data"] = rows
         experiment.write_text(name, json.dumps(state))
-    path = str(tmp_path / "results" / "pending")
+    time.sleep(3)  # the resumed run's clock starts after this
     ray_logger = logging.getLogger(UnstartedTrials.LOGGER)  # Ray's loggers do not propagate: listen on it
     seen = []
     listener = logging.Handler(logging.WARNING)
     listener.emit = lambda record: seen.append(record.getMessage())
     ray_logger.addHandler(listener)
+    resumed_at = time.time()
     try:
         with counting_unstarted_trials() as unstarted:
-            tuner = tune.Tuner.restore(path, trainable=tune.with_resources(Counter, {"cpu": 2}),
+            tuner = tune.Tuner.restore(experiment.path, trainable=tune.with_resources(Counter, {"cpu": 2}),
                                        resume_unfinished=True, resume_errored=True)
             ray_logger.warning("Failed to fetch metrics for 1 trial(s):\n- T_1: ValueError('bad json')")
     finally:
         ray_logger.removeHandler(listener)
     assert not any("FileNotFoundError" in m for m in seen), seen
     assert any("ValueError('bad json')" in m for m in seen)  # a warning of any other error passes
-    assert 1 <= unstarted.count <= 2  # the first trial finished; the second may have started before the stop
-    assert {r.config["fail_at"]: r.metrics["i"] for r in tuner.fit()} == {97: ITERATIONS, 98: ITERATIONS,
-                                                                           99: ITERATIONS}
+    assert unstarted.count == 1  # the first trial finished, the second had started, the third had not
+    assert {r.config["seed"]: r.metrics["i"] for r in tuner.fit()} == {0: ITERATIONS, 1: ITERATIONS, 2: ITERATIONS}
+    lines = re.findall(r"^\[(\d)/3 · (\d+) s\]", capsys.readouterr().out, re.M)
+    assert [done for done, _ in lines] == ["2", "3"], lines
+    assert all(int(elapsed) <= time.time() - resumed_at + 1 for _, elapsed in lines), lines
 
 
 def test_whole_means_parses_to_the_end():
