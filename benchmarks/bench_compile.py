@@ -12,9 +12,13 @@ weights, own optimizer) and the compiled step, run alternating in the compiled r
 whose speed drifts (seen here: one step 290–540 ms from one batch to the next; separate eager and compiled
 runs a few minutes apart gave SchNet on Mo 1.28× where alternating steps gave 1.95×), only a paired ratio
 says what compiling buys.  PyG references: SchNet (`torch_geometric.nn.SchNet`) and DimeNet++, with the
-same sizes and weights as ours.
+same sizes and weights as ours.  `--profile N` also profiles a few more steps of each row (torch.profiler;
+the compiled row's inductor kernels by name) and prints where the step goes: the share of the matmuls
+(mm, bmm, addmm: what the FLOP limit counts), of inductor's fused kernels (element-wise work, gathers,
+scatters, reductions: memory traffic and transcendentals that count no matmul FLOPs) and the N costliest ops.
 
     python -m benchmarks.bench_compile --models schnet,cgcnn --presets small,paper
+    python -m benchmarks.bench_compile --models cgcnn --presets small --data mlearn-Mo --profile 8
 """
 from __future__ import annotations
 
@@ -64,14 +68,39 @@ def matmul_rate(device: torch.device) -> float:
     return 2 * 1024 ** 3 / best
 
 
+MATMULS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")
+PROFILE_STEPS = 4
+
+
+def profile_summary(events, steps: int, top: int) -> dict:
+    """Where `steps` profiled steps went, from torch.profiler's `key_averages()`: self time per step of the
+    matmuls, of inductor's fused kernels (named `..._cpp_fused_...` with `cpp.enable_kernel_profile`), of the
+    compiled graphs' Python wrappers (their own time: launching kernels, allocating buffers) and of the rest,
+    and the `top` costliest ops (name, share, ms and calls per step)."""
+    rows = [(e.key, e.self_cpu_time_total / 1e3 / steps, e.count / steps) for e in events]
+    total = sum(ms for _, ms, _ in rows) or float("nan")
+    groups = {"matmul": 0.0, "fused kernels": 0.0, "graph wrapper": 0.0, "other": 0.0}
+    for key, ms, _ in rows:
+        group = ("matmul" if key in MATMULS else "fused kernels" if "cpp_fused" in key
+                 else "graph wrapper" if key.startswith("## Call CompiledFxGraph") else "other")
+        groups[group] += ms
+    costliest = sorted(rows, key=lambda r: -r[1])[:top]
+    return {"ms_per_step": total, "shares": {g: ms / total for g, ms in groups.items()},
+            "top": [{"op": key, "share": ms / total, "ms": ms, "calls": calls} for key, ms, calls in costliest]}
+
+
 def time_row(name: str, preset: str, which: str, steps: int, warmup: int, device: str,
-             activation: str = "original", flush: bool = True, data: str = "ethanol") -> dict:
+             activation: str = "original", flush: bool = True, data: str = "ethanol", profile: int = 0) -> dict:
     from benchmarks.batches import TrainingBatches
     from dcnn.compiled import EnergyForces
     from dcnn.models import energy_and_forces
     from dcnn.numerics import configure_cpu
 
     flushed = configure_cpu(1, flush)  # as the trainer does (dcnn/numerics.py); PyG's rows get the same
+    if profile and which == "compiled":  # inductor's kernels under their own names in the profile
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True
     dev = torch.device(device)
     model = _model(name, preset, which, activation).to(dev).train()
     ours = model if which != "pyg" else _model(name, preset, "eager", activation).to(dev)
@@ -138,6 +167,15 @@ def time_row(name: str, preset: str, which: str, steps: int, warmup: int, device
         q = statistics.quantiles(ratios, n=4)
         out.update(paired_eager_ms=1e3 * statistics.median(twin_times), paired_ratio=statistics.median(ratios),
                    paired_ratio_quartiles=[q[0], q[2]])
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as profiler
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with profiler(activities=activities) as prof:
+            for i in range(PROFILE_STEPS):
+                step(warmup + i % steps)
+        out["profile"] = profile_summary(prof.key_averages(), PROFILE_STEPS, profile)
     if which == "eager":
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -147,11 +185,21 @@ def time_row(name: str, preset: str, which: str, steps: int, warmup: int, device
     return out
 
 
-def run_row(name, preset, which, device, steps=None, activation="original", flush=True, data="ethanol") -> dict:
+def print_profile(label: str, summary: dict) -> None:
+    shares = ", ".join(f"{g} {100 * v:.0f} %" for g, v in summary["shares"].items())
+    print(f"  profile of {label}: {summary['ms_per_step']:.1f} ms of ops per step: {shares}", flush=True)
+    for r in summary["top"]:
+        print(f"    {100 * r['share']:5.1f} %  {r['ms']:8.2f} ms  {r['calls']:6.1f} calls  {r['op'][:90]}", flush=True)
+
+
+def run_row(name, preset, which, device, steps=None, activation="original", flush=True, data="ethanol",
+            profile=0) -> dict:
     cmd = [sys.executable, "-m", "benchmarks.bench_compile", "--one", name, preset, which, "--device", device,
            "--activation", activation, "--flush-denormals", "on" if flush else "off", "--data", data]
     if steps:
         cmd += ["--steps", str(steps)]
+    if profile:
+        cmd += ["--profile", str(profile)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"model": name, "preset": preset, "which": which, "error": proc.stderr.strip().splitlines()[-1:]}
@@ -171,13 +219,15 @@ def main(argv=None):
                    help="flush denormal floats to zero as the trainer does (on), not (off), or a row of each "
                         "(both, the default: the gap is what a CPU's denormal penalty costs)")
     p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also profile each row and print its matmul / fused-kernel shares and N costliest ops")
     p.add_argument("--one", nargs=3, metavar=("MODEL", "PRESET", "WHICH"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.one:
         name, preset, which = a.one
         steps = a.steps or (30 if preset == "small" else 5)
         flush = a.flush_denormals != "off"
-        print(json.dumps(time_row(name, preset, which, steps, 3, a.device, a.activation, flush, a.data)))
+        print(json.dumps(time_row(name, preset, which, steps, 3, a.device, a.activation, flush, a.data, a.profile)))
         return 0
     rows = []
     flushes = {"on": (True,), "off": (False,), "both": (False, True)}[a.flush_denormals]
@@ -189,7 +239,7 @@ def main(argv=None):
         for name in a.models.split(","):
             for flush in flushes:  # same setting for every implementation of a row (PyG's too)
                 pyg_row = ("pyg",) if name in PYG and a.data in ("ethanol", "aspirin") else ()
-                res = {w: run_row(name, preset, w, a.device, a.steps, a.activation, flush, a.data)
+                res = {w: run_row(name, preset, w, a.device, a.steps, a.activation, flush, a.data, a.profile)
                        for w in pyg_row + ("eager", "compiled")}
                 rows.extend(res.values())
                 mode = "flushed" if flush else "kept"
@@ -211,6 +261,9 @@ def main(argv=None):
                 if flush and pyg and preset in TARGETS and pyg / c["ms_per_step"] < TARGETS[preset]:
                     print(f"  target missed: {name} {preset} compiled {pyg / c['ms_per_step']:.2f}x PyG "
                           f"< {TARGETS[preset]}x", flush=True)
+                for w, r in res.items():
+                    if "profile" in r:
+                        print_profile(f"{name} {preset} {mode} {w}", r["profile"])
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(rows, fh, indent=1)
