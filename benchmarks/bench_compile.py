@@ -15,7 +15,9 @@ says what compiling buys.  PyG references: SchNet (`torch_geometric.nn.SchNet`) 
 same sizes and weights as ours.  `--profile N` also profiles a few more steps of each row (torch.profiler;
 the compiled row's inductor kernels by name) and prints where the step goes: the share of the matmuls
 (mm, bmm, addmm: what the FLOP limit counts), of inductor's fused kernels (element-wise work, gathers,
-scatters, reductions: memory traffic and transcendentals that count no matmul FLOPs) and the N costliest ops.
+scatters, reductions: memory traffic and transcendentals that count no matmul FLOPs) and the N costliest ops;
+the compiled row is then compiled cold (caches off) so that inductor counts the bytes its kernels read and
+write, and that traffic over this core's copy rate is the step's memory-traffic limit, beside its FLOP limit.
 
     python -m benchmarks.bench_compile --models schnet,cgcnn --presets small,paper
     python -m benchmarks.bench_compile --models cgcnn --presets small --data mlearn-Mo --profile 8
@@ -68,6 +70,21 @@ def matmul_rate(device: torch.device) -> float:
     return 2 * 1024 ** 3 / best
 
 
+def copy_rate(device: torch.device) -> float:
+    """Bytes per second (read + written) of copying a 256 MiB buffer on this core (best of 5): the memory
+    bandwidth one thread gets, against which the compiled step's memory traffic is its other limit."""
+    x = torch.ones(64 * 2**20, device=device)
+    y = torch.empty_like(x)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        y.copy_(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * x.numel() * x.element_size() / best
+
+
 MATMULS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")
 PROFILE_STEPS = 4
 
@@ -97,10 +114,17 @@ def time_row(name: str, preset: str, which: str, steps: int, warmup: int, device
     from dcnn.numerics import configure_cpu
 
     flushed = configure_cpu(1, flush)  # as the trainer does (dcnn/numerics.py); PyG's rows get the same
-    if profile and which == "compiled":  # inductor's kernels under their own names in the profile
+    if profile and which == "compiled":
+        import torch._functorch.config as functorch_config
         import torch._inductor.config as inductor_config
+        from torch._inductor import metrics
 
-        inductor_config.cpp.enable_kernel_profile = True
+        inductor_config.cpp.enable_kernel_profile = True  # inductor's kernels under their own names
+        # inductor counts each kernel's reads and writes while it generates code: no cached graphs here
+        inductor_config.fx_graph_cache = False
+        functorch_config.enable_autograd_cache = False
+        torch._logging.set_logs(inductor_metrics=True)
+        metrics.reset()
     dev = torch.device(device)
     model = _model(name, preset, which, activation).to(dev).train()
     ours = model if which != "pyg" else _model(name, preset, "eager", activation).to(dev)
@@ -167,6 +191,8 @@ def time_row(name: str, preset: str, which: str, steps: int, warmup: int, device
         q = statistics.quantiles(ratios, n=4)
         out.update(paired_eager_ms=1e3 * statistics.median(twin_times), paired_ratio=statistics.median(ratios),
                    paired_ratio_quartiles=[q[0], q[2]])
+    if profile and which == "compiled":
+        out.update(compiled_bytes=int(metrics.num_bytes_accessed), copy_rate=copy_rate(dev))
     if profile:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as profiler
@@ -264,6 +290,13 @@ def main(argv=None):
                 for w, r in res.items():
                     if "profile" in r:
                         print_profile(f"{name} {preset} {mode} {w}", r["profile"])
+                if "compiled_bytes" in c:
+                    traffic_ms = 1e3 * c["compiled_bytes"] / c["copy_rate"]
+                    print(f"  memory traffic of the compiled step (inductor's count of its kernels' reads and writes, "
+                          f"at the first batch's sizes): {c['compiled_bytes'] / 1e9:.2f} GB; at this core's copy rate "
+                          f"({c['copy_rate'] / 1e9:.1f} GB/s) {traffic_ms:.0f} ms: the compiled step is "
+                          f"{c['ms_per_step'] / traffic_ms:.1f}x that (its matmul-FLOP limit: "
+                          f"{c['ms_per_step'] / limit_ms:.1f}x; compiled cold, caches off)", flush=True)
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(rows, fh, indent=1)

@@ -4,7 +4,7 @@ import math
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.bench_compile import profile_summary, time_row
+from benchmarks.bench_compile import _model, profile_summary, run_row, time_row
 
 
 def test_profile_summary_splits_a_step_into_matmuls_and_the_rest():
@@ -34,3 +34,17 @@ def test_a_profiled_row_reports_its_step_by_op():
     assert summary["shares"]["matmul"] > 0.05  # SchNet's filter network and atom-wise layers
     assert len(summary["top"]) == 4
     assert row["matmul_flops"] > 0
+
+
+def test_a_profiled_compiled_row_counts_its_memory_traffic():
+    """Inductor's count of the bytes the compiled step's kernels read and write: at least the step's
+    parameters, read in the forward and again in the backward, and at most what the eager step allocates
+    many times over; the copy rate is this core's, in bytes per second."""
+    # in its own process, as `make bench` runs each row: the row turns inductor's caches off
+    row = run_row("schnet", "small", "compiled", "cpu", steps=2, data="ethanol", profile=3)
+    assert "error" not in row, row
+    assert not row["fell_back"]
+    params = sum(p.numel() * p.element_size() for p in _model("schnet", "small", "eager", "original").parameters())
+    assert 2 * params < row["compiled_bytes"] < 10 * 2**30
+    assert 1e8 < row["copy_rate"] < 1e13
+    assert row["profile"]["shares"]["fused kernels"] > 0  # inductor's kernels, by name
