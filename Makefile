@@ -50,7 +50,7 @@ data-mlearn:  ## convert the bundled mlearn Mo and Si JSON (data/mlearn/, real D
 		data/mlearn-$$el.npz --name mlearn-$$el; done
 	sha256sum data/mlearn/*.json data/mlearn-Mo.npz data/mlearn-Si.npz
 
-bench:  ## ms per energy+force training step of every model (small preset), PyG's SchNet and DimeNet++ alongside, then eager vs compiled on a molecule and on real periodic DFT cells (mlearn Mo) with each step's FLOP limit, and the error rates and trials of `--seeds auto` by simulation; flags via ARGS="--presets small paper --models schnet"
+bench:  ## ms per energy+force training step of every model (small preset), PyG's SchNet and DimeNet++ alongside, then eager vs compiled on a molecule and on real periodic DFT cells (mlearn Mo) with each step's FLOP limit (where a step goes and its memory-traffic limit: `python -m benchmarks.bench_compile --data mlearn-Mo --presets small --profile 5`), and the error rates and trials of `--seeds auto` by simulation; flags via ARGS="--presets small paper --models schnet"
 	$(PYTHON) -m benchmarks.bench_models $(ARGS)
 	$(PYTHON) -m benchmarks.bench_compile
 	$(PYTHON) -m benchmarks.bench_compile --data mlearn-Mo --presets small --flush-denormals on
