@@ -26,6 +26,9 @@ Why each piece (each of these silently gives wrong gradients or refuses to trace
   tracing), and "duck" sizing (`_no_duck_shapes`).  Sizes 0 and 1 are always specialised: a batch of one
   structure makes dynamo compile once more.  Evaluation (model.eval() or no grad) runs eagerly: it needs no double backward, so
   there is little to gain, and it saves a second compile.
+- Inductor is handed one post-grad pass (`dcnn/leading_sums.py`): sums over the rows of wide edge tensors
+  (BatchNorm statistics, bias gradients) run as ATen's kernel, which reads rows in order, where inductor's
+  loop strides through columns.
 - Any failure while tracing, compiling (inductor compiles the forward at the first call and the
   backward at the first backward, both done in a warm-up here) or checking falls back to eager for the
   rest of the run, logged once with the reason.
@@ -49,6 +52,7 @@ from torch import nn
 from dcnn.atomistic.graph import AtomicGraph
 from dcnn.batchnorm import batch_statistics_as_outputs, fold_running_statistics
 from dcnn.config import COMPILE_MODES  # the values of TrainConfig.compile (re-exported: orchestrator/cli.py)
+from dcnn.leading_sums import LeadingSumsToATen
 from dcnn.models import energy_and_forces
 
 __all__ = ["EnergyForces", "make_energy_forces", "COMPILE_MODES", "compile_cache_dir", "GraphRecords"]
@@ -168,7 +172,8 @@ class EnergyForces:
                                  _allow_non_fake_inputs=self.dynamic)(
                     params, buffers, graph.positions.detach(), _tensors(graph), graph.extras)
         if self.backend == "inductor":
-            traced = torch.compile(traced, backend="inductor", dynamic=self.dynamic, fullgraph=True)
+            traced = torch.compile(traced, backend="inductor", dynamic=self.dynamic, fullgraph=True,
+                                   options={"post_grad_custom_post_pass": LeadingSumsToATen()})
         return traced, bns
 
     def _run(self, entry, graph):
