@@ -17,7 +17,7 @@ rows: BatchNorm statistics, bias gradients) gained 16–17 % (docs/speed.md).
 It is handed to `torch.compile(options=...)` by `dcnn.compiled.EnergyForces`, so it applies to our graphs
 (forward and backward) only, and its `uuid` enters inductor's cache key: graphs compiled without it are
 not reused.  The values are the same sums (ATen's own kernel: eager's), so compiled and eager steps agree
-as before (tests/test_compiled.py).
+as before (tests/test_compiled.py, tests/test_leading_sums.py).
 """
 from __future__ import annotations
 
