@@ -93,6 +93,10 @@ def cmd_ablate(args) -> int:
     try:
         report = run_ablation(opts)
     except StudyStopped as e:  # it ran, then could not go on (a full disk): not a bad input, exit 1
+        # Ray down first: its workers' teardown output (forwarded to this terminal) must not follow our message
+        import ray
+
+        ray.shutdown()
         print(f"dcnn-ablate: error: {e}", file=sys.stderr)
         return 1
     return 1 if report.get("errors") else 0
