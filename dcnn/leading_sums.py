@@ -43,8 +43,7 @@ def _(x: torch.Tensor, dims: list[int], keepdim: bool) -> torch.Tensor:
 
 def is_leading_sum(node: torch.fx.Node) -> bool:
     """A floating-point `aten.sum.dim_IntList` over dimensions that exclude the last one, of rows at least
-    `MIN_WIDTH` wide, with no dtype change: the reductions inductor's C++ loops stride
-    through where it costs."""
+    `MIN_WIDTH` wide, with no dtype change: the reductions inductor's C++ loops stride through where it costs."""
     if node.op != "call_function" or node.target is not aten.sum.dim_IntList or node.kwargs.get("dtype"):
         return False
     x, dims = node.args[0], node.args[1]
@@ -53,7 +52,8 @@ def is_leading_sum(node: torch.fx.Node) -> bool:
         return False
     n = value.dim()
     # a symbolic width (a traced parameter's size) is judged by its example value: either way the sum is exact
-    return n >= 2 and optimization_hint(value.shape[-1], fallback=0) >= MIN_WIDTH and all(d % n != n - 1 for d in dims)
+    wide = optimization_hint(value.shape[-1], fallback=0) >= MIN_WIDTH if n else False
+    return n >= 2 and wide and all(d % n != n - 1 for d in dims)
 
 
 class LeadingSumsToATen(CustomGraphPass):
