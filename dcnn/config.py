@@ -203,6 +203,8 @@ class TrainConfig:
                 if value is None:
                     continue
                 kind = next(a for a in typing.get_args(kind) if a is not type(None))
+            if f.name == "compile" and isinstance(value, bool):  # YAML 1.1 (study files, --set) reads off/on as bools
+                value = "on" if value else "off"
             setattr(self, f.name, coerce_value(f.name, value, kind))
 
     def _validate(self):

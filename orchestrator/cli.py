@@ -10,6 +10,7 @@ import yaml
 
 from dcnn import cli as dcnn_cli
 from dcnn.compiled import COMPILE_MODES
+from orchestrator.estimate import main_estimate
 from orchestrator.runner import (
     SCHEDULERS,
     AblateOptions,
@@ -89,7 +90,8 @@ def cmd_ablate(args) -> int:
         tracking_uri=args.tracking_uri, experiment=args.experiment, resume=args.resume,
         tune_hparams=args.tune_hparams, tuning_space=args.tuning_space, scheduler=args.scheduler,
         set={**_settings(args.set or []), **({"compile": args.compile} if args.compile else {})})
-
+    if args.estimate:
+        return main_estimate(opts)
     try:
         report = run_ablation(opts)
     except StudyStopped as e:  # it ran, then could not go on (a full disk): not a bad input, exit 1
@@ -183,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "use an MLflow server on a multi-node cluster)")
     a.add_argument("--experiment", help="study folder and MLflow experiment name (default: the study name)")
     a.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    a.add_argument("--estimate", action="store_true",
+                   help="run nothing: time a few epochs of one trial per model and data set on this machine and "
+                        "print the study's estimated wall time here (orchestrator/estimate.py)")
     a.add_argument("--tune-hparams", type=int, default=0, metavar="N",
                    help="per arm, N Optuna trials (with ASHA) first, then the seeds at the best values")
     a.add_argument("--tuning-space", default="default", help="default (lr, force_weight, C) or lr")

@@ -274,3 +274,18 @@ def test_compiled_training_on_periodic_cells_of_many_sizes(tmp_path):
              lr=1e-3, sizes=TINY["schnet"], rescale=True, rescale_factor=1e2), tmp_path)
     assert stats["compiled"] == 1 and "compile_fallback" not in stats  # no dynamo recompilation either
     assert graphs == 1  # batches of every size: one graph
+
+
+def test_compile_off_and_on_as_yaml_reads_them(tmp_path):
+    """`compile: off` in a study file and `--set compile=off` reach TrainConfig as YAML 1.1's False: it means
+    "off" (and True "on"), not a type error."""
+    import yaml
+
+    from dcnn.config import TrainConfig
+    from orchestrator.cli import _keyvalue
+
+    for word, mode in (("off", "off"), ("on", "on"), ("auto", "auto")):
+        assert TrainConfig.from_dict({"model": "schnet", "compile": yaml.safe_load(word)}).compile == mode
+        assert TrainConfig.from_dict({"model": "schnet", "compile": _keyvalue(f"compile={word}")[1]}).compile == mode
+    with pytest.raises(ValueError, match="compile=1 is not a valid str"):
+        TrainConfig.from_dict({"model": "schnet", "compile": 1})

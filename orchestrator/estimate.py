@@ -1,0 +1,143 @@
+"""How long a study would take on this machine, measured before it runs (`dcnn-ablate ablate --estimate`).
+
+Why: a study's wall time is its compute over this machine's speed, and machines sold as the same kind differ
+by more than the budgets do: the same `mlearn-angular` study took 3 h 03 min on a 2-core machine whose
+one-thread 1024² matmul runs ≈ 70 GFLOP/s and was estimated at 1 h 25 min on one of ≈ 110 (docs/data.md).
+A figure in the docs cannot tell a user what a multi-hour study costs on theirs; a few timed epochs can.
+
+Method: for every (model, data set) of the study, and every level of a factor of the study's own (a knob
+such as the batch size or a cutoff, which changes what a step costs), the first trial that runs it is built as a trial builds it (`trainables.train_config_from_tune`, `dcnn.train.Trainer`) and trained for
+`WARMUP_EPOCHS` epochs (the first carries the compile, or `compile: auto`'s timed steps), then
+`TIMED_EPOCHS` more, timed, then evaluated on its test split.  A trial of that group costs setup +
+compile + epochs × the median timed epoch + the test evaluation.  The trials are then laid out as Tune starts them (in the study's trial order, each into the
+first slot that frees) over the concurrent slots the study would have here (`throughput.concurrent_slots`):
+the last one's end is the wall time.
+
+What it does not see (said in its output): the timed epochs run with the machine to themselves, while the
+study runs `slots` trials side by side, which share memory bandwidth and caches, and a few epochs cannot see
+a shared machine's speed drift (tens of percent over hours, measured: docs/speed.md); the arms of a model are
+assumed to differ in cost only through the study's own factors: the paper's components
+(`search_spaces.factors.BUILTIN`: activation, DN, LR, ES, init) change a few element-wise ops or BatchNorm layers;
+early stopping can end trials sooner and `seeds: auto` can add seeds (counted at their minimum).  Nothing
+is recorded: no Ray, no MLflow, no results folder (the compiles do fill the compile cache, which the study's
+trials then find warm).
+"""
+from __future__ import annotations
+
+import heapq
+import math
+import os
+import statistics
+import sys
+import time
+
+from dcnn.train import Trainer
+from orchestrator.throughput import concurrent_slots
+from trainables import train_config_from_tune
+
+WARMUP_EPOCHS = 1  # the first epoch compiles (or times eager steps for compile=auto): not a steady epoch
+TIMED_EPOCHS = 2
+
+
+def makespan(durations: list[float], slots: int) -> float:
+    """Wall time of jobs started in this order, each into the first of `slots` workers that frees."""
+    free = [0.0] * max(1, slots)
+    for d in durations:
+        heapq.heapreplace(free, free[0] + d)  # the earliest-free worker takes the next job
+    return max(free)
+
+
+def time_trial(config: dict, threads: int, log=print) -> dict:
+    """Setup, compile and steady epoch time (s) of one trial config on this machine; epochs it would run."""
+    values = {**config, "threads": threads}
+    t0 = time.perf_counter()
+    trainer = Trainer(train_config_from_tune(values))
+    setup = time.perf_counter() - t0
+    epochs = trainer.config.epochs
+    n_warm = min(WARMUP_EPOCHS, epochs)
+    n_timed = min(TIMED_EPOCHS, epochs - n_warm)
+    first = [trainer.run_epoch()["epoch_time_s"] for _ in range(n_warm)]
+    timed = [trainer.run_epoch()["epoch_time_s"] for _ in range(n_timed)]
+    t1 = time.perf_counter()
+    trainer.test()  # the test split's evaluation each trial ends with
+    test_s = time.perf_counter() - t1
+    stats = getattr(trainer.task, "compile_stats", lambda: {})()
+    compile_s = float(stats.get("compile_s", 0.0))
+    epoch_s = statistics.median(timed) if timed else max(first[0] - compile_s, 0.0)
+    out = {"setup_s": setup, "compile_s": compile_s, "epoch_s": epoch_s, "epochs": epochs, "test_s": test_s,
+           "compiled": int(stats.get("compiled", 0)), "first_epoch_s": first[0] if first else math.nan}
+    out["trial_s"] = setup + compile_s + epochs * epoch_s + test_s
+    log(f"  {config['model']} on {config.get('data', os.path.basename(str(config['dataset'])))}: setup "
+        f"{setup:.1f} s, compile {compile_s:.1f} s, {epoch_s:.2f} s per epoch × {out['epochs']} epochs "
+        f"→ {_hms(out['trial_s'])} per trial", flush=True)
+    return out
+
+
+def estimate_study(study, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
+                   max_concurrent: int | None = None, log=print) -> dict:
+    """Per (model, data set): measured times and trial count; the study's wall time over this machine's slots."""
+    configs = study.trial_configs()
+    slots = concurrent_slots({"CPU": os.cpu_count() or 1}, cpus_per_trial, gpus_per_trial, max_concurrent,
+                             len(configs))
+    threads = max(1, int(cpus_per_trial))
+    log(f"estimate for study {study.name}: {len(configs)} trials, {slots} at a time on this machine "
+        f"({os.cpu_count()} CPUs, {cpus_per_trial:g} per trial); timing one trial per model and data set "
+        f"({WARMUP_EPOCHS} + {TIMED_EPOCHS} epochs each) …", flush=True)
+    own = [f.key for f in study.own_factors]  # knobs an arm varies: they may change a step's cost
+
+    def group(cfg: dict) -> tuple:
+        return (cfg["model"], str(cfg["dataset"])) + tuple((k, cfg.get(k)) for k in own)
+
+    measured: dict[tuple, dict] = {}
+    for cfg in configs:
+        key = group(cfg)
+        if key not in measured:
+            measured[key] = time_trial(cfg, threads, log)
+            measured[key]["trials"] = 0
+        measured[key]["trials"] += 1
+    durations = [measured[group(c)]["trial_s"] for c in configs]
+    wall = makespan(durations, slots)
+    return {"study": study.name, "trials": len(configs), "slots": slots, "wall_s": wall,
+            "trial_s_total": sum(durations), "seeds_auto": study.seed_design is not None,
+            "rows": [{"model": k[0], "dataset": k[1], "levels": dict(k[2:]), **v} for k, v in measured.items()]}
+
+
+def format_estimate(e: dict) -> str:
+    lines = [f"## Estimated wall time of {e['study']} on this machine: {_hms(e['wall_s'])}",
+             "",
+             "| model | data set | levels | trials | setup s | compile s | s per epoch | epochs | test s | per trial |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in e["rows"]:
+        levels = ", ".join(f"{k}={v}" for k, v in r["levels"].items()) or "–"
+        lines.append(f"| {r['model']} | {os.path.basename(r['dataset'])} | {levels} | {r['trials']} | "
+                     f"{r['setup_s']:.1f} | "
+                     f"{r['compile_s']:.1f} | {r['epoch_s']:.2f} | {r['epochs']} | {r['test_s']:.1f} | {_hms(r['trial_s'])} |")
+    lines += ["",
+              f"{e['trials']} trials, Σ {_hms(e['trial_s_total'])} of trial time over {e['slots']} concurrent "
+              f"slot(s). An estimate, not a bound: timed over a few epochs with the machine to itself (side by "
+              f"side, trials share memory bandwidth and caches; a shared machine's speed drifts by tens of "
+              f"percent); arms that differ only in the paper's components (activation, DN, "
+              f"LR, ES, init) are counted at the cost of the first one timed; "
+              f"a worker's start and the checkpoints and records Tune writes (≈ 1–2 s a trial) are not counted; early "
+              f"stopping can end trials sooner"
+              + ("; seeds auto counted at their minimum (more seeds run while comparisons stay open)."
+                 if e["seeds_auto"] else ".")]
+    return "\n".join(lines)
+
+
+def _hms(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600} h {s % 3600 // 60:02d} min" if s >= 3600 else f"{s // 60} min {s % 60:02d} s"
+
+
+def main_estimate(opts) -> int:
+    """`dcnn-ablate ablate --estimate`: the study validated as for a run, then timed; nothing written."""
+    if opts.tune_hparams:
+        raise ValueError("--estimate times the seed trials of a study, not --tune-hparams's Optuna trials (their "
+                         "count and length depend on ASHA's stops): estimate without --tune-hparams")
+    study = opts.validate()
+    e = estimate_study(study, opts.cpus_per_trial, opts.gpus_per_trial, opts.max_concurrent)
+    print(format_estimate(e), file=sys.stdout, flush=True)
+    return 0
