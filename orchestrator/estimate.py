@@ -6,12 +6,13 @@ one-thread 1024² matmul runs ≈ 70 GFLOP/s and was estimated at 1 h 25 min on 
 A figure in the docs cannot tell a user what a multi-hour study costs on theirs; a few timed epochs can.
 
 Method: for every (model, data set) of the study, and every level of a factor of the study's own (a knob
-such as the batch size or a cutoff, which changes what a step costs), the first trial that runs it is built as a trial builds it (`trainables.train_config_from_tune`, `dcnn.train.Trainer`) and trained for
+such as the batch size or a cutoff, which changes what a step costs), the first trial that runs it is built
+as a trial builds it (`trainables.train_config_from_tune`, `dcnn.train.Trainer`) and trained for
 `WARMUP_EPOCHS` epochs (the first carries the compile, or `compile: auto`'s timed steps), then
 `TIMED_EPOCHS` more, timed, then evaluated on its test split.  A trial of that group costs setup +
-compile + epochs × the median timed epoch + the test evaluation.  The trials are then laid out as Tune starts them (in the study's trial order, each into the
-first slot that frees) over the concurrent slots the study would have here (`throughput.concurrent_slots`):
-the last one's end is the wall time.
+compile + epochs × the median timed epoch + the test evaluation.  The trials are then laid out as Tune
+starts them (in the study's trial order, each into the first slot that frees) over the concurrent slots
+the study would have here (`throughput.concurrent_slots`): the last one's end is the wall time.
 
 What it does not see (said in its output): the timed epochs run with the machine to themselves, while the
 study runs `slots` trials side by side, which share memory bandwidth and caches, and a few epochs cannot see
@@ -110,16 +111,15 @@ def format_estimate(e: dict) -> str:
     for r in e["rows"]:
         levels = ", ".join(f"{k}={v}" for k, v in r["levels"].items()) or "–"
         lines.append(f"| {r['model']} | {os.path.basename(r['dataset'])} | {levels} | {r['trials']} | "
-                     f"{r['setup_s']:.1f} | "
-                     f"{r['compile_s']:.1f} | {r['epoch_s']:.2f} | {r['epochs']} | {r['test_s']:.1f} | {_hms(r['trial_s'])} |")
+                     f"{r['setup_s']:.1f} | {r['compile_s']:.1f} | {r['epoch_s']:.2f} | {r['epochs']} | "
+                     f"{r['test_s']:.1f} | {_hms(r['trial_s'])} |")
     lines += ["",
               f"{e['trials']} trials, Σ {_hms(e['trial_s_total'])} of trial time over {e['slots']} concurrent "
               f"slot(s). An estimate, not a bound: timed over a few epochs with the machine to itself (side by "
               f"side, trials share memory bandwidth and caches; a shared machine's speed drifts by tens of "
-              f"percent); arms that differ only in the paper's components (activation, DN, "
-              f"LR, ES, init) are counted at the cost of the first one timed; "
-              f"a worker's start and the checkpoints and records Tune writes (≈ 1–2 s a trial) are not counted; early "
-              f"stopping can end trials sooner"
+              f"percent); arms that differ only in the paper's components (activation, DN, LR, ES, init) "
+              f"are counted at the cost of the first one timed; a worker's start and the checkpoints and "
+              f"records Tune writes (≈ 1–2 s a trial) are not counted; early stopping can end trials sooner"
               + ("; seeds auto counted at their minimum (more seeds run while comparisons stay open)."
                  if e["seeds_auto"] else ".")]
     return "\n".join(lines)
