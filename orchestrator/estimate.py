@@ -9,8 +9,9 @@ Method: for every (model, data set) of the study, and every level of a factor of
 such as the batch size or a cutoff, which changes what a step costs), the first trial that runs it is built
 as a trial builds it (`trainables.train_config_from_tune`, `dcnn.train.Trainer`) and trained for
 `WARMUP_EPOCHS` epochs (the first carries the compile, or `compile: auto`'s timed steps), then
-`TIMED_EPOCHS` more, timed, then evaluated on its test split.  A trial of that group costs setup +
-compile + epochs × the median timed epoch + the test evaluation.  The trials are then laid out as Tune
+`TIMED_EPOCHS` more, timed (and as many of the L-BFGS phase that follows Adam where a config has one),
+then evaluated on its test split.  A trial of that group costs setup + compile + each phase's epochs ×
+its median timed epoch + the test evaluation.  The trials are then laid out as Tune
 starts them (in the study's trial order, each into the first slot that frees) over the concurrent slots
 the study would have here (`throughput.concurrent_slots`): the last one's end is the wall time.
 
@@ -19,8 +20,8 @@ study runs `slots` trials side by side, which share memory bandwidth and caches,
 a shared machine's speed drift (tens of percent over hours, measured: docs/speed.md); the arms of a model are
 assumed to differ in cost only through the study's own factors: the paper's components
 (`search_spaces.factors.BUILTIN`: activation, DN, LR, ES, init) change a few element-wise ops or BatchNorm layers;
-early stopping can end trials sooner and `seeds: auto` can add seeds (counted at their minimum).  Nothing
-is recorded: no Ray, no MLflow, no results folder (the compiles do fill the compile cache, which the study's
+early stopping and the stall rule can end trials sooner (pinn-seed-plan's IReLU arms stall) and
+`seeds: auto` can add seeds (counted at their minimum).  Nothing is recorded: no Ray, no MLflow, no results folder (the compiles do fill the compile cache, which the study's
 trials then find warm).
 """
 from __future__ import annotations
@@ -48,28 +49,45 @@ def makespan(durations: list[float], slots: int) -> float:
     return max(free)
 
 
+def phases(cfg) -> list[tuple[str, int, int]]:
+    """(optimizer, first epoch, epochs) of each optimizer phase of a trial: Adam, then L-BFGS for the last
+    `lbfgs_epochs` where a config asks for both (`dcnn.train.Trainer._optimizer_kind`); their epochs cost
+    differently (an L-BFGS iteration evaluates the loss again in its line search)."""
+    second = min(cfg.lbfgs_epochs or 0, cfg.epochs) if cfg.optimizer != "lbfgs" else 0
+    first = cfg.epochs - second
+    out = [(cfg.optimizer, 0, first)] if first else []
+    return out + ([("lbfgs", first, second)] if second else [])
+
+
 def time_trial(config: dict, threads: int, log=print) -> dict:
     """Setup, compile and steady epoch time (s) of one trial config on this machine; epochs it would run."""
     values = {**config, "threads": threads}
     t0 = time.perf_counter()
     trainer = Trainer(train_config_from_tune(values))
     setup = time.perf_counter() - t0
-    epochs = trainer.config.epochs
-    n_warm = min(WARMUP_EPOCHS, epochs)
-    n_timed = min(TIMED_EPOCHS, epochs - n_warm)
-    first = [trainer.run_epoch()["epoch_time_s"] for _ in range(n_warm)]
-    timed = [trainer.run_epoch()["epoch_time_s"] for _ in range(n_timed)]
+    cfg = trainer.config
+    training_s, first, said = 0.0, [], []
+    for kind, start, n in phases(cfg):
+        trainer.epoch = max(trainer.epoch, start)  # straight to the phase: its optimizer is the epoch's
+        n_warm = min(WARMUP_EPOCHS, n) if start == 0 else 0  # the compile (or auto's timing) is in epoch 1
+        first += [trainer.run_epoch()["epoch_time_s"] for _ in range(n_warm)]
+        timed = [trainer.run_epoch()["epoch_time_s"] for _ in range(min(TIMED_EPOCHS, n - n_warm))]
+        epoch_s = statistics.median(timed) if timed else math.nan
+        training_s += n * epoch_s if timed else math.nan
+        said.append(f"{epoch_s:.2f} s per {kind} epoch × {n}")
     t1 = time.perf_counter()
     trainer.test()  # the test split's evaluation each trial ends with
     test_s = time.perf_counter() - t1
     stats = getattr(trainer.task, "compile_stats", lambda: {})()
     compile_s = float(stats.get("compile_s", 0.0))
-    epoch_s = statistics.median(timed) if timed else max(first[0] - compile_s, 0.0)
-    out = {"setup_s": setup, "compile_s": compile_s, "epoch_s": epoch_s, "epochs": epochs, "test_s": test_s,
-           "compiled": int(stats.get("compiled", 0)), "first_epoch_s": first[0] if first else math.nan}
-    out["trial_s"] = setup + compile_s + epochs * epoch_s + test_s
+    if not math.isfinite(training_s):  # too short to time a steady epoch: its first epochs, less the compile
+        training_s = max(sum(first) - compile_s, 0.0) * cfg.epochs / max(len(first), 1)
+    out = {"setup_s": setup, "compile_s": compile_s, "epoch_s": training_s / cfg.epochs, "epochs": cfg.epochs,
+           "test_s": test_s, "compiled": int(stats.get("compiled", 0)),
+           "first_epoch_s": first[0] if first else math.nan}
+    out["trial_s"] = setup + compile_s + training_s + test_s
     log(f"  {config['model']} on {config.get('data', os.path.basename(str(config['dataset'])))}: setup "
-        f"{setup:.1f} s, compile {compile_s:.1f} s, {epoch_s:.2f} s per epoch × {out['epochs']} epochs "
+        f"{setup:.1f} s, compile {compile_s:.1f} s, {', '.join(said)} "
         f"→ {_hms(out['trial_s'])} per trial", flush=True)
     return out
 
@@ -106,7 +124,8 @@ def estimate_study(study, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0
 def format_estimate(e: dict) -> str:
     lines = [f"## Estimated wall time of {e['study']} on this machine: {_hms(e['wall_s'])}",
              "",
-             "| model | data set | levels | trials | setup s | compile s | s per epoch | epochs | test s | per trial |",
+             "| model | data set | levels | trials | setup s | compile s | s per epoch (mean) | epochs | test s "
+             "| per trial |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in e["rows"]:
         levels = ", ".join(f"{k}={v}" for k, v in r["levels"].items()) or "–"
@@ -119,7 +138,8 @@ def format_estimate(e: dict) -> str:
               f"side, trials share memory bandwidth and caches; a shared machine's speed drifts by tens of "
               f"percent); arms that differ only in the paper's components (activation, DN, LR, ES, init) "
               f"are counted at the cost of the first one timed; a worker's start and the checkpoints and "
-              f"records Tune writes (≈ 1–2 s a trial) are not counted; early stopping can end trials sooner"
+              f"records Tune writes (≈ 1–2 s a trial) are not counted; early stopping and the stall rule "
+              f"(an optimizer that stopped moving) can end trials sooner"
               + ("; seeds auto counted at their minimum (more seeds run while comparisons stay open)."
                  if e["seeds_auto"] else ".")]
     return "\n".join(lines)
