@@ -21,8 +21,8 @@ a shared machine's speed drift (tens of percent over hours, measured: docs/speed
 assumed to differ in cost only through the study's own factors: the paper's components
 (`search_spaces.factors.BUILTIN`: activation, DN, LR, ES, init) change a few element-wise ops or BatchNorm layers;
 early stopping and the stall rule can end trials sooner (pinn-seed-plan's IReLU arms stall) and
-`seeds: auto` can add seeds (counted at their minimum).  Nothing is recorded: no Ray, no MLflow, no results folder (the compiles do fill the compile cache, which the study's
-trials then find warm).
+`seeds: auto` can add seeds (counted at their minimum).  Nothing is recorded: no Ray, no MLflow, no
+results folder (the compiles do fill the compile cache, which the study's trials then find warm).
 """
 from __future__ import annotations
 
