@@ -35,7 +35,7 @@ import time
 
 from dcnn.train import Trainer
 from orchestrator.throughput import concurrent_slots
-from trainables import train_config_from_tune
+import trainables  # its trainables (and Ray) load on first use: here, only when a study is estimated
 
 WARMUP_EPOCHS = 1  # the first epoch compiles (or times eager steps for compile=auto): not a steady epoch
 TIMED_EPOCHS = 2
@@ -63,7 +63,7 @@ def time_trial(config: dict, threads: int, log=print) -> dict:
     """Setup, compile and steady epoch time (s) of one trial config on this machine; epochs it would run."""
     values = {**config, "threads": threads}
     t0 = time.perf_counter()
-    trainer = Trainer(train_config_from_tune(values))
+    trainer = Trainer(trainables.train_config_from_tune(values))
     setup = time.perf_counter() - t0
     cfg = trainer.config
     training_s, first, said = 0.0, [], []
