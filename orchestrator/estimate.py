@@ -49,14 +49,18 @@ def makespan(durations: list[float], slots: int) -> float:
     return max(free)
 
 
-def phases(cfg) -> list[tuple[str, int, int]]:
-    """(optimizer, first epoch, epochs) of each optimizer phase of a trial: Adam, then L-BFGS for the last
-    `lbfgs_epochs` where a config asks for both (`dcnn.train.Trainer._optimizer_kind`); their epochs cost
+def phases(trainer: Trainer) -> list[tuple[str, int, int]]:
+    """(optimizer, first epoch, epochs) of each optimizer phase of the trainer's run, as the trainer picks
+    each epoch's (`Trainer._optimizer_kind`: Adam, then L-BFGS for the last `lbfgs_epochs`); their epochs cost
     differently (an L-BFGS iteration evaluates the loss again in its line search)."""
-    second = min(cfg.lbfgs_epochs or 0, cfg.epochs) if cfg.optimizer != "lbfgs" else 0
-    first = cfg.epochs - second
-    out = [(cfg.optimizer, 0, first)] if first else []
-    return out + ([("lbfgs", first, second)] if second else [])
+    out: list[tuple[str, int, int]] = []
+    for epoch in range(trainer.config.epochs):
+        kind = trainer._optimizer_kind(epoch)
+        if out and out[-1][0] == kind:
+            out[-1] = (kind, out[-1][1], out[-1][2] + 1)
+        else:
+            out.append((kind, epoch, 1))
+    return out
 
 
 def time_trial(config: dict, threads: int, log=print) -> dict:
@@ -67,7 +71,7 @@ def time_trial(config: dict, threads: int, log=print) -> dict:
     setup = time.perf_counter() - t0
     cfg = trainer.config
     training_s, first, said = 0.0, [], []
-    for kind, start, n in phases(cfg):
+    for kind, start, n in phases(trainer):
         trainer.epoch = max(trainer.epoch, start)  # straight to the phase: its optimizer is the epoch's
         n_warm = min(WARMUP_EPOCHS, n) if start == 0 else 0  # the compile (or auto's timing) is in epoch 1
         first += [trainer.run_epoch()["epoch_time_s"] for _ in range(n_warm)]
