@@ -3,7 +3,7 @@ timed epochs, with nothing run or written."""
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.estimate import estimate_study, makespan
+from orchestrator.estimate import estimate_study, format_estimate, makespan
 from search_spaces import load_study
 
 
@@ -65,3 +65,26 @@ def test_the_estimate_checks_the_study_first(tmp_path, capsys):
 def test_the_estimate_refuses_what_it_cannot_time(tmp_path, capsys):
     assert main(["ablate", "--estimate", "--tune-hparams", "2", "--storage", str(tmp_path)]) == 2
     assert "--estimate times the seed trials" in capsys.readouterr().err
+
+
+def test_a_cold_compile_is_timed_once_and_the_trials_pay_the_warm_one(tmp_path, monkeypatch):
+    """The estimate's own compile fills the cache, so the study's trials compile warm: where the estimate's was
+    cold (an empty cache here), a second build times the warm compile, and the trials are costed with it."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # no graph compiled here before
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        "reference: {activation: irelu, denorm: true, rescale: true}\n"
+        "designs:\n  - {activation: [irelu, original], denorm: [true], rescale: [true]}\n"
+        "models: [schnet]\ndatasets: [ethanol]\nseeds: [0]\n"
+        "fixed: {epochs: 3, n_train: 40, n_val: 8, n_test: 8, compile: 'on'}\n")
+    lines = []
+    e = estimate_study(load_study(str(path)), max_concurrent=2, log=lambda *a, **k: lines.append(a[0]))
+    (r,) = e["rows"]
+    assert r["compiled"] == 1 and r["compile_cold"] == 1 and r["compile_s"] > 0 and r["compile_warm_s"] > 0
+    assert r["compile_warm_s"] != r["compile_s"]  # a second build, timed on its own
+    assert r["trial_s"] == pytest.approx(r["setup_s"] + r["compile_warm_s"] + 3 * r["epoch_s"] + r["test_s"])
+    assert "(cold; warm, as the study's trials will: " in lines[-1]
+    assert f"{r['compile_warm_s']:.1f} (cold here: {r['compile_s']:.1f})" in format_estimate(e)
+    # timed again, the cache holds the graph: one build, its compile warm, and that is what a trial pays
+    again = estimate_study(load_study(str(path)), max_concurrent=2, log=lambda *a, **k: None)["rows"][0]
+    assert again["compile_cold"] == 0 and again["compile_warm_s"] == again["compile_s"]
