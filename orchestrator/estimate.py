@@ -105,8 +105,8 @@ def time_trial(config: dict, threads: int, log=print) -> dict:
 
 def warm_compile_s(values: dict, cold_s: float) -> float:
     """The compile time of a trial that finds the graph in the compile cache, as every trial of the study
-    after this estimate will (DimeNet++ on Mo: 165.5 s cold, 23.2 s warm; docs/studies.md): a second build of the
-    same trial, trained until it has compiled (its first epoch).  If that build does not compile (an `auto`
+    after this estimate will (DimeNet++ on Mo: 165.5 s cold, 23.2 s warm; docs/studies.md): a second build
+    of the same trial, trained until it has compiled (its first epoch).  If that build does not compile (an `auto`
     decision the first build's measured saving changed), the cold time stands, an upper bound."""
     again = Trainer(trainables.train_config_from_tune(values))
     again.run_epoch()
