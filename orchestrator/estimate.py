@@ -11,11 +11,14 @@ as a trial builds it (`trainables.train_config_from_tune`, `dcnn.train.Trainer`)
 `WARMUP_EPOCHS` epochs (the first carries the compile, or `compile: auto`'s timed steps), then
 `TIMED_EPOCHS` more, timed (and as many of the L-BFGS phase that follows Adam where a config has one),
 then evaluated on its test split.  A trial of that group costs setup + compile + each phase's epochs ×
-its median timed epoch + the test evaluation, with the compile a trial pays after this estimate: the
-estimate's own compile fills the compile cache, so where it was cold (minutes for an angular model), a
-second build of the trial times the warm one (`warm_compile_s`).  The trials are then laid out as Tune
-starts them (in the study's trial order, each into the first slot that frees) over the concurrent slots
-the study would have here (`throughput.concurrent_slots`): the last one's end is the wall time.
+its median timed epoch + the test evaluation.  The compile is a warm one (inductor's cache holding the
+graph: where the estimate's own was cold, a second build times the warm one, `warm_compile_s`), except
+for the first trial of each arm whose graph this machine has not compiled before: an arm with another
+activation, or without BatchNorm, is another graph (`EnergyForces.record_key_for`; its model built, not
+trained), compiled cold at the timed graph's cold time (minutes for an angular model).  The trials are
+then laid out as Tune starts them (in the study's trial order, each into the first slot that frees) over
+the concurrent slots the study would have here (`throughput.concurrent_slots`): the last one's end is the
+wall time.
 
 What it does not see (said in its output): the timed epochs run with the machine to themselves, while the
 study runs `slots` trials side by side, which share memory bandwidth and caches, and a few epochs cannot see
@@ -91,16 +94,27 @@ def time_trial(config: dict, threads: int, log=print) -> dict:
     warm_s, cold = compile_s, stats.get("compile_warm_cache") == 0
     if cold and stats.get("compiled"):
         warm_s = warm_compile_s(values, compile_s)
+    ef = trainer.task.energy_and_forces if stats.get("compiled") else None
+    key = ef.record_key_for(trainer.model) if ef is not None else None
+    # a graph's first compile on this machine was its cold one (GraphRecords): what another arm's graph costs
+    cold_s = compile_s if cold else float(((ef.records.get(key) if key else {}).get("compiles") or [compile_s])[0])
     out = {"setup_s": setup, "compile_s": compile_s, "compile_cold": int(cold), "compile_warm_s": warm_s,
-           "epoch_s": training_s / cfg.epochs, "epochs": cfg.epochs, "test_s": test_s,
-           "compiled": int(stats.get("compiled", 0)), "first_epoch_s": first[0] if first else math.nan}
-    # the study after this estimate finds the compile cache this trial filled: each of its trials compiles warm
+           "compile_cold_s": cold_s, "epoch_s": training_s / cfg.epochs, "epochs": cfg.epochs, "test_s": test_s,
+           "compiled": int(stats.get("compiled", 0)), "first_epoch_s": first[0] if first else math.nan,
+           "compiled_step": ef}
+    # the trial's cost with its graph in the compile cache, which this estimate filled for this arm's graph
     out["trial_s"] = setup + warm_s + training_s + test_s
-    compiled = (f"compile {compile_s:.1f} s (cold; warm, as the study's trials will: {warm_s:.1f} s)" if cold
-                else f"compile {compile_s:.1f} s")
+    compiled = (f"compile {compile_s:.1f} s (cold; warm: {warm_s:.1f} s)" if cold else f"compile {compile_s:.1f} s")
     log(f"  {config['model']} on {config.get('data', os.path.basename(str(config['dataset'])))}: setup "
         f"{setup:.1f} s, {compiled}, {', '.join(said)} → {_hms(out['trial_s'])} per trial", flush=True)
     return out
+
+
+def arm_graph_key(config: dict, threads: int, compiled_step) -> str | None:
+    """The compile record key of this trial's training graph (its arm's model at the timed trial's batch
+    shapes): built, not trained.  Arms that differ in the activation or in BatchNorm are different graphs."""
+    trainer = Trainer(trainables.train_config_from_tune({**config, "threads": threads}))
+    return compiled_step.record_key_for(trainer.model)
 
 
 def warm_compile_s(values: dict, cold_s: float) -> float:
@@ -134,20 +148,40 @@ def estimate_study(study, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0
         key = group(cfg)
         if key not in measured:
             measured[key] = time_trial(cfg, threads, log)
-            measured[key]["trials"] = 0
+            measured[key].update(trials=0, cold_compiles=0)
         measured[key]["trials"] += 1
-    durations = [measured[group(c)]["trial_s"] for c in configs]
+    # each arm's graph is compiled cold by the first trial that runs it, unless this machine compiled it before
+    # (this estimate did, for the timed arms); the seeds of an arm share its graph, and so do data sets of one
+    # kind (symbolic sizes) where the model is the same
+    graph_of: dict[tuple, str | None] = {}
+    compiled_before: set[str] = set()
+    durations = []
+    for cfg in configs:
+        m = measured[group(cfg)]
+        ef, d = m["compiled_step"], m["trial_s"]
+        if ef is not None:
+            arm = tuple(sorted((k, str(v)) for k, v in cfg.items() if k != "seed"))
+            if arm not in graph_of:
+                graph_of[arm] = arm_graph_key(cfg, threads, ef)
+            gkey = graph_of[arm]
+            if gkey is not None and gkey not in compiled_before:
+                compiled_before.add(gkey)
+                if not ef.records.get(gkey).get("compiles"):
+                    d += m["compile_cold_s"] - m["compile_warm_s"]
+                    m["cold_compiles"] += 1
+        durations.append(d)
     wall = makespan(durations, slots)
     return {"study": study.name, "trials": len(configs), "slots": slots, "wall_s": wall,
             "trial_s_total": sum(durations), "seeds_auto": study.seed_design is not None,
-            "rows": [{"model": k[0], "dataset": k[1], "levels": dict(k[2:]), **v} for k, v in measured.items()]}
+            "rows": [{"model": k[0], "dataset": k[1], "levels": dict(k[2:]),
+                      **{f: v for f, v in m.items() if f != "compiled_step"}} for k, m in measured.items()]}
 
 
 def format_estimate(e: dict) -> str:
     lines = [f"## Estimated wall time of {e['study']} on this machine: {_hms(e['wall_s'])}",
              "",
-             "| model | data set | levels | trials | setup s | compile s (a trial's) | s per epoch (mean) | epochs "
-             "| test s | per trial |",
+             "| model | data set | levels | trials | setup s | compile s (warm; cold in n trials) | s per epoch "
+             "(mean) | epochs | test s | per trial (warm) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in e["rows"]:
         levels = ", ".join(f"{k}={v}" for k, v in r["levels"].items()) or "–"
@@ -168,10 +202,12 @@ def format_estimate(e: dict) -> str:
 
 
 def _compile_cell(row: dict) -> str:
-    """The compile a study trial pays (warm: the estimate filled the cache), with the cold one it timed."""
-    if row.get("compile_cold"):
-        return f"{row['compile_warm_s']:.1f} (cold here: {row['compile_s']:.1f})"
-    return f"{row['compile_s']:.1f}"
+    """The compile a trial pays with its graph in the cache, and the cold one of the trials that compile an arm's
+    graph first."""
+    cell = f"{row['compile_warm_s']:.1f}"
+    if row.get("cold_compiles"):
+        cell += f"; {row['compile_cold_s']:.1f} cold in {row['cold_compiles']}"
+    return cell
 
 
 def _hms(seconds: float) -> str:
