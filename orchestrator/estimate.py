@@ -96,8 +96,9 @@ def time_trial(config: dict, threads: int, log=print) -> dict:
         warm_s = warm_compile_s(values, compile_s)
     ef = trainer.task.energy_and_forces if stats.get("compiled") else None
     key = ef.record_key_for(trainer.model) if ef is not None else None
-    # a graph's first compile on this machine was its cold one (GraphRecords): what another arm's graph costs
-    cold_s = compile_s if cold else float(((ef.records.get(key) if key else {}).get("compiles") or [compile_s])[0])
+    cold_s = compile_s  # what another arm's graph costs: this graph's cold compile, timed now or on record
+    if not cold and key is not None:  # its first compile on this machine was the cold one (GraphRecords)
+        cold_s = float((ef.records.get(key).get("compiles") or [compile_s])[0])
     out = {"setup_s": setup, "compile_s": compile_s, "compile_cold": int(cold), "compile_warm_s": warm_s,
            "compile_cold_s": cold_s, "epoch_s": training_s / cfg.epochs, "epochs": cfg.epochs, "test_s": test_s,
            "compiled": int(stats.get("compiled", 0)), "first_epoch_s": first[0] if first else math.nan,
@@ -118,10 +119,10 @@ def arm_graph_key(config: dict, threads: int, compiled_step) -> str | None:
 
 
 def warm_compile_s(values: dict, cold_s: float) -> float:
-    """The compile time of a trial that finds the graph in the compile cache, as every trial of the study
-    after this estimate will (DimeNet++ on Mo: 165.5 s cold, 23.2 s warm; docs/studies.md): a second build
-    of the same trial, trained until it has compiled (its first epoch).  If that build does not compile (an `auto`
-    decision the first build's measured saving changed), the cold time stands, an upper bound."""
+    """The compile time of a trial that finds its graph in the compile cache, as the timed arm's other trials
+    will after this estimate (DimeNet++ on Mo: 165.5 s cold, 23.2 s warm; docs/studies.md): a second build of
+    the same trial, trained until it has compiled (its first epoch).  If that build does not compile (an
+    `auto` decision the first build's measured saving changed), the cold time stands, an upper bound."""
     again = Trainer(trainables.train_config_from_tune(values))
     again.run_epoch()
     stats = getattr(again.task, "compile_stats", lambda: {})()
