@@ -88,11 +88,8 @@ class GraphRecords:
 
     @staticmethod
     def key(model: nn.Module, graph, backend: str, dynamic: bool = False) -> str:
-        return GraphRecords.key_of_shape(model, _shape_key(graph, dynamic), backend)
-
-    @staticmethod
-    def key_of_shape(model: nn.Module, shape_key: tuple, backend: str) -> str:
-        text = "\n".join([repr(model), str(model.training), str(shape_key), torch.__version__, backend])
+        text = "\n".join([repr(model), str(model.training), str(_shape_key(graph, dynamic)), torch.__version__,
+                          backend])
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def get(self, key: str) -> dict:
@@ -186,19 +183,6 @@ class EnergyForces:
         with _no_duck_shapes() if self.dynamic else contextlib.nullcontext():  # dynamo compiles at a first call
             e, f, stats = traced(params, buffers, graph.positions, _tensors(graph), graph.extras)
         return e, f, stats, bns
-
-    def record_key_for(self, model: nn.Module) -> Optional[str]:
-        """The record key `model`'s training graph has at the batch shapes this one compiled for: another arm of
-        a study on the same data (another activation, BatchNorm removed) is another graph, compiled cold the
-        first time (`orchestrator/estimate.py` counts those).  None before this one's first compile."""
-        if self.records is None or not self.graphs:
-            return None
-        was = model.training
-        model.train()  # the graph traced is the training step's
-        try:
-            return GraphRecords.key_of_shape(model, next(iter(self.graphs)), self.backend)
-        finally:
-            model.train(was)
 
     def _get(self, graph):
         # only shapes key a graph (the atomic numbers and edges are inputs): no host sync

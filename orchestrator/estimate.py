@@ -5,28 +5,24 @@ by more than the budgets do: the same `mlearn-angular` study took 3 h 03 min on 
 one-thread 1024² matmul runs ≈ 70 GFLOP/s and was estimated at 1 h 25 min on one of ≈ 110 (docs/data.md).
 A figure in the docs cannot tell a user what a multi-hour study costs on theirs; a few timed epochs can.
 
-Method: for every (model, data set) of the study, and every level of a factor of the study's own (a knob
-such as the batch size or a cutoff, which changes what a step costs), the first trial that runs it is built
-as a trial builds it (`trainables.train_config_from_tune`, `dcnn.train.Trainer`) and trained for
+Method: every arm of the study on every (model, data set) (the seeds of an arm share its timing: arms differ
+in cost, measured on SchNet and Mo: an iSiLU epoch 1.6× an IReLU one, iGELU 1.35×, docs/studies.md), and
+every level of a factor of the study's own (a knob such as the batch size or a cutoff), is built as its
+first trial builds it (`trainables.train_config_from_tune`, `dcnn.train.Trainer`) and trained for
 `WARMUP_EPOCHS` epochs (the first carries the compile, or `compile: auto`'s timed steps), then
 `TIMED_EPOCHS` more, timed (and as many of the L-BFGS phase that follows Adam where a config has one),
-then evaluated on its test split.  A trial of that group costs setup + compile + each phase's epochs ×
-its median timed epoch + the test evaluation.  The compile is a warm one (inductor's cache holding the
-graph: where the estimate's own was cold, a second build times the warm one, `warm_compile_s`), except
-for the first trial of each arm whose graph this machine has not compiled before: an arm with another
-activation, or without BatchNorm, is another graph (`EnergyForces.record_key_for`; its model built, not
-trained), compiled cold at the timed graph's cold time (minutes for an angular model).  The trials are
-then laid out as Tune starts them (in the study's trial order, each into the first slot that frees) over
-the concurrent slots the study would have here (`throughput.concurrent_slots`): the last one's end is the
-wall time.
+then evaluated on its test split.  A trial of that arm costs setup + compile + each phase's epochs × its
+median timed epoch + the test evaluation, the compile being a warm one: the estimate's own compile of each
+arm's graph fills the compile cache the study's trials then find (where it was cold, a second build times
+the warm compile, `warm_compile_s`).  The trials are then laid out as Tune starts them (in the study's
+trial order, each into the first slot that frees) over the concurrent slots the study would have here
+(`throughput.concurrent_slots`): the last one's end is the wall time.
 
 What it does not see (said in its output): the timed epochs run with the machine to themselves, while the
 study runs `slots` trials side by side, which share memory bandwidth and caches, and a few epochs cannot see
-a shared machine's speed drift (tens of percent over hours, measured: docs/speed.md); the arms of a model are
-assumed to differ in cost only through the study's own factors: the paper's components
-(`search_spaces.factors.BUILTIN`: activation, DN, LR, ES, init) change a few element-wise ops or BatchNorm layers;
-early stopping and the stall rule can end trials sooner (pinn-seed-plan's IReLU arms stall) and
-`seeds: auto` can add seeds (counted at their minimum).  Nothing is recorded: no Ray, no MLflow, no
+a shared machine's speed drift (tens of percent over hours, measured: docs/speed.md); early stopping and
+the stall rule can end trials sooner (pinn-seed-plan's IReLU arms stall) and `seeds: auto` can add seeds
+(counted at their minimum).  Nothing is recorded: no Ray, no MLflow, no
 results folder (the compiles do fill the compile cache, which the study's trials then find warm).
 """
 from __future__ import annotations
@@ -94,33 +90,21 @@ def time_trial(config: dict, threads: int, log=print) -> dict:
     warm_s, cold = compile_s, stats.get("compile_warm_cache") == 0
     if cold and stats.get("compiled"):
         warm_s = warm_compile_s(values, compile_s)
-    ef = trainer.task.energy_and_forces if stats.get("compiled") else None
-    key = ef.record_key_for(trainer.model) if ef is not None else None
-    cold_s = compile_s  # what another arm's graph costs: this graph's cold compile, timed now or on record
-    if not cold and key is not None:  # its first compile on this machine was the cold one (GraphRecords)
-        cold_s = float((ef.records.get(key).get("compiles") or [compile_s])[0])
     out = {"setup_s": setup, "compile_s": compile_s, "compile_cold": int(cold), "compile_warm_s": warm_s,
-           "compile_cold_s": cold_s, "epoch_s": training_s / cfg.epochs, "epochs": cfg.epochs, "test_s": test_s,
-           "compiled": int(stats.get("compiled", 0)), "first_epoch_s": first[0] if first else math.nan,
-           "compiled_step": ef}
-    # the trial's cost with its graph in the compile cache, which this estimate filled for this arm's graph
+           "epoch_s": training_s / cfg.epochs, "epochs": cfg.epochs, "test_s": test_s,
+           "compiled": int(stats.get("compiled", 0)), "first_epoch_s": first[0] if first else math.nan}
+    # the study after this estimate finds this arm's graph in the compile cache: its trials compile warm
     out["trial_s"] = setup + warm_s + training_s + test_s
     compiled = (f"compile {compile_s:.1f} s (cold; warm: {warm_s:.1f} s)" if cold else f"compile {compile_s:.1f} s")
-    log(f"  {config['model']} on {config.get('data', os.path.basename(str(config['dataset'])))}: setup "
+    log(f"  {config['model']} {config.get('arm', '')} on "
+        f"{config.get('data', os.path.basename(str(config['dataset'])))}: setup "
         f"{setup:.1f} s, {compiled}, {', '.join(said)} → {_hms(out['trial_s'])} per trial", flush=True)
     return out
 
 
-def arm_graph_key(config: dict, threads: int, compiled_step) -> str | None:
-    """The compile record key of this trial's training graph (its arm's model at the timed trial's batch
-    shapes): built, not trained.  Arms that differ in the activation or in BatchNorm are different graphs."""
-    trainer = Trainer(trainables.train_config_from_tune({**config, "threads": threads}))
-    return compiled_step.record_key_for(trainer.model)
-
-
 def warm_compile_s(values: dict, cold_s: float) -> float:
-    """The compile time of a trial that finds its graph in the compile cache, as the timed arm's other trials
-    will after this estimate (DimeNet++ on Mo: 165.5 s cold, 23.2 s warm; docs/studies.md): a second build of
+    """The compile time of a trial that finds its graph in the compile cache, as the arm's trials will after
+    this estimate (DimeNet++ on Mo: 165.5 s cold, 23.2 s warm; docs/studies.md): a second build of
     the same trial, trained until it has compiled (its first epoch).  If that build does not compile (an
     `auto` decision the first build's measured saving changed), the cold time stands, an upper bound."""
     again = Trainer(trainables.train_config_from_tune(values))
@@ -136,65 +120,47 @@ def estimate_study(study, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0
     slots = concurrent_slots({"CPU": os.cpu_count() or 1}, cpus_per_trial, gpus_per_trial, max_concurrent,
                              len(configs))
     threads = max(1, int(cpus_per_trial))
-    log(f"estimate for study {study.name}: {len(configs)} trials, {slots} at a time on this machine "
-        f"({os.cpu_count()} CPUs, {cpus_per_trial:g} per trial); timing one trial per model and data set "
-        f"({WARMUP_EPOCHS} + {TIMED_EPOCHS} epochs each) …", flush=True)
-    own = [f.key for f in study.own_factors]  # knobs an arm varies: they may change a step's cost
+    own = [f.key for f in study.own_factors]  # knobs an arm varies: shown beside the arm
 
-    def group(cfg: dict) -> tuple:
-        return (cfg["model"], str(cfg["dataset"])) + tuple((k, cfg.get(k)) for k in own)
+    def group(cfg: dict) -> tuple:  # an arm on a model and data set: its seeds cost the same
+        return (cfg["model"], str(cfg["dataset"]), cfg.get("arm", "")) + tuple((k, cfg.get(k)) for k in own)
+
+    log(f"estimate for study {study.name}: {len(configs)} trials, {slots} at a time on this machine "
+        f"({os.cpu_count()} CPUs, {cpus_per_trial:g} per trial); timing one trial of each of its "
+        f"{len({group(c) for c in configs})} arms on each model and data set ({WARMUP_EPOCHS} + {TIMED_EPOCHS} "
+        f"epochs each) …", flush=True)
 
     measured: dict[tuple, dict] = {}
     for cfg in configs:
         key = group(cfg)
         if key not in measured:
             measured[key] = time_trial(cfg, threads, log)
-            measured[key].update(trials=0, cold_compiles=0)
+            measured[key]["trials"] = 0
         measured[key]["trials"] += 1
-    # each arm's graph is compiled cold by the first trial that runs it, unless this machine compiled it before
-    # (this estimate did, for the timed arms); the seeds of an arm share its graph, and so do data sets of one
-    # kind (symbolic sizes) where the model is the same
-    graph_of: dict[tuple, str | None] = {}
-    compiled_before: set[str] = set()
-    durations = []
-    for cfg in configs:
-        m = measured[group(cfg)]
-        ef, d = m["compiled_step"], m["trial_s"]
-        if ef is not None:
-            arm = tuple(sorted((k, str(v)) for k, v in cfg.items() if k != "seed"))
-            if arm not in graph_of:
-                graph_of[arm] = arm_graph_key(cfg, threads, ef)
-            gkey = graph_of[arm]
-            if gkey is not None and gkey not in compiled_before:
-                compiled_before.add(gkey)
-                if not ef.records.get(gkey).get("compiles"):
-                    d += m["compile_cold_s"] - m["compile_warm_s"]
-                    m["cold_compiles"] += 1
-        durations.append(d)
+    durations = [measured[group(c)]["trial_s"] for c in configs]
     wall = makespan(durations, slots)
     return {"study": study.name, "trials": len(configs), "slots": slots, "wall_s": wall,
             "trial_s_total": sum(durations), "seeds_auto": study.seed_design is not None,
-            "rows": [{"model": k[0], "dataset": k[1], "levels": dict(k[2:]),
-                      **{f: v for f, v in m.items() if f != "compiled_step"}} for k, m in measured.items()]}
+            "rows": [{"model": k[0], "dataset": k[1], "arm": k[2], "levels": dict(k[3:]), **v}
+                     for k, v in measured.items()]}
 
 
 def format_estimate(e: dict) -> str:
     lines = [f"## Estimated wall time of {e['study']} on this machine: {_hms(e['wall_s'])}",
              "",
-             "| model | data set | levels | trials | setup s | compile s (warm; cold in n trials) | s per epoch "
-             "(mean) | epochs | test s | per trial (warm) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | data set | arm | levels | trials | setup s | compile s | s per epoch (mean) | epochs "
+             "| test s | per trial |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in e["rows"]:
         levels = ", ".join(f"{k}={v}" for k, v in r["levels"].items()) or "–"
-        lines.append(f"| {r['model']} | {os.path.basename(r['dataset'])} | {levels} | {r['trials']} | "
-                     f"{r['setup_s']:.1f} | {_compile_cell(r)} | {r['epoch_s']:.2f} | {r['epochs']} | "
-                     f"{r['test_s']:.1f} | {_hms(r['trial_s'])} |")
+        lines.append(f"| {r['model']} | {os.path.basename(r['dataset'])} | {r['arm'] or '–'} | {levels} | "
+                     f"{r['trials']} | {r['setup_s']:.1f} | {_compile_cell(r)} | {r['epoch_s']:.2f} | "
+                     f"{r['epochs']} | {r['test_s']:.1f} | {_hms(r['trial_s'])} |")
     lines += ["",
               f"{e['trials']} trials, Σ {_hms(e['trial_s_total'])} of trial time over {e['slots']} concurrent "
               f"slot(s). An estimate, not a bound: timed over a few epochs with the machine to itself (side by "
               f"side, trials share memory bandwidth and caches; a shared machine's speed drifts by tens of "
-              f"percent); arms that differ only in the paper's components (activation, DN, LR, ES, init) "
-              f"are counted at the cost of the first one timed; a worker's start and the checkpoints and "
+              f"percent); a worker's start and the checkpoints and "
               f"records Tune writes (≈ 1–2 s a trial) are not counted; early stopping and the stall rule "
               f"(an optimizer that stopped moving) can end trials sooner"
               + ("; seeds auto counted at their minimum (more seeds run while comparisons stay open)."
@@ -203,12 +169,10 @@ def format_estimate(e: dict) -> str:
 
 
 def _compile_cell(row: dict) -> str:
-    """The compile a trial pays with its graph in the cache, and the cold one of the trials that compile an arm's
-    graph first."""
-    cell = f"{row['compile_warm_s']:.1f}"
-    if row.get("cold_compiles"):
-        cell += f"; {row['compile_cold_s']:.1f} cold in {row['cold_compiles']}"
-    return cell
+    """The compile a trial pays (warm: the estimate filled the cache), with the cold one it timed."""
+    if row.get("compile_cold"):
+        return f"{row['compile_warm_s']:.1f} (cold here: {row['compile_s']:.1f})"
+    return f"{row['compile_s']:.1f}"
 
 
 def _hms(seconds: float) -> str:
