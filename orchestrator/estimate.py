@@ -22,8 +22,8 @@ What it does not see (said in its output): the timed epochs run with the machine
 study runs `slots` trials side by side, which share memory bandwidth and caches, and a few epochs cannot see
 a shared machine's speed drift (tens of percent over hours, measured: docs/speed.md); early stopping and
 the stall rule can end trials sooner (pinn-seed-plan's IReLU arms stall) and `seeds: auto` can add seeds
-(counted at their minimum).  Nothing is recorded: no Ray, no MLflow, no
-results folder (the compiles do fill the compile cache, which the study's trials then find warm).
+(counted at their minimum).  Nothing is recorded: no Ray, no MLflow, no results folder (the compiles do
+fill the compile cache, which the study's trials then find warm).
 """
 from __future__ import annotations
 
@@ -115,7 +115,8 @@ def warm_compile_s(values: dict, cold_s: float) -> float:
 
 def estimate_study(study, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
                    max_concurrent: int | None = None, log=print) -> dict:
-    """Per (model, data set): measured times and trial count; the study's wall time over this machine's slots."""
+    """Per arm on each model and data set: measured times and trial count; the study's wall time over this
+    machine's slots."""
     configs = study.trial_configs()
     slots = concurrent_slots({"CPU": os.cpu_count() or 1}, cpus_per_trial, gpus_per_trial, max_concurrent,
                              len(configs))
@@ -127,7 +128,7 @@ def estimate_study(study, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0
 
     log(f"estimate for study {study.name}: {len(configs)} trials, {slots} at a time on this machine "
         f"({os.cpu_count()} CPUs, {cpus_per_trial:g} per trial); timing one trial of each of its "
-        f"{len({group(c) for c in configs})} arms on each model and data set ({WARMUP_EPOCHS} + {TIMED_EPOCHS} "
+        f"{len({group(c) for c in configs})} arms (on each model and data set; {WARMUP_EPOCHS} + {TIMED_EPOCHS} "
         f"epochs each) …", flush=True)
 
     measured: dict[tuple, dict] = {}
