@@ -73,6 +73,14 @@ def compile_cache_dir() -> Path:
     return Path(chosen)
 
 
+def _plain_attributes(model: nn.Module) -> str:
+    """The numbers and strings each module holds outside its parameters (a cutoff, an envelope's exponent):
+    they shape the traced graph, and `repr` does not print them (DimeNet++ at 5 and 6 Å print alike)."""
+    return repr([(name, sorted((k, v) for k, v in vars(m).items()
+                               if isinstance(v, (bool, int, float, str)) and not k.startswith("_") and k != "training"))
+                 for name, m in model.named_modules()])
+
+
 class GraphRecords:
     """What compiling each distinct energy+force graph cost and saved on this machine, beside inductor's
     cache (`compile_cache_dir()/dcnn-graphs/<key>.json`, one file per graph, written atomically, so the
@@ -88,8 +96,8 @@ class GraphRecords:
 
     @staticmethod
     def key(model: nn.Module, graph, backend: str, dynamic: bool = False) -> str:
-        text = "\n".join([repr(model), str(model.training), str(_shape_key(graph, dynamic)), torch.__version__,
-                          backend])
+        text = "\n".join([repr(model), _plain_attributes(model), str(model.training),
+                          str(_shape_key(graph, dynamic)), torch.__version__, backend])
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def get(self, key: str) -> dict:

@@ -289,3 +289,16 @@ def test_compile_off_and_on_as_yaml_reads_them(tmp_path):
         assert TrainConfig.from_dict({"model": "schnet", "compile": _keyvalue(f"compile={word}")[1]}).compile == mode
     with pytest.raises(ValueError, match="compile=1 is not a valid str"):
         TrainConfig.from_dict({"model": "schnet", "compile": 1})
+
+
+def test_a_graphs_record_key_sees_sizes_its_repr_does_not_print(ethanol):
+    """DimeNet++ at 5 and 6 Å print the same module tree but trace different graphs: their compile records
+    (what `auto` and `--estimate` read as this machine's cold and warm compiles) must not be one."""
+    from dcnn.compiled import GraphRecords
+
+    graph = molecule_graph(positions(ethanol, 2), torch.as_tensor(ethanol.numbers))
+    five, six = (build_model("dimenetpp", "small", cutoff=c).train() for c in (5.0, 6.0))
+    assert repr(five) == repr(six)
+    assert GraphRecords.key(five, graph, "inductor") != GraphRecords.key(six, graph, "inductor")
+    assert GraphRecords.key(six, graph, "inductor") == GraphRecords.key(
+        build_model("dimenetpp", "small", cutoff=6.0).train(), graph, "inductor")
