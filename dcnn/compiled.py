@@ -76,9 +76,11 @@ def compile_cache_dir() -> Path:
 def _plain_attributes(model: nn.Module) -> str:
     """The numbers and strings each module holds outside its parameters (a cutoff, an envelope's exponent):
     they shape the traced graph, and `repr` does not print them (DimeNet++ at 5 and 6 Å print alike)."""
-    return repr([(name, sorted((k, v) for k, v in vars(m).items()
-                               if isinstance(v, (bool, int, float, str)) and not k.startswith("_") and k != "training"))
-                 for name, m in model.named_modules()])
+    def plain(m: nn.Module) -> list:
+        return sorted((k, v) for k, v in vars(m).items()
+                      if isinstance(v, (bool, int, float, str)) and not k.startswith("_") and k != "training")
+
+    return repr([(name, plain(m)) for name, m in model.named_modules()])
 
 
 class GraphRecords:
