@@ -48,6 +48,12 @@ LEGACY_KEPT_FILE = ".dcnn-tune-snapshot.json"  # the name of the kept copy befor
 # .sync_down_experiment_state: every root *.json and *.pkl); tuner.pkl is written once, before any trial
 SNAPSHOT_PATTERNS = ("*.json", "*.pkl")
 STATE_PATTERN = "experiment_state-*.json"
+# Tune writes its searcher's and callbacks' state to `.<uuid>-tmp-<name>` and renames it (ray/tune/utils/util.py:
+# _atomic_save) in the driver thread while its background sync copies the staging folder to the experiment
+# folder: a sync that lists the folder mid-write leaves a copy of the temporary file there, whole or cut off,
+# under a name no later write replaces (seen once in CI after a resumed study). Tune never reads it back by
+# that name; neither does a resume here.
+TUNE_TEMP_PATTERN = ".*-tmp-*"
 KEEP_EVERY_S = 5.0  # at most one kept copy per this many seconds (and one at the end of the study)
 # and at most this share of the driver's time: Tune's state grows ≈ 35 KB per trial (a 1,000-trial study:
 # 35 MB, a copy 0.3 s here), so a large study keeps its copy less often rather than stalling the driver
@@ -56,7 +62,7 @@ KEEP_TIME_SHARE = 0.05
 
 def _is_state_file(name: str) -> bool:
     return ("/" not in name and name not in (KEPT_FILE, LEGACY_KEPT_FILE)
-            and any(fnmatch.fnmatch(name, p) for p in SNAPSHOT_PATTERNS))
+            and not fnmatch.fnmatch(name, TUNE_TEMP_PATTERN) and any(fnmatch.fnmatch(name, p) for p in SNAPSHOT_PATTERNS))
 
 
 def is_whole(data: bytes) -> bool:

@@ -213,3 +213,22 @@ def test_the_kept_copy_is_never_in_the_resumed_drivers_staging_folder(ray_sessio
     staged = [p for p in session.glob("artifacts/*/snap/driver_artifacts") if p.is_dir()]
     assert staged and any(staged[-1].glob("experiment_state-*.json"))  # the folder Tune syncs from
     assert not any((s / KEPT_FILE).exists() for s in staged)
+
+
+def test_a_temporary_file_tune_left_mid_write_is_not_its_record(ray_session, tmp_path):
+    """Tune's background sync can copy a searcher state's temporary `.<uuid>-tmp-<name>` (renamed a moment
+    later in the staging folder) into the experiment folder, cut off (seen in CI after a resumed study). It is
+    not part of Tune's record: the resume neither refuses nor repairs for it, and the resumed driver (whose
+    staging folder Tune fills with every root *.json, this one too) still keeps its copy of the snapshot."""
+    import uuid
+
+    experiment = _first_run(tmp_path)
+    (name,) = experiment.glob("basic-variant-state-*.json")
+    leftover = f".{uuid.uuid4()}-tmp-{name}"
+    (Path(experiment.path) / leftover).write_bytes(experiment.read_bytes(name)[:100])
+    kept_before = experiment.read_bytes(KEPT_FILE)
+    assert prepare_resume(experiment) == []
+    assert _resume(experiment) == {99: ITERATIONS, 2: ITERATIONS}
+    kept = json.loads(experiment.read_bytes(KEPT_FILE))
+    assert experiment.read_bytes(KEPT_FILE) != kept_before and leftover not in kept["files"]
+    assert prepare_resume(experiment) == []
