@@ -14,14 +14,15 @@ first trial builds it (`trainables.train_config_from_tune`, `dcnn.train.Trainer`
 then evaluated on its test split.  A trial of that arm costs setup + compile + each phase's epochs × its
 median timed epoch + the test evaluation, the compile being a warm one: the estimate's own compile of each
 arm's graph fills the compile cache the study's trials then find (where it was cold, a second build times
-the warm compile, `warm_compile_s`).  The trials are then laid out as Tune starts them (in the study's
-trial order, each into the first slot that frees) over the concurrent slots the study would have here
-(`throughput.concurrent_slots`): the last one's end is the wall time.
+the warm compile, `warm_compile_s`).  The arms are timed as many side by side (in as many worker processes) as
+the study will run trials at once here (`time_arms`): concurrent trials share memory bandwidth and caches,
+which an arm timed alone does not see.  The trials are then laid out as Tune starts them (in
+the study's trial order, each into the first slot that frees) over the concurrent slots the study would have
+here (`throughput.concurrent_slots`): the last one's end is the wall time.
 
-What it does not see (said in its output): the timed epochs run with the machine to themselves, while the
-study runs `slots` trials side by side, which share memory bandwidth and caches, and a few epochs cannot see
-a shared machine's speed drift (tens of percent over hours, measured: docs/speed.md); early stopping and
-the stall rule can end trials sooner (pinn-seed-plan's IReLU arms stall) and `seeds: auto` can add seeds
+What it does not see (said in its output): a few epochs cannot see a shared machine's speed drift (tens of
+percent over hours, measured: docs/speed.md); early stopping and the stall rule can end trials sooner
+(pinn-seed-plan's IReLU arms stall) and `seeds: auto` can add seeds
 (counted at their minimum).  Nothing is recorded: no Ray, no MLflow, no results folder (the compiles do
 fill the compile cache, which the study's trials then find warm).
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import multiprocessing
 import os
 import statistics
 import sys
@@ -92,7 +94,8 @@ def time_trial(config: dict, threads: int, log=print) -> dict:
         warm_s = warm_compile_s(values, compile_s)
     out = {"setup_s": setup, "compile_s": compile_s, "compile_cold": int(cold), "compile_warm_s": warm_s,
            "epoch_s": training_s / cfg.epochs, "epochs": cfg.epochs, "test_s": test_s,
-           "compiled": int(stats.get("compiled", 0)), "first_epoch_s": first[0] if first else math.nan}
+           "compiled": int(stats.get("compiled", 0)), "first_epoch_s": first[0] if first else math.nan,
+           "pid": os.getpid()}
     # the study after this estimate finds this arm's graph in the compile cache: its trials compile warm
     out["trial_s"] = setup + warm_s + training_s + test_s
     compiled = (f"compile {compile_s:.1f} s (cold; warm: {warm_s:.1f} s)" if cold else f"compile {compile_s:.1f} s")
@@ -113,10 +116,43 @@ def warm_compile_s(values: dict, cold_s: float) -> float:
     return float(stats["compile_s"]) if stats.get("compiled") else cold_s
 
 
+def time_arms(arms: dict[tuple, dict], threads: int, slots: int, log=print) -> dict[tuple, dict]:
+    """`time_trial` of each arm's config, `slots` at a time side by side in `slots` worker processes, as the
+    study runs its trials (in as many Ray workers, each taking trial after trial: Tune's `reuse_actors`).  Why
+    side by side: concurrent trials share the memory bandwidth and the last-level cache, which an arm timed
+    alone does not see.  With fewer arms than slots, copies of them keep the other slots busy as the study's
+    seeds will (load only: their times are not used).  One slot: timed here, in this process."""
+    if slots <= 1:
+        return {key: time_trial(cfg, threads, log) for key, cfg in arms.items()}
+    keys = list(arms)
+    jobs = [(i, arms[k], threads) for i, k in enumerate(keys)]
+    jobs += [(-1, arms[keys[i % len(keys)]], threads) for i in range(len(keys), slots)]
+    out: dict[tuple, dict] = {}
+    # spawn: a fork of a process that already ran torch (or Ray) is not safe
+    with multiprocessing.get_context("spawn").Pool(slots) as pool:
+        for index, row, lines in pool.imap_unordered(_time_in_process, jobs, chunksize=1):
+            if index >= 0:
+                for line in lines:
+                    log(line, flush=True)
+                out[keys[index]] = row
+    return {key: out[key] for key in keys}
+
+
+def _time_in_process(job: tuple[int, dict, int]) -> tuple[int, dict, list[str]]:
+    """A worker's job for `time_arms`: (index, measured row, its progress lines), the lines sent back for the
+    estimate's own log."""
+    index, config, threads = job
+    lines: list[str] = []
+    row = time_trial(config, threads, lambda line, **kw: lines.append(line))
+    return index, row, lines
+
+
 def estimate_study(study, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0,
                    max_concurrent: int | None = None, log=print) -> dict:
     """Per arm on each model and data set: measured times and trial count; the study's wall time over this
-    machine's slots."""
+    machine's slots.  With more than one slot the arms are timed in spawned worker processes (`time_arms`):
+    a script that calls this guards its own code with `if __name__ == "__main__":`, as multiprocessing's spawn
+    start method requires."""
     configs = study.trial_configs()
     slots = concurrent_slots({"CPU": os.cpu_count() or 1}, cpus_per_trial, gpus_per_trial, max_concurrent,
                              len(configs))
@@ -129,15 +165,14 @@ def estimate_study(study, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0
     log(f"estimate for study {study.name}: {len(configs)} trials, {slots} at a time on this machine "
         f"({os.cpu_count()} CPUs, {cpus_per_trial:g} per trial); timing one trial of each of its "
         f"{len({group(c) for c in configs})} arms (on each model and data set; {WARMUP_EPOCHS} + {TIMED_EPOCHS} "
-        f"epochs each) …", flush=True)
+        f"epochs each, {min(slots, len(configs))} side by side as the study runs them) …", flush=True)
 
-    measured: dict[tuple, dict] = {}
+    arms: dict[tuple, dict] = {}
     for cfg in configs:
-        key = group(cfg)
-        if key not in measured:
-            measured[key] = time_trial(cfg, threads, log)
-            measured[key]["trials"] = 0
-        measured[key]["trials"] += 1
+        arms.setdefault(group(cfg), cfg)
+    measured = time_arms(arms, threads, min(slots, len(configs)), log)
+    for key in measured:
+        measured[key]["trials"] = sum(group(c) == key for c in configs)
     durations = [measured[group(c)]["trial_s"] for c in configs]
     wall = makespan(durations, slots)
     return {"study": study.name, "trials": len(configs), "slots": slots, "wall_s": wall,
@@ -159,10 +194,10 @@ def format_estimate(e: dict) -> str:
                      f"{r['epochs']} | {r['test_s']:.1f} | {_hms(r['trial_s'])} |")
     lines += ["",
               f"{e['trials']} trials, Σ {_hms(e['trial_s_total'])} of trial time over {e['slots']} concurrent "
-              f"slot(s). An estimate, not a bound: timed over a few epochs with the machine to itself (side by "
-              f"side, trials share memory bandwidth and caches; a shared machine's speed drifts by tens of "
-              f"percent); a worker's start and the checkpoints and "
-              f"records Tune writes (≈ 1–2 s a trial) are not counted; early stopping and the stall rule "
+              f"slot(s). An estimate, not a bound: timed over a few epochs, {e['slots']} arm(s) side by side as the "
+              f"study runs them (a shared machine's speed drifts by tens of percent); a Ray worker's start (≈ 6–7 s "
+              f"a slot), the checkpoints and records Tune writes (≈ 2 s a trial) and its driver's share of the "
+              f"CPUs are not counted; early stopping and the stall rule "
               f"(an optimizer that stopped moving) can end trials sooner"
               + ("; seeds auto counted at their minimum (more seeds run while comparisons stay open)."
                  if e["seeds_auto"] else ".")]

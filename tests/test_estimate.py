@@ -96,3 +96,24 @@ def test_each_arms_cold_compile_is_timed_and_its_trials_pay_the_warm_one(tmp_pat
     # timed again, the cache holds both graphs: one build each, its compile warm, and that is what a trial pays
     for again in estimate_study(load_study(str(path)), max_concurrent=2, log=lambda *a, **k: None)["rows"]:
         assert again["compile_cold"] == 0 and again["compile_warm_s"] == again["compile_s"]
+
+
+def test_arms_are_timed_side_by_side_in_as_many_workers_as_the_study_has_slots(tmp_path):
+    """Concurrent trials share memory bandwidth and caches, so the arms are timed as many at once as the study
+    runs trials: in worker processes, not this one; with one arm and two slots a copy of it runs beside it as
+    load (the study's second seed), its lines not logged.  One slot: timed in this process."""
+    import os
+
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        "reference: {activation: irelu, denorm: true, rescale: true}\n"
+        "designs:\n  - {activation: [irelu], denorm: [true], rescale: [true]}\n"
+        "models: [schnet]\ndatasets: [ethanol]\nseeds: [0, 1]\n"
+        "fixed: {epochs: 3, n_train: 40, n_val: 8, n_test: 8, compile: 'off'}\n")
+    lines = []
+    e = estimate_study(load_study(str(path)), max_concurrent=2, log=lambda *a, **k: lines.append(a[0]))
+    (row,) = e["rows"]
+    assert e["slots"] == 2 and row["trials"] == 2 and row["pid"] != os.getpid() and row["epoch_s"] > 0
+    assert len(lines) == 2 and "2 side by side" in lines[0]  # the plan and the timed arm, not its copy
+    (alone,) = estimate_study(load_study(str(path)), max_concurrent=1, log=lambda *a, **k: None)["rows"]
+    assert alone["pid"] == os.getpid()
