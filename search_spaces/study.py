@@ -360,7 +360,12 @@ class Study:
         )
 
         table = {arm.key: arm.as_config() for arm in self.arms}
-        space = {**self.fixed, "study": self.name, "seed": tune.grid_search(list(self.seeds))}
+        # Tune resolves the sample_from functions one after the other in the space's key order
+        # (ray/tune/impl/placeholder.py: resolve_placeholders), so the trial's model and arm come before what
+        # is read from them (a factor's value, a model's size).  `fixed` goes after them: a factor the study
+        # also fixes keeps its key's place, and from first place it read an unresolved arm (KeyError).  The
+        # grids keep their order, which is the order the trials run in.
+        space: dict = {"study": self.name, "seed": tune.grid_search(list(self.seeds))}
         space["dataset"] = tune.grid_search(list(self.datasets)) if len(self.datasets) > 1 else self.datasets[0]
         if len(self.datasets) > 1:
             space["data"] = tune.sample_from(DatasetLabel(self.dataset_labels()))
@@ -371,6 +376,7 @@ class Study:
         else:
             space["arm"] = tune.grid_search([a.key for a in self.arms])
             space["model"] = tune.grid_search(list(self.models))
+        space.update({k: v for k, v in self.fixed.items() if k not in space})
         for f in self.factors:
             fallback = {m: self.fixed_for(m).get(f.key) for m in self.models}
             space[f.key] = tune.sample_from(ArmFactor(table, f.key, fallback))
