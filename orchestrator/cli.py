@@ -186,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--experiment", help="study folder and MLflow experiment name (default: the study name)")
     a.add_argument("--resume", action="store_true", help="continue an interrupted study")
     a.add_argument("--estimate", action="store_true",
-                   help="run nothing: time a few epochs of one trial of each arm on each model and data set and "
-                        "print the study's estimated wall time on this machine (orchestrator/estimate.py)")
+                   help="run nothing: time a few epochs of one trial of each arm on each model and data set, as "
+                        "many side by side as the study runs trials, and print the study's estimated wall time "
+                        "on this machine (orchestrator/estimate.py)")
     a.add_argument("--tune-hparams", type=int, default=0, metavar="N",
                    help="per arm, N Optuna trials (with ASHA) first, then the seeds at the best values")
     a.add_argument("--tuning-space", default="default", help="default (lr, force_weight, C) or lr")
