@@ -27,7 +27,7 @@ def test_each_arm_and_each_level_of_a_knob_is_timed(tmp_path):
         "reference: {activation: irelu, denorm: true, rescale: true, batch_size: 16}\n"
         "designs:\n"
         "  - {activation: [irelu, original], denorm: [true], rescale: [true], batch_size: [16]}\n"
-        "  - {activation: [irelu], denorm: [true], rescale: [true], batch_size: [16, 4]}\n"
+        "  - {activation: [irelu], denorm: [true], rescale: [true], batch_size: [16, 1]}\n"
         "models: [schnet]\ndatasets: [ethanol]\nseeds: [0, 1]\n"
         "fixed: {epochs: 4, n_train: 48, n_val: 8, n_test: 8, compile: 'off'}\n")
     study = load_study(str(path))
@@ -40,9 +40,11 @@ def test_each_arm_and_each_level_of_a_knob_is_timed(tmp_path):
     for r in rows.values():
         assert r["epochs"] == 4 and r["epoch_s"] > 0 and r["compile_s"] == 0.0
         assert r["trial_s"] == pytest.approx(r["setup_s"] + 4 * r["epoch_s"] + r["test_s"])
-    (small,) = [r for (a, b), r in rows.items() if b == 4]
-    # 12 steps of 4 structures against 3 of 16: an epoch of batches of 4 costs more than either arm's of 16
-    assert all(small["epoch_s"] > r["epoch_s"] for (a, b), r in rows.items() if b == 16)
+    (small,) = [r for (a, b), r in rows.items() if b == 1]
+    # 48 steps of 1 structure against 3 of 16: an epoch of batches of 1 costs several times either arm's of 16
+    # (a margin that arms timed side by side with other tests' load on the same cores do not close)
+    ratios = [small["epoch_s"] / r["epoch_s"] for (a, b), r in rows.items() if b == 16]
+    assert all(x > 2 for x in ratios), ratios
     assert e["trial_s_total"] == pytest.approx(2 * sum(r["trial_s"] for r in rows.values()))
     by_config = {(c["arm"], c["batch_size"]): rows[(c["arm"], c["batch_size"])]["trial_s"]
                  for c in study.trial_configs()}
