@@ -62,7 +62,8 @@ KEEP_TIME_SHARE = 0.05
 
 def _is_state_file(name: str) -> bool:
     return ("/" not in name and name not in (KEPT_FILE, LEGACY_KEPT_FILE)
-            and not fnmatch.fnmatch(name, TUNE_TEMP_PATTERN) and any(fnmatch.fnmatch(name, p) for p in SNAPSHOT_PATTERNS))
+            and not fnmatch.fnmatch(name, TUNE_TEMP_PATTERN)
+            and any(fnmatch.fnmatch(name, p) for p in SNAPSHOT_PATTERNS))
 
 
 def is_whole(data: bytes) -> bool:
