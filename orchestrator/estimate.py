@@ -35,6 +35,7 @@ import os
 import statistics
 import sys
 import time
+from collections import Counter
 
 from dcnn.train import Trainer
 from orchestrator.throughput import concurrent_slots
@@ -171,8 +172,8 @@ def estimate_study(study, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0
     for cfg in configs:
         arms.setdefault(group(cfg), cfg)
     measured = time_arms(arms, threads, min(slots, len(configs)), log)
-    for key in measured:
-        measured[key]["trials"] = sum(group(c) == key for c in configs)
+    for key, n in Counter(group(c) for c in configs).items():
+        measured[key]["trials"] = n
     durations = [measured[group(c)]["trial_s"] for c in configs]
     wall = makespan(durations, slots)
     return {"study": study.name, "trials": len(configs), "slots": slots, "wall_s": wall,
