@@ -102,7 +102,7 @@ def time_trial(config: dict, threads: int, log=print) -> dict:
     compiled = (f"compile {compile_s:.1f} s (cold; warm: {warm_s:.1f} s)" if cold else f"compile {compile_s:.1f} s")
     log(f"  {config['model']} {config.get('arm', '')} on "
         f"{config.get('data', os.path.basename(str(config['dataset'])))}: setup "
-        f"{setup:.1f} s, {compiled}, {', '.join(said)} → {_hms(out['trial_s'])} per trial", flush=True)
+        f"{setup:.1f} s, {compiled}, {', '.join(said)} → {hms(out['trial_s'])} per trial", flush=True)
     return out
 
 
@@ -183,7 +183,7 @@ def estimate_study(study, cpus_per_trial: float = 1.0, gpus_per_trial: float = 0
 
 
 def format_estimate(e: dict) -> str:
-    lines = [f"## Estimated wall time of {e['study']} on this machine: {_hms(e['wall_s'])}",
+    lines = [f"## Estimated wall time of {e['study']} on this machine: {hms(e['wall_s'])}",
              "",
              "| model | data set | arm | levels | trials | setup s | compile s | s per epoch (mean) | epochs "
              "| test s | per trial |",
@@ -192,9 +192,9 @@ def format_estimate(e: dict) -> str:
         levels = ", ".join(f"{k}={v}" for k, v in r["levels"].items()) or "–"
         lines.append(f"| {r['model']} | {os.path.basename(r['dataset'])} | {r['arm'] or '–'} | {levels} | "
                      f"{r['trials']} | {r['setup_s']:.1f} | {_compile_cell(r)} | {r['epoch_s']:.2f} | "
-                     f"{r['epochs']} | {r['test_s']:.1f} | {_hms(r['trial_s'])} |")
+                     f"{r['epochs']} | {r['test_s']:.1f} | {hms(r['trial_s'])} |")
     lines += ["",
-              f"{e['trials']} trials, Σ {_hms(e['trial_s_total'])} of trial time over {e['slots']} concurrent "
+              f"{e['trials']} trials, Σ {hms(e['trial_s_total'])} of trial time over {e['slots']} concurrent "
               f"slot(s). An estimate, not a bound: timed over a few epochs, {e['slots']} arm(s) side by side as the "
               f"study runs them (a shared machine's speed drifts by tens of percent); a Ray worker's start (≈ 6–7 s "
               f"a slot), the checkpoints and records Tune writes (≈ 2 s a trial) and its driver's share of the "
@@ -212,7 +212,7 @@ def _compile_cell(row: dict) -> str:
     return f"{row['compile_s']:.1f}"
 
 
-def _hms(seconds: float) -> str:
+def hms(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
     s = int(round(seconds))

@@ -320,7 +320,13 @@ def run_ablation(opts: AblateOptions) -> dict:
           + f"MLflow: {uri} (experiment {experiment!r})", flush=True)
 
 
-    def callbacks_for(label, tune_dir, total=None):
+    # what the progress lines count the time left from: each trial's name, model and epochs (a seed design adds
+    # trials as it goes: no plan)
+    planned = None if design else [
+        (tracking.trial_run_name(c), c["model"], c.get("epochs", study.setting("epochs", c["model"])))
+        for c in study.trial_configs()]
+
+    def callbacks_for(label, tune_dir, total=None, planned=planned):
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 
@@ -329,16 +335,16 @@ def run_ablation(opts: AblateOptions) -> dict:
         cbs = [tracking.MLflowStudyLogger(uri, exp_id, parent, study.name), JsonLoggerCallback(), CSVLoggerCallback(),
                SnapshotKeeper(tune_dir)]
         if total:
-            cbs.append(StudyProgress(total, label))
+            cbs.append(StudyProgress(total, label, planned))
         return cbs
 
     space = {**study.param_space(skip_identical=True), **plugin_path(study)}
     best = {}
     if opts.tune_hparams:
         for model, arm in study.cells():
-            best[f"{model}/{arm.key}"] = _tune_arm(opts, study, model, arm,
-                                                   lambda label, tune_dir: callbacks_for(label, tune_dir, opts.tune_hparams),
-                                                   experiment_dir)
+            best[f"{model}/{arm.key}"] = _tune_arm(
+                opts, study, model, arm,
+                lambda label, tune_dir: callbacks_for(label, tune_dir, opts.tune_hparams, None), experiment_dir)
             print(f"best hyperparameters {model} · {arm.key}: {best[f'{model}/{arm.key}']}", flush=True)
         for key in tuning_space(opts.tuning_space):
             space[key] = tune.sample_from(BestHyperparameter(best, key))

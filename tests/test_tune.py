@@ -1,5 +1,6 @@
 """The Ray Tune layer against real Ray (in-process) and real MLflow (sqlite)."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -205,6 +206,12 @@ def test_study_through_tuner_with_report(ray_session, tracking_uri, tmp_path, ca
     printed = capsys.readouterr().out
     # our progress lines, Tune's result.json/progress.csv, and no pointer to TensorBoard (not used here)
     assert "TensorBoard" not in printed and "[12/12 ·" in printed
+    # every finished trial's line says the time the study has left, counted from the trials it planned (the
+    # names Tune's trials go by): nothing once the last one is done
+    finished = [line for line in printed.splitlines() if re.match(r"^\[\d+/12 · \d+ s\] (schnet|cgcnn) · ", line)]
+    assert len(finished) == 12, printed
+    assert all(re.search(r"; ≈ \d+ (min|h) \d+ (s|min) left( \(not counting .*\))?$", line) for line in finished), finished
+    assert finished[-1].endswith("≈ 0 min 00 s left"), finished[-1]
     assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ  # restored for the user's own Tune runs
     trial_dirs = [d for d in (tmp_path / "res/mini-tuner").iterdir() if (d / "params.json").exists()]
     assert len(trial_dirs) == 12 and all((d / "result.json").exists() and (d / "progress.csv").exists()
