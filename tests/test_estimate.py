@@ -7,6 +7,17 @@ from orchestrator.estimate import estimate_study, format_estimate, makespan
 from search_spaces import load_study
 
 
+def ethanol_study(tmp_path, activations: str, compile_mode: str):
+    """A SchNet study on the bundled ethanol, 2 seeds of 3 epochs, of the activations given (a YAML list)."""
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        "reference: {activation: irelu, denorm: true, rescale: true}\n"
+        f"designs:\n  - {{activation: {activations}, denorm: [true], rescale: [true]}}\n"
+        "models: [schnet]\ndatasets: [ethanol]\nseeds: [0, 1]\n"
+        f"fixed: {{epochs: 3, n_train: 40, n_val: 8, n_test: 8, compile: '{compile_mode}'}}\n")
+    return load_study(str(path))
+
+
 @pytest.mark.parametrize("durations,slots,wall", [
     ([3, 3, 3], 2, 6),  # two at once, then the third alone
     ([5, 1, 1, 1, 1, 1], 2, 5),  # the short ones fill the other slot while the long one runs
@@ -79,14 +90,9 @@ def test_each_arms_cold_compile_is_timed_and_its_trials_pay_the_warm_one(tmp_pat
     where the estimate's was cold (an empty cache here), a second build times the warm compile, and the
     trials are costed with it.  Two activations: two graphs, each compiled cold once."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # no graph compiled here before
-    path = tmp_path / "study.yaml"
-    path.write_text(
-        "reference: {activation: irelu, denorm: true, rescale: true}\n"
-        "designs:\n  - {activation: [irelu, original], denorm: [true], rescale: [true]}\n"
-        "models: [schnet]\ndatasets: [ethanol]\nseeds: [0, 1]\n"
-        "fixed: {epochs: 3, n_train: 40, n_val: 8, n_test: 8, compile: 'on'}\n")
+    study = ethanol_study(tmp_path, "[irelu, original]", "on")
     lines = []
-    e = estimate_study(load_study(str(path)), max_concurrent=2, log=lambda *a, **k: lines.append(a[0]))
+    e = estimate_study(study, max_concurrent=2, log=lambda *a, **k: lines.append(a[0]))
     assert len(e["rows"]) == 2
     for r in e["rows"]:
         assert r["compiled"] == 1 and r["compile_cold"] == 1 and r["compile_s"] > 0 and r["compile_warm_s"] > 0
@@ -96,7 +102,7 @@ def test_each_arms_cold_compile_is_timed_and_its_trials_pay_the_warm_one(tmp_pat
     assert all("(cold; warm: " in line for line in lines[1:])
     assert e["trial_s_total"] == pytest.approx(2 * sum(r["trial_s"] for r in e["rows"]))
     # timed again, the cache holds both graphs: one build each, its compile warm, and that is what a trial pays
-    for again in estimate_study(load_study(str(path)), max_concurrent=2, log=lambda *a, **k: None)["rows"]:
+    for again in estimate_study(study, max_concurrent=2, log=lambda *a, **k: None)["rows"]:
         assert again["compile_cold"] == 0 and again["compile_warm_s"] == again["compile_s"]
 
 
@@ -106,16 +112,11 @@ def test_arms_are_timed_side_by_side_in_as_many_workers_as_the_study_has_slots(t
     load (the study's second seed), its lines not logged.  One slot: timed in this process."""
     import os
 
-    path = tmp_path / "study.yaml"
-    path.write_text(
-        "reference: {activation: irelu, denorm: true, rescale: true}\n"
-        "designs:\n  - {activation: [irelu], denorm: [true], rescale: [true]}\n"
-        "models: [schnet]\ndatasets: [ethanol]\nseeds: [0, 1]\n"
-        "fixed: {epochs: 3, n_train: 40, n_val: 8, n_test: 8, compile: 'off'}\n")
+    study = ethanol_study(tmp_path, "[irelu]", "off")
     lines = []
-    e = estimate_study(load_study(str(path)), max_concurrent=2, log=lambda *a, **k: lines.append(a[0]))
+    e = estimate_study(study, max_concurrent=2, log=lambda *a, **k: lines.append(a[0]))
     (row,) = e["rows"]
     assert e["slots"] == 2 and row["trials"] == 2 and row["pid"] != os.getpid() and row["epoch_s"] > 0
     assert len(lines) == 2 and "2 side by side" in lines[0]  # the plan and the timed arm, not its copy
-    (alone,) = estimate_study(load_study(str(path)), max_concurrent=1, log=lambda *a, **k: None)["rows"]
+    (alone,) = estimate_study(study, max_concurrent=1, log=lambda *a, **k: None)["rows"]
     assert alone["pid"] == os.getpid()
