@@ -47,6 +47,11 @@ class StudyProgress(tune.Callback):
         self.heartbeat_s, self.clock = heartbeat_s, clock
         self.setup()
 
+    def __setstate__(self, state):
+        """A study started by an earlier version and resumed by this one restores the callback pickled then
+        (`tuner.pkl`), without the attributes added since: they take their defaults."""
+        self.__dict__.update({"planned": None, "heartbeat_s": HEARTBEAT_S, "clock": time.time, **state})
+
     def setup(self, **info):
         self.t0 = self.last_line = self.clock()
         self.done, self._counted = 0, False

@@ -2,6 +2,7 @@
 trials run long, driven through the callback's own hooks with a clock the test sets."""
 from __future__ import annotations
 
+import pickle
 from types import SimpleNamespace
 
 from orchestrator.progress import StudyProgress
@@ -66,3 +67,15 @@ def test_without_a_plan_the_lines_say_no_time_left(capsys):
     progress.on_trial_result(0, [t], t, {"epoch": 2, "time_this_iter_s": 2.0})
     assert capsys.readouterr().out.strip() == f"[tune x 0/3 · 61 s] running: {trial_run_name(t.config)} epoch 2"
     assert progress.time_left() == (None, {})
+
+
+def test_a_callback_pickled_by_an_earlier_version_still_runs(capsys):
+    """Tune pickles its callbacks into `tuner.pkl` when a study starts, and a resumed study runs those: one
+    pickled before the time-left attributes existed gets their defaults (no plan: no time claimed)."""
+    old = StudyProgress.__new__(StudyProgress)  # what the earlier version's __init__ set, and nothing else
+    old.__dict__.update(total=2, label="", done=0, t0=0.0, _counted=False)
+    restored = pickle.loads(pickle.dumps(old))
+    restored.setup()  # Tune's call when the resumed run starts
+    t = trial(config("schnet", 0), "TERMINATED", epoch=3, test_energy_loss=0.5, test_force_loss=0.25)
+    restored.on_trial_complete(0, [t], t)
+    assert capsys.readouterr().out.startswith(f"[1/2 · 0 s] {trial_run_name(t.config)}: test ")
